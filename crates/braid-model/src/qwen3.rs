@@ -1,0 +1,207 @@
+//! The Qwen3 causal language model (reference path) and its loader.
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use crate::checkpoint::{Checkpoint, TensorRef};
+use crate::config::Qwen3Config;
+use crate::error::{ForwardError, LoadError, Result};
+use crate::kv_cache::KvCache;
+use crate::nn::{Attention, DecoderLayer, Linear, Mlp, RmsNorm, RotaryEmbedding};
+use crate::weights;
+
+/// `model.*` of the HF checkpoint.
+#[derive(Module, Debug)]
+pub struct Qwen3Model {
+    /// `[vocab, hidden]`
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+}
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position of each sequence (generation).
+    Last,
+    /// Every position (perplexity, validation).
+    All,
+}
+
+/// `Qwen3ForCausalLM`: the decoder stack plus the language-model head.
+#[derive(Module, Debug)]
+pub struct Qwen3 {
+    pub model: Qwen3Model,
+    /// `None` when the head is tied to `model.embed_tokens` and no copy is stored.
+    pub lm_head: Option<Linear>,
+    pub rotary: RotaryEmbedding,
+    #[module(skip)]
+    pub config: Qwen3Config,
+}
+
+/// Progress callback for loading: `(tensors done, tensors total)`.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+impl Qwen3 {
+    /// Loads a Hugging Face Qwen3 folder (`config.json` + safetensors) onto `device`, computing
+    /// in `dtype`. Every tensor is checked against the config before anything is uploaded.
+    pub fn load(dir: &Path, device: &Device, dtype: DType, progress: Progress<'_>) -> Result<Self> {
+        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        if let Some(first) = weights::check(&config, &ckpt).into_iter().next() {
+            return Err(first);
+        }
+        if !device.supports_dtype(dtype) {
+            return Err(LoadError::UnsupportedDType {
+                dtype: format!("{dtype:?}"),
+                device: format!("{device:?}"),
+            });
+        }
+        Ok(Self::from_checkpoint(config, &ckpt, device, dtype, progress))
+    }
+
+    /// Builds the module from a checked checkpoint.
+    fn from_checkpoint(c: Qwen3Config, ckpt: &Checkpoint, device: &Device, dtype: DType, progress: Progress<'_>) -> Self {
+        let total = weights::expected_tensors(&c).len();
+        let mut done = 0;
+        let mut get = |name: String| -> Option<TensorData> {
+            let t = ckpt.get(&name)?;
+            done += 1;
+            progress(done, total);
+            Some(to_data(&t))
+        };
+        let t2 = |d: TensorData| Tensor::<2>::from_data(d, (device, dtype));
+        let t1 = |d: TensorData| Tensor::<1>::from_data(d, (device, dtype));
+        let need = |d: Option<TensorData>| d.expect("checked by weights::check");
+        let eps = c.rms_norm_eps;
+
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let mut linear = |name: &str| {
+                let w = t2(need(get(format!("{p}.{name}.weight"))));
+                let b = if c.attention_bias && name.starts_with("self_attn") {
+                    Some(t1(need(get(format!("{p}.{name}.bias")))))
+                } else {
+                    None
+                };
+                Linear::new(w, b)
+            };
+            let (q_proj, k_proj, v_proj, o_proj) = (
+                linear("self_attn.q_proj"),
+                linear("self_attn.k_proj"),
+                linear("self_attn.v_proj"),
+                linear("self_attn.o_proj"),
+            );
+            let mlp = Mlp {
+                gate_proj: linear("mlp.gate_proj"),
+                up_proj: linear("mlp.up_proj"),
+                down_proj: linear("mlp.down_proj"),
+            };
+            let mut norm = |name: &str| RmsNorm::new(t1(need(get(format!("{p}.{name}.weight")))), eps);
+            let self_attn = Attention {
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                q_norm: norm("self_attn.q_norm"),
+                k_norm: norm("self_attn.k_norm"),
+                num_heads: c.num_attention_heads,
+                num_kv_heads: c.num_kv_heads(),
+                head_dim: c.head_dim(),
+            };
+            layers.push(DecoderLayer {
+                input_layernorm: norm("input_layernorm"),
+                self_attn,
+                post_attention_layernorm: norm("post_attention_layernorm"),
+                mlp,
+            });
+        }
+        let embed_tokens = Param::from_tensor(t2(need(get("model.embed_tokens.weight".into()))));
+        let norm = RmsNorm::new(t1(need(get("model.norm.weight".into()))), eps);
+        let lm_head = get("lm_head.weight".into()).map(|w| Linear::new(t2(w), None));
+        progress(total, total);
+        Self {
+            model: Qwen3Model { embed_tokens, layers, norm },
+            lm_head,
+            rotary: RotaryEmbedding::new(c.head_dim(), c.rope_theta()),
+            config: c,
+        }
+    }
+
+    /// The dtype activations are computed in.
+    pub fn dtype(&self) -> DType {
+        self.model.embed_tokens.val().dtype()
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.embed_tokens.val().device()
+    }
+
+    /// A cache for `batch` sequences of up to `capacity` positions.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache {
+        KvCache::new(&self.config, batch, capacity, self.dtype(), &self.device())
+    }
+
+    /// Runs `ids: [batch, seq]` at positions `cache.len()..`, appends to the cache and returns
+    /// f32 logits `[batch, seq or 1, vocab]`.
+    pub fn forward(&self, ids: &[Vec<u32>], cache: &mut KvCache, logits: Logits) -> Result<Tensor<3>, ForwardError> {
+        let hidden = self.hidden_states(ids, cache)?;
+        let [b, t, h] = hidden.dims();
+        let hidden = match logits {
+            Logits::Last => hidden.narrow(1, t - 1, 1),
+            Logits::All => hidden,
+        };
+        let rows = hidden.dims()[1];
+        let hidden = hidden.reshape([b * rows, h]);
+        let out = match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.model.embed_tokens.val().transpose()),
+        };
+        Ok(out.cast(burn::tensor::FloatDType::F32).reshape([b, rows, self.config.vocab_size]))
+    }
+
+    /// The final-normed hidden states `[batch, seq, hidden]` (cache appended).
+    pub fn hidden_states(&self, ids: &[Vec<u32>], cache: &mut KvCache) -> Result<Tensor<3>, ForwardError> {
+        let b = ids.len();
+        let t = ids.first().map_or(0, Vec::len);
+        if t == 0 || ids.iter().any(|s| s.len() != t) {
+            return Err(ForwardError::EmptyInput);
+        }
+        let past = cache.len();
+        let limit = cache.capacity().min(self.config.max_position_embeddings);
+        if past + t > limit {
+            return Err(ForwardError::ContextOverflow { needed: past + t, limit });
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(&id) = ids.iter().flatten().find(|&&id| id as usize >= vocab) {
+            return Err(ForwardError::TokenOutOfRange { id, vocab });
+        }
+        let device = self.device();
+        let flat: Vec<i64> = ids.iter().flatten().map(|&id| id as i64).collect();
+        let flat = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * t]), &device);
+
+        // 1. Embed (Qwen3 does not scale embeddings). [b, t, hidden]
+        let mut x = self.model.embed_tokens.val().select(0, flat).reshape([b, t, self.config.hidden_size]);
+        // 2. Decoder layers at positions past..past+t.
+        let rope = self.rotary.tables(past, t, self.dtype(), &device);
+        for (layer, kv) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, &rope, kv, past);
+        }
+        cache.advance(t);
+        // 3. Final norm.
+        Ok(self.model.norm.forward(x))
+    }
+}
+
+/// Copies a stored tensor into Burn's host format, keeping its dtype.
+fn to_data(t: &TensorRef<'_>) -> TensorData {
+    let dtype = match t.dtype {
+        safetensors::Dtype::BF16 => DType::BF16,
+        safetensors::Dtype::F16 => DType::F16,
+        _ => DType::F32,
+    };
+    TensorData::from_bytes_vec(t.bytes.to_vec(), t.shape.to_vec(), dtype)
+}
