@@ -1,0 +1,171 @@
+//! `braid-cli generate`: stream text from a prompt.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use braid_engine::{Engine, Generation, Request};
+use braid_model::Qwen3Config;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::device::{self, DTypeArg, DeviceArg};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json). Defaults to
+    /// $BRAID_MODEL, else the model that ships in the repository.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user turn with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// With --chat: let the model think first (Qwen3's default).
+    #[arg(long, overrides_with = "no_think")]
+    think: bool,
+    /// With --chat: skip thinking (`enable_thinking = false`).
+    #[arg(long)]
+    no_think: bool,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 is greedy. Default: generation_config.json's, else greedy.
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long)]
+    min_p: Option<f32>,
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    #[arg(long)]
+    presence_penalty: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// Compute dtype. Default: the checkpoint's on a GPU, f32 on the CPU.
+    #[arg(long, value_enum)]
+    dtype: Option<DTypeArg>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+/// The model folder to use when `--model` is not given.
+pub fn default_model() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("BRAID_MODEL") {
+        return Ok(PathBuf::from(dir));
+    }
+    // The repository's own model, found from this crate's source folder (works for `cargo run`
+    // and for any binary built from a checkout).
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for candidate in ["models/braid-tiny", "tests/fixtures/tied-gqa2-hd32-bf16"] {
+        let dir = repo.join(candidate);
+        if dir.join("config.json").is_file() {
+            return Ok(dir);
+        }
+    }
+    bail!("no --model given, $BRAID_MODEL unset, and no default model at {}", repo.join("models/braid-tiny").display())
+}
+
+#[derive(Serialize)]
+struct JsonOut<'a> {
+    model: String,
+    #[serde(flatten)]
+    generation: &'a Generation,
+    generated_tokens: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let dir = match &args.model {
+        Some(d) => d.clone(),
+        None => default_model()?,
+    };
+    let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+    let device = device::open(args.device)?;
+    let dtype = match args.dtype {
+        Some(d) => d.dtype(),
+        None => device::default_dtype(args.device, config.checkpoint_dtype(), &device),
+    };
+
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors").expect("valid template"),
+    );
+    bar.set_message(dir.display().to_string());
+    let engine = Engine::load(&dir, &device, dtype, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("loading model from {}", dir.display()))?;
+    bar.finish_and_clear();
+
+    let prompt = if args.chat {
+        engine.chat_prompt(&args.prompt, !args.no_think)?
+    } else {
+        args.prompt.clone()
+    };
+    let prompt_ids = engine.encode_prompt(&prompt)?;
+    let mut sampling = engine.default_sampling();
+    if let Some(t) = args.temperature {
+        sampling.temperature = t;
+    }
+    if let Some(k) = args.top_k {
+        sampling.top_k = k;
+    }
+    if let Some(p) = args.top_p {
+        sampling.top_p = p;
+    }
+    if let Some(p) = args.min_p {
+        sampling.min_p = p;
+    }
+    if let Some(p) = args.repetition_penalty {
+        sampling.repetition_penalty = p;
+    }
+    if let Some(p) = args.presence_penalty {
+        sampling.presence_penalty = p;
+    }
+    sampling.seed = args.seed;
+    let req = Request { max_tokens: args.max_tokens, sampling, ignore_eos: args.ignore_eos };
+
+    match args.format {
+        Format::Text => {
+            let mut out = std::io::stdout().lock();
+            write!(out, "{prompt}")?;
+            out.flush()?;
+            let g = engine.generate(&prompt_ids, &req, &mut |piece| {
+                let _ = write!(out, "{piece}");
+                let _ = out.flush();
+            })?;
+            writeln!(out)?;
+            eprintln!(
+                "[{} prompt tokens, {} generated ({:?}); prefill {:.1} tok/s, decode {:.1} tok/s; {:?} {:?}]",
+                g.prompt_ids.len(),
+                g.output_ids.len(),
+                g.finish,
+                g.prefill_tok_per_s,
+                g.decode_tok_per_s,
+                args.device,
+                dtype
+            );
+        }
+        Format::Json => {
+            let g = engine.generate(&prompt_ids, &req, &mut |_| {})?;
+            let out = JsonOut { model: dir.display().to_string(), generated_tokens: g.output_ids.len(), generation: &g };
+            println!("{}", serde_json::to_string(&out)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! A loaded model folder (weights, tokenizer, chat template, generation defaults) and the
+//! generation loop: prefill once, then one token per step through the KV cache.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use braid_model::{DType, Device, Logits, Qwen3, qwen3::Progress, to_host_f32};
+use serde::Serialize;
+
+use crate::chat::{ChatTemplate, Message};
+use crate::error::EngineError;
+use crate::generation_config::GenerationConfig;
+use crate::sampler::{Sampler, SamplingParams};
+use crate::tokenizer::{TextStream, Tokenizer};
+
+/// Everything needed to turn a prompt into text.
+pub struct Engine {
+    pub dir: PathBuf,
+    pub model: Qwen3,
+    pub tokenizer: Tokenizer,
+    pub generation: GenerationConfig,
+    /// Token ids that end generation (config.json and generation_config.json together).
+    pub eos: Vec<u32>,
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub ignore_eos: bool,
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// An end-of-sequence token was produced (it is not part of the output).
+    Eos,
+    /// `max_tokens` were produced.
+    Length,
+    /// The model's context is full.
+    Context,
+}
+
+/// The result of one request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    /// Generated ids only (a final eos is not included).
+    pub output_ids: Vec<u32>,
+    pub text: String,
+    pub finish: Finish,
+    /// Seconds from start to the first generated token (prefill).
+    pub prefill_secs: f64,
+    /// Seconds spent on the decode steps after the first token.
+    pub decode_secs: f64,
+    pub prefill_tok_per_s: f64,
+    pub decode_tok_per_s: f64,
+}
+
+impl Engine {
+    /// Loads a Hugging Face model folder.
+    pub fn load(dir: &Path, device: &Device, dtype: DType, progress: Progress<'_>) -> Result<Self, EngineError> {
+        let model = Qwen3::load(dir, device, dtype, progress)?;
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tok_path)?;
+        if tokenizer.vocab_size() > model.config.vocab_size {
+            return Err(EngineError::Tokenizer {
+                path: tok_path,
+                message: format!(
+                    "{} tokens, more than config.json's vocab_size = {}",
+                    tokenizer.vocab_size(),
+                    model.config.vocab_size
+                ),
+            });
+        }
+        let generation = GenerationConfig::from_dir(dir)?;
+        let mut eos = model.config.eos_token_ids();
+        if let Some(ids) = &generation.eos_token_id {
+            eos.extend(ids.to_vec());
+        }
+        eos.sort_unstable();
+        eos.dedup();
+        Ok(Self { dir: dir.to_path_buf(), model, tokenizer, generation, eos })
+    }
+
+    /// The checkpoint's sampling defaults (greedy when it sets none or `do_sample: false`).
+    pub fn default_sampling(&self) -> SamplingParams {
+        let g = &self.generation;
+        let base = SamplingParams::default();
+        if g.do_sample != Some(true) {
+            return base;
+        }
+        SamplingParams {
+            temperature: g.temperature.unwrap_or(1.0),
+            top_k: g.top_k.unwrap_or(0),
+            top_p: g.top_p.unwrap_or(1.0),
+            min_p: g.min_p.unwrap_or(0.0),
+            repetition_penalty: g.repetition_penalty.unwrap_or(1.0),
+            ..base
+        }
+    }
+
+    /// Renders a single user turn with the folder's chat template.
+    pub fn chat_prompt(&self, user: &str, thinking: bool) -> Result<String, EngineError> {
+        let template = ChatTemplate::from_tokenizer_config(&self.dir.join("tokenizer_config.json"))?;
+        template.render(&[Message::new("user", user)], true, Some(thinking))
+    }
+
+    /// Encodes and checks a prompt against the context.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>, EngineError> {
+        let ids = self.tokenizer.encode(prompt)?;
+        if ids.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let limit = self.model.config.max_position_embeddings;
+        if ids.len() >= limit {
+            return Err(EngineError::PromptTooLong { tokens: ids.len(), limit });
+        }
+        Ok(ids)
+    }
+
+    /// Generates from `prompt_ids`, calling `on_text` with each completed piece of text.
+    pub fn generate(&self, prompt_ids: &[u32], req: &Request, on_text: &mut dyn FnMut(&str)) -> Result<Generation, EngineError> {
+        req.sampling.validate()?;
+        let limit = self.model.config.max_position_embeddings;
+        if prompt_ids.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt_ids.len() >= limit {
+            return Err(EngineError::PromptTooLong { tokens: prompt_ids.len(), limit });
+        }
+        let budget = req.max_tokens.min(limit - prompt_ids.len());
+        let mut cache = self.model.new_cache(1, prompt_ids.len() + budget);
+        let mut sampler = Sampler::new(req.sampling.clone());
+        let mut stream = TextStream::new(&self.tokenizer);
+        let mut context = prompt_ids.to_vec();
+        let mut output = Vec::new();
+        let mut text = String::new();
+        let mut finish = if budget < req.max_tokens { Finish::Context } else { Finish::Length };
+
+        let start = Instant::now();
+        let mut first_token_at = None;
+        let mut next = prompt_ids.to_vec();
+        while output.len() < budget {
+            let logits = self.model.forward(&[next], &mut cache, Logits::Last)?;
+            let mut logits = to_host_f32(logits);
+            let id = sampler.sample(&mut logits, &context, &output);
+            first_token_at.get_or_insert_with(Instant::now);
+            if !req.ignore_eos && self.eos.contains(&id) {
+                finish = Finish::Eos;
+                break;
+            }
+            output.push(id);
+            context.push(id);
+            if let Some(piece) = stream.push(id)? {
+                on_text(&piece);
+                text.push_str(&piece);
+            }
+            next = vec![id];
+        }
+        if let Some(piece) = stream.finish()? {
+            on_text(&piece);
+            text.push_str(&piece);
+        }
+        let end = Instant::now();
+        let first = first_token_at.unwrap_or(end);
+        let prefill_secs = (first - start).as_secs_f64();
+        let decode_secs = (end - first).as_secs_f64();
+        let decode_steps = output.len().saturating_sub(1) + usize::from(finish == Finish::Eos && !output.is_empty());
+        Ok(Generation {
+            prompt_ids: prompt_ids.to_vec(),
+            output_ids: output,
+            text,
+            finish,
+            prefill_secs,
+            decode_secs,
+            prefill_tok_per_s: rate(prompt_ids.len(), prefill_secs),
+            decode_tok_per_s: rate(decode_steps, decode_secs),
+        })
+    }
+}
+
+fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
