@@ -23,6 +23,8 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+import tiny_reference
+
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 THINK = ["<think>", "</think>"]
@@ -89,6 +91,23 @@ def evaluate(model, ids, seq):
         losses.append(torch.nn.functional.cross_entropy(logits[0], x[0, 1:]).item())
     model.train()
     return sum(losses) / len(losses)
+
+
+def write_stress_twin_norms(model, config, out):
+    twin = {}
+    sd = model.state_dict()
+    half = config.head_dim // 2
+    for l in range(config.num_hidden_layers):
+        k = sd[f"model.layers.{l}.self_attn.k_norm.weight"].float().cpu().clone()
+        q = sd[f"model.layers.{l}.self_attn.q_norm.weight"].float().cpu().clone()
+        pair = int(torch.argmax(k[:half].abs() + k[half:].abs()))
+        s = STRESS_MAXIMA[l % len(STRESS_MAXIMA)] / k[pair].abs().item()
+        for d in (pair, pair + half):
+            k[d] *= s
+            q[d] /= s
+        twin[f"model.layers.{l}.self_attn.k_norm.weight"] = k.to(torch.bfloat16).contiguous()
+        twin[f"model.layers.{l}.self_attn.q_norm.weight"] = q.to(torch.bfloat16).contiguous()
+    save_file(twin, str(out / tiny_reference.TWIN_NORMS), metadata={"format": "pt"})
 
 
 def main():
@@ -182,28 +201,14 @@ def main():
         "pad_token": "<|endoftext|>", "model_max_length": 2048, "chat_template": template,
     }, indent=2))
 
-    # 5. Reference outputs: HF float32, eager attention, on the folder as written.
-    ref = Qwen3ForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").to(DEV).eval()
-    reference = {"prompts": [], "perplexity": {}}
+    # 5. Stress twin: k_norm scaled up on one RoPE pair per layer to the seed's maxima, q_norm scaled
+    #    down on the same pair: the same function in exact arithmetic, stressed bf16 rounding.
+    write_stress_twin_norms(model, config, out)
+
+    # 6. Reference outputs (HF float32 on the CPU: no TF32) and samples for the card.
+    reference = tiny_reference.compute(out, PROMPTS, [h.tolist() for h in held])
+    ref = Qwen3ForCausalLM.from_pretrained(out, dtype=torch.float32).to(DEV).eval()
     with torch.no_grad():
-        for p in PROMPTS:
-            ids = tok.encode(p).ids
-            x = torch.tensor([ids]).to(DEV)
-            logits = ref(x).logits[0, -1].float().cpu()
-            greedy = ref.generate(x, max_new_tokens=32, do_sample=False, eos_token_id=None,
-                                  pad_token_id=config.pad_token_id)[0, len(ids):].tolist()
-            reference["prompts"].append({"text": p, "ids": ids, "last_logits": logits.tolist(), "greedy_ids": greedy})
-        # Held-out perplexity over 4 windows of 256 tokens from each corpus' held-out tail.
-        ppl_ids = [h[:1024].tolist() for h in held]
-        nll, count = 0.0, 0
-        for ids in ppl_ids:
-            for s in range(0, 1024, 256):
-                x = torch.tensor([ids[s:s + 256]]).to(DEV)
-                lg = ref(x).logits[0].double()
-                nll += torch.nn.functional.cross_entropy(lg[:-1], x[0, 1:], reduction="sum").item()
-                count += 255
-        reference["perplexity"] = {"windows": [[ids[s:s + 256] for s in range(0, 1024, 256)] for ids in ppl_ids],
-                                   "mean_nll": nll / count, "ppl": math.exp(nll / count)}
         # Samples for the model card.
         samples = []
         torch.manual_seed(args.seed)
@@ -213,37 +218,6 @@ def main():
                              repetition_penalty=1.1, pad_token_id=config.pad_token_id)
             samples.append(tok.decode(y[0].tolist()))
 
-    # 6. Stress twin: k_norm scaled up on one RoPE pair per layer to the seed's maxima, q_norm scaled
-    #    down on the same pair: the same function in exact arithmetic, stressed bf16 rounding.
-    twin = {}
-    sd = {k: v for k, v in model.state_dict().items()}
-    half = config.head_dim // 2
-    for l in range(config.num_hidden_layers):
-        k = sd[f"model.layers.{l}.self_attn.k_norm.weight"].float().clone()
-        q = sd[f"model.layers.{l}.self_attn.q_norm.weight"].float().clone()
-        pair = int(torch.argmax(k[:half].abs() + k[half:].abs()))
-        s = STRESS_MAXIMA[l % len(STRESS_MAXIMA)] / k[pair].abs().item()
-        for d in (pair, pair + half):
-            k[d] *= s
-            q[d] /= s
-        twin[f"model.layers.{l}.self_attn.k_norm.weight"] = k.to(torch.bfloat16).contiguous()
-        twin[f"model.layers.{l}.self_attn.q_norm.weight"] = q.to(torch.bfloat16).contiguous()
-    save_file(twin, str(out / "stress_twin_norms.safetensors"), metadata={"format": "pt"})
-    tw = Qwen3ForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").to(DEV).eval()
-    with torch.no_grad():
-        for name, w in twin.items():
-            tw.get_parameter(name).copy_(w.float())
-        reference["stress_twin"] = []
-        for p in PROMPTS:
-            ids = tok.encode(p).ids
-            x = torch.tensor([ids]).to(DEV)
-            logits = tw(x).logits[0, -1].float().cpu()
-            greedy = tw.generate(x, max_new_tokens=32, do_sample=False, eos_token_id=None,
-                                 pad_token_id=config.pad_token_id)[0, len(ids):].tolist()
-            reference["stress_twin"].append({"text": p, "ids": ids, "last_logits": logits.tolist(), "greedy_ids": greedy})
-        reference["stress_twin_k_norm_max"] = [round(twin[f"model.layers.{l}.self_attn.k_norm.weight"].float().abs().max().item(), 3)
-                                               for l in range(config.num_hidden_layers)]
-    (out / "reference.json").write_text(json.dumps(reference))
 
     # 7. Model card.
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
@@ -277,7 +251,7 @@ positions is untested. It has no chat training: the chat template works, the ans
 
 ## Files beside the weights
 
-- `reference.json`: HF float32 (eager) last-position logits and 32 greedy ids for {len(PROMPTS)} prompts;
+- `reference.json`: HF float32 (eager, computed on the CPU so no TF32 enters; `scripts/tiny_reference.py` recomputes it) last-position logits and 32 greedy ids for {len(PROMPTS)} prompts;
   held-out perplexity windows and HF's mean NLL; the same for the stress twin.
 - `stress_twin_norms.safetensors`: the stress twin's q_norm / k_norm (k_norm maxima per layer
   {reference['stress_twin_k_norm_max']}); replace those tensors in this folder to get it.
