@@ -1,0 +1,105 @@
+//! `braid-cli generate` end to end: output, exit codes and error messages.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn braid(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_braid-cli"))
+        .args(args)
+        .env_remove("BRAID_MODEL")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn generate_with_the_default_model_prints_english_and_a_summary() {
+    let out = braid(&["generate", "--prompt", "It was a truth", "--max-tokens", "24", "--seed", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("It was a truth"), "{stdout}");
+    let words = stdout.split_whitespace().filter(|w| w.chars().all(|c| c.is_ascii_alphabetic())).count();
+    assert!(words >= 10, "braid-tiny writes words: {stdout}");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("4 prompt tokens") && stderr.contains("decode"), "{stderr}");
+}
+
+#[test]
+fn json_greedy_output_equals_hf_greedy_ids() {
+    let dir = repo().join("tests/fixtures/untied-gqa1-hd16-f32-sharded");
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let case = &expected["prompts"][0];
+    let out = braid(&[
+        "generate", "--model", dir.to_str().unwrap(), "--prompt", case["text"].as_str().unwrap(),
+        "--temperature", "0", "--ignore-eos", "--max-tokens", "24", "--format", "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(got["prompt_ids"], case["ids"]);
+    assert_eq!(got["output_ids"], case["greedy_ids"]);
+    assert_eq!(got["finish"], "length");
+    for key in ["text", "prefill_tok_per_s", "decode_tok_per_s", "prefill_secs", "decode_secs"] {
+        assert!(got.get(key).is_some(), "missing {key}");
+    }
+}
+
+#[test]
+fn chat_mode_renders_the_template() {
+    let out = braid(&["generate", "--chat", "--no-think", "--prompt", "Hello", "--max-tokens", "4", "--temperature", "0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"));
+}
+
+#[test]
+fn a_truncated_checkpoint_fails_cleanly_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = repo().join("models/braid-tiny");
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(tmp.path().join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let out = braid(&["generate", "--model", tmp.path().to_str().unwrap(), "--prompt", "x"]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("model.safetensors") && stderr.contains("truncated"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn over_long_prompt_and_missing_device_are_errors() {
+    let fixture = repo().join("tests/fixtures/tied-gqa2-hd32-bf16");
+    let long = "whale ".repeat(600);
+    let out = braid(&["generate", "--model", fixture.to_str().unwrap(), "--prompt", &long]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("max_position_embeddings"), "{}", text(&out.stderr));
+
+    let out = braid(&["generate", "--prompt", "x", "--device", "cuda"]);
+    if cfg!(not(feature = "cuda")) {
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains("--features cuda"), "{}", text(&out.stderr));
+    }
+    assert!(!text(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn a_bad_tokenizer_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = repo().join("tests/fixtures/tied-gqa2-hd32-bf16");
+    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    std::fs::write(tmp.path().join("tokenizer.json"), "{\"version\": \"1.0\"").unwrap();
+    let out = braid(&["generate", "--model", tmp.path().to_str().unwrap(), "--prompt", "x"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("tokenizer.json"), "{}", text(&out.stderr));
+}
