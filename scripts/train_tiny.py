@@ -241,6 +241,9 @@ public-domain English so that Braid's output can be *read*. It is Braid's defaul
 Context: trained on {SEQ}-token windows; `max_position_embeddings` is 2048 but quality beyond {SEQ}
 positions is untested. It has no chat training: the chat template works, the answers are prose.
 
+Reproducibility: the seed fixes data order and initialisation; GPU training is not bitwise
+deterministic (atomics in cuBLAS / autograd), so a rerun gives a slightly different model.
+
 ## Samples (HF transformers, float32, temperature 0.7, top-p 0.9, top-k 40, repetition penalty 1.1)
 
 """ + "\n".join(f"- {s!r}" for s in samples) + f"""

@@ -64,21 +64,25 @@ pub struct Args {
     format: Format,
 }
 
-/// The model folder to use when `--model` is not given.
+/// The model folder to use when `--model` is not given: `$BRAID_MODEL`, else braid-tiny found
+/// beside the executable (`<exe dir>/models/braid-tiny`, for an installed copy), else in the
+/// checkout the binary was built from (what `cargo run` uses).
 pub fn default_model() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("BRAID_MODEL") {
         return Ok(PathBuf::from(dir));
     }
-    // The repository's own model, found from this crate's source folder (works for `cargo run`
-    // and for any binary built from a checkout).
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for candidate in ["models/braid-tiny", "tests/fixtures/tied-gqa2-hd32-bf16"] {
-        let dir = repo.join(candidate);
-        if dir.join("config.json").is_file() {
-            return Ok(dir);
-        }
+    let mut candidates = Vec::new();
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)) {
+        candidates.push(exe_dir.join("models/braid-tiny"));
     }
-    bail!("no --model given, $BRAID_MODEL unset, and no default model at {}", repo.join("models/braid-tiny").display())
+    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/braid-tiny"));
+    match candidates.iter().find(|d| d.join("config.json").is_file()) {
+        Some(dir) => Ok(dir.clone()),
+        None => bail!(
+            "no --model given, $BRAID_MODEL unset, and braid-tiny not found at {}",
+            candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(" or ")
+        ),
+    }
 }
 
 #[derive(Serialize)]
