@@ -18,7 +18,7 @@ ref = json.load(open(f"{M}/reference.json"))
 
 def braid(prompt, dtype, n, extra=()):
     out = subprocess.run(["/tmp/braid-cli", "generate", "--model", M, "--device", "cuda", "--dtype", dtype,
-                          "--prompt", prompt, "--max-tokens", str(n), "--temperature", "0", "--ignore-eos",
+                          "--prompt", prompt, "--max-tokens", str(n), "--temperature", "0", "--repetition-penalty", "1", "--ignore-eos",
                           "--format", "json", *extra], capture_output=True, text=True)
     if out.returncode != 0:
         print("FAILED", dtype, out.stderr[-2000:]); return None
