@@ -111,26 +111,25 @@ impl Engine {
     /// Encodes and checks a prompt against the context.
     pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>, EngineError> {
         let ids = self.tokenizer.encode(prompt)?;
-        if ids.is_empty() {
-            return Err(EngineError::EmptyPrompt);
-        }
-        let limit = self.model.config.max_position_embeddings;
-        if ids.len() >= limit {
-            return Err(EngineError::PromptTooLong { tokens: ids.len(), limit });
-        }
+        self.check_prompt(&ids)?;
         Ok(ids)
+    }
+
+    /// A prompt needs at least one token and room for one more in the context.
+    fn check_prompt(&self, ids: &[u32]) -> Result<(), EngineError> {
+        let limit = self.model.config.max_position_embeddings;
+        match ids.len() {
+            0 => Err(EngineError::EmptyPrompt),
+            n if n >= limit => Err(EngineError::PromptTooLong { tokens: n, limit }),
+            _ => Ok(()),
+        }
     }
 
     /// Generates from `prompt_ids`, calling `on_text` with each completed piece of text.
     pub fn generate(&self, prompt_ids: &[u32], req: &Request, on_text: &mut dyn FnMut(&str)) -> Result<Generation, EngineError> {
         req.sampling.validate()?;
+        self.check_prompt(prompt_ids)?;
         let limit = self.model.config.max_position_embeddings;
-        if prompt_ids.is_empty() {
-            return Err(EngineError::EmptyPrompt);
-        }
-        if prompt_ids.len() >= limit {
-            return Err(EngineError::PromptTooLong { tokens: prompt_ids.len(), limit });
-        }
         let budget = req.max_tokens.min(limit - prompt_ids.len());
         let mut cache = self.model.new_cache(1, prompt_ids.len() + budget);
         let mut sampler = Sampler::new(req.sampling.clone());

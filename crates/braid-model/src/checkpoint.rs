@@ -137,11 +137,6 @@ impl Checkpoint {
         self.tensors.keys().filter_map(|n| self.get(n))
     }
 
-    /// The files making up the checkpoint.
-    pub fn files(&self) -> impl Iterator<Item = &Path> {
-        self.shards.iter().map(|s| s.path.as_path())
-    }
-
     /// Path used in messages for a tensor that should exist but does not.
     pub fn location(&self) -> PathBuf {
         match self.shards.as_slice() {
@@ -187,28 +182,6 @@ impl TensorRef<'_> {
                 scan::<4>(self.bytes, |b| u32::from_le_bytes(b) & 0x7f80_0000 == 0x7f80_0000)
             }
             _ => (0, None),
-        }
-    }
-
-    /// The values widened to f32 (for checks and host references).
-    pub fn to_f32(&self) -> Vec<f32> {
-        match self.dtype {
-            Dtype::BF16 => self
-                .bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F16 => self
-                .bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F32 => self
-                .bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            _ => Vec::new(),
         }
     }
 }

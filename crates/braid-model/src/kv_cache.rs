@@ -65,9 +65,4 @@ impl KvCache {
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
     }
-
-    /// Forgets everything written (the buffers are reused).
-    pub fn reset(&mut self) {
-        self.len = 0;
-    }
 }
