@@ -64,6 +64,8 @@ pub enum LoadError {
     },
     #[error("compute dtype {dtype} is not supported on device {device}")]
     UnsupportedDType { dtype: String, device: String },
+    #[error("{path}: field `{field}`: {message}")]
+    Plan { path: PathBuf, field: String, message: String },
 }
 
 /// Result alias for loading.
@@ -72,6 +74,8 @@ pub type Result<T, E = LoadError> = std::result::Result<T, E>;
 /// Errors raised while running the model on inputs.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
+    #[error("kernel plan does not fit the model: {0}")]
+    Plan(String),
     #[error("sequence of {needed} tokens exceeds the context of {limit} (max_position_embeddings or the cache size)")]
     ContextOverflow { needed: usize, limit: usize },
     #[error("token id {id} is outside the vocabulary of {vocab}")]

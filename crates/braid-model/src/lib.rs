@@ -6,6 +6,8 @@ pub mod config;
 pub mod error;
 pub mod kv_cache;
 pub mod nn;
+pub mod ops;
+pub mod plan;
 pub mod qwen3;
 pub mod weights;
 
@@ -13,6 +15,7 @@ pub use checkpoint::Checkpoint;
 pub use config::Qwen3Config;
 pub use error::{ForwardError, LoadError};
 pub use kv_cache::KvCache;
+pub use plan::{KernelPlan, LayerPlan, OpChoice};
 pub use qwen3::{Logits, Qwen3};
 
 /// Burn's tensor types, re-exported so callers use the same version.

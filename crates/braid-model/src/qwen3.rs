@@ -10,6 +10,7 @@ use crate::config::Qwen3Config;
 use crate::error::{ForwardError, LoadError, Result};
 use crate::kv_cache::KvCache;
 use crate::nn::{Attention, DecoderLayer, Linear, Mlp, RmsNorm, RotaryEmbedding};
+use crate::plan::{KernelPlan, OpChoice};
 use crate::weights;
 
 /// `model.*` of the HF checkpoint.
@@ -39,6 +40,9 @@ pub struct Qwen3 {
     pub rotary: RotaryEmbedding,
     #[module(skip)]
     pub config: Qwen3Config,
+    /// Per layer and op: reference or fused (see [`KernelPlan`]); `reference` after loading.
+    #[module(skip)]
+    plan: KernelPlan,
 }
 
 /// Progress callback for loading: `(tensors done, tensors total)`.
@@ -127,8 +131,22 @@ impl Qwen3 {
             model: Qwen3Model { embed_tokens, layers, norm },
             lm_head,
             rotary: RotaryEmbedding::new(c.head_dim(), c.rope_theta()),
+            plan: KernelPlan::uniform(c.num_hidden_layers, OpChoice::Reference),
             config: c,
         }
+    }
+
+    /// The kernel plan in use.
+    pub fn plan(&self) -> &KernelPlan {
+        &self.plan
+    }
+
+    /// Selects, per layer and op, the reference path or a fused kernel. Refuses a plan that does
+    /// not fit this model (layer count, attention bias, head_dim).
+    pub fn set_plan(&mut self, plan: KernelPlan) -> Result<(), ForwardError> {
+        plan.check(&self.config).map_err(ForwardError::Plan)?;
+        self.plan = plan;
+        Ok(())
     }
 
     /// The dtype activations are computed in.
@@ -186,9 +204,9 @@ impl Qwen3 {
         // 1. Embed (Qwen3 does not scale embeddings). [b, t, hidden]
         let mut x = self.model.embed_tokens.val().select(0, flat).reshape([b, t, self.config.hidden_size]);
         // 2. Decoder layers at positions past..past+t.
-        let rope = self.rotary.tables(past, t, self.dtype(), &device);
-        for (layer, kv) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &rope, kv, past);
+        let rope = self.rotary.tables(past, t, &device);
+        for ((layer, kv), plan) in self.model.layers.iter().zip(cache.layers.iter_mut()).zip(&self.plan.layers) {
+            x = layer.forward(x, &rope, kv, past, plan);
         }
         cache.advance(t);
         // 3. Final norm.

@@ -3,8 +3,10 @@ use burn::tensor::{Bool, FloatDType, Tensor, TensorData, activation::softmax};
 
 use super::{Linear, RmsNorm, Rope};
 use crate::kv_cache::LayerCache;
+use crate::ops::QkShape;
 
-/// Grouped-query self-attention with per-head RMSNorm of q and k before RoPE (Qwen3).
+/// Grouped-query self-attention with per-head RMSNorm of q and k before RoPE (Qwen3). The
+/// decoder layer drives its steps (`nn::DecoderLayer::forward` is the dispatch point).
 #[derive(Module, Debug)]
 pub struct Attention {
     pub q_proj: Linear,
@@ -21,26 +23,31 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `x: [batch, seq, hidden]` at positions `past..past + seq` -> `[batch, seq, hidden]`.
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: &mut LayerCache, past: usize) -> Tensor<3> {
-        let [b, t, _] = x.dims();
-        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let dtype = x.dtype();
+    pub fn shape(&self, batch: usize, seq: usize) -> QkShape {
+        QkShape { batch, seq, heads: self.num_heads, kv_heads: self.num_kv_heads, head_dim: self.head_dim }
+    }
 
-        // 1. Projections, per-head norms, RoPE. [b, heads, t, hd]
-        let q = self.q_norm.forward(self.q_proj.forward(x.clone()).reshape([b, t, nh, hd]));
-        let k = self.k_norm.forward(self.k_proj.forward(x.clone()).reshape([b, t, nkv, hd]));
-        let v = self.v_proj.forward(x).reshape([b, t, nkv, hd]).swap_dims(1, 2);
-        let q = rope.apply(q.swap_dims(1, 2));
-        let k = rope.apply(k.swap_dims(1, 2));
+    /// Reference q/k norm + RoPE: `q: [b*t, heads*hd]`, `k, v: [b*t, kv*hd]` ->
+    /// `[b, heads|kv, t, hd]`.
+    pub fn norm_rope(&self, q: Tensor<2>, k: Tensor<2>, v: Tensor<2>, rope: &Rope, s: QkShape) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let QkShape { batch: b, seq: t, heads, kv_heads, head_dim: hd } = s;
+        let q = self.q_norm.forward(q.reshape([b, t, heads, hd]));
+        let k = self.k_norm.forward(k.reshape([b, t, kv_heads, hd]));
+        let v = v.reshape([b, t, kv_heads, hd]).swap_dims(1, 2);
+        (rope.apply(q.swap_dims(1, 2)), rope.apply(k.swap_dims(1, 2)), v)
+    }
 
-        // 2. Append to the cache; attend over all positions so far. [b, nkv, s, hd]
+    /// Appends `k, v: [b, kv, t, hd]` at positions `past..` and attends with
+    /// `q: [b, heads, t, hd]` over every position so far -> `[b*t, heads*hd]` (before `o_proj`).
+    pub fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, cache: &mut LayerCache, past: usize) -> Tensor<2> {
+        let [b, nh, t, hd] = q.dims();
+        let dtype = q.dtype();
         let (k, v) = cache.append(past, k, v);
         let s = past + t;
-        let k = repeat_kv(k, nh / nkv);
-        let v = repeat_kv(v, nh / nkv);
+        let k = repeat_kv(k, nh / self.num_kv_heads);
+        let v = repeat_kv(v, nh / self.num_kv_heads);
 
-        // 3. Scores with a causal mask, softmax in f32 (as PyTorch's eager path). [b, nh, t, s]
+        // Scores with a causal mask, softmax in f32 (as PyTorch's eager path). [b, nh, t, s]
         let scale = (hd as f64).powf(-0.5);
         let scores = q.matmul(k.swap_dims(2, 3)) * scale;
         let scores = if t > 1 {
@@ -53,10 +60,7 @@ impl Attention {
             scores
         };
         let probs = softmax(scores.cast(FloatDType::F32), 3).cast(dtype);
-
-        // 4. Weighted values, merge heads, output projection.
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, nh * hd]);
-        self.o_proj.forward(out)
+        probs.matmul(v).swap_dims(1, 2).reshape([b * t, nh * hd])
     }
 }
 

@@ -3,6 +3,8 @@ use burn::tensor::Tensor;
 
 use super::{Attention, Mlp, RmsNorm, Rope};
 use crate::kv_cache::LayerCache;
+use crate::ops::{self, reference};
+use crate::plan::{LayerPlan, OpChoice};
 
 /// One pre-norm Qwen3 decoder layer.
 #[derive(Module, Debug)]
@@ -14,13 +16,76 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    /// `x: [batch, seq, hidden] -> [batch, seq, hidden]`
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: &mut LayerCache, past: usize) -> Tensor<3> {
-        // 1. x + attn(input_layernorm(x))
-        let h = self.input_layernorm.forward(x.clone());
-        let x = x + self.self_attn.forward(h, rope, cache, past);
-        // 2. x + mlp(post_attention_layernorm(x))
-        let h = self.post_attention_layernorm.forward(x.clone());
-        x + self.mlp.forward(h)
+    /// `x: [batch, seq, hidden] -> [batch, seq, hidden]` at positions `past..past + seq`.
+    ///
+    /// The one dispatch point of a layer: each step reads its choice from `plan` and runs the
+    /// fused op or the reference ops.
+    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: &mut LayerCache, past: usize, plan: &LayerPlan) -> Tensor<3> {
+        let [b, t, hidden] = x.dims();
+        let a = &self.self_attn;
+        let shape = a.shape(b, t);
+        let x = x.reshape([b * t, hidden]);
+        let eps = self.input_layernorm.eps;
+
+        // 1. input_layernorm + q/k/v projections. [b*t, heads*hd], [b*t, kv*hd] x 2
+        let (q, k, v) = match plan.rms_norm_qkv {
+            OpChoice::Fused(p) => {
+                let qkv = ops::rms_norm_qkv(
+                    x.clone(),
+                    self.input_layernorm.weight.val(),
+                    a.q_proj.weight.val(),
+                    a.k_proj.weight.val(),
+                    a.v_proj.weight.val(),
+                    eps,
+                    p,
+                );
+                let (nq, nkv) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+                (qkv.clone().narrow(1, 0, nq), qkv.clone().narrow(1, nq, nkv), qkv.narrow(1, nq + nkv, nkv))
+            }
+            OpChoice::Reference => {
+                let h = self.input_layernorm.forward(x.clone());
+                (a.q_proj.forward(h.clone()), a.k_proj.forward(h.clone()), a.v_proj.forward(h))
+            }
+        };
+
+        // 2. q_norm / k_norm + RoPE. [b, heads|kv, t, hd]
+        let (q, k, v) = match plan.qk_norm_rope {
+            OpChoice::Fused(p) => ops::qk_norm_rope(
+                q,
+                k,
+                v,
+                a.q_norm.weight.val(),
+                a.k_norm.weight.val(),
+                rope.cos.clone(),
+                rope.sin.clone(),
+                shape,
+                a.q_norm.eps,
+                p,
+            ),
+            OpChoice::Reference => a.norm_rope(q, k, v, rope, shape),
+        };
+
+        // 3. Attention over the cache, output projection. [b*t, hidden]
+        let attn = a.o_proj.forward(a.attend(q, k, v, cache, past));
+
+        // 4. Residual + post_attention_layernorm. [b*t, hidden] x 2
+        let (x, h) = match plan.add_rms_norm {
+            OpChoice::Fused(p) => {
+                ops::add_rms_norm(x, attn, self.post_attention_layernorm.weight.val(), self.post_attention_layernorm.eps, p)
+            }
+            OpChoice::Reference => {
+                let x = x + attn;
+                (x.clone(), self.post_attention_layernorm.forward(x))
+            }
+        };
+
+        // 5. MLP and residual. [b*t, hidden]
+        let m = &self.mlp;
+        let (gate, up) = (m.gate_proj.forward(h.clone()), m.up_proj.forward(h));
+        let act = match plan.silu_mul {
+            OpChoice::Fused(p) => ops::silu_mul(gate, up, p),
+            OpChoice::Reference => reference::silu_mul(gate, up, ops::Precision::Torch),
+        };
+        (x + m.down_proj.forward(act)).reshape([b, t, hidden])
     }
 }

@@ -11,7 +11,8 @@ pub struct RotaryEmbedding {
     pub inv_freq: Vec<f32>,
 }
 
-/// cos and sin for a run of positions: each `[seq, head_dim]` in the activation dtype.
+/// cos and sin for a run of positions: each `[seq, head_dim]` in f32 (the fused kernel reads
+/// them as they are; the reference path casts them to the activation dtype, as HF does).
 pub struct Rope {
     pub cos: Tensor<2>,
     pub sin: Tensor<2>,
@@ -29,7 +30,7 @@ impl RotaryEmbedding {
     }
 
     /// Tables for positions `start..start + len`.
-    pub fn tables(&self, start: usize, len: usize, dtype: DType, device: &Device) -> Rope {
+    pub fn tables(&self, start: usize, len: usize, device: &Device) -> Rope {
         let half = self.inv_freq.len();
         let dim = half * 2;
         let mut cos = Vec::with_capacity(len * dim);
@@ -41,21 +42,18 @@ impl RotaryEmbedding {
                 sin.extend(row.iter().map(|a| a.sin()));
             }
         }
-        let make = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [len, dim]), (device, DType::F32)).cast(dtype);
+        let make = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [len, dim]), (device, DType::F32));
         Rope { cos: make(cos), sin: make(sin) }
     }
 }
 
 impl Rope {
-    /// Rotates `x: [batch, heads, seq, head_dim]`.
+    /// Rotates `x: [batch, heads, seq, head_dim]` in its own dtype (HF's rounding points).
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, h, t, d] = x.dims();
-        let half = d / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        let cos = self.cos.clone().reshape([1, 1, t, d]).expand([b, h, t, d]);
-        let sin = self.sin.clone().reshape([1, 1, t, d]).expand([b, h, t, d]);
-        x * cos + rotated * sin
+        let dtype = x.dtype();
+        let cos = self.cos.clone().cast(dtype).reshape([1, 1, t, d]).expand([b, h, t, d]);
+        let sin = self.sin.clone().cast(dtype).reshape([1, 1, t, d]).expand([b, h, t, d]);
+        crate::ops::reference::rotate(x, cos, sin)
     }
 }

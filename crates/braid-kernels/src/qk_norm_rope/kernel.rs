@@ -1,0 +1,111 @@
+use cubecl::prelude::*;
+
+use crate::reduce::block_sum;
+
+/// Per-head RMSNorm of q and k over head_dim followed by NeoX RoPE, and the head-major copy of v.
+///
+/// Grid: x over token rows (`batch * seq`), y over `heads + 2 * kv_heads` (q heads, k heads,
+/// v heads). Unit `i < half` owns the rotary pair `(i, i + half)`.
+///
+/// `f32_internal = false` rounds where HF does: the normalised value, its product with the norm
+/// weight, cos/sin (cast to F), each product and the sum of RoPE. `true` computes in f32 and rounds
+/// the output once.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn qk_norm_rope_kernel<F: Float>(
+    q: &Tensor<F>,            // [rows, heads * hd] (row stride may be wider)
+    k: &Tensor<F>,            // [rows, kv_heads * hd]
+    v: &Tensor<F>,            // [rows, kv_heads * hd]
+    q_weight: &Tensor<F>,     // [hd]
+    k_weight: &Tensor<F>,     // [hd]
+    cos: &Tensor<f32>,        // [seq, hd]
+    sin: &Tensor<f32>,        // [seq, hd]
+    q_out: &mut Tensor<F>,    // [batch, heads, seq, hd]
+    k_out: &mut Tensor<F>,    // [batch, kv_heads, seq, hd]
+    v_out: &mut Tensor<F>,    // [batch, kv_heads, seq, hd]
+    eps: f32,
+    #[comptime] f32_internal: bool,
+    #[comptime] half: usize,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let row = CUBE_POS_X as usize;
+    let slot = CUBE_POS_Y as usize;
+    let i = UNIT_POS_X as usize;
+    let hd = 2 * half;
+    let seq = cos.shape(0);
+    let b = row / seq;
+    let t = row % seq;
+    let heads = q_out.shape(1);
+    let kv_heads = k_out.shape(1);
+    let active = i < half;
+
+    if slot >= heads + kv_heads {
+        // v: a layout change only.
+        let h = slot - heads - kv_heads;
+        if active {
+            let src = row * v.stride(0) + h * hd;
+            let dst = ((b * kv_heads + h) * seq + t) * hd;
+            v_out[dst + i] = v[src + i];
+            v_out[dst + i + half] = v[src + i + half];
+        }
+    } else {
+        let is_q = slot < heads;
+        let h = if is_q { slot } else { slot - heads };
+        let mut x1 = 0.0f32;
+        let mut x2 = 0.0f32;
+        let mut w1 = 0.0f32;
+        let mut w2 = 0.0f32;
+        if active {
+            if is_q {
+                let src = row * q.stride(0) + h * hd;
+                x1 = f32::cast_from(q[src + i]);
+                x2 = f32::cast_from(q[src + i + half]);
+                w1 = f32::cast_from(q_weight[i]);
+                w2 = f32::cast_from(q_weight[i + half]);
+            } else {
+                let src = row * k.stride(0) + h * hd;
+                x1 = f32::cast_from(k[src + i]);
+                x2 = f32::cast_from(k[src + i + half]);
+                w1 = f32::cast_from(k_weight[i]);
+                w2 = f32::cast_from(k_weight[i + half]);
+            }
+        }
+        let sq = block_sum(x1 * x1 + x2 * x2, block);
+        let inv = 1.0f32 / (sq / f32::cast_from(hd as u32) + eps).sqrt();
+        if active {
+            let c1 = cos[t * hd + i];
+            let s1 = sin[t * hd + i];
+            let c2 = cos[t * hd + i + half];
+            let s2 = sin[t * hd + i + half];
+            let (o1, o2) = if f32_internal {
+                let n1 = x1 * inv * w1;
+                let n2 = x2 * inv * w2;
+                (n1 * c1 - n2 * s1, n2 * c2 + n1 * s2)
+            } else {
+                let n1 = round::<F>(round::<F>(x1 * inv) * w1);
+                let n2 = round::<F>(round::<F>(x2 * inv) * w2);
+                // HF: q * cos + rotate_half(q) * sin, each op in F.
+                (
+                    round::<F>(n1 * round::<F>(c1)) + round::<F>(-n2 * round::<F>(s1)),
+                    round::<F>(n2 * round::<F>(c2)) + round::<F>(n1 * round::<F>(s2)),
+                )
+            };
+            if is_q {
+                let dst = ((b * heads + h) * seq + t) * hd;
+                q_out[dst + i] = F::cast_from(o1);
+                q_out[dst + i + half] = F::cast_from(o2);
+            } else {
+                let dst = ((b * kv_heads + h) * seq + t) * hd;
+                k_out[dst + i] = F::cast_from(o1);
+                k_out[dst + i + half] = F::cast_from(o2);
+            }
+        }
+    }
+}
+
+/// `value` rounded to F and back.
+#[cube]
+fn round<F: Float>(value: f32) -> f32 {
+    f32::cast_from(F::cast_from(value))
+}

@@ -1,0 +1,45 @@
+//! Reductions across the units of one cube, through shared memory (works on every runtime,
+//! planes or not).
+
+use cubecl::prelude::*;
+
+/// Sum of `value` over the `block` units along x of this cube; every unit gets the result.
+/// `block` must be a power of two equal to `CUBE_DIM_X`.
+#[cube]
+pub fn block_sum(value: f32, #[comptime] block: usize) -> f32 {
+    let mut scratch = Shared::<[f32]>::new_slice(block);
+    let unit = UNIT_POS_X as usize;
+    scratch[unit] = value;
+    sync_cube();
+    let mut stride = (CUBE_DIM_X / 2) as usize;
+    while stride > 0 {
+        if unit < stride {
+            scratch[unit] = scratch[unit] + scratch[unit + stride];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = scratch[0];
+    sync_cube();
+    total
+}
+
+/// Maximum of `value` over the units of the cube, as [`block_sum`].
+#[cube]
+pub fn block_max(value: f32, #[comptime] block: usize) -> f32 {
+    let mut scratch = Shared::<[f32]>::new_slice(block);
+    let unit = UNIT_POS_X as usize;
+    scratch[unit] = value;
+    sync_cube();
+    let mut stride = (CUBE_DIM_X / 2) as usize;
+    while stride > 0 {
+        if unit < stride {
+            scratch[unit] = max(scratch[unit], scratch[unit + stride]);
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = scratch[0];
+    sync_cube();
+    total
+}

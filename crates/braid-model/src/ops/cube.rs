@@ -1,0 +1,112 @@
+//! The CubeCL backend launches Braid's kernels.
+
+use braid_kernels::rms_norm_qkv::QkvStrategy;
+use braid_kernels::{KernelError, TensorHandle};
+use burn::backend::Cube;
+use burn::backend::tensor::FloatTensor;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+
+use super::{FusedOps, Precision, QkShape};
+
+/// A kernel's handle from a contiguous copy of `t` (no copy when already contiguous).
+fn handle(t: FloatTensor<Cube>) -> TensorHandle {
+    TensorHandle::from(into_contiguous(t))
+}
+
+/// A row view (`narrow` along columns) as it is: the kernels read strided rows.
+fn view(t: FloatTensor<Cube>) -> TensorHandle {
+    TensorHandle::from(t)
+}
+
+/// Back to a Burn tensor on `like`'s device.
+fn tensor(like: &CubeTensor, out: TensorHandle, dtype: burn::tensor::DType) -> CubeTensor {
+    CubeTensor::new(like.client.clone(), out.handle, *out.metadata, like.device.clone(), dtype)
+}
+
+/// Shapes are checked by the model before it picks a fused op (`KernelPlan::check`); an error
+/// here is a bug in Braid, not bad input.
+fn launched<T>(r: Result<T, KernelError>) -> T {
+    r.unwrap_or_else(|e| panic!("fused kernel refused a launch the plan allowed: {e}"))
+}
+
+impl FusedOps for Cube {
+    fn add_rms_norm(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (like, dtype) = (x.clone(), x.dtype);
+        let (h, n) = launched(braid_kernels::add_rms_norm::add_rms_norm(
+            &like.client,
+            handle(residual),
+            handle(x),
+            handle(weight),
+            eps as f32,
+            precision,
+        ));
+        (tensor(&like, h, dtype), tensor(&like, n, dtype))
+    }
+
+    fn rms_norm_qkv(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        let (like, dtype) = (x.clone(), x.dtype);
+        let strategy = QkvStrategy::default_for(&like.client);
+        let out = launched(braid_kernels::rms_norm_qkv::rms_norm_qkv(
+            &like.client,
+            handle(x),
+            handle(gamma),
+            handle(wq),
+            handle(wk),
+            handle(wv),
+            eps as f32,
+            precision,
+            strategy,
+        ));
+        tensor(&like, out, dtype)
+    }
+
+    fn qk_norm_rope(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps: f64,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (like, dtype) = (q.clone(), q.dtype);
+        let (q, k, v) = launched(braid_kernels::qk_norm_rope::qk_norm_rope(
+            &like.client,
+            view(q),
+            view(k),
+            view(v),
+            handle(q_weight),
+            handle(k_weight),
+            handle(cos),
+            handle(sin),
+            shape,
+            eps as f32,
+            precision,
+        ));
+        (tensor(&like, q, dtype), tensor(&like, k, dtype), tensor(&like, v, dtype))
+    }
+
+    fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self> {
+        let (like, dtype) = (gate.clone(), gate.dtype);
+        let out = launched(braid_kernels::silu_mul::silu_mul(&like.client, handle(gate), handle(up), precision));
+        tensor(&like, out, dtype)
+    }
+}

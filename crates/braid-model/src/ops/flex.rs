@@ -1,0 +1,71 @@
+//! Flex (CPU) runs the reference twins.
+
+use burn::backend::Flex;
+use burn::backend::tensor::FloatTensor;
+use burn::tensor::Tensor;
+
+use super::{FusedOps, Precision, QkShape, reference};
+
+fn wrap<const D: usize>(p: FloatTensor<Flex>) -> Tensor<D> {
+    Tensor::from_primitive::<Flex>(p)
+}
+
+fn unwrap<const D: usize>(t: Tensor<D>) -> FloatTensor<Flex> {
+    t.try_into_primitive::<Flex>().expect("a reference twin of a Flex tensor stays on Flex")
+}
+
+impl FusedOps for Flex {
+    fn add_rms_norm(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (h, n) = reference::add_rms_norm(wrap(residual), wrap(x), wrap(weight), eps, precision);
+        (unwrap(h), unwrap(n))
+    }
+
+    fn rms_norm_qkv(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        unwrap(reference::rms_norm_qkv(wrap(x), wrap(gamma), wrap(wq), wrap(wk), wrap(wv), eps, precision))
+    }
+
+    fn qk_norm_rope(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps: f64,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (q, k, v) = reference::qk_norm_rope(
+            wrap(q),
+            wrap(k),
+            wrap(v),
+            wrap(q_weight),
+            wrap(k_weight),
+            wrap(cos),
+            wrap(sin),
+            shape,
+            eps,
+            precision,
+        );
+        (unwrap(q), unwrap(k), unwrap(v))
+    }
+
+    fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self> {
+        unwrap(reference::silu_mul(wrap(gate), wrap(up), precision))
+    }
+}

@@ -1,0 +1,133 @@
+//! Braid's fused ops as a Burn backend extension.
+//!
+//! [`FusedOps`] has one method per fused op. The CubeCL backend (CUDA, wgpu, ...) launches the
+//! kernels of `braid-kernels` (`cube.rs`); Flex runs the reference twin of [`reference`], which
+//! has the same signature and precision modes and is written in plain Burn tensor ops. The free
+//! functions below are what the model calls: they route a [`Tensor`] through Burn's dispatch to
+//! whichever backend holds it.
+
+mod cube;
+mod flex;
+pub mod reference;
+pub mod verify;
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, backend_extension};
+use burn::tensor::Tensor;
+
+pub use braid_kernels::Precision;
+pub use braid_kernels::qk_norm_rope::QkShape;
+
+/// One method per fused op; see the free functions of this module for shapes.
+#[backend_extension(Cube, Flex)]
+pub trait FusedOps: Backend {
+    fn add_rms_norm(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_qkv(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+    ) -> FloatTensor<Self>;
+
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps: f64,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self>;
+}
+
+/// `residual, x: [rows, dim]`, `weight: [dim]` -> `(residual + x, rmsnorm(residual + x) * weight)`.
+pub fn add_rms_norm(
+    residual: Tensor<2>,
+    x: Tensor<2>,
+    weight: Tensor<1>,
+    eps: f64,
+    precision: Precision,
+) -> (Tensor<2>, Tensor<2>) {
+    let (h, n) = <Dispatch as FusedOps>::add_rms_norm(
+        residual.into_dispatch(),
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        eps,
+        precision,
+    );
+    (Tensor::from_dispatch(h), Tensor::from_dispatch(n))
+}
+
+/// `x: [rows, hidden]`, `gamma: [hidden]`, `wq/wk/wv: [n_i, hidden]` -> `[rows, nq + nk + nv]`.
+pub fn rms_norm_qkv(
+    x: Tensor<2>,
+    gamma: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::rms_norm_qkv(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        wq.into_dispatch(),
+        wk.into_dispatch(),
+        wv.into_dispatch(),
+        eps,
+        precision,
+    ))
+}
+
+/// `q: [b*t, heads*hd]`, `k, v: [b*t, kv_heads*hd]` (row views of one buffer are fine),
+/// `q_weight, k_weight: [hd]`, f32 `cos, sin: [t, hd]` ->
+/// `(q: [b, heads, t, hd], k: [b, kv_heads, t, hd], v: [b, kv_heads, t, hd])`.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope(
+    q: Tensor<2>,
+    k: Tensor<2>,
+    v: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps: f64,
+    precision: Precision,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let (q, k, v) = <Dispatch as FusedOps>::qk_norm_rope(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        q_weight.into_dispatch(),
+        k_weight.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+        shape,
+        eps,
+        precision,
+    );
+    (Tensor::from_dispatch(q), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
+}
+
+/// `gate, up: [rows, n]` -> `silu(gate) * up`.
+pub fn silu_mul(gate: Tensor<2>, up: Tensor<2>, precision: Precision) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::silu_mul(gate.into_dispatch(), up.into_dispatch(), precision))
+}

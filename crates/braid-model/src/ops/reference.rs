@@ -1,0 +1,156 @@
+//! The reference twins of the fused ops: the same signatures, written in plain Burn tensor ops,
+//! so they run on every backend. `Precision::Torch` reproduces PyTorch's rounding points (and
+//! the unfused reference path of `nn`); `Precision::F32` computes in f32 and rounds the result
+//! once, as the fused kernels' f32 mode does.
+
+use burn::tensor::{DType, FloatDType, Tensor, activation::silu};
+
+use super::{Precision, QkShape};
+
+fn f32_of<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    t.cast(FloatDType::F32)
+}
+
+fn to<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
+    t.cast(dtype)
+}
+
+/// `1 / sqrt(mean(x^2) + eps)` over the last dim, f32 `[.., 1]`.
+fn inv_rms<const D: usize>(x_f32: Tensor<D>, eps: f64) -> Tensor<D> {
+    (x_f32.square().mean_dim(D - 1) + eps).sqrt().recip()
+}
+
+/// RMSNorm over the last dim with a `[dim]` weight, in either precision.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64, precision: Precision) -> Tensor<D> {
+    let dtype = x.dtype();
+    let mut shape = [1; D];
+    shape[D - 1] = weight.dims()[0];
+    let x = f32_of(x);
+    let normed = x.clone() * inv_rms(x, eps);
+    match precision {
+        Precision::Torch => to(normed, dtype) * weight.reshape(shape),
+        Precision::F32 => to(normed * f32_of(weight).reshape(shape), dtype),
+    }
+}
+
+/// `x: [rows, in] @ w^T: [in, out]`; f32 mode multiplies in f32 and rounds once.
+fn matmul_t(x: Tensor<2>, w: Tensor<2>, dtype: DType, precision: Precision) -> Tensor<2> {
+    match precision {
+        Precision::Torch => x.matmul(w.transpose()),
+        Precision::F32 => to(f32_of(x).matmul(f32_of(w).transpose()), dtype),
+    }
+}
+
+/// `(residual + x, rmsnorm(residual + x) * weight)`; `residual, x: [rows, dim]`.
+pub fn add_rms_norm(
+    residual: Tensor<2>,
+    x: Tensor<2>,
+    weight: Tensor<1>,
+    eps: f64,
+    precision: Precision,
+) -> (Tensor<2>, Tensor<2>) {
+    let dtype = x.dtype();
+    match precision {
+        Precision::Torch => {
+            let h = residual + x;
+            (h.clone(), rms_norm(h, weight, eps, precision))
+        }
+        Precision::F32 => {
+            let h = f32_of(residual) + f32_of(x);
+            let dim = weight.dims()[0];
+            let normed = h.clone() * inv_rms(h.clone(), eps) * f32_of(weight).reshape([1, dim]);
+            (to(h, dtype), to(normed, dtype))
+        }
+    }
+}
+
+/// `[rmsnorm(x) @ wq^T | rmsnorm(x) @ wk^T | rmsnorm(x) @ wv^T]`: `[rows, nq + nk + nv]`.
+pub fn rms_norm_qkv(
+    x: Tensor<2>,
+    gamma: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+) -> Tensor<2> {
+    let dtype = x.dtype();
+    let n = match precision {
+        Precision::Torch => rms_norm(x, gamma, eps, precision),
+        // Keep the normalised rows in f32 for the f32 matmul.
+        Precision::F32 => {
+            let x = f32_of(x);
+            let dim = gamma.dims()[0];
+            x.clone() * inv_rms(x, eps) * f32_of(gamma).reshape([1, dim])
+        }
+    };
+    let parts = [wq, wk, wv].map(|w| matmul_t(n.clone(), w, dtype, precision));
+    Tensor::cat(parts.to_vec(), 1)
+}
+
+/// Per-head RMSNorm of q and k, NeoX RoPE with f32 `cos, sin: [seq, hd]`, head-major layout.
+/// `q: [b*t, heads*hd]`, `k, v: [b*t, kv_heads*hd]` ->
+/// `(q: [b, heads, t, hd], k: [b, kv_heads, t, hd], v: [b, kv_heads, t, hd])`.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope(
+    q: Tensor<2>,
+    k: Tensor<2>,
+    v: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps: f64,
+    precision: Precision,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let QkShape { batch: b, seq: t, heads, kv_heads, head_dim: hd } = shape;
+    let dtype = q.dtype();
+    let rope_torch = |x: Tensor<4>, w: Tensor<1>| -> Tensor<4> {
+        let n = rms_norm(x, w, eps, Precision::Torch).swap_dims(1, 2); // [b, h, t, hd]
+        let h = n.dims()[1];
+        // HF casts cos/sin to the activation dtype and rotates in it.
+        let (cos, sin) = (to(cos.clone(), dtype), to(sin.clone(), dtype));
+        let cos = cos.reshape([1, 1, t, hd]).expand([b, h, t, hd]);
+        let sin = sin.reshape([1, 1, t, hd]).expand([b, h, t, hd]);
+        rotate(n, cos, sin)
+    };
+    match precision {
+        Precision::Torch => {
+            let q = rope_torch(q.reshape([b, t, heads, hd]), q_weight);
+            let k = rope_torch(k.reshape([b, t, kv_heads, hd]), k_weight);
+            (q, k, v.reshape([b, t, kv_heads, hd]).swap_dims(1, 2))
+        }
+        Precision::F32 => {
+            let norm_f32 = |x: Tensor<4>, w: Tensor<1>| -> Tensor<4> {
+                let x = f32_of(x);
+                (x.clone() * inv_rms(x, eps) * f32_of(w).reshape([1, 1, 1, hd])).swap_dims(1, 2)
+            };
+            let q = norm_f32(q.reshape([b, t, heads, hd]), q_weight);
+            let k = norm_f32(k.reshape([b, t, kv_heads, hd]), k_weight);
+            let table = |c: Tensor<2>, h: usize| c.reshape([1, 1, t, hd]).expand([b, h, t, hd]);
+            let q = rotate(q, table(cos.clone(), heads), table(sin.clone(), heads));
+            let k = rotate(k, table(cos, kv_heads), table(sin, kv_heads));
+            (to(q, dtype), to(k, dtype), v.reshape([b, t, kv_heads, hd]).swap_dims(1, 2))
+        }
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` over the last dim, `x: [b, h, t, hd]`.
+pub fn rotate(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    let d = x.dims()[3];
+    let half = d / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos + rotated * sin
+}
+
+/// `silu(gate) * up`; torch mode rounds SiLU's output first (PyTorch runs two kernels).
+pub fn silu_mul(gate: Tensor<2>, up: Tensor<2>, precision: Precision) -> Tensor<2> {
+    let dtype = gate.dtype();
+    match precision {
+        Precision::Torch => to(silu(f32_of(gate)), dtype) * up,
+        Precision::F32 => to(silu(f32_of(gate)) * f32_of(up), dtype),
+    }
+}

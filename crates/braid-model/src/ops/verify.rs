@@ -1,0 +1,310 @@
+//! Each fused op against its reference twin and an f64 host truth, on fresh random data: the
+//! kernel tests run this on wgpu (CI), `braid-cli check-kernels` on any device (the GPU machine).
+//!
+//! Errors are normwise: `||out - truth||_2 / ||truth||_2` over the whole output, with the truth
+//! computed in f64 from the same (already rounded) inputs. Outputs are poisoned first: a NaN
+//! buffer of the output's size is allocated and dropped before each launch so that the memory
+//! pool hands it to the kernel, and unwritten elements show up as non-finite values.
+
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+
+use super::{Precision, QkShape, reference};
+use crate::nn::RotaryEmbedding;
+
+/// One op, one case, one precision.
+#[derive(Debug, Clone)]
+pub struct OpCheck {
+    pub op: &'static str,
+    pub case: String,
+    pub precision: Precision,
+    /// Fused op (kernel on CubeCL devices) vs f64 truth.
+    pub fused_err: f64,
+    /// Reference twin (plain Burn ops, same precision mode) vs f64 truth.
+    pub twin_err: f64,
+    /// Fused vs twin.
+    pub fused_vs_twin: f64,
+    /// Every output element finite (nothing left unwritten).
+    pub finite: bool,
+}
+
+/// A tiny deterministic generator (splitmix64) so a failing seed can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[-1, 1)`.
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.unit() * scale).collect()
+    }
+    /// Norm weights `center +- spread`, with a few channels at `peak` (k_norm-like outliers).
+    pub fn norm_weights(&mut self, n: usize, center: f32, spread: f32, peak: f32) -> Vec<f32> {
+        let mut w: Vec<f32> = (0..n).map(|_| center + self.unit() * spread).collect();
+        if peak != 0.0 {
+            for i in (0..n).step_by(7.max(n / 5)) {
+                w[i] = peak * (1.0 - 0.03 * self.unit().abs());
+            }
+        }
+        w
+    }
+}
+
+/// Inputs are rounded to `dtype` on upload; the truth reads them back so it sees the same values.
+struct Ctx<'a> {
+    device: &'a Device,
+    dtype: DType,
+}
+
+impl Ctx<'_> {
+    fn t<const D: usize>(&self, v: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::<D>::from_data(TensorData::new(v, shape), (self.device, DType::F32)).cast(self.dtype)
+    }
+    /// Allocates and drops a NaN buffer the size of an output, so the pool reuses it.
+    fn poison(&self, len: usize) {
+        let nan = Tensor::<1>::full([len], f32::NAN, (self.device, self.dtype));
+        let _ = nan.into_data();
+    }
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.cast(FloatDType::F32).into_data().try_to_vec::<f32>().expect("f32 data").into_iter().map(f64::from).collect()
+}
+
+/// `||a - b|| / ||b||` (0 when both vanish).
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    if den == 0.0 { num } else { num / den }
+}
+
+fn finite(v: &[f64]) -> bool {
+    v.iter().all(|x| x.is_finite())
+}
+
+fn record(op: &'static str, case: &str, p: Precision, fused: &[f64], twin: &[f64], truth: &[f64]) -> OpCheck {
+    OpCheck {
+        op,
+        case: case.to_string(),
+        precision: p,
+        fused_err: rel_err(fused, truth),
+        twin_err: rel_err(twin, truth),
+        fused_vs_twin: rel_err(fused, twin),
+        finite: finite(fused) && fused.len() == truth.len(),
+    }
+}
+
+fn rms_rows(x: &[f64], w: &[f64], rows: usize, dim: usize, eps: f64) -> Vec<f64> {
+    let mut out = vec![0.0; rows * dim];
+    for r in 0..rows {
+        let row = &x[r * dim..(r + 1) * dim];
+        let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / dim as f64 + eps).sqrt();
+        for j in 0..dim {
+            out[r * dim + j] = row[j] * inv * w[j];
+        }
+    }
+    out
+}
+
+/// Sizes and magnitudes of one case.
+#[derive(Debug, Clone, Copy)]
+pub struct Case {
+    pub name: &'static str,
+    pub rows: usize,
+    pub scale: f32,
+    /// Norm-weight outliers (0 = none).
+    pub peak: f32,
+    pub zero_row: bool,
+}
+
+/// The standard cases: plain, odd sizes, adversarial magnitudes.
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case { name: "decode", rows: 1, scale: 1.0, peak: 0.0, zero_row: false },
+        Case { name: "prefill-odd", rows: 37, scale: 2.0, peak: 0.0, zero_row: true },
+        Case { name: "adversarial", rows: 5, scale: 1.0e4, peak: 100.0, zero_row: true },
+    ]
+}
+
+/// Runs every op for every case in both precisions on `device` in `dtype`.
+pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
+    let ctx = Ctx { device, dtype };
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::new();
+    for case in cases() {
+        for p in [Precision::Torch, Precision::F32] {
+            out.push(check_add_rms_norm(&ctx, &mut rng, case, p));
+            out.push(check_rms_norm_qkv(&ctx, &mut rng, case, p));
+            out.push(check_qk_norm_rope(&ctx, &mut rng, case, p));
+            out.push(check_silu_mul(&ctx, &mut rng, case, p));
+        }
+    }
+    out
+}
+
+fn input(rng: &mut Rng, rows: usize, dim: usize, case: Case) -> Vec<f32> {
+    let mut v = rng.vec(rows * dim, case.scale);
+    if case.zero_row && rows > 1 {
+        v[dim..2 * dim].iter_mut().for_each(|x| *x = 0.0);
+    }
+    v
+}
+
+fn check_add_rms_norm(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
+    let (rows, dim, eps) = (case.rows, 200 + 13, 1e-6);
+    let mut res = input(rng, rows, dim, case);
+    let mut x = rng.vec(rows * dim, case.scale);
+    if case.zero_row && rows > 1 {
+        x[dim..2 * dim].iter_mut().for_each(|v| *v = 0.0);
+        res[dim..2 * dim].iter_mut().for_each(|v| *v = 0.0);
+    }
+    let w = rng.norm_weights(dim, 1.0, 0.2, case.peak);
+    let (res, x, w) = (ctx.t(res, [rows, dim]), ctx.t(x, [rows, dim]), ctx.t(w, [dim]));
+    let (hr, xr, wr) = (host(res.clone()), host(x.clone()), host(w.clone()));
+    let h: Vec<f64> = hr.iter().zip(&xr).map(|(a, b)| a + b).collect();
+    let truth = rms_rows(&h, &wr, rows, dim, eps);
+    ctx.poison(rows * dim);
+    let (_, fused) = super::add_rms_norm(res.clone(), x.clone(), w.clone(), eps, p);
+    let (_, twin) = reference::add_rms_norm(res, x, w, eps, p);
+    record("add_rms_norm", case.name, p, &host(fused), &host(twin), &truth)
+}
+
+fn check_rms_norm_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
+    // Odd widths: nothing is a multiple of a vector or plane width.
+    let (rows, hidden, nq, nk, eps) = (case.rows, 96 + 5, 64 + 3, 32 + 1, 1e-6);
+    let x = input(rng, rows, hidden, case);
+    let g = rng.norm_weights(hidden, 1.0, 0.2, case.peak);
+    let ws: Vec<Vec<f32>> = [nq, nk, nk].iter().map(|&n| rng.vec(n * hidden, 0.1)).collect();
+    let x = ctx.t(x, [rows, hidden]);
+    let g = ctx.t(g, [hidden]);
+    let [wq, wk, wv] = [0, 1, 2].map(|i| ctx.t(ws[i].clone(), [[nq, nk, nk][i], hidden]));
+    let normed = rms_rows(&host(x.clone()), &host(g.clone()), rows, hidden, eps);
+    let total = nq + 2 * nk;
+    let mut truth = vec![0.0; rows * total];
+    let mut col = 0;
+    for w in [&wq, &wk, &wv] {
+        let n = w.dims()[0];
+        let wh = host(w.clone());
+        for r in 0..rows {
+            for o in 0..n {
+                truth[r * total + col + o] = (0..hidden).map(|k| normed[r * hidden + k] * wh[o * hidden + k]).sum();
+            }
+        }
+        col += n;
+    }
+    ctx.poison(rows * total);
+    let fused = super::rms_norm_qkv(x.clone(), g.clone(), wq.clone(), wk.clone(), wv.clone(), eps, p);
+    let twin = reference::rms_norm_qkv(x, g, wq, wk, wv, eps, p);
+    record("rms_norm_qkv", case.name, p, &host(fused), &host(twin), &truth)
+}
+
+fn check_qk_norm_rope(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
+    let (batch, seq) = if case.rows == 1 { (1, 1) } else { (2, case.rows.div_ceil(2)) };
+    let shape = QkShape { batch, seq, heads: 4, kv_heads: 2, head_dim: 48 };
+    let (rows, hd, eps) = (batch * seq, shape.head_dim, 1e-6);
+    let (nq, nk) = (shape.heads * hd, shape.kv_heads * hd);
+    // One [rows, q | k | v] buffer viewed as three, as the model does.
+    let qkv = ctx.t(input(rng, rows, nq + 2 * nk, case), [rows, nq + 2 * nk]);
+    let qw = ctx.t(rng.norm_weights(hd, 1.0, 0.2, 0.0), [hd]);
+    let kw = ctx.t(rng.norm_weights(hd, 1.0, 0.2, case.peak), [hd]);
+    let past = 1000 + 17 * case.rows; // positions well past 256 (bf16 angles would fail there)
+    let rope = RotaryEmbedding::new(hd, 1.0e6).tables(past, seq, ctx.device);
+    let (cos, sin) = (rope.cos, rope.sin);
+    let all = host(qkv.clone());
+    let (qwh, kwh) = (host(qw.clone()), host(kw.clone()));
+    let (cosh, sinh) = (host(cos.clone()), host(sin.clone()));
+    // Truth: [q | k | v] flattened in the output layouts.
+    let mut truth = Vec::new();
+    for (off, heads, w) in [(0, shape.heads, Some(&qwh)), (nq, shape.kv_heads, Some(&kwh)), (nq + nk, shape.kv_heads, None)] {
+        for b in 0..batch {
+            for h in 0..heads {
+                for t in 0..seq {
+                    let row = &all[(b * seq + t) * (nq + 2 * nk) + off + h * hd..][..hd];
+                    let Some(w) = w else {
+                        truth.extend_from_slice(row);
+                        continue;
+                    };
+                    let n = rms_rows(row, w, 1, hd, eps);
+                    let half = hd / 2;
+                    for i in 0..hd {
+                        let rot = if i < half { -n[i + half] } else { n[i - half] };
+                        truth.push(n[i] * cosh[t * hd + i] + rot * sinh[t * hd + i]);
+                    }
+                }
+            }
+        }
+    }
+    let views = |t: &Tensor<2>| (t.clone().narrow(1, 0, nq), t.clone().narrow(1, nq, nk), t.clone().narrow(1, nq + nk, nk));
+    let flat = |(q, k, v): (Tensor<4>, Tensor<4>, Tensor<4>)| {
+        let mut out = host(q);
+        out.extend(host(k));
+        out.extend(host(v));
+        out
+    };
+    ctx.poison(rows * nq);
+    let (q, k, v) = views(&qkv);
+    let fused = flat(super::qk_norm_rope(q, k, v, qw.clone(), kw.clone(), cos.clone(), sin.clone(), shape, eps, p));
+    let (q, k, v) = views(&qkv);
+    let twin = flat(reference::qk_norm_rope(q, k, v, qw, kw, cos, sin, shape, eps, p));
+    record("qk_norm_rope", case.name, p, &fused, &twin, &truth)
+}
+
+fn check_silu_mul(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
+    let (rows, n) = (case.rows, 300 + 7);
+    // SiLU saturates: keep the gate where both branches matter (and |silu * up| < f16's max).
+    let scale = case.scale.min(5.0);
+    let gate = ctx.t(rng.vec(rows * n, scale), [rows, n]);
+    let up = ctx.t(rng.vec(rows * n, case.scale), [rows, n]);
+    let truth: Vec<f64> = host(gate.clone())
+        .iter()
+        .zip(host(up.clone()))
+        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+        .collect();
+    ctx.poison(rows * n);
+    let fused = super::silu_mul(gate.clone(), up.clone(), p);
+    let twin = reference::silu_mul(gate, up, p);
+    record("silu_mul", case.name, p, &host(fused), &host(twin), &truth)
+}
+
+/// Unit roundoff of a dtype (half an ulp at 1.0).
+pub fn unit_roundoff(dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => 2f64.powi(-8),
+        DType::F16 => 2f64.powi(-11),
+        _ => 2f64.powi(-24),
+    }
+}
+
+/// The pass rule, the same in tests and `braid-cli check-kernels`:
+/// - every output element written and finite;
+/// - the fused op within `8 u` of the f64 truth (normwise; `u` the dtype's unit roundoff, floor
+///   `1e-6` for f32 where transcendental functions and the f32 accumulation dominate);
+/// - the fused op no further from the truth than its twin plus `2 u` (it may differ in summation
+///   order only);
+/// - f32 mode within `2 u` of the truth: one rounding at the output.
+pub fn passes(c: &OpCheck, dtype: DType) -> Result<(), String> {
+    let u = unit_roundoff(dtype).max(if dtype == DType::F32 { 1e-6 } else { 0.0 });
+    if !c.finite {
+        return Err("non-finite or unwritten output".into());
+    }
+    if c.fused_err > 8.0 * u {
+        return Err(format!("fused error {:.3e} > 8u = {:.3e}", c.fused_err, 8.0 * u));
+    }
+    if c.fused_err > c.twin_err + 2.0 * u {
+        return Err(format!("fused error {:.3e} > twin error {:.3e} + 2u", c.fused_err, c.twin_err));
+    }
+    if c.precision == Precision::F32 && c.fused_err > 2.0 * u {
+        return Err(format!("f32 mode error {:.3e} > 2u = {:.3e}", c.fused_err, 2.0 * u));
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The kernel plan: per layer and per op, the reference path or a fused kernel in a precision
+//! mode. Presets (`reference`, `fused`, `fused-f32`) or a JSON file:
+//!
+//! ```json
+//! { "all": { "rms_norm_qkv": "fused-f32", "qk_norm_rope": "fused", "add_rms_norm": "fused",
+//!            "silu_mul": "reference" },
+//!   "layers": { "0": { "rms_norm_qkv": "reference" } } }
+//! ```
+//!
+//! `all` (optional, default `reference`) applies to every layer; `layers` overrides single ops of
+//! single layers. Op values: `reference`, `fused` (= `fused-torch`) or `fused-f32`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Qwen3Config;
+use crate::error::LoadError;
+use crate::ops::Precision;
+
+/// How one op of one layer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum OpChoice {
+    /// The unfused path of `nn` (PyTorch's ops and rounding points).
+    #[default]
+    Reference,
+    /// The fused op (a CubeCL kernel; its reference twin on Flex).
+    Fused(Precision),
+}
+
+impl fmt::Display for OpChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpChoice::Reference => f.write_str("reference"),
+            OpChoice::Fused(Precision::Torch) => f.write_str("fused-torch"),
+            OpChoice::Fused(Precision::F32) => f.write_str("fused-f32"),
+        }
+    }
+}
+
+impl FromStr for OpChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reference" => Ok(OpChoice::Reference),
+            "fused" | "fused-torch" => Ok(OpChoice::Fused(Precision::Torch)),
+            "fused-f32" => Ok(OpChoice::Fused(Precision::F32)),
+            _ => Err(format!("unknown op choice `{s}` (reference, fused, fused-torch, fused-f32)")),
+        }
+    }
+}
+
+impl TryFrom<String> for OpChoice {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<OpChoice> for String {
+    fn from(c: OpChoice) -> String {
+        c.to_string()
+    }
+}
+
+/// The choices for one decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LayerPlan {
+    /// `input_layernorm` + `q_proj`/`k_proj`/`v_proj`.
+    pub rms_norm_qkv: OpChoice,
+    /// `q_norm`/`k_norm` + RoPE.
+    pub qk_norm_rope: OpChoice,
+    /// residual add + `post_attention_layernorm`.
+    pub add_rms_norm: OpChoice,
+    /// `silu(gate_proj(h)) * up_proj(h)`'s activation.
+    pub silu_mul: OpChoice,
+}
+
+impl LayerPlan {
+    pub fn uniform(choice: OpChoice) -> Self {
+        Self { rms_norm_qkv: choice, qk_norm_rope: choice, add_rms_norm: choice, silu_mul: choice }
+    }
+
+    fn ops(&self) -> [(&'static str, OpChoice); 4] {
+        [
+            ("rms_norm_qkv", self.rms_norm_qkv),
+            ("qk_norm_rope", self.qk_norm_rope),
+            ("add_rms_norm", self.add_rms_norm),
+            ("silu_mul", self.silu_mul),
+        ]
+    }
+}
+
+/// One [`LayerPlan`] per decoder layer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KernelPlan {
+    pub layers: Vec<LayerPlan>,
+}
+
+/// The JSON form: `all` plus per-layer overrides of single ops.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct PlanFile {
+    all: LayerPlan,
+    layers: BTreeMap<usize, BTreeMap<String, OpChoice>>,
+}
+
+impl KernelPlan {
+    /// Every op of every layer the same.
+    pub fn uniform(layers: usize, choice: OpChoice) -> Self {
+        Self { layers: vec![LayerPlan::uniform(choice); layers] }
+    }
+
+    /// `reference`, `fused` (`fused-torch`), `fused-f32`, or a path to a JSON plan file.
+    pub fn parse(spec: &str, config: &Qwen3Config) -> Result<Self, LoadError> {
+        let n = config.num_hidden_layers;
+        match spec {
+            "reference" | "fused" | "fused-torch" | "fused-f32" => {
+                Ok(Self::uniform(n, spec.parse().expect("a preset name")))
+            }
+            path => Self::from_file(Path::new(path), config),
+        }
+    }
+
+    /// Reads a JSON plan file for a model with `config`.
+    pub fn from_file(path: &Path, config: &Qwen3Config) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
+        let file: PlanFile = serde_json::from_str(&text).map_err(|source| LoadError::Json { path: path.into(), source })?;
+        let bad = |field: String, message: String| LoadError::Plan { path: path.into(), field, message };
+        let mut plan = Self::uniform(config.num_hidden_layers, OpChoice::Reference);
+        for l in &mut plan.layers {
+            *l = file.all;
+        }
+        for (layer, ops) in file.layers {
+            let Some(slot) = plan.layers.get_mut(layer) else {
+                return Err(bad(
+                    format!("layers.{layer}"),
+                    format!("the model has {} layers", config.num_hidden_layers),
+                ));
+            };
+            for (op, choice) in ops {
+                match op.as_str() {
+                    "rms_norm_qkv" => slot.rms_norm_qkv = choice,
+                    "qk_norm_rope" => slot.qk_norm_rope = choice,
+                    "add_rms_norm" => slot.add_rms_norm = choice,
+                    "silu_mul" => slot.silu_mul = choice,
+                    _ => return Err(bad(format!("layers.{layer}.{op}"), "unknown op".into())),
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The JSON form (every layer listed).
+    pub fn to_json(&self) -> String {
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i, l.ops().into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+            .collect();
+        let file = PlanFile { all: LayerPlan::default(), layers };
+        serde_json::to_string_pretty(&file).expect("a plan serialises")
+    }
+
+    /// A short description: the preset name when uniform, else per-op counts.
+    pub fn summary(&self) -> String {
+        if let Some(first) = self.layers.first() {
+            let ops = first.ops();
+            if self.layers.iter().all(|l| l == first) && ops.iter().all(|(_, c)| *c == ops[0].1) {
+                return ops[0].1.to_string();
+            }
+        }
+        let fused = self.layers.iter().flat_map(|l| l.ops()).filter(|(_, c)| *c != OpChoice::Reference).count();
+        format!("mixed ({fused} of {} ops fused)", self.layers.len() * 4)
+    }
+
+    /// Checks that every fused op can run on this model: layer count, no attention bias with a
+    /// fused QKV, an even head_dim for RoPE, a hidden size the fused QKV kernel supports.
+    pub fn check(&self, config: &Qwen3Config) -> Result<(), String> {
+        if self.layers.len() != config.num_hidden_layers {
+            return Err(format!(
+                "the plan has {} layers, the model {}",
+                self.layers.len(),
+                config.num_hidden_layers
+            ));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            if l.rms_norm_qkv != OpChoice::Reference && config.attention_bias {
+                return Err(format!("layer {i}: rms_norm_qkv cannot be fused with attention_bias = true"));
+            }
+            if l.rms_norm_qkv != OpChoice::Reference && config.hidden_size > 8192 {
+                return Err(format!("layer {i}: rms_norm_qkv supports hidden_size <= 8192"));
+            }
+            if l.qk_norm_rope != OpChoice::Reference && config.head_dim() % 2 != 0 {
+                return Err(format!("layer {i}: qk_norm_rope needs an even head_dim"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! Every fused op against its reference twin and an f64 truth (`ops::verify`), on fresh random
+//! data each run (the seed is printed), per runtime and dtype. wgpu runs on whatever adapter the
+//! machine has (CI: Mesa's lavapipe); CUDA with `--features cuda` on a machine with a GPU.
+
+use braid_model::ops::verify::{OpCheck, passes, verify_all};
+use braid_model::{DType, Device};
+
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    std::env::var("BRAID_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(nanos as u64)
+}
+
+fn run(device: Device, dtype: DType) {
+    let seed = fresh_seed();
+    println!("seed {seed} (replay with BRAID_SEED={seed})");
+    let checks = verify_all(&device, dtype, seed);
+    let mut failures = Vec::new();
+    for c in &checks {
+        let verdict = passes(c, dtype);
+        let OpCheck { op, case, precision, fused_err, twin_err, fused_vs_twin, .. } = c;
+        println!(
+            "{op:<14} {case:<12} {:<6} fused {fused_err:.3e} twin {twin_err:.3e} fused-vs-twin {fused_vs_twin:.3e} {}",
+            precision.name(),
+            if verdict.is_ok() { "ok" } else { "FAIL" }
+        );
+        if let Err(e) = verdict {
+            failures.push(format!("{op}/{case}/{}: {e}", precision.name()));
+        }
+    }
+    assert_eq!(checks.len(), 3 * 2 * 4, "every op, case and precision ran");
+    assert!(failures.is_empty(), "seed {seed}: {failures:#?}");
+}
+
+/// One test per runtime and dtype.
+macro_rules! fused_op_tests {
+    ($($name:ident: $device:expr, $dtype:expr $(, #[$attr:meta])?;)*) => {
+        $(
+            #[test]
+            $(#[$attr])?
+            fn $name() {
+                run($device, $dtype);
+            }
+        )*
+    };
+}
+
+fn wgpu() -> Device {
+    Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)
+}
+
+fused_op_tests! {
+    // Flex runs the twins themselves: fused == twin, both checked against f64.
+    flex_f32: Device::flex(), DType::F32;
+    flex_bf16: Device::flex(), DType::BF16;
+    wgpu_f32: wgpu(), DType::F32;
+    wgpu_f16: wgpu(), DType::F16;
+}
+
+#[cfg(feature = "cuda")]
+fused_op_tests! {
+    cuda_f32: Device::cuda(0), DType::F32;
+    cuda_bf16: Device::cuda(0), DType::BF16;
+    cuda_f16: Device::cuda(0), DType::F16;
+}
