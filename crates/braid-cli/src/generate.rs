@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use braid_engine::{Engine, Generation, Request};
-use braid_model::Qwen3Config;
+use braid_model::{KernelPlan, Qwen3Config};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -60,6 +60,10 @@ pub struct Args {
     /// Compute dtype. Default: the checkpoint's on a GPU, f32 on the CPU.
     #[arg(long, value_enum)]
     dtype: Option<DTypeArg>,
+    /// Kernel plan: `reference`, `fused` (PyTorch's rounding points), `fused-f32`, or a JSON
+    /// plan file (see docs/architecture.md).
+    #[arg(long, default_value = "reference")]
+    plan: String,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
 }
@@ -109,12 +113,14 @@ pub fn run(args: Args) -> Result<()> {
         ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors").expect("valid template"),
     );
     bar.set_message(dir.display().to_string());
-    let engine = Engine::load(&dir, &device, dtype, &mut |done, total| {
+    let plan = KernelPlan::parse(&args.plan, &config).context("--plan")?;
+    let mut engine = Engine::load(&dir, &device, dtype, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })
     .with_context(|| format!("loading model from {}", dir.display()))?;
     bar.finish_and_clear();
+    engine.model.set_plan(plan).context("--plan")?;
 
     let prompt = if args.chat {
         engine.chat_prompt(&args.prompt, !args.no_think)?
@@ -155,14 +161,15 @@ pub fn run(args: Args) -> Result<()> {
             })?;
             writeln!(out)?;
             eprintln!(
-                "[{} prompt tokens, {} generated ({:?}); prefill {:.1} tok/s, decode {:.1} tok/s; {:?} {:?}]",
+                "[{} prompt tokens, {} generated ({:?}); prefill {:.1} tok/s, decode {:.1} tok/s; {:?} {:?}; plan {}]",
                 g.prompt_ids.len(),
                 g.output_ids.len(),
                 g.finish,
                 g.prefill_tok_per_s,
                 g.decode_tok_per_s,
                 args.device,
-                dtype
+                dtype,
+                engine.model.plan().summary()
             );
         }
         Format::Json => {

@@ -1,6 +1,8 @@
 //! `braid-cli`: Braid's command line.
 
+mod check_kernels;
 mod device;
+mod dump;
 mod generate;
 
 use std::process::ExitCode;
@@ -18,12 +20,18 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt.
     Generate(generate::Args),
+    /// Check every fused kernel against its reference twin and f64 on a device (and time them).
+    CheckKernels(check_kernels::Args),
+    /// Dump per-layer hidden states, logits and greedy ids for token-id prompts (accuracy runs).
+    Dump(dump::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::CheckKernels(args) => check_kernels::run(args),
+        Command::Dump(args) => dump::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -173,16 +173,32 @@ impl Qwen3 {
             Logits::All => hidden,
         };
         let rows = hidden.dims()[1];
-        let hidden = hidden.reshape([b * rows, h]);
+        let out = self.head(hidden.reshape([b * rows, h]));
+        Ok(out.reshape([b, rows, self.config.vocab_size]))
+    }
+
+    /// The language-model head on final-normed rows: `[rows, hidden]` -> f32 `[rows, vocab]`.
+    pub fn head(&self, hidden: Tensor<2>) -> Tensor<2> {
         let out = match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => hidden.matmul(self.model.embed_tokens.val().transpose()),
         };
-        Ok(out.cast(burn::tensor::FloatDType::F32).reshape([b, rows, self.config.vocab_size]))
+        out.cast(burn::tensor::FloatDType::F32)
     }
 
     /// The final-normed hidden states `[batch, seq, hidden]` (cache appended).
     pub fn hidden_states(&self, ids: &[Vec<u32>], cache: &mut KvCache) -> Result<Tensor<3>, ForwardError> {
+        self.hidden_states_tapped(ids, cache, None)
+    }
+
+    /// As [`Self::hidden_states`], also pushing the residual stream after every decoder layer
+    /// (`[batch, seq, hidden]` each, in the compute dtype) onto `taps`.
+    pub fn hidden_states_tapped(
+        &self,
+        ids: &[Vec<u32>],
+        cache: &mut KvCache,
+        mut taps: Option<&mut Vec<Tensor<3>>>,
+    ) -> Result<Tensor<3>, ForwardError> {
         let b = ids.len();
         let t = ids.first().map_or(0, Vec::len);
         if t == 0 || ids.iter().any(|s| s.len() != t) {
@@ -207,6 +223,9 @@ impl Qwen3 {
         let rope = self.rotary.tables(past, t, &device);
         for ((layer, kv), plan) in self.model.layers.iter().zip(cache.layers.iter_mut()).zip(&self.plan.layers) {
             x = layer.forward(x, &rope, kv, past, plan);
+            if let Some(taps) = taps.as_deref_mut() {
+                taps.push(x.clone());
+            }
         }
         cache.advance(t);
         // 3. Final norm.

@@ -1,0 +1,174 @@
+//! `braid-cli check-kernels`: every fused op against its reference twin and an f64 truth on the
+//! chosen device (the same checks as the test suite), then, with `--bench`, each op's time
+//! against its twin and the device's elementwise bandwidth at Qwen3-0.6B's shapes.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use braid_model::ops::verify::{passes, verify_all};
+use braid_model::ops::{self, Precision, QkShape, reference};
+use braid_model::{DType, Device};
+use burn::tensor::Tensor;
+
+use crate::device::{self, DTypeArg, DeviceArg};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    dtype: DTypeArg,
+    /// Seed of the random data (default: from the clock; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Also time each op (median of --iters runs) against its twin at Qwen3-0.6B's shapes.
+    #[arg(long)]
+    bench: bool,
+    #[arg(long, default_value_t = 50)]
+    iters: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let device = device::open(args.device)?;
+    let dtype = args.dtype.dtype();
+    if !device.supports_dtype(dtype) {
+        bail!("{:?} does not support {dtype:?}", args.device);
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    });
+    println!("check-kernels: {:?} {dtype:?} seed {seed}", args.device);
+    println!("{:<14} {:<12} {:<6} {:>10} {:>10} {:>13}  verdict", "op", "case", "mode", "fused", "twin", "fused-vs-twin");
+    let mut failed = 0;
+    for c in verify_all(&device, dtype, seed) {
+        let verdict = passes(&c, dtype);
+        println!(
+            "{:<14} {:<12} {:<6} {:>10.3e} {:>10.3e} {:>13.3e}  {}",
+            c.op,
+            c.case,
+            c.precision.name(),
+            c.fused_err,
+            c.twin_err,
+            c.fused_vs_twin,
+            match &verdict {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("FAIL: {e}"),
+            }
+        );
+        failed += verdict.is_err() as usize;
+    }
+    if args.bench {
+        bench(&device, dtype, args.iters)?;
+    }
+    if failed > 0 {
+        bail!("{failed} checks failed (seed {seed})");
+    }
+    Ok(())
+}
+
+/// Median seconds of `iters` runs of `f`, each followed by a device sync.
+fn time(device: &Device, iters: usize, mut f: impl FnMut()) -> Result<f64> {
+    f();
+    device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut v = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        f();
+        device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        v.push(t.elapsed().as_secs_f64());
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}
+
+fn rand2(rows: usize, cols: usize, scale: f32, device: &Device, dtype: DType) -> Tensor<2> {
+    Tensor::<2>::random([rows, cols], burn::tensor::Distribution::Uniform(-1.0, 1.0), (device, DType::F32)).mul_scalar(scale).cast(dtype)
+}
+
+fn bench(device: &Device, dtype: DType, iters: usize) -> Result<()> {
+    let size = dtype.size();
+    // The bandwidth reference: a large elementwise op (reads + writes), same call.
+    let big = rand2(8192, 8192, 1.0, device, dtype);
+    let t_copy = time(device, iters.min(20), || {
+        let _ = big.clone().mul_scalar(1.0);
+    })?;
+    let bw = (2 * 8192 * 8192 * size) as f64 / t_copy;
+    println!("\nbench: elementwise bandwidth {:.0} GB/s ({:?}); median of {iters}, sync after each run", bw / 1e9, dtype);
+    println!("{:<14} {:>6} {:>11} {:>11} {:>8} {:>12} {:>9}", "op", "rows", "fused us", "twin us", "speedup", "floor us", "of floor");
+    let (hidden, heads, kv, hd, inter, eps) = (1024, 16, 8, 128, 3072, 1e-6);
+    for rows in [1usize, 16, 512] {
+        let x = rand2(rows, hidden, 1.0, device, dtype);
+        let g = rand2(1, hidden, 1.0, device, dtype).reshape([hidden]);
+        let wq = rand2(heads * hd, hidden, 0.05, device, dtype);
+        let wk = rand2(kv * hd, hidden, 0.05, device, dtype);
+        let wv = rand2(kv * hd, hidden, 0.05, device, dtype);
+        let p = Precision::Torch;
+        let row = |name: &str, bytes: usize, fused: &mut dyn FnMut(), twin: &mut dyn FnMut()| -> Result<()> {
+            let tf = time(device, iters, fused)?;
+            let tt = time(device, iters, twin)?;
+            let floor = bytes as f64 / bw;
+            println!(
+                "{name:<14} {rows:>6} {:>11.1} {:>11.1} {:>7.2}x {:>12.2} {:>8.0}%",
+                tf * 1e6,
+                tt * 1e6,
+                tt / tf,
+                floor * 1e6,
+                100.0 * floor / tf
+            );
+            Ok(())
+        };
+        let qkv_out = (heads + 2 * kv) * hd;
+        row(
+            "rms_norm_qkv",
+            (qkv_out * hidden + rows * (hidden + qkv_out) + hidden) * size,
+            &mut || {
+                let _ = ops::rms_norm_qkv(x.clone(), g.clone(), wq.clone(), wk.clone(), wv.clone(), eps, p);
+            },
+            &mut || {
+                let _ = reference::rms_norm_qkv(x.clone(), g.clone(), wq.clone(), wk.clone(), wv.clone(), eps, p);
+            },
+        )?;
+        let qkv = rand2(rows, qkv_out, 1.0, device, dtype);
+        let (nq, nk) = (heads * hd, kv * hd);
+        let w = rand2(1, hd, 1.0, device, dtype).reshape([hd]);
+        let rope = braid_model::nn::RotaryEmbedding::new(hd, 1e6).tables(100, rows, device);
+        let shape = QkShape { batch: 1, seq: rows, heads, kv_heads: kv, head_dim: hd };
+        let views = || (qkv.clone().narrow(1, 0, nq), qkv.clone().narrow(1, nq, nk), qkv.clone().narrow(1, nq + nk, nk));
+        row(
+            "qk_norm_rope",
+            2 * rows * qkv_out * size + 2 * rows * hd * 4,
+            &mut || {
+                let (q, k, v) = views();
+                let _ = ops::qk_norm_rope(q, k, v, w.clone(), w.clone(), rope.cos.clone(), rope.sin.clone(), shape, eps, p);
+            },
+            &mut || {
+                let (q, k, v) = views();
+                let _ = reference::qk_norm_rope(q, k, v, w.clone(), w.clone(), rope.cos.clone(), rope.sin.clone(), shape, eps, p);
+            },
+        )?;
+        let r = rand2(rows, hidden, 1.0, device, dtype);
+        row(
+            "add_rms_norm",
+            4 * rows * hidden * size,
+            &mut || {
+                let _ = ops::add_rms_norm(r.clone(), x.clone(), g.clone(), eps, p);
+            },
+            &mut || {
+                let _ = reference::add_rms_norm(r.clone(), x.clone(), g.clone(), eps, p);
+            },
+        )?;
+        let gate = rand2(rows, inter, 3.0, device, dtype);
+        let up = rand2(rows, inter, 1.0, device, dtype);
+        row(
+            "silu_mul",
+            3 * rows * inter * size,
+            &mut || {
+                let _ = ops::silu_mul(gate.clone(), up.clone(), p);
+            },
+            &mut || {
+                let _ = reference::silu_mul(gate.clone(), up.clone(), p);
+            },
+        )?;
+    }
+    Ok(())
+}
