@@ -142,10 +142,17 @@ impl Engine {
         let start = Instant::now();
         let mut first_token_at = None;
         let mut next = prompt_ids.to_vec();
+        // Pure greedy picks the token on the device: only its id crosses to the host.
+        let on_device = req.sampling.is_greedy() && !req.sampling.has_penalties();
         while output.len() < budget {
             let logits = self.model.forward(&[next], &mut cache, Logits::Last)?;
-            let mut logits = to_host_f32(logits);
-            let id = sampler.sample(&mut logits, &context, &output);
+            let id = if on_device {
+                let vocab = logits.dims()[2];
+                braid_model::ops::argmax(logits.reshape([1, vocab]))[0]
+            } else {
+                let mut logits = to_host_f32(logits);
+                sampler.sample(&mut logits, &context, &output)
+            };
             first_token_at.get_or_insert_with(Instant::now);
             if !req.ignore_eos && self.eos.contains(&id) {
                 finish = Finish::Eos;

@@ -6,6 +6,7 @@
 //! [`TensorHandle`]s on a [`Client`].
 
 pub mod add_rms_norm;
+pub mod argmax;
 pub mod qk_norm_rope;
 pub mod rms_norm_qkv;
 pub mod silu_mul;

@@ -3,7 +3,7 @@
 use braid_kernels::rms_norm_qkv::QkvStrategy;
 use braid_kernels::{KernelError, TensorHandle};
 use burn::backend::Cube;
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 
@@ -102,6 +102,12 @@ impl FusedOps for Cube {
             precision,
         ));
         (tensor(&like, q, dtype), tensor(&like, k, dtype), tensor(&like, v, dtype))
+    }
+
+    fn argmax(logits: FloatTensor<Self>) -> IntTensor<Self> {
+        let like = logits.clone();
+        let out = launched(braid_kernels::argmax::argmax(&like.client, handle(logits)));
+        tensor(&like, out, burn::tensor::DType::U32)
     }
 
     fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self> {

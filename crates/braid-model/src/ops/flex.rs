@@ -1,8 +1,8 @@
 //! Flex (CPU) runs the reference twins.
 
 use burn::backend::Flex;
-use burn::backend::tensor::FloatTensor;
-use burn::tensor::Tensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Tensor};
 
 use super::{FusedOps, Precision, QkShape, reference};
 
@@ -67,5 +67,10 @@ impl FusedOps for Flex {
 
     fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self> {
         unwrap(reference::silu_mul(wrap(gate), wrap(up), precision))
+    }
+
+    fn argmax(logits: FloatTensor<Self>) -> IntTensor<Self> {
+        let ids: Tensor<1, Int> = reference::argmax(wrap(logits));
+        ids.try_into_primitive::<Flex>().expect("a reference twin of a Flex tensor stays on Flex")
     }
 }

@@ -11,9 +11,9 @@ mod flex;
 pub mod reference;
 pub mod verify;
 
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, backend_extension};
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 pub use braid_kernels::Precision;
 pub use braid_kernels::qk_norm_rope::QkShape;
@@ -55,6 +55,8 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self>;
+
+    fn argmax(logits: FloatTensor<Self>) -> IntTensor<Self>;
 }
 
 /// `residual, x: [rows, dim]`, `weight: [dim]` -> `(residual + x, rmsnorm(residual + x) * weight)`.
@@ -130,4 +132,11 @@ pub fn qk_norm_rope(
 /// `gate, up: [rows, n]` -> `silu(gate) * up`.
 pub fn silu_mul(gate: Tensor<2>, up: Tensor<2>, precision: Precision) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::silu_mul(gate.into_dispatch(), up.into_dispatch(), precision))
+}
+
+/// `logits: [rows, vocab]` -> the index of each row's largest value (the first on ties), read
+/// back to the host: only the ids cross, not the logits.
+pub fn argmax(logits: Tensor<2>) -> Vec<u32> {
+    let ids: Tensor<1, Int> = Tensor::from_dispatch(<Dispatch as FusedOps>::argmax(logits.into_dispatch()));
+    ids.into_data().convert::<i64>().try_to_vec::<i64>().expect("int ids").into_iter().map(|i| i as u32).collect()
 }

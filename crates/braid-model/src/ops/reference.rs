@@ -3,7 +3,7 @@
 //! the unfused reference path of `nn`); `Precision::F32` computes in f32 and rounds the result
 //! once, as the fused kernels' f32 mode does.
 
-use burn::tensor::{DType, FloatDType, Tensor, activation::silu};
+use burn::tensor::{DType, FloatDType, Int, Tensor, activation::silu};
 
 use super::{Precision, QkShape};
 
@@ -153,4 +153,10 @@ pub fn silu_mul(gate: Tensor<2>, up: Tensor<2>, precision: Precision) -> Tensor<
         Precision::Torch => to(silu(f32_of(gate)), dtype) * up,
         Precision::F32 => to(silu(f32_of(gate)) * f32_of(up), dtype),
     }
+}
+
+/// The index of each row's largest value: `[rows, vocab]` -> `[rows]`.
+pub fn argmax(logits: Tensor<2>) -> Tensor<1, Int> {
+    let rows = logits.dims()[0];
+    logits.argmax(1).reshape([rows])
 }

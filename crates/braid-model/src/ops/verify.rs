@@ -148,8 +148,48 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
             out.push(check_qk_norm_rope(&ctx, &mut rng, case, p));
             out.push(check_silu_mul(&ctx, &mut rng, case, p));
         }
+        out.push(check_argmax(&ctx, &mut rng, case));
     }
     out
+}
+
+/// Errors are the fraction of rows whose index differs from the truth (first index on ties).
+fn check_argmax(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
+    let (rows, vocab) = (case.rows, 5000 + 11);
+    let mut v = rng.vec(rows * vocab, case.scale);
+    for r in 0..rows {
+        // A planted tie: the row's maximum twice; the first must win.
+        let (a, b) = ((r * 7919) % vocab, (r * 104_729 + 13) % vocab);
+        let (a, b) = (a.min(b), a.max(b));
+        v[r * vocab + a] = 2.0 * case.scale;
+        v[r * vocab + b] = 2.0 * case.scale;
+    }
+    let logits = ctx.t(v, [rows, vocab]);
+    let host_vals = host(logits.clone());
+    let truth: Vec<f64> = (0..rows)
+        .map(|r| {
+            let row = &host_vals[r * vocab..(r + 1) * vocab];
+            let mut best = 0;
+            for (i, x) in row.iter().enumerate() {
+                if *x > row[best] {
+                    best = i;
+                }
+            }
+            best as f64
+        })
+        .collect();
+    let fused: Vec<f64> = super::argmax(logits.clone()).into_iter().map(f64::from).collect();
+    let twin: Vec<f64> = reference::argmax(logits).into_data().convert::<i64>().try_to_vec::<i64>().expect("ids").into_iter().map(|i| i as f64).collect();
+    let miss = |a: &[f64]| a.iter().zip(&truth).filter(|(x, y)| x != y).count() as f64 / rows as f64;
+    OpCheck {
+        op: "argmax",
+        case: case.name.to_string(),
+        precision: Precision::Torch,
+        fused_err: miss(&fused),
+        twin_err: miss(&twin),
+        fused_vs_twin: fused.iter().zip(&twin).filter(|(x, y)| x != y).count() as f64 / rows as f64,
+        finite: fused.len() == rows,
+    }
 }
 
 fn input(rng: &mut Rng, rows: usize, dim: usize, case: Case) -> Vec<f32> {
@@ -291,11 +331,16 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
 ///   `1e-6` for f32 where transcendental functions and the f32 accumulation dominate);
 /// - the fused op no further from the truth than its twin plus `2 u` (it may differ in summation
 ///   order only);
-/// - f32 mode within `2 u` of the truth: one rounding at the output.
+/// - f32 mode within `2 u` of the truth: one rounding at the output;
+/// - argmax: exactly the truth's index (the first on ties) in every row.
 pub fn passes(c: &OpCheck, dtype: DType) -> Result<(), String> {
     let u = unit_roundoff(dtype).max(if dtype == DType::F32 { 1e-6 } else { 0.0 });
     if !c.finite {
         return Err("non-finite or unwritten output".into());
+    }
+    if c.op == "argmax" {
+        // Exact: the first index of the maximum, in every row.
+        return if c.fused_err == 0.0 { Ok(()) } else { Err(format!("{:.0}% of rows wrong", 100.0 * c.fused_err)) };
     }
     if c.fused_err > 8.0 * u {
         return Err(format!("fused error {:.3e} > 8u = {:.3e}", c.fused_err, 8.0 * u));
