@@ -21,7 +21,8 @@ pub struct Args {
     /// Seed of the random data (default: from the clock; printed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Also time each op (median of --iters runs) against its twin at Qwen3-0.6B's shapes.
+    /// Also time each op (per call, --iters calls back to back) against its twin at
+    /// Qwen3-0.6B's shapes.
     #[arg(long)]
     bench: bool,
     #[arg(long, default_value_t = 50)]
@@ -66,16 +67,22 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Median seconds of `iters` runs of `f`, each followed by a device sync.
+/// Seconds per call of `f`: `iters` calls enqueued back to back, then one sync; the median of 7
+/// such batches (after a warm-up batch that also compiles the kernels).
 fn time(device: &Device, iters: usize, mut f: impl FnMut()) -> Result<f64> {
-    f();
-    device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let mut v = Vec::with_capacity(iters);
+    let sync = || device.sync().map_err(|e| anyhow::anyhow!("{e:?}"));
     for _ in 0..iters {
-        let t = Instant::now();
         f();
-        device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        v.push(t.elapsed().as_secs_f64());
+    }
+    sync()?;
+    let mut v = Vec::with_capacity(7);
+    for _ in 0..7 {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        sync()?;
+        v.push(t.elapsed().as_secs_f64() / iters as f64);
     }
     v.sort_by(|a, b| a.total_cmp(b));
     Ok(v[v.len() / 2])
@@ -93,7 +100,11 @@ fn bench(device: &Device, dtype: DType, iters: usize) -> Result<()> {
         let _ = big.clone().mul_scalar(1.0);
     })?;
     let bw = (2 * 8192 * 8192 * size) as f64 / t_copy;
-    println!("\nbench: elementwise bandwidth {:.0} GB/s ({:?}); median of {iters}, sync after each run", bw / 1e9, dtype);
+    println!(
+        "\nbench: elementwise bandwidth {:.0} GB/s ({:?}); per call, {iters} calls back to back then a sync, median of 7",
+        bw / 1e9,
+        dtype
+    );
     println!("{:<14} {:>6} {:>11} {:>11} {:>8} {:>12} {:>9}", "op", "rows", "fused us", "twin us", "speedup", "floor us", "of floor");
     let (hidden, heads, kv, hd, inter, eps) = (1024, 16, 8, 128, 3072, 1e-6);
     for rows in [1usize, 16, 512] {

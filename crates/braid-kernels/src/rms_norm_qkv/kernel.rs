@@ -16,12 +16,12 @@ use crate::reduce::block_sum;
 /// weight row) and a plane sum; otherwise one unit per output feature.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn rms_norm_qkv_kernel<F: Float>(
-    x: &Tensor<F>,       // [rows, hidden]
-    gamma: &Tensor<F>,   // [hidden]
-    wq: &Tensor<F>,      // [nq, hidden]
-    wk: &Tensor<F>,      // [nk, hidden]
-    wv: &Tensor<F>,      // [nv, hidden]
+pub(super) fn rms_norm_qkv_kernel<F: Float, N: Size>(
+    x: &Tensor<F>,                 // [rows, hidden]
+    gamma: &Tensor<F>,             // [hidden]
+    wq: &Tensor<Vector<F, N>>,     // [nq, hidden / N]
+    wk: &Tensor<Vector<F, N>>,     // [nk, hidden / N]
+    wv: &Tensor<Vector<F, N>>,     // [nv, hidden / N]
     out: &mut Tensor<F>, // [rows, nq + nk + nv]
     eps: f32,
     #[comptime] f32_internal: bool,
@@ -35,6 +35,7 @@ pub(super) fn rms_norm_qkv_kernel<F: Float>(
     let rows = x.shape(0);
     let nq = wq.shape(0);
     let nk = wk.shape(0);
+    // (weights are read as vectors of N elements; hidden % N == 0)
     let total = out.shape(1);
     let unit = UNIT_POS_X as usize;
     let row0 = CUBE_POS_Y as usize * rows_per_cube;
@@ -76,22 +77,28 @@ pub(super) fn rms_norm_qkv_kernel<F: Float>(
     }
     sync_cube();
 
-    // 2. Dot products with the weight rows.
+    // 2. Dot products with the weight rows, each weight vector loaded once for all the rows.
     if use_plane {
         let lane = UNIT_POS_PLANE as usize;
         let plane = unit / PLANE_DIM as usize;
         let planes = block / PLANE_DIM as usize;
         let mut f = f0 + plane;
         while f < f0 + features && f < total {
+            let mut acc = Array::<f32>::new(rows_per_cube);
+            #[unroll]
             for r in 0..rows_per_cube {
-                let acc = if f < nq {
-                    dot_plane::<F>(wq, f, &normed, r * hidden, lane, hidden)
-                } else if f < nq + nk {
-                    dot_plane::<F>(wk, f - nq, &normed, r * hidden, lane, hidden)
-                } else {
-                    dot_plane::<F>(wv, f - nq - nk, &normed, r * hidden, lane, hidden)
-                };
-                let sum = plane_sum(acc);
+                acc[r] = 0.0f32;
+            }
+            if f < nq {
+                dot_rows::<F, N>(wq, f, &normed, &mut acc, lane, PLANE_DIM as usize, hidden, rows_per_cube);
+            } else if f < nq + nk {
+                dot_rows::<F, N>(wk, f - nq, &normed, &mut acc, lane, PLANE_DIM as usize, hidden, rows_per_cube);
+            } else {
+                dot_rows::<F, N>(wv, f - nq - nk, &normed, &mut acc, lane, PLANE_DIM as usize, hidden, rows_per_cube);
+            }
+            #[unroll]
+            for r in 0..rows_per_cube {
+                let sum = plane_sum(acc[r]);
                 let row = row0 + r;
                 if lane == 0 && row < rows {
                     out[row * total + f] = F::cast_from(sum);
@@ -102,56 +109,58 @@ pub(super) fn rms_norm_qkv_kernel<F: Float>(
     } else {
         let f = f0 + unit;
         if f < total {
+            let mut acc = Array::<f32>::new(rows_per_cube);
+            #[unroll]
             for r in 0..rows_per_cube {
-                let acc = if f < nq {
-                    dot_unit::<F>(wq, f, &normed, r * hidden, hidden)
-                } else if f < nq + nk {
-                    dot_unit::<F>(wk, f - nq, &normed, r * hidden, hidden)
-                } else {
-                    dot_unit::<F>(wv, f - nq - nk, &normed, r * hidden, hidden)
-                };
+                acc[r] = 0.0f32;
+            }
+            if f < nq {
+                dot_rows::<F, N>(wq, f, &normed, &mut acc, 0, 1, hidden, rows_per_cube);
+            } else if f < nq + nk {
+                dot_rows::<F, N>(wk, f - nq, &normed, &mut acc, 0, 1, hidden, rows_per_cube);
+            } else {
+                dot_rows::<F, N>(wv, f - nq - nk, &normed, &mut acc, 0, 1, hidden, rows_per_cube);
+            }
+            #[unroll]
+            for r in 0..rows_per_cube {
                 let row = row0 + r;
                 if row < rows {
-                    out[row * total + f] = F::cast_from(acc);
+                    out[row * total + f] = F::cast_from(acc[r]);
                 }
             }
         }
     }
 }
 
-/// This lane's share of `w[row, :] . normed[offset..offset + hidden]`.
+/// `acc[r] += w[row, k] * normed[r, k]` for the vectors `k = first, first + step, ...` of the
+/// weight row (`N` elements each): one plane's lanes (`step = PLANE_DIM`) or one unit
+/// (`step = 1`).
 #[cube]
-fn dot_plane<F: Float>(
-    w: &Tensor<F>,
+#[allow(clippy::too_many_arguments)]
+fn dot_rows<F: Float, N: Size>(
+    w: &Tensor<Vector<F, N>>,
     row: usize,
     normed: &Shared<[f32]>,
-    offset: usize,
-    lane: usize,
+    acc: &mut Array<f32>,
+    first: usize,
+    step: usize,
     #[comptime] hidden: usize,
-) -> f32 {
-    let mut acc = 0.0f32;
-    let base = row * hidden;
-    let mut k = lane;
-    while k < hidden {
-        acc += f32::cast_from(w[base + k]) * normed[offset + k];
-        k += PLANE_DIM as usize;
+    #[comptime] rows_per_cube: usize,
+) {
+    let vs = w.vector_size();
+    let nvec = hidden / vs;
+    let base = row * nvec;
+    let mut k = first;
+    while k < nvec {
+        let wv = w[base + k];
+        #[unroll]
+        for e in 0..vs {
+            let we = f32::cast_from(wv.extract(e));
+            #[unroll]
+            for r in 0..rows_per_cube {
+                acc[r] += we * normed[r * hidden + k * vs + e];
+            }
+        }
+        k += step;
     }
-    acc
-}
-
-/// `w[row, :] . normed[offset..offset + hidden]` by one unit.
-#[cube]
-fn dot_unit<F: Float>(
-    w: &Tensor<F>,
-    row: usize,
-    normed: &Shared<[f32]>,
-    offset: usize,
-    #[comptime] hidden: usize,
-) -> f32 {
-    let mut acc = 0.0f32;
-    let base = row * hidden;
-    for k in 0..hidden {
-        acc += f32::cast_from(w[base + k]) * normed[offset + k];
-    }
-    acc
 }

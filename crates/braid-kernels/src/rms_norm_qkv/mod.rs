@@ -104,15 +104,25 @@ pub fn rms_norm_qkv(
     }
     let rpc = rows_per_cube(rows, hidden);
     let features = match strategy {
-        // 8 planes of 32 per cube on CUDA; 4 features per plane keeps the grid large enough
-        // and the normalisation (redone per cube) cheap.
-        QkvStrategy::Plane => 4 * BLOCK / client.properties().hardware.plane_size_max.max(1) as usize,
+        // One plane per feature at a time: enough cubes to fill the device (a few per SM) while
+        // keeping the normalisation, redone by every cube, a small share of the reads.
+        QkvStrategy::Plane => {
+            let planes = (BLOCK / client.properties().hardware.plane_size_max.max(1) as usize).max(1);
+            let per_plane = (total / (planes * 512)).clamp(1, 4);
+            planes * per_plane
+        }
         QkvStrategy::Unit => BLOCK,
     };
+    // Weight rows are read in 16-byte vectors where the row length allows.
+    let mut vector = (16 / dtype.size()).max(1);
+    while hidden % vector != 0 {
+        vector /= 2;
+    }
     kernel::rms_norm_qkv_kernel::launch(
         client,
         CubeCount::new_2d(total.div_ceil(features) as u32, rows.div_ceil(rpc) as u32),
         CubeDim::new_1d(BLOCK as u32),
+        vector,
         x.into_arg(),
         gamma.into_arg(),
         wq.into_arg(),
