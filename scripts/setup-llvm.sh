@@ -23,13 +23,21 @@ if [ -z "$VER" ]; then
 fi
 DIR="$HOME/.local/share/tracel/tracel-llvm-$VER"
 mkdir -p "$DIR/bin"
-cat > "$DIR/bin/llvm-config" <<EOS
+# Write only what changed: the bundler's build script reruns (and everything above cubecl-llvm
+# rebuilds, ~7 min) whenever these files' timestamps move.
+TMP=$(mktemp)
+cat > "$TMP" <<EOS
 #!/bin/sh
 # Forwards to Debian's LLVM $LLVM; turns absolute .so paths into -l flags for static linking.
 /usr/lib/llvm-$LLVM/bin/llvm-config "\$@" | sed -E 's#/[^ ]*/lib([A-Za-z0-9_+-]+)\.so[^ ]*#-l\1#g'
 EOS
-chmod +x "$DIR/bin/llvm-config"
-ln -sfn "/usr/lib/llvm-$LLVM/lib" "$DIR/lib"
-ln -sfn "/usr/lib/llvm-$LLVM/include" "$DIR/include"
-touch "$DIR/.tracel-llvm-installed"
+if ! cmp -s "$TMP" "$DIR/bin/llvm-config"; then
+    mv "$TMP" "$DIR/bin/llvm-config"
+    chmod +x "$DIR/bin/llvm-config"
+else
+    rm -f "$TMP"
+fi
+[ "$(readlink "$DIR/lib")" = "/usr/lib/llvm-$LLVM/lib" ] || ln -sfn "/usr/lib/llvm-$LLVM/lib" "$DIR/lib"
+[ "$(readlink "$DIR/include")" = "/usr/lib/llvm-$LLVM/include" ] || ln -sfn "/usr/lib/llvm-$LLVM/include" "$DIR/include"
+[ -e "$DIR/.tracel-llvm-installed" ] || touch "$DIR/.tracel-llvm-installed"
 echo "setup-llvm: tracel-llvm-$VER -> LLVM $("$DIR/bin/llvm-config" --version)"
