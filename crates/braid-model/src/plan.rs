@@ -2,8 +2,8 @@
 //! mode. Presets (`reference`, `fused`, `fused-f32`) or a JSON file:
 //!
 //! ```json
-//! { "all": { "rms_norm_qkv": "fused-f32", "qk_norm_rope": "fused", "add_rms_norm": "fused",
-//!            "silu_mul": "reference" },
+//! { "all": { "rms_norm_qkv": "fused-f32", "qk_norm_rope": "fused", "attention": "fused",
+//!            "add_rms_norm": "fused", "silu_mul": "reference" },
 //!   "layers": { "0": { "rms_norm_qkv": "reference" } } }
 //! ```
 //!
@@ -75,6 +75,9 @@ pub struct LayerPlan {
     pub rms_norm_qkv: OpChoice,
     /// `q_norm`/`k_norm` + RoPE.
     pub qk_norm_rope: OpChoice,
+    /// causal attention over the KV cache (up to `ops::ATTENTION_MAX_KEYS` keys; beyond, the
+    /// reference path).
+    pub attention: OpChoice,
     /// residual add + `post_attention_layernorm`.
     pub add_rms_norm: OpChoice,
     /// `silu(gate_proj(h)) * up_proj(h)`'s activation.
@@ -83,13 +86,14 @@ pub struct LayerPlan {
 
 impl LayerPlan {
     pub fn uniform(choice: OpChoice) -> Self {
-        Self { rms_norm_qkv: choice, qk_norm_rope: choice, add_rms_norm: choice, silu_mul: choice }
+        Self { rms_norm_qkv: choice, qk_norm_rope: choice, attention: choice, add_rms_norm: choice, silu_mul: choice }
     }
 
-    fn ops(&self) -> [(&'static str, OpChoice); 4] {
+    fn ops(&self) -> [(&'static str, OpChoice); 5] {
         [
             ("rms_norm_qkv", self.rms_norm_qkv),
             ("qk_norm_rope", self.qk_norm_rope),
+            ("attention", self.attention),
             ("add_rms_norm", self.add_rms_norm),
             ("silu_mul", self.silu_mul),
         ]
@@ -147,6 +151,7 @@ impl KernelPlan {
                 match op.as_str() {
                     "rms_norm_qkv" => slot.rms_norm_qkv = choice,
                     "qk_norm_rope" => slot.qk_norm_rope = choice,
+                    "attention" => slot.attention = choice,
                     "add_rms_norm" => slot.add_rms_norm = choice,
                     "silu_mul" => slot.silu_mul = choice,
                     _ => return Err(bad(format!("layers.{layer}.{op}"), "unknown op".into())),
@@ -177,7 +182,7 @@ impl KernelPlan {
             }
         }
         let fused = self.layers.iter().flat_map(|l| l.ops()).filter(|(_, c)| *c != OpChoice::Reference).count();
-        format!("mixed ({fused} of {} ops fused)", self.layers.len() * 4)
+        format!("mixed ({fused} of {} ops fused)", self.layers.len() * 5)
     }
 
     /// Checks that every fused op can run on this model: layer count, no attention bias with a
@@ -196,6 +201,9 @@ impl KernelPlan {
             }
             if l.rms_norm_qkv != OpChoice::Reference && config.hidden_size > 8192 {
                 return Err(format!("layer {i}: rms_norm_qkv supports hidden_size <= 8192"));
+            }
+            if l.attention != OpChoice::Reference && config.head_dim() > crate::ops::ATTENTION_MAX_HEAD_DIM {
+                return Err(format!("layer {i}: attention supports head_dim <= {}", crate::ops::ATTENTION_MAX_HEAD_DIM));
             }
             if l.qk_norm_rope != OpChoice::Reference && config.head_dim() % 2 != 0 {
                 return Err(format!("layer {i}: qk_norm_rope needs an even head_dim"));

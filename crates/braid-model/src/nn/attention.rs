@@ -1,9 +1,9 @@
 use burn::module::Module;
-use burn::tensor::{Bool, FloatDType, Tensor, TensorData, activation::softmax};
+use burn::tensor::Tensor;
 
 use super::{Linear, RmsNorm, Rope};
 use crate::kv_cache::LayerCache;
-use crate::ops::QkShape;
+use crate::ops::{Precision, QkShape, reference};
 
 /// Grouped-query self-attention with per-head RMSNorm of q and k before RoPE (Qwen3). The
 /// decoder layer drives its steps (`nn::DecoderLayer::forward` is the dispatch point).
@@ -38,39 +38,10 @@ impl Attention {
     }
 
     /// Appends `k, v: [b, kv, t, hd]` at positions `past..` and attends with
-    /// `q: [b, heads, t, hd]` over every position so far -> `[b*t, heads*hd]` (before `o_proj`).
+    /// `q: [b, heads, t, hd]` over every position so far -> `[b*t, heads*hd]` (before `o_proj`):
+    /// the reference path, PyTorch's eager rounding points.
     pub fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, cache: &mut LayerCache, past: usize) -> Tensor<2> {
-        let [b, nh, t, hd] = q.dims();
-        let dtype = q.dtype();
         let (k, v) = cache.append(past, k, v);
-        let s = past + t;
-        let k = repeat_kv(k, nh / self.num_kv_heads);
-        let v = repeat_kv(v, nh / self.num_kv_heads);
-
-        // Scores with a causal mask, softmax in f32 (as PyTorch's eager path). [b, nh, t, s]
-        let scale = (hd as f64).powf(-0.5);
-        let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-        let scores = if t > 1 {
-            let mask: Vec<bool> = (0..t)
-                .flat_map(|i| (0..s).map(move |j| j > past + i))
-                .collect();
-            let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [1, 1, t, s]), &scores.device());
-            scores.mask_fill(mask.expand([b, nh, t, s]), f32::NEG_INFINITY)
-        } else {
-            scores
-        };
-        let probs = softmax(scores.cast(FloatDType::F32), 3).cast(dtype);
-        probs.matmul(v).swap_dims(1, 2).reshape([b * t, nh * hd])
+        reference::attention(q, k, v, past, Precision::Torch)
     }
-}
-
-/// `[b, kv_heads, s, d] -> [b, kv_heads * n_rep, s, d]`, each kv head repeated for its group.
-fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, h, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, h, n_rep, s, d])
-        .reshape([b, h * n_rep, s, d])
 }

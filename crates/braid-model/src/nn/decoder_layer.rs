@@ -66,7 +66,14 @@ impl DecoderLayer {
         };
 
         // 3. Attention over the cache, output projection. [b*t, hidden]
-        let attn = a.o_proj.forward(a.attend(q, k, v, cache, past));
+        let attn = match plan.attention {
+            OpChoice::Fused(p) if past + t <= ops::ATTENTION_MAX_KEYS => {
+                let (k, v) = cache.append(past, k, v);
+                ops::attention(q, k, v, past, p)
+            }
+            _ => a.attend(q, k, v, cache, past),
+        };
+        let attn = a.o_proj.forward(attn);
 
         // 4. Residual + post_attention_layernorm. [b*t, hidden] x 2
         let (x, h) = match plan.add_rms_norm {

@@ -104,6 +104,18 @@ impl FusedOps for Cube {
         (tensor(&like, q, dtype), tensor(&like, k, dtype), tensor(&like, v, dtype))
     }
 
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        past: usize,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        let (like, dtype) = (q.clone(), q.dtype);
+        let out = launched(braid_kernels::attention::attention(&like.client, handle(q), view(k), view(v), past, precision));
+        tensor(&like, out, dtype)
+    }
+
     fn argmax(logits: FloatTensor<Self>) -> IntTensor<Self> {
         let like = logits.clone();
         let out = launched(braid_kernels::argmax::argmax(&like.client, handle(logits)));

@@ -69,6 +69,18 @@ impl FusedOps for Flex {
         unwrap(reference::silu_mul(wrap(gate), wrap(up), precision))
     }
 
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        past: usize,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        let q: Tensor<4> = wrap(q);
+        let [b, nh, t, hd] = q.dims();
+        unwrap(reference::attention(q, wrap(k), wrap(v), past, precision).reshape([b, t, nh * hd]))
+    }
+
     fn argmax(logits: FloatTensor<Self>) -> IntTensor<Self> {
         let ids: Tensor<1, Int> = reference::argmax(wrap(logits));
         ids.try_into_primitive::<Flex>().expect("a reference twin of a Flex tensor stays on Flex")

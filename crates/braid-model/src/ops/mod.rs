@@ -57,6 +57,34 @@ pub trait FusedOps: Backend {
     fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self>;
 
     fn argmax(logits: FloatTensor<Self>) -> IntTensor<Self>;
+
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        past: usize,
+        precision: Precision,
+    ) -> FloatTensor<Self>;
+}
+
+/// Keys one query row may attend to through the fused attention kernel; beyond, the plan's
+/// dispatch point takes the reference path.
+pub const ATTENTION_MAX_KEYS: usize = braid_kernels::attention::MAX_KEYS;
+/// Largest head_dim of the fused attention kernel.
+pub const ATTENTION_MAX_HEAD_DIM: usize = braid_kernels::attention::MAX_HEAD_DIM;
+
+/// Causal GQA attention: `q: [b, heads, t, hd]` at positions `past..past + t`, `k, v:
+/// [b, kv_heads, >= past + t, hd]` (the cache) -> `[b*t, heads*hd]`.
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, past: usize, precision: Precision) -> Tensor<2> {
+    let [b, nh, t, hd] = q.dims();
+    let out: Tensor<3> = Tensor::from_dispatch(<Dispatch as FusedOps>::attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        past,
+        precision,
+    ));
+    out.reshape([b * t, nh * hd])
 }
 
 /// `residual, x: [rows, dim]`, `weight: [dim]` -> `(residual + x, rmsnorm(residual + x) * weight)`.

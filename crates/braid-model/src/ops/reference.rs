@@ -3,7 +3,7 @@
 //! the unfused reference path of `nn`); `Precision::F32` computes in f32 and rounds the result
 //! once, as the fused kernels' f32 mode does.
 
-use burn::tensor::{DType, FloatDType, Int, Tensor, activation::silu};
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorData, activation::{silu, softmax}};
 
 use super::{Precision, QkShape};
 
@@ -159,4 +159,45 @@ pub fn silu_mul(gate: Tensor<2>, up: Tensor<2>, precision: Precision) -> Tensor<
 pub fn argmax(logits: Tensor<2>) -> Tensor<1, Int> {
     let rows = logits.dims()[0];
     logits.argmax(1).reshape([rows])
+}
+
+/// Causal GQA attention: `q: [b, heads, t, hd]` at positions `past..past + t`, `k, v:
+/// [b, kv_heads, >= past + t, hd]` (the cache; keys `0..past + t` are used) ->
+/// `[b*t, heads*hd]`. Torch mode rounds where PyTorch's eager path does (scores and their
+/// scaling in the dtype, softmax in f32 rounded back, probabilities @ v in the dtype).
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, past: usize, precision: Precision) -> Tensor<2> {
+    let [b, nh, t, hd] = q.dims();
+    let [_, nkv, _, _] = k.dims();
+    let s = past + t;
+    let dtype = q.dtype();
+    let k = repeat_kv(k.narrow(2, 0, s), nh / nkv);
+    let v = repeat_kv(v.narrow(2, 0, s), nh / nkv);
+    let scale = (hd as f64).powf(-0.5);
+    let (q, k, v) = match precision {
+        Precision::Torch => (q, k, v),
+        Precision::F32 => (f32_of(q), f32_of(k), f32_of(v)),
+    };
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale; // [b, nh, t, s]
+    let scores = if t > 1 {
+        let mask: Vec<bool> = (0..t).flat_map(|i| (0..s).map(move |j| j > past + i)).collect();
+        let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [1, 1, t, s]), &scores.device());
+        scores.mask_fill(mask.expand([b, nh, t, s]), f32::NEG_INFINITY)
+    } else {
+        scores
+    };
+    let probs = softmax(f32_of(scores), 3);
+    let out = match precision {
+        Precision::Torch => to(probs, dtype).matmul(v),
+        Precision::F32 => probs.matmul(v),
+    };
+    to(out.swap_dims(1, 2).reshape([b * t, nh * hd]), dtype)
+}
+
+/// `[b, kv_heads, s, d] -> [b, kv_heads * n_rep, s, d]`, each kv head repeated for its group.
+fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, h, s, d] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, h, n_rep, s, d]).reshape([b, h * n_rep, s, d])
 }

@@ -147,6 +147,7 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
             out.push(check_rms_norm_qkv(&ctx, &mut rng, case, p));
             out.push(check_qk_norm_rope(&ctx, &mut rng, case, p));
             out.push(check_silu_mul(&ctx, &mut rng, case, p));
+            out.push(check_attention(&ctx, &mut rng, case, p));
         }
         out.push(check_argmax(&ctx, &mut rng, case));
     }
@@ -354,4 +355,55 @@ pub fn passes(c: &OpCheck, dtype: DType) -> Result<(), String> {
         return Err(format!("f32 mode error {:.3e} > 2u = {:.3e}", c.fused_err, 2.0 * u));
     }
     Ok(())
+}
+
+fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
+    // GQA 3:1, head_dim 40 (not a multiple of the block), a cache longer than what is read,
+    // its unused rows poisoned with NaN (reading past the keys would show).
+    let (b, nh, nkv, hd) = if case.rows == 1 { (1, 6, 2, 40) } else { (2, 3, 1, 40) };
+    let t = if case.rows == 1 { 1 } else { case.rows.div_ceil(2) };
+    let past = if case.rows == 1 { 300 } else { 5 };
+    let cap = past + t + 3;
+    let scale = if case.peak != 0.0 { 8.0 } else { 1.0 };
+    let q = ctx.t(rng.vec(b * nh * t * hd, scale), [b, nh, t, hd]);
+    let mut kv = |s: f32| {
+        let mut v = rng.vec(b * nkv * cap * hd, s);
+        for bi in 0..b {
+            for h in 0..nkv {
+                for j in past + t..cap {
+                    let o = ((bi * nkv + h) * cap + j) * hd;
+                    v[o..o + hd].iter_mut().for_each(|x| *x = f32::NAN);
+                }
+            }
+        }
+        ctx.t(v, [b, nkv, cap, hd])
+    };
+    let (kc, vc) = (kv(scale), kv(case.scale.min(1e3)));
+    let (qh, kh, vh) = (host(q.clone()), host(kc.clone()), host(vc.clone()));
+    let mut truth = vec![0.0; b * t * nh * hd];
+    for bi in 0..b {
+        for h in 0..nh {
+            let g = h / (nh / nkv);
+            for i in 0..t {
+                let n = past + i + 1;
+                let qr = &qh[((bi * nh + h) * t + i) * hd..][..hd];
+                let row = |j: usize| ((bi * nkv + g) * cap + j) * hd;
+                let s: Vec<f64> = (0..n)
+                    .map(|j| qr.iter().zip(&kh[row(j)..row(j) + hd]).map(|(a, c)| a * c).sum::<f64>() / (hd as f64).sqrt())
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..hd {
+                    truth[(bi * t + i) * nh * hd + h * hd + d] = (0..n).map(|j| e[j] / z * vh[row(j) + d]).sum();
+                }
+            }
+        }
+    }
+    // The model passes the cache sliced to the keys written so far.
+    let view = |c: &Tensor<4>| c.clone().narrow(2, 0, past + t);
+    ctx.poison(b * t * nh * hd);
+    let fused = super::attention(q.clone(), view(&kc), view(&vc), past, p);
+    let twin = reference::attention(q, view(&kc), view(&vc), past, p);
+    record("attention", case.name, p, &host(fused), &host(twin), &truth)
 }

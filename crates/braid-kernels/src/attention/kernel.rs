@@ -1,0 +1,111 @@
+use cubecl::prelude::*;
+
+use crate::reduce::{block_max, block_sum};
+
+/// Causal attention of one query row over the KV cache (GQA), scores kept in shared memory.
+///
+/// Grid: x over `batch * heads`, y over the `seq` new query rows. Query row `i` sits at position
+/// `past + i` and attends to keys `0..=past + i` of its KV head (`head / (heads / kv_heads)`).
+/// Units take keys in turn for the scores (f32 dot products), then the block finds the max and
+/// the sum, then unit `d` accumulates output channel `d` over the keys.
+///
+/// `f32_internal = false` rounds where PyTorch's eager path does: `q @ k^T` to F, the scaling to
+/// F, the softmax (computed in f32) to F, the output to F. `true`: f32 throughout, one rounding.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_kernel<F: Float>(
+    q: &Tensor<F>,       // [batch, heads, seq, hd] contiguous
+    k: &Tensor<F>,       // [batch, kv_heads, >= past + seq, hd] (any strides; last dim contiguous)
+    v: &Tensor<F>,       // [batch, kv_heads, >= past + seq, hd]
+    out: &mut Tensor<F>, // [batch, seq, heads * hd]
+    past: u32,
+    scale: f32,
+    #[comptime] f32_internal: bool,
+    #[comptime] max_keys: usize,
+    #[comptime] max_head_dim: usize,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let bh = CUBE_POS_X as usize;
+    let i = CUBE_POS_Y as usize;
+    let unit = UNIT_POS_X as usize;
+    let heads = q.shape(1);
+    let seq = q.shape(2);
+    let hd = q.shape(3);
+    let kv_heads = k.shape(1);
+    let b = bh / heads;
+    let h = bh % heads;
+    let g = h / (heads / kv_heads);
+    let n_keys = past as usize + i + 1;
+
+    let mut qs = Shared::<[f32]>::new_slice(max_head_dim);
+    let mut scores = Shared::<[f32]>::new_slice(max_keys);
+
+    // 1. The query row, in f32.
+    let q_base = ((b * heads + h) * seq + i) * hd;
+    let mut d = unit;
+    while d < hd {
+        qs[d] = f32::cast_from(q[q_base + d]);
+        d += block;
+    }
+    sync_cube();
+
+    // 2. Scores, and each unit's maximum.
+    let k_base = b * k.stride(0) + g * k.stride(1);
+    let mut local_max = f32::new(f32::MIN);
+    let mut j = unit;
+    while j < n_keys {
+        let row = k_base + j * k.stride(2);
+        let mut dot = 0.0f32;
+        for e in 0..hd {
+            dot += qs[e] * f32::cast_from(k[row + e]);
+        }
+        let s = if f32_internal {
+            dot * scale
+        } else {
+            round::<F>(round::<F>(dot) * scale)
+        };
+        scores[j] = s;
+        local_max = max(local_max, s);
+        j += block;
+    }
+    let m = block_max(local_max, block);
+
+    // 3. Softmax in f32.
+    let mut local_sum = 0.0f32;
+    let mut j = unit;
+    while j < n_keys {
+        let p = (scores[j] - m).exp();
+        scores[j] = p;
+        local_sum += p;
+        j += block;
+    }
+    let total = block_sum(local_sum, block);
+    let inv = 1.0f32 / total;
+    let mut j = unit;
+    while j < n_keys {
+        let p = scores[j] * inv;
+        scores[j] = if f32_internal { p } else { round::<F>(p) };
+        j += block;
+    }
+    sync_cube();
+
+    // 4. Weighted values: unit d owns output channel d.
+    let v_base = b * v.stride(0) + g * v.stride(1);
+    let out_base = (b * seq + i) * heads * hd + h * hd;
+    let mut d = unit;
+    while d < hd {
+        let mut acc = 0.0f32;
+        for j in 0..n_keys {
+            acc += scores[j] * f32::cast_from(v[v_base + j * v.stride(2) + d]);
+        }
+        out[out_base + d] = F::cast_from(acc);
+        d += block;
+    }
+}
+
+/// `value` rounded to F and back.
+#[cube]
+fn round<F: Float>(value: f32) -> f32 {
+    f32::cast_from(F::cast_from(value))
+}

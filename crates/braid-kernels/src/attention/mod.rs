@@ -1,0 +1,81 @@
+//! Causal GQA attention over the KV cache, for prefill (many query rows) and decode (one).
+//! The whole score row of a query lives in shared memory, so the keys per query are bounded by
+//! [`MAX_KEYS`]; longer contexts need a split over the keys (not built yet) and take the
+//! reference path.
+
+mod kernel;
+
+use cubecl::prelude::*;
+use cubecl::std::tensor::TensorHandle;
+
+use crate::check::{Check, output_like};
+use crate::{KernelError, Precision};
+
+const NAME: &str = "attention";
+const BLOCK: usize = 128;
+/// Keys one query row can attend to (f32 scores in 16 KiB of shared memory).
+pub const MAX_KEYS: usize = 4096;
+/// Largest head_dim (the query row is staged in shared memory).
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// `q: [batch, heads, seq, hd]` (contiguous) at positions `past..past + seq`;
+/// `k, v: [batch, kv_heads, >= past + seq, hd]` (the cache, strided views are fine, last dim
+/// contiguous) -> `[batch, seq, heads * hd]`.
+pub fn attention(
+    client: &Client,
+    q: TensorHandle,
+    k: TensorHandle,
+    v: TensorHandle,
+    past: usize,
+    precision: Precision,
+) -> Result<TensorHandle, KernelError> {
+    let c = Check::new(NAME);
+    let qs = q.shape().to_vec();
+    if qs.len() != 4 {
+        return Err(c.shape_err("q", &q, "[batch, heads, seq, head_dim]".into()));
+    }
+    let [batch, heads, seq, hd] = [qs[0], qs[1], qs[2], qs[3]];
+    c.shape("q", &q, &qs)?;
+    for (name, t) in [("k", &k), ("v", &v)] {
+        let s = t.shape();
+        if s.len() != 4 || s[0] != batch || s[3] != hd || s[2] < past + seq || s[1] == 0 || heads % s[1] != 0 {
+            return Err(c.shape_err(name, t, format!("[{batch}, kv_heads dividing {heads}, >= {}, {hd}]", past + seq)));
+        }
+        if hd > 1 && t.strides()[3] != 1 {
+            return Err(KernelError::Layout { kernel: NAME, tensor: name, strides: t.strides().to_vec() });
+        }
+        c.same_dtype(name, t, q.dtype)?;
+    }
+    if k.shape()[1] != v.shape()[1] {
+        return Err(c.shape_err("v", &v, format!("kv_heads = {} as k", k.shape()[1])));
+    }
+    if past + seq > MAX_KEYS || hd > MAX_HEAD_DIM {
+        return Err(KernelError::Unsupported {
+            kernel: NAME,
+            what: format!("{} keys with head_dim {hd}", past + seq),
+            why: format!("at most {MAX_KEYS} keys and head_dim {MAX_HEAD_DIM} (scores live in shared memory)"),
+        });
+    }
+    let dtype = q.dtype;
+    let out = output_like(client, &[batch, seq, heads * hd], dtype);
+    if batch * heads * seq == 0 {
+        return Ok(out);
+    }
+    kernel::attention_kernel::launch(
+        client,
+        CubeCount::new_2d((batch * heads) as u32, seq as u32),
+        CubeDim::new_1d(BLOCK as u32),
+        q.into_arg(),
+        k.into_arg(),
+        v.into_arg(),
+        out.clone().into_arg(),
+        past as u32,
+        (hd as f32).powf(-0.5),
+        precision.f32_internal(),
+        MAX_KEYS,
+        MAX_HEAD_DIM,
+        BLOCK,
+        dtype,
+    );
+    Ok(out)
+}
