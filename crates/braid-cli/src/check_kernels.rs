@@ -97,7 +97,7 @@ fn bench(device: &Device, dtype: DType, iters: usize) -> Result<()> {
     // The bandwidth reference: a large elementwise op (reads + writes), same call.
     let big = rand2(8192, 8192, 1.0, device, dtype);
     let t_copy = time(device, iters.min(20), || {
-        let _ = big.clone().mul_scalar(1.0);
+        let _ = big.clone().add_scalar(0.5);
     })?;
     let bw = (2 * 8192 * 8192 * size) as f64 / t_copy;
     println!(
@@ -155,6 +155,21 @@ fn bench(device: &Device, dtype: DType, iters: usize) -> Result<()> {
             &mut || {
                 let (q, k, v) = views();
                 let _ = reference::qk_norm_rope(q, k, v, w.clone(), w.clone(), rope.cos.clone(), rope.sin.clone(), shape, eps, p);
+            },
+        )?;
+        // Attention: `rows` new queries at the end of a 512-position cache.
+        let past = 512 - rows;
+        let q4 = rand2(heads * rows, hd, 1.0, device, dtype).reshape([1, heads, rows, hd]);
+        let kc = rand2(kv * 512, hd, 1.0, device, dtype).reshape([1, kv, 512, hd]);
+        let vc = rand2(kv * 512, hd, 1.0, device, dtype).reshape([1, kv, 512, hd]);
+        row(
+            "attention",
+            (2 * kv * 512 * hd + 2 * heads * rows * hd) * size,
+            &mut || {
+                let _ = ops::attention(q4.clone(), kc.clone(), vc.clone(), past, p);
+            },
+            &mut || {
+                let _ = reference::attention(q4.clone(), kc.clone(), vc.clone(), past, p);
             },
         )?;
         let r = rand2(rows, hidden, 1.0, device, dtype);
