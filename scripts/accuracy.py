@@ -70,7 +70,7 @@ def hf_run(folder: Path, dtype, ids, n_new, out: Path):
     taps = []
     for layer in model.model.layers:
         layer.register_forward_hook(lambda m, i, o: taps.append((o[0] if isinstance(o, tuple) else o).detach()))
-    tensors, greedy = {}, []
+    tensors, greedy, gaps = {}, [], []
     t0 = time.time()
     with torch.no_grad():
         for p, seq in enumerate(ids):
@@ -81,18 +81,23 @@ def hf_run(folder: Path, dtype, ids, n_new, out: Path):
             tensors[f"p{p}.logits"] = logits.cpu()
             taps.clear()
             g = model.generate(x, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                               repetition_penalty=1.0, temperature=None, top_p=None, top_k=None)
-            greedy.append(g[0, len(seq):].tolist())
+                               repetition_penalty=1.0, temperature=None, top_p=None, top_k=None,
+                               output_scores=True, return_dict_in_generate=True)
+            greedy.append(g.sequences[0, len(seq):].tolist())
+            # The gap between the top two logits at every step: a path that flips where the
+            # truth's gap is below its own logit error has tripped on a near-tie.
+            gaps.append([float(t[0].float().topk(2).values.diff().abs()) for t in g.scores])
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out.with_suffix(".safetensors")))
-    out.with_suffix(".json").write_text(json.dumps({"greedy": greedy}))
+    out.with_suffix(".json").write_text(json.dumps({"greedy": greedy, "top2_gaps": gaps}))
     print(f"{out.name}: {time.time() - t0:.1f} s")
 
 
 def compare(out: Path, paths):
     from safetensors.torch import load_file
     truth = load_file(str(out / "hf-f32.safetensors"))
-    truth_g = json.loads((out / "hf-f32.json").read_text())["greedy"]
+    truth_js = json.loads((out / "hf-f32.json").read_text())
+    truth_g, truth_gaps = truth_js["greedy"], truth_js.get("top2_gaps")
     n_prompts = len(truth_g)
     rows, detail = [], {}
     for name, prefix in paths:
@@ -101,7 +106,7 @@ def compare(out: Path, paths):
             rows.append((name, None)); continue
         got, g = load_file(str(st)), json.loads(js.read_text())["greedy"]
         per_layer = []  # [prompt][layer] relative L2 error over all positions
-        lmax, kls, agree = [], [], []
+        lmax, kls, agree, flip_gaps = [], [], [], []
         for p in range(n_prompts):
             a, b = got[f"p{p}.layers"].double(), truth[f"p{p}.layers"].double()
             per_layer.append([float((a[l] - b[l]).norm() / b[l].norm()) for l in range(b.shape[0])])
@@ -111,9 +116,12 @@ def compare(out: Path, paths):
             kls.append(float((pt.exp() * (pt - pa)).sum()))
             n = next((i for i, (x, y) in enumerate(zip(g[p], truth_g[p])) if x != y), min(len(g[p]), len(truth_g[p])))
             agree.append(n)
+            if truth_gaps and n < len(truth_gaps[p]):
+                flip_gaps.append(truth_gaps[p][n])
         layers = torch.tensor(per_layer)  # [prompts, layers]
         mean_layer = layers.mean(0)
-        detail[name] = {"per_layer_rel_err_mean": mean_layer.tolist(), "logits_max_abs": lmax, "kl": kls, "greedy_agree": agree}
+        detail[name] = {"per_layer_rel_err_mean": mean_layer.tolist(), "logits_max_abs": lmax, "kl": kls,
+                        "greedy_agree": agree, "truth_top2_gap_at_first_difference": flip_gaps}
         rows.append((name, dict(max_layer=float(mean_layer.max()), last_layer=float(mean_layer[-1]),
                                 lmax=sum(lmax) / len(lmax), kl=sum(kls) / len(kls), agree=agree)))
     lines = ["| path | hidden-state rel. error, worst layer (mean over prompts) | last layer | last-logit max-abs (mean) | KL(f32 ‖ path) (mean) | greedy tokens agreeing with f32, per prompt |",
@@ -126,6 +134,13 @@ def compare(out: Path, paths):
     print(table)
     (out / "accuracy.md").write_text(table + "\n")
     (out / "accuracy.json").write_text(json.dumps(detail, indent=1))
+    if truth_gaps:
+        allg = sorted(g for p in truth_gaps for g in p)
+        print(f"\nfloat32 truth's top-2 logit gap over all greedy steps: median {allg[len(allg)//2]:.4f}, "
+              f"10th percentile {allg[len(allg)//10]:.4f}")
+        for name, d in detail.items():
+            print(f"{name:>30}: truth's top-2 gap where the path first differs: "
+                  + ", ".join(f"{g:.4f}" for g in d["truth_top2_gap_at_first_difference"]))
     print("\nper-layer rel. error (mean over prompts), layers 0..27:")
     for name, d in detail.items():
         print(f"{name:>22}: " + " ".join(f"{e:.1e}" for e in d["per_layer_rel_err_mean"]))

@@ -3,7 +3,8 @@ use cubecl::prelude::*;
 use crate::reduce::block_sum;
 
 /// One cube per row: `h = residual + x` (written to `residual_out`), then
-/// `out = rmsnorm(h) * weight`.
+/// `out = rmsnorm(h) * weight`. With `with_residual = false`, `h = x`: a plain RMSNorm
+/// (`residual` is not read and `residual_out` not written).
 ///
 /// `f32_internal = false` rounds where PyTorch does: `h` to F, the normalised value to F, the
 /// product with the weight to F. `true` keeps `h` and the normalised value in f32 and rounds
@@ -17,6 +18,7 @@ pub(super) fn add_rms_norm_kernel<F: Float>(
     out: &mut Tensor<F>,          // [rows, dim]
     eps: f32,
     #[comptime] f32_internal: bool,
+    #[comptime] with_residual: bool,
     #[comptime] block: usize,
     #[define(F)] _dtype: ElemType,
 ) {
@@ -29,9 +31,11 @@ pub(super) fn add_rms_norm_kernel<F: Float>(
     let mut sq = 0.0f32;
     let mut j = unit;
     while j < dim {
-        let h = f32::cast_from(residual[base + j]) + f32::cast_from(x[base + j]);
+        let h = sum::<F>(residual, x, base + j, with_residual);
         let hr = F::cast_from(h);
-        residual_out[base + j] = hr;
+        if with_residual {
+            residual_out[base + j] = hr;
+        }
         let hs = if f32_internal { h } else { f32::cast_from(hr) };
         sq += hs * hs;
         j += block;
@@ -42,7 +46,7 @@ pub(super) fn add_rms_norm_kernel<F: Float>(
     // 2. Normalise and scale.
     let mut j = unit;
     while j < dim {
-        let h = f32::cast_from(residual[base + j]) + f32::cast_from(x[base + j]);
+        let h = sum::<F>(residual, x, base + j, with_residual);
         let w = f32::cast_from(weight[j]);
         if f32_internal {
             out[base + j] = F::cast_from(h * inv * w);
@@ -52,5 +56,15 @@ pub(super) fn add_rms_norm_kernel<F: Float>(
             out[base + j] = F::cast_from(n * w);
         }
         j += block;
+    }
+}
+
+/// `residual[i] + x[i]` in f32, or `x[i]` alone.
+#[cube]
+fn sum<F: Float>(residual: &Tensor<F>, x: &Tensor<F>, i: usize, #[comptime] with_residual: bool) -> f32 {
+    if with_residual {
+        f32::cast_from(residual[i]) + f32::cast_from(x[i])
+    } else {
+        f32::cast_from(x[i])
     }
 }

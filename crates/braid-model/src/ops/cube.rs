@@ -3,11 +3,21 @@
 use braid_kernels::rms_norm_qkv::QkvStrategy;
 use braid_kernels::{KernelError, TensorHandle};
 use burn::backend::Cube;
+use burn::backend::ops::FloatTensorOps;
+use burn::tensor::Tensor;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::{FusedOps, Precision, QkShape};
+use super::{FusedOps, Precision, QkShape, reference};
+
+/// Above this many rows, `rms_norm_qkv` in torch mode runs the fused RMSNorm kernel and Burn's
+/// matmul (a GEMM beats the GEMV-shaped kernel there; same rounding points). f32 mode keeps the
+/// kernel at every size: its normalised rows never leave f32.
+pub const QKV_KERNEL_MAX_ROWS: usize = 64;
+/// Above this many query rows, attention runs the reference twin (Burn's matmuls): the kernel
+/// stages one query row per cube and suits decode, not long prefills (no tiled kernel yet).
+pub const ATTENTION_KERNEL_MAX_ROWS: usize = 16;
 
 /// A kernel's handle from a contiguous copy of `t` (no copy when already contiguous).
 fn handle(t: FloatTensor<Cube>) -> TensorHandle {
@@ -60,6 +70,19 @@ impl FusedOps for Cube {
         precision: Precision,
     ) -> FloatTensor<Self> {
         let (like, dtype) = (x.clone(), x.dtype);
+        let rows = x.meta.shape()[0];
+        if rows > QKV_KERNEL_MAX_ROWS && precision == Precision::Torch {
+            let n = launched(braid_kernels::add_rms_norm::rms_norm(
+                &like.client,
+                handle(x),
+                handle(gamma),
+                eps as f32,
+                precision,
+            ));
+            let n = tensor(&like, n, dtype);
+            let parts = [wq, wk, wv].map(|w| Cube::float_matmul(n.clone(), Cube::float_transpose(w))).to_vec();
+            return Cube::float_cat(parts, 1);
+        }
         let strategy = QkvStrategy::default_for(&like.client);
         let out = launched(braid_kernels::rms_norm_qkv::rms_norm_qkv(
             &like.client,
@@ -112,6 +135,17 @@ impl FusedOps for Cube {
         precision: Precision,
     ) -> FloatTensor<Self> {
         let (like, dtype) = (q.clone(), q.dtype);
+        let [b, nh, t, hd] = q.meta.shape().dims::<4>();
+        if t > ATTENTION_KERNEL_MAX_ROWS {
+            let out = reference::attention(
+                Tensor::from_primitive::<Cube>(q),
+                Tensor::from_primitive::<Cube>(k),
+                Tensor::from_primitive::<Cube>(v),
+                past,
+                precision,
+            );
+            return out.reshape([b, t, nh * hd]).try_into_primitive::<Cube>().expect("a Cube tensor stays on Cube");
+        }
         let out = launched(braid_kernels::attention::attention(&like.client, handle(q), view(k), view(v), past, precision));
         tensor(&like, out, dtype)
     }

@@ -127,12 +127,15 @@ pub struct Case {
     pub zero_row: bool,
 }
 
-/// The standard cases: plain, odd sizes, adversarial magnitudes.
+/// The standard cases: plain, odd sizes, adversarial magnitudes, long prefill.
 pub fn cases() -> Vec<Case> {
     vec![
         Case { name: "decode", rows: 1, scale: 1.0, peak: 0.0, zero_row: false },
         Case { name: "prefill-odd", rows: 37, scale: 2.0, peak: 0.0, zero_row: true },
         Case { name: "adversarial", rows: 5, scale: 1.0e4, peak: 100.0, zero_row: true },
+        // Past the kernels' row limits: the Cube dispatch takes its prefill paths (RMSNorm kernel
+        // + matmul for rms_norm_qkv in torch mode, the twin for attention).
+        Case { name: "prefill-long", rows: 100, scale: 1.0, peak: 10.0, zero_row: false },
     ]
 }
 
@@ -361,7 +364,12 @@ fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpChec
     // GQA 3:1, head_dim 40 (not a multiple of the block), a cache longer than what is read,
     // its unused rows poisoned with NaN (reading past the keys would show).
     let (b, nh, nkv, hd) = if case.rows == 1 { (1, 6, 2, 40) } else { (2, 3, 1, 40) };
-    let t = if case.rows == 1 { 1 } else { case.rows.div_ceil(2) };
+    let t = match case.name {
+        "decode" => 1,
+        "prefill-long" => case.rows / 2,
+        // Within the attention kernel's row limit.
+        _ => case.rows.div_ceil(2).min(13),
+    };
     let past = if case.rows == 1 { 300 } else { 5 };
     let cap = past + t + 3;
     let scale = if case.peak != 0.0 { 8.0 } else { 1.0 };
