@@ -105,7 +105,7 @@ fn bench(device: &Device, dtype: DType, iters: usize) -> Result<()> {
         bw / 1e9,
         dtype
     );
-    println!("{:<14} {:>6} {:>11} {:>11} {:>8} {:>12} {:>9}", "op", "rows", "fused us", "twin us", "speedup", "floor us", "of floor");
+    println!("{:<15} {:>6} {:>11} {:>11} {:>8} {:>12} {:>9}", "op", "rows", "fused us", "twin us", "speedup", "floor us", "of floor");
     let (hidden, heads, kv, hd, inter, eps) = (1024, 16, 8, 128, 3072, 1e-6);
     for rows in [1usize, 16, 512] {
         let x = rand2(rows, hidden, 1.0, device, dtype);
@@ -119,7 +119,7 @@ fn bench(device: &Device, dtype: DType, iters: usize) -> Result<()> {
             let tt = time(device, iters, twin)?;
             let floor = bytes as f64 / bw;
             println!(
-                "{name:<14} {rows:>6} {:>11.1} {:>11.1} {:>7.2}x {:>12.2} {:>8.0}%",
+                "{name:<15} {rows:>6} {:>11.1} {:>11.1} {:>7.2}x {:>12.2} {:>8.0}%",
                 tf * 1e6,
                 tt * 1e6,
                 tt / tf,
@@ -181,6 +181,43 @@ fn bench(device: &Device, dtype: DType, iters: usize) -> Result<()> {
             },
             &mut || {
                 let _ = reference::add_rms_norm(r.clone(), x.clone(), g.clone(), eps, p);
+            },
+        )?;
+        // GEMV-shaped projections: o_proj, down_proj, the MLP's gate/up + SiLU, the lm_head.
+        let xo = rand2(rows, heads * hd, 1.0, device, dtype);
+        let wo = rand2(hidden, heads * hd, 0.05, device, dtype);
+        row(
+            "linear o_proj",
+            (hidden * heads * hd + rows * (hidden + heads * hd)) * size,
+            &mut || {
+                let _ = ops::linear(xo.clone(), wo.clone());
+            },
+            &mut || {
+                let _ = reference::linear(xo.clone(), wo.clone());
+            },
+        )?;
+        let wg = rand2(inter, hidden, 0.05, device, dtype);
+        let wu = rand2(inter, hidden, 0.05, device, dtype);
+        row(
+            "gate_up_silu",
+            (2 * inter * hidden + rows * (hidden + inter)) * size,
+            &mut || {
+                let _ = ops::gate_up_silu(x.clone(), wg.clone(), wu.clone(), p);
+            },
+            &mut || {
+                let _ = reference::gate_up_silu(x.clone(), wg.clone(), wu.clone(), p);
+            },
+        )?;
+        let vocab = 151_936;
+        let head = rand2(vocab, hidden, 0.05, device, dtype);
+        row(
+            "linear lm_head",
+            (vocab * hidden + rows * (hidden + vocab)) * size,
+            &mut || {
+                let _ = ops::linear(x.clone(), head.clone());
+            },
+            &mut || {
+                let _ = reference::linear(x.clone(), head.clone());
             },
         )?;
         let gate = rand2(rows, inter, 3.0, device, dtype);

@@ -79,9 +79,10 @@ impl Check {
     }
 }
 
-/// A fresh contiguous output.
+/// A fresh contiguous output (at least 64 bytes, so that an empty placeholder can still be bound
+/// as a vectorised argument: wgpu checks binding sizes against the shader's vector width).
 pub(crate) fn output_like(client: &Client, shape: &[usize], dtype: ElemType) -> TensorHandle {
     let len: usize = shape.iter().product();
-    let handle = client.empty(len.max(1) * dtype.size());
+    let handle = client.empty((len * dtype.size()).max(64));
     TensorHandle::new_contiguous(shape.to_vec(), handle, dtype)
 }

@@ -4,11 +4,13 @@
 //! ```json
 //! { "all": { "rms_norm_qkv": "fused-f32", "qk_norm_rope": "fused", "attention": "fused",
 //!            "add_rms_norm": "fused", "silu_mul": "reference" },
-//!   "layers": { "0": { "rms_norm_qkv": "reference" } } }
+//!   "layers": { "0": { "rms_norm_qkv": "reference" } },
+//!   "lm_head": "fused" }
 //! ```
 //!
 //! `all` (optional, default `reference`) applies to every layer; `layers` overrides single ops of
-//! single layers. Op values: `reference`, `fused` (= `fused-torch`) or `fused-f32`.
+//! single layers; `lm_head` (default `reference`) is the head. Op values: `reference`, `fused`
+//! (= `fused-torch`) or `fused-f32`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -80,30 +82,43 @@ pub struct LayerPlan {
     pub attention: OpChoice,
     /// residual add + `post_attention_layernorm`.
     pub add_rms_norm: OpChoice,
-    /// `silu(gate_proj(h)) * up_proj(h)`'s activation.
+    /// `silu(gate_proj(h)) * up_proj(h)`: fused, the gate/up projections and the activation run
+    /// as one op (`ops::gate_up_silu`).
     pub silu_mul: OpChoice,
+    /// `o_proj` and `down_proj` (GEMV kernel at decode shapes).
+    pub linear: OpChoice,
 }
 
 impl LayerPlan {
     pub fn uniform(choice: OpChoice) -> Self {
-        Self { rms_norm_qkv: choice, qk_norm_rope: choice, attention: choice, add_rms_norm: choice, silu_mul: choice }
+        Self {
+            rms_norm_qkv: choice,
+            qk_norm_rope: choice,
+            attention: choice,
+            add_rms_norm: choice,
+            silu_mul: choice,
+            linear: choice,
+        }
     }
 
-    fn ops(&self) -> [(&'static str, OpChoice); 5] {
+    fn ops(&self) -> [(&'static str, OpChoice); 6] {
         [
             ("rms_norm_qkv", self.rms_norm_qkv),
             ("qk_norm_rope", self.qk_norm_rope),
             ("attention", self.attention),
             ("add_rms_norm", self.add_rms_norm),
             ("silu_mul", self.silu_mul),
+            ("linear", self.linear),
         ]
     }
 }
 
-/// One [`LayerPlan`] per decoder layer.
+/// One [`LayerPlan`] per decoder layer, and the language-model head.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KernelPlan {
     pub layers: Vec<LayerPlan>,
+    /// The lm_head projection (GEMV kernel at decode shapes).
+    pub lm_head: OpChoice,
 }
 
 /// The JSON form: `all` plus per-layer overrides of single ops.
@@ -112,12 +127,13 @@ pub struct KernelPlan {
 struct PlanFile {
     all: LayerPlan,
     layers: BTreeMap<usize, BTreeMap<String, OpChoice>>,
+    lm_head: OpChoice,
 }
 
 impl KernelPlan {
     /// Every op of every layer the same.
     pub fn uniform(layers: usize, choice: OpChoice) -> Self {
-        Self { layers: vec![LayerPlan::uniform(choice); layers] }
+        Self { layers: vec![LayerPlan::uniform(choice); layers], lm_head: choice }
     }
 
     /// `reference`, `fused` (`fused-torch`), `fused-f32`, or a path to a JSON plan file.
@@ -140,6 +156,7 @@ impl KernelPlan {
         for l in &mut plan.layers {
             *l = file.all;
         }
+        plan.lm_head = file.lm_head;
         for (layer, ops) in file.layers {
             let Some(slot) = plan.layers.get_mut(layer) else {
                 return Err(bad(
@@ -154,6 +171,7 @@ impl KernelPlan {
                     "attention" => slot.attention = choice,
                     "add_rms_norm" => slot.add_rms_norm = choice,
                     "silu_mul" => slot.silu_mul = choice,
+                    "linear" => slot.linear = choice,
                     _ => return Err(bad(format!("layers.{layer}.{op}"), "unknown op".into())),
                 }
             }
@@ -169,7 +187,7 @@ impl KernelPlan {
             .enumerate()
             .map(|(i, l)| (i, l.ops().into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
             .collect();
-        let file = PlanFile { all: LayerPlan::default(), layers };
+        let file = PlanFile { all: LayerPlan::default(), layers, lm_head: self.lm_head };
         serde_json::to_string_pretty(&file).expect("a plan serialises")
     }
 
@@ -177,12 +195,13 @@ impl KernelPlan {
     pub fn summary(&self) -> String {
         if let Some(first) = self.layers.first() {
             let ops = first.ops();
-            if self.layers.iter().all(|l| l == first) && ops.iter().all(|(_, c)| *c == ops[0].1) {
+            if self.layers.iter().all(|l| l == first) && ops.iter().all(|(_, c)| *c == ops[0].1) && self.lm_head == ops[0].1 {
                 return ops[0].1.to_string();
             }
         }
-        let fused = self.layers.iter().flat_map(|l| l.ops()).filter(|(_, c)| *c != OpChoice::Reference).count();
-        format!("mixed ({fused} of {} ops fused)", self.layers.len() * 5)
+        let fused = self.layers.iter().flat_map(|l| l.ops()).filter(|(_, c)| *c != OpChoice::Reference).count()
+            + usize::from(self.lm_head != OpChoice::Reference);
+        format!("mixed ({fused} of {} ops fused)", self.layers.len() * 6 + 1)
     }
 
     /// Checks that every fused op can run on this model: layer count, no attention bias with a
@@ -199,6 +218,14 @@ impl KernelPlan {
             if l.rms_norm_qkv != OpChoice::Reference && config.attention_bias {
                 return Err(format!("layer {i}: rms_norm_qkv cannot be fused with attention_bias = true"));
             }
+            if l.linear != OpChoice::Reference && config.attention_bias {
+                return Err(format!("layer {i}: linear (o_proj) cannot be fused with attention_bias = true"));
+            }
+            if (l.linear != OpChoice::Reference && config.intermediate_size > 8192)
+                || (l.silu_mul != OpChoice::Reference && config.hidden_size > 8192)
+            {
+                return Err(format!("layer {i}: the GEMV kernels take input widths <= 8192"));
+            }
             if l.rms_norm_qkv != OpChoice::Reference && config.hidden_size > 8192 {
                 return Err(format!("layer {i}: rms_norm_qkv supports hidden_size <= 8192"));
             }
@@ -208,6 +235,9 @@ impl KernelPlan {
             if l.qk_norm_rope != OpChoice::Reference && config.head_dim() % 2 != 0 {
                 return Err(format!("layer {i}: qk_norm_rope needs an even head_dim"));
             }
+        }
+        if self.lm_head != OpChoice::Reference && config.hidden_size > 8192 {
+            return Err("lm_head: the GEMV kernel takes input widths <= 8192".into());
         }
         Ok(())
     }

@@ -179,9 +179,13 @@ impl Qwen3 {
 
     /// The language-model head on final-normed rows: `[rows, hidden]` -> f32 `[rows, vocab]`.
     pub fn head(&self, hidden: Tensor<2>) -> Tensor<2> {
-        let out = match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.model.embed_tokens.val().transpose()),
+        let weight = match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.model.embed_tokens.val(),
+        };
+        let out = match self.plan.lm_head {
+            OpChoice::Fused(_) => crate::ops::linear(hidden, weight),
+            OpChoice::Reference => crate::ops::reference::linear(hidden, weight),
         };
         out.cast(burn::tensor::FloatDType::F32)
     }

@@ -27,7 +27,7 @@ fn run(device: Device, dtype: DType) {
             failures.push(format!("{op}/{case}/{}: {e}", precision.name()));
         }
     }
-    assert_eq!(checks.len(), 4 * (2 * 5 + 1), "every op, case and precision ran");
+    assert_eq!(checks.len(), 4 * (2 * 7 + 1), "every op, case and precision ran");
     assert!(failures.is_empty(), "seed {seed}: {failures:#?}");
 }
 

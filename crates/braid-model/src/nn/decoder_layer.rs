@@ -73,7 +73,10 @@ impl DecoderLayer {
             }
             _ => a.attend(q, k, v, cache, past),
         };
-        let attn = a.o_proj.forward(attn);
+        let attn = match plan.linear {
+            OpChoice::Fused(_) => ops::linear(attn, a.o_proj.weight.val()),
+            OpChoice::Reference => a.o_proj.forward(attn),
+        };
 
         // 4. Residual + post_attention_layernorm. [b*t, hidden] x 2
         let (x, h) = match plan.add_rms_norm {
@@ -86,13 +89,18 @@ impl DecoderLayer {
             }
         };
 
-        // 5. MLP and residual. [b*t, hidden]
+        // 5. MLP and residual. [b*t, intermediate] -> [b*t, hidden]
         let m = &self.mlp;
-        let (gate, up) = (m.gate_proj.forward(h.clone()), m.up_proj.forward(h));
         let act = match plan.silu_mul {
-            OpChoice::Fused(p) => ops::silu_mul(gate, up, p),
-            OpChoice::Reference => reference::silu_mul(gate, up, ops::Precision::Torch),
+            OpChoice::Fused(p) => ops::gate_up_silu(h, m.gate_proj.weight.val(), m.up_proj.weight.val(), p),
+            OpChoice::Reference => {
+                reference::silu_mul(m.gate_proj.forward(h.clone()), m.up_proj.forward(h), ops::Precision::Torch)
+            }
         };
-        (x + m.down_proj.forward(act)).reshape([b, t, hidden])
+        let down = match plan.linear {
+            OpChoice::Fused(_) => ops::linear(act, m.down_proj.weight.val()),
+            OpChoice::Reference => m.down_proj.forward(act),
+        };
+        (x + down).reshape([b, t, hidden])
     }
 }

@@ -15,6 +15,9 @@ use super::{FusedOps, Precision, QkShape, reference};
 /// matmul (a GEMM beats the GEMV-shaped kernel there; same rounding points). f32 mode keeps the
 /// kernel at every size: its normalised rows never leave f32.
 pub const QKV_KERNEL_MAX_ROWS: usize = 64;
+/// Above this many rows, `linear` and `gate_up_silu` (torch mode) run Burn's matmul (and the
+/// `silu_mul` kernel): the GEMV kernel reads each weight once per 8 rows and suits decode.
+pub const GEMV_KERNEL_MAX_ROWS: usize = 64;
 /// Above this many query rows, attention runs the reference twin (Burn's matmuls): the kernel
 /// stages one query row per cube and suits decode, not long prefills (no tiled kernel yet).
 pub const ATTENTION_KERNEL_MAX_ROWS: usize = 16;
@@ -147,6 +150,40 @@ impl FusedOps for Cube {
             return out.reshape([b, t, nh * hd]).try_into_primitive::<Cube>().expect("a Cube tensor stays on Cube");
         }
         let out = launched(braid_kernels::attention::attention(&like.client, handle(q), view(k), view(v), past, precision));
+        tensor(&like, out, dtype)
+    }
+
+    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        if x.meta.shape()[0] > GEMV_KERNEL_MAX_ROWS {
+            return Cube::float_matmul(x, Cube::float_transpose(w));
+        }
+        let (like, dtype) = (x.clone(), x.dtype);
+        let strategy = QkvStrategy::default_for(&like.client);
+        let out = launched(braid_kernels::gemv::linear(&like.client, handle(x), handle(w), strategy));
+        tensor(&like, out, dtype)
+    }
+
+    fn gate_up_silu(
+        x: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        if x.meta.shape()[0] > GEMV_KERNEL_MAX_ROWS && precision == Precision::Torch {
+            let gate = Cube::float_matmul(x.clone(), Cube::float_transpose(w_gate));
+            let up = Cube::float_matmul(x, Cube::float_transpose(w_up));
+            return Self::silu_mul(gate, up, precision);
+        }
+        let (like, dtype) = (x.clone(), x.dtype);
+        let strategy = QkvStrategy::default_for(&like.client);
+        let out = launched(braid_kernels::gemv::gate_up_silu(
+            &like.client,
+            handle(x),
+            handle(w_gate),
+            handle(w_up),
+            precision,
+            strategy,
+        ));
         tensor(&like, out, dtype)
     }
 

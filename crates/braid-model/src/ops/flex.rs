@@ -81,6 +81,19 @@ impl FusedOps for Flex {
         unwrap(reference::attention(q, wrap(k), wrap(v), past, precision).reshape([b, t, nh * hd]))
     }
 
+    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        unwrap(reference::linear(wrap(x), wrap(w)))
+    }
+
+    fn gate_up_silu(
+        x: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        unwrap(reference::gate_up_silu(wrap(x), wrap(w_gate), wrap(w_up), precision))
+    }
+
     fn argmax(logits: FloatTensor<Self>) -> IntTensor<Self> {
         let ids: Tensor<1, Int> = reference::argmax(wrap(logits));
         ids.try_into_primitive::<Flex>().expect("a reference twin of a Flex tensor stays on Flex")

@@ -58,6 +58,15 @@ pub trait FusedOps: Backend {
 
     fn argmax(logits: FloatTensor<Self>) -> IntTensor<Self>;
 
+    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    fn gate_up_silu(
+        x: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        precision: Precision,
+    ) -> FloatTensor<Self>;
+
     fn attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -167,4 +176,19 @@ pub fn silu_mul(gate: Tensor<2>, up: Tensor<2>, precision: Precision) -> Tensor<
 pub fn argmax(logits: Tensor<2>) -> Vec<u32> {
     let ids: Tensor<1, Int> = Tensor::from_dispatch(<Dispatch as FusedOps>::argmax(logits.into_dispatch()));
     ids.into_data().convert::<i64>().try_to_vec::<i64>().expect("int ids").into_iter().map(|i| i as u32).collect()
+}
+
+/// `x: [rows, in] @ w^T` with a PyTorch-layout `w: [out, in]` -> `[rows, out]`.
+pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::linear(x.into_dispatch(), w.into_dispatch()))
+}
+
+/// `silu(x @ w_gate^T) * (x @ w_up^T)`: the MLP's projections and activation in one op.
+pub fn gate_up_silu(x: Tensor<2>, w_gate: Tensor<2>, w_up: Tensor<2>, precision: Precision) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::gate_up_silu(
+        x.into_dispatch(),
+        w_gate.into_dispatch(),
+        w_up.into_dispatch(),
+        precision,
+    ))
 }

@@ -201,3 +201,23 @@ fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
     let [b, h, s, d] = x.dims();
     x.unsqueeze_dim::<5>(2).expand([b, h, n_rep, s, d]).reshape([b, h * n_rep, s, d])
 }
+
+/// `x @ w^T`, `w: [out, in]` (PyTorch's layout).
+pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    x.matmul(w.transpose())
+}
+
+/// `silu(x @ w_gate^T) * (x @ w_up^T)`; torch mode rounds each projection, SiLU's output and the
+/// product; f32 mode multiplies in f32 and rounds once.
+pub fn gate_up_silu(x: Tensor<2>, w_gate: Tensor<2>, w_up: Tensor<2>, precision: Precision) -> Tensor<2> {
+    let dtype = x.dtype();
+    match precision {
+        Precision::Torch => silu_mul(linear(x.clone(), w_gate), linear(x, w_up), precision),
+        Precision::F32 => {
+            let x = f32_of(x);
+            let g = x.clone().matmul(f32_of(w_gate).transpose());
+            let u = x.matmul(f32_of(w_up).transpose());
+            to(silu(g) * u, dtype)
+        }
+    }
+}

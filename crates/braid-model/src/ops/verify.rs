@@ -151,6 +151,8 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
             out.push(check_qk_norm_rope(&ctx, &mut rng, case, p));
             out.push(check_silu_mul(&ctx, &mut rng, case, p));
             out.push(check_attention(&ctx, &mut rng, case, p));
+            out.push(check_linear(&ctx, &mut rng, case, p));
+            out.push(check_gate_up_silu(&ctx, &mut rng, case, p));
         }
         out.push(check_argmax(&ctx, &mut rng, case));
     }
@@ -414,4 +416,48 @@ fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpChec
     let fused = super::attention(q.clone(), view(&kc), view(&vc), past, p);
     let twin = reference::attention(q, view(&kc), view(&vc), past, p);
     record("attention", case.name, p, &host(fused), &host(twin), &truth)
+}
+
+/// Host `x [rows, inp] @ w^T`, `w [out, inp]`.
+fn host_matmul_t(x: &[f64], w: &[f64], rows: usize, inp: usize, out: usize) -> Vec<f64> {
+    let mut y = vec![0.0; rows * out];
+    for r in 0..rows {
+        for o in 0..out {
+            y[r * out + o] = (0..inp).map(|k| x[r * inp + k] * w[o * inp + k]).sum();
+        }
+    }
+    y
+}
+
+fn gemv_width(case: Case) -> usize {
+    // Vector-friendly widths, and an odd one (scalar weight reads).
+    if case.name == "prefill-odd" { 96 + 5 } else { 128 + 64 * (case.rows % 3) }
+}
+
+fn check_linear(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
+    // (The op has one rounding whatever the mode; both modes run it.)
+    let (rows, inp, out) = (case.rows, gemv_width(case), 72 + 3);
+    let x = ctx.t(input(rng, rows, inp, case), [rows, inp]);
+    let w = ctx.t(rng.vec(out * inp, 0.1), [out, inp]);
+    let truth = host_matmul_t(&host(x.clone()), &host(w.clone()), rows, inp, out);
+    ctx.poison(rows * out);
+    let fused = super::linear(x.clone(), w.clone());
+    let twin = reference::linear(x, w);
+    record("linear", case.name, p, &host(fused), &host(twin), &truth)
+}
+
+fn check_gate_up_silu(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
+    let (rows, inp, inter) = (case.rows, gemv_width(case), 96 + 1);
+    // Keep gate pre-activations where SiLU has both branches, products within f16's range.
+    let x = ctx.t(input(rng, rows, inp, case).into_iter().map(|v| v.clamp(-3.0, 3.0)).collect(), [rows, inp]);
+    let wg = ctx.t(rng.vec(inter * inp, 0.1), [inter, inp]);
+    let wu = ctx.t(rng.vec(inter * inp, 0.1 * case.scale.min(100.0)), [inter, inp]);
+    let xh = host(x.clone());
+    let g = host_matmul_t(&xh, &host(wg.clone()), rows, inp, inter);
+    let u = host_matmul_t(&xh, &host(wu.clone()), rows, inp, inter);
+    let truth: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+    ctx.poison(rows * inter);
+    let fused = super::gate_up_silu(x.clone(), wg.clone(), wu.clone(), p);
+    let twin = reference::gate_up_silu(x, wg, wu, p);
+    record("gate_up_silu", case.name, p, &host(fused), &host(twin), &truth)
 }

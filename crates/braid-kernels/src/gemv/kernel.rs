@@ -1,0 +1,183 @@
+use cubecl::prelude::*;
+
+use crate::reduce::block_sum;
+
+/// GEMV-shaped (few rows) matrix products against PyTorch-layout weights `[out, hidden]`, with
+/// an optional RMSNorm prologue and a SwiGLU epilogue. Serves:
+/// - `rms_norm_qkv`: `normalize`, three weights, outputs concatenated (q | k | v);
+/// - `linear`: one weight (`w1`, `w2` empty);
+/// - `gate_up_silu`: `silu`, `w0` = gate, `w1` = up: `out[r, f] = silu(x.g_f) * (x.u_f)`.
+///
+/// Grid: x over blocks of `features` output features, y over blocks of `rows_per_cube` rows.
+/// Each cube stages its rows in shared memory (f32; normalised when asked), then each weight
+/// vector (`N` elements, 16 bytes) is loaded once and used for all the rows, accumulating in
+/// f32. `use_plane`: one plane per output feature (coalesced weight-row reads, plane sums);
+/// otherwise one unit per feature.
+///
+/// Rounding (`f32_internal = false`, PyTorch's points): the normalised value to F, its product
+/// with the norm weight to F; each projection's output to F; SiLU's output to F; the product to
+/// F. `true`: f32 throughout, one rounding at the output.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemv_kernel<F: Float, N: Size>(
+    x: &Tensor<F>,             // [rows, hidden]
+    gamma: &Tensor<F>,         // [hidden] (read when `normalize`)
+    w0: &Tensor<Vector<F, N>>, // [n0, hidden / N]
+    w1: &Tensor<Vector<F, N>>, // [n1, hidden / N]
+    w2: &Tensor<Vector<F, N>>, // [n2, hidden / N]
+    out: &mut Tensor<F>,       // [rows, n0 + n1 + n2] or, with `silu`, [rows, n0]
+    eps: f32,
+    #[comptime] f32_internal: bool,
+    #[comptime] normalize: bool,
+    #[comptime] silu: bool,
+    #[comptime] rows_per_cube: usize,
+    #[comptime] hidden: usize,
+    #[comptime] block: usize,
+    #[comptime] features: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let rows = x.shape(0);
+    let n0 = w0.shape(0);
+    let n1 = w1.shape(0);
+    let total = out.shape(1);
+    let unit = UNIT_POS_X as usize;
+    let row0 = CUBE_POS_Y as usize * rows_per_cube;
+    let f0 = CUBE_POS_X as usize * features;
+
+    let mut staged = Shared::<[f32]>::new_slice(rows_per_cube * hidden);
+
+    // 1. Stage (and normalise) this cube's rows in shared memory.
+    for r in 0..rows_per_cube {
+        let row = row0 + r;
+        let valid = row < rows;
+        let mut inv = 1.0f32;
+        if normalize {
+            let mut sq = 0.0f32;
+            let mut k = unit;
+            while k < hidden {
+                if valid {
+                    let v = f32::cast_from(x[row * hidden + k]);
+                    sq += v * v;
+                }
+                k += block;
+            }
+            let total_sq = block_sum(sq, block);
+            inv = 1.0f32 / (total_sq / f32::cast_from(hidden as u32) + eps).sqrt();
+        }
+        let mut k = unit;
+        while k < hidden {
+            let mut n = 0.0f32;
+            if valid {
+                let v = f32::cast_from(x[row * hidden + k]);
+                if normalize {
+                    let g = f32::cast_from(gamma[k]);
+                    if f32_internal {
+                        n = v * inv * g;
+                    } else {
+                        n = round::<F>(round::<F>(v * inv) * g);
+                    }
+                } else {
+                    n = v;
+                }
+            }
+            staged[r * hidden + k] = n;
+            k += block;
+        }
+    }
+    sync_cube();
+
+    // 2. Dot products: one plane per feature (lanes over the row), or one unit per feature.
+    // (first vector, step between vectors, first feature, step between features) per unit.
+    let mut first = 0usize;
+    let mut step = 1usize;
+    // (runtime values: a comptime `features` could not be reassigned below)
+    let mut stride = unit - unit + features;
+    let mut f = f0 + unit;
+    if use_plane {
+        first = UNIT_POS_PLANE as usize;
+        step = PLANE_DIM as usize;
+        stride = block / PLANE_DIM as usize;
+        f = f0 + unit / PLANE_DIM as usize;
+    }
+    while f < f0 + features && f < total {
+        let mut a = Array::<f32>::new(rows_per_cube);
+        let mut b = Array::<f32>::new(rows_per_cube);
+        #[unroll]
+        for r in 0..rows_per_cube {
+            a[r] = 0.0f32;
+            b[r] = 0.0f32;
+        }
+        if silu {
+            dot_rows::<F, N>(w0, f, &staged, &mut a, first, step, hidden, rows_per_cube);
+            dot_rows::<F, N>(w1, f, &staged, &mut b, first, step, hidden, rows_per_cube);
+        } else if f < n0 {
+            dot_rows::<F, N>(w0, f, &staged, &mut a, first, step, hidden, rows_per_cube);
+        } else if f < n0 + n1 {
+            dot_rows::<F, N>(w1, f - n0, &staged, &mut a, first, step, hidden, rows_per_cube);
+        } else {
+            dot_rows::<F, N>(w2, f - n0 - n1, &staged, &mut a, first, step, hidden, rows_per_cube);
+        }
+        #[unroll]
+        for r in 0..rows_per_cube {
+            let g = if use_plane { plane_sum(a[r]) } else { a[r] };
+            let mut u = 0.0f32;
+            if silu {
+                u = if use_plane { plane_sum(b[r]) } else { b[r] };
+            }
+            let row = row0 + r;
+            if first == 0 && row < rows {
+                let value = if silu {
+                    if f32_internal {
+                        g / (1.0f32 + (-g).exp()) * u
+                    } else {
+                        let gr = round::<F>(g);
+                        round::<F>(gr / (1.0f32 + (-gr).exp())) * round::<F>(u)
+                    }
+                } else {
+                    g
+                };
+                out[row * total + f] = F::cast_from(value);
+            }
+        }
+        f += stride;
+    }
+}
+
+/// `acc[r] += w[row, k] * staged[r, k]` for the vectors `k = first, first + step, ...` of the
+/// weight row (`N` elements each).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn dot_rows<F: Float, N: Size>(
+    w: &Tensor<Vector<F, N>>,
+    row: usize,
+    staged: &Shared<[f32]>,
+    acc: &mut Array<f32>,
+    first: usize,
+    step: usize,
+    #[comptime] hidden: usize,
+    #[comptime] rows_per_cube: usize,
+) {
+    let vs = w.vector_size();
+    let nvec = hidden / vs;
+    let base = row * nvec;
+    let mut k = first;
+    while k < nvec {
+        let wv = w[base + k];
+        #[unroll]
+        for e in 0..vs {
+            let we = f32::cast_from(wv.extract(e));
+            #[unroll]
+            for r in 0..rows_per_cube {
+                acc[r] += we * staged[r * hidden + k * vs + e];
+            }
+        }
+        k += step;
+    }
+}
+
+/// `value` rounded to F and back.
+#[cube]
+fn round<F: Float>(value: f32) -> f32 {
+    f32::cast_from(F::cast_from(value))
+}

@@ -1,0 +1,181 @@
+//! GEMV-shaped matrix products for decode (few rows), reading each weight once at close to the
+//! memory bandwidth: [`linear`] (o_proj, down_proj, lm_head), [`gate_up_silu`] (the MLP's
+//! gate/up projections with the SwiGLU activation fused in), and, through
+//! [`crate::rms_norm_qkv`], the fused RMSNorm + QKV projection. One kernel (`kernel.rs`) with
+//! comptime modes.
+
+pub(crate) mod kernel;
+
+use cubecl::features::Plane;
+use cubecl::prelude::*;
+use cubecl::std::tensor::TensorHandle;
+
+use crate::check::{Check, output_like};
+use crate::{KernelError, Precision};
+
+const BLOCK: usize = 256;
+/// Shared memory for staged rows, in f32 elements (32 KiB).
+pub const SHARED_F32: usize = 8192;
+
+/// How the dot products are spread over units (the autotune candidates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GemvStrategy {
+    /// One plane (warp) per output feature; needs plane operations.
+    Plane,
+    /// One unit per output feature.
+    Unit,
+}
+
+impl GemvStrategy {
+    /// The best strategy this client supports.
+    pub fn default_for(client: &Client) -> Self {
+        if client.properties().features.plane.contains(Plane::Ops) { GemvStrategy::Plane } else { GemvStrategy::Unit }
+    }
+
+    pub fn supported(self, client: &Client) -> bool {
+        match self {
+            GemvStrategy::Plane => client.properties().features.plane.contains(Plane::Ops),
+            GemvStrategy::Unit => true,
+        }
+    }
+}
+
+/// Rows staged per cube: as many as fit the shared budget, at most 8, at most `rows` (a power
+/// of two, so that few variants compile).
+fn rows_per_cube(rows: usize, hidden: usize) -> usize {
+    let fit = (SHARED_F32 / hidden).clamp(1, 8);
+    let want = rows.next_power_of_two().min(8);
+    let mut r = 1;
+    while r * 2 <= fit.min(want) {
+        r *= 2;
+    }
+    r
+}
+
+pub(crate) enum Mode {
+    /// RMSNorm with `gamma`, then the three weights, outputs concatenated.
+    NormQkv { gamma: TensorHandle, eps: f32 },
+    /// One weight.
+    Linear,
+    /// `silu(x @ gate^T) * (x @ up^T)`.
+    GateUpSilu,
+}
+
+/// Validates and launches; `ws` are 1 to 3 weights `[n_i, hidden]`.
+pub(crate) fn launch(
+    name: &'static str,
+    client: &Client,
+    x: TensorHandle,
+    ws: Vec<(&'static str, TensorHandle)>,
+    mode: Mode,
+    precision: Precision,
+    strategy: GemvStrategy,
+) -> Result<TensorHandle, KernelError> {
+    let c = Check::new(name);
+    let [rows, hidden] = c.matrix("x", &x)?;
+    let dtype = x.dtype;
+    let mut outs = Vec::new();
+    for (wname, w) in &ws {
+        let [n, h] = c.matrix(wname, w)?;
+        if h != hidden {
+            return Err(c.shape_err(wname, w, format!("[_, {hidden}]")));
+        }
+        c.same_dtype(wname, w, dtype)?;
+        outs.push(n);
+    }
+    if let Mode::NormQkv { gamma, .. } = &mode {
+        c.shape("gamma", gamma, &[hidden])?;
+        c.same_dtype("gamma", gamma, dtype)?;
+    }
+    if matches!(mode, Mode::GateUpSilu) && outs[0] != outs[1] {
+        return Err(c.shape_err("w_up", &ws[1].1, format!("[{}, {hidden}] like w_gate", outs[0])));
+    }
+    if hidden > SHARED_F32 {
+        return Err(KernelError::Unsupported {
+            kernel: name,
+            what: format!("input width {hidden}"),
+            why: format!("a staged row must fit {SHARED_F32} f32 of shared memory"),
+        });
+    }
+    if !strategy.supported(client) {
+        return Err(KernelError::Unsupported {
+            kernel: name,
+            what: format!("{strategy:?}"),
+            why: "this device has no plane operations".into(),
+        });
+    }
+    let total = match mode {
+        Mode::GateUpSilu => outs[0],
+        _ => outs.iter().sum(),
+    };
+    let out = output_like(client, &[rows, total], dtype);
+    if rows == 0 || total == 0 {
+        return Ok(out);
+    }
+    let rpc = rows_per_cube(rows, hidden);
+    let features = match strategy {
+        // One plane per feature at a time: enough cubes to fill the device (a few per SM) while
+        // keeping the staging, redone by every cube, a small share of the reads.
+        GemvStrategy::Plane => {
+            let planes = (BLOCK / client.properties().hardware.plane_size_max.max(1) as usize).max(1);
+            planes * (total / (planes * 512)).clamp(1, 4)
+        }
+        GemvStrategy::Unit => BLOCK,
+    };
+    // Weight rows are read in 16-byte vectors where the row length allows.
+    let mut vector = (16 / dtype.size()).max(1);
+    while hidden % vector != 0 {
+        vector /= 2;
+    }
+    let mut ws: Vec<TensorHandle> = ws.into_iter().map(|(_, w)| w).collect();
+    while ws.len() < 3 {
+        ws.push(output_like(client, &[0, hidden], dtype));
+    }
+    let [w0, w1, w2]: [TensorHandle; 3] = ws.try_into().expect("three weights");
+    let silu = matches!(mode, Mode::GateUpSilu);
+    let (gamma, eps, normalize) = match mode {
+        Mode::NormQkv { gamma, eps } => (gamma, eps, true),
+        _ => (output_like(client, &[1], dtype), 0.0, false),
+    };
+    kernel::gemv_kernel::launch(
+        client,
+        CubeCount::new_2d(total.div_ceil(features) as u32, rows.div_ceil(rpc) as u32),
+        CubeDim::new_1d(BLOCK as u32),
+        vector,
+        x.into_arg(),
+        gamma.into_arg(),
+        w0.into_arg(),
+        w1.into_arg(),
+        w2.into_arg(),
+        out.clone().into_arg(),
+        eps,
+        precision.f32_internal(),
+        normalize,
+        silu,
+        rpc,
+        hidden,
+        BLOCK,
+        features,
+        strategy == GemvStrategy::Plane,
+        dtype,
+    );
+    Ok(out)
+}
+
+/// `x: [rows, in] @ w^T` with `w: [out, in]` -> `[rows, out]` (f32 accumulation, one rounding).
+pub fn linear(client: &Client, x: TensorHandle, w: TensorHandle, strategy: GemvStrategy) -> Result<TensorHandle, KernelError> {
+    launch("linear", client, x, vec![("w", w)], Mode::Linear, Precision::Torch, strategy)
+}
+
+/// `silu(x @ w_gate^T) * (x @ w_up^T)`: `x: [rows, hidden]`, `w_gate, w_up: [inter, hidden]` ->
+/// `[rows, inter]`. Torch mode rounds each projection, SiLU's output and the product.
+pub fn gate_up_silu(
+    client: &Client,
+    x: TensorHandle,
+    w_gate: TensorHandle,
+    w_up: TensorHandle,
+    precision: Precision,
+    strategy: GemvStrategy,
+) -> Result<TensorHandle, KernelError> {
+    launch("gate_up_silu", client, x, vec![("w_gate", w_gate), ("w_up", w_up)], Mode::GateUpSilu, precision, strategy)
+}
