@@ -45,7 +45,11 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     let row0 = CUBE_POS_Y as usize * rows_per_cube;
     let f0 = CUBE_POS_X as usize * features;
 
+    // Staged rows, element `k * vs + e` of row r at `r * hidden + e * nvec + k`: lanes reading
+    // consecutive weight vectors then read consecutive shared words (no bank conflicts).
     let mut staged = Shared::<[f32]>::new_slice(rows_per_cube * hidden);
+    let vs = w0.vector_size();
+    let nvec = hidden / vs;
 
     // 1. Stage (and normalise) this cube's rows in shared memory.
     for r in 0..rows_per_cube {
@@ -81,7 +85,7 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
                     n = v;
                 }
             }
-            staged[r * hidden + k] = n;
+            staged[r * hidden + (k % vs) * nvec + k / vs] = n;
             k += block;
         }
     }
@@ -169,7 +173,7 @@ fn dot_rows<F: Float, N: Size>(
             let we = f32::cast_from(wv.extract(e));
             #[unroll]
             for r in 0..rows_per_cube {
-                acc[r] += we * staged[r * hidden + k * vs + e];
+                acc[r] += we * staged[r * hidden + e * nvec + k];
             }
         }
         k += step;
