@@ -13,13 +13,22 @@ use super::{FusedOps, Precision, QkShape, reference};
 
 /// Above this many rows, `rms_norm_qkv` in torch mode runs the fused RMSNorm kernel and Burn's
 /// matmul (a GEMM beats the GEMV-shaped kernel there; same rounding points). f32 mode keeps the
-/// kernel at every size: its normalised rows never leave f32.
+/// kernel at every size: its normalised rows never leave f32. So does f32 compute: Burn's f32
+/// matmul on CUDA is TF32-accurate (2.8e-4 from an f64 truth on an H200, 2026-11-25), the
+/// kernel is 1e-7 (`braid-cli check-kernels --dtype f32`).
 pub const QKV_KERNEL_MAX_ROWS: usize = 64;
+
+/// Whether a prefill-sized call may leave the kernel for Burn's matmul (see the constants).
+fn matmul_allowed(precision: Precision, dtype: burn::tensor::DType) -> bool {
+    precision == Precision::Torch && dtype != burn::tensor::DType::F32
+}
 /// Above this many rows, `linear` and `gate_up_silu` (torch mode) run Burn's matmul (and the
-/// `silu_mul` kernel): the GEMV kernel reads each weight once per 8 rows and suits decode.
+/// `silu_mul` kernel), except in f32 compute: the GEMV kernel reads each weight once per 8 rows
+/// and suits decode.
 pub const GEMV_KERNEL_MAX_ROWS: usize = 64;
-/// Above this many query rows, attention runs the reference twin (Burn's matmuls): the kernel
-/// stages one query row per cube and suits decode, not long prefills (no tiled kernel yet).
+/// Above this many query rows, attention in torch mode runs the reference twin (Burn's
+/// matmuls): the kernel stages one query row per cube and suits decode, not long prefills (no
+/// tiled kernel yet).
 pub const ATTENTION_KERNEL_MAX_ROWS: usize = 16;
 
 /// A kernel's handle from a contiguous copy of `t` (no copy when already contiguous).
@@ -74,7 +83,7 @@ impl FusedOps for Cube {
     ) -> FloatTensor<Self> {
         let (like, dtype) = (x.clone(), x.dtype);
         let rows = x.meta.shape()[0];
-        if rows > QKV_KERNEL_MAX_ROWS && precision == Precision::Torch {
+        if rows > QKV_KERNEL_MAX_ROWS && matmul_allowed(precision, dtype) {
             let n = launched(braid_kernels::add_rms_norm::rms_norm(
                 &like.client,
                 handle(x),
@@ -139,7 +148,7 @@ impl FusedOps for Cube {
     ) -> FloatTensor<Self> {
         let (like, dtype) = (q.clone(), q.dtype);
         let [b, nh, t, hd] = q.meta.shape().dims::<4>();
-        if t > ATTENTION_KERNEL_MAX_ROWS {
+        if t > ATTENTION_KERNEL_MAX_ROWS && matmul_allowed(precision, dtype) {
             let out = reference::attention(
                 Tensor::from_primitive::<Cube>(q),
                 Tensor::from_primitive::<Cube>(k),
@@ -154,7 +163,7 @@ impl FusedOps for Cube {
     }
 
     fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        if x.meta.shape()[0] > GEMV_KERNEL_MAX_ROWS {
+        if x.meta.shape()[0] > GEMV_KERNEL_MAX_ROWS && x.dtype != burn::tensor::DType::F32 {
             return Cube::float_matmul(x, Cube::float_transpose(w));
         }
         let (like, dtype) = (x.clone(), x.dtype);
@@ -169,7 +178,7 @@ impl FusedOps for Cube {
         w_up: FloatTensor<Self>,
         precision: Precision,
     ) -> FloatTensor<Self> {
-        if x.meta.shape()[0] > GEMV_KERNEL_MAX_ROWS && precision == Precision::Torch {
+        if x.meta.shape()[0] > GEMV_KERNEL_MAX_ROWS && matmul_allowed(precision, x.dtype) {
             let gate = Cube::float_matmul(x.clone(), Cube::float_transpose(w_gate));
             let up = Cube::float_matmul(x, Cube::float_transpose(w_up));
             return Self::silu_mul(gate, up, precision);
