@@ -8,8 +8,17 @@ use cubecl::device::WgpuDeviceKind;
 use cubecl::ir::FloatKind;
 use cubecl::prelude::*;
 
-fn client() -> Client {
-    cubecl::Device::wgpu(WgpuDeviceKind::DefaultDevice).expect("a wgpu adapter (CI: lavapipe)").client()
+/// The default wgpu adapter's client, or `None` on a machine without one (CI sets
+/// `BRAID_REQUIRE_WGPU=1`, making that a failure).
+fn client() -> Option<Client> {
+    match std::panic::catch_unwind(|| cubecl::Device::wgpu(WgpuDeviceKind::DefaultDevice).map(|d| d.client())) {
+        Ok(Ok(c)) => Some(c),
+        _ if std::env::var_os("BRAID_REQUIRE_WGPU").is_some() => panic!("BRAID_REQUIRE_WGPU is set but no wgpu adapter works"),
+        _ => {
+            eprintln!("no wgpu adapter: skipped (CI runs this on lavapipe)");
+            None
+        }
+    }
 }
 
 fn f32_ty() -> ElemType {
@@ -33,7 +42,7 @@ fn lcg(seed: &mut u64) -> f32 {
 
 #[test]
 fn strategies_agree_with_f64() {
-    let client = client();
+    let Some(client) = client() else { return };
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     println!("seed {seed}");
     for (rows, hidden, nq, nk) in [(1, 128, 64, 32), (11, 72, 40, 24), (3, 37, 19, 5)] {
@@ -86,7 +95,7 @@ fn strategies_agree_with_f64() {
 
 #[test]
 fn launch_checks_name_the_tensor() {
-    let client = client();
+    let Some(client) = client() else { return };
     let x = upload(&client, &[0.0; 8], &[2, 4]);
     let g = upload(&client, &[1.0; 3], &[3]);
     let w = upload(&client, &[0.0; 8], &[2, 4]);

@@ -40,3 +40,25 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     diff / scale
 }
+
+/// The default wgpu adapter, or `None` (with a message) on a machine without one. CI sets
+/// `BRAID_REQUIRE_WGPU=1` (Mesa's lavapipe is installed there), which turns a missing adapter
+/// into a failure instead of a skip.
+pub fn wgpu_device() -> Option<braid_model::Device> {
+    let probe = std::panic::catch_unwind(|| {
+        let d = braid_model::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+        let t = burn::tensor::Tensor::<1>::zeros([4], &d) + 1.0;
+        t.into_data();
+        d
+    });
+    match probe {
+        Ok(d) => Some(d),
+        Err(_) if std::env::var_os("BRAID_REQUIRE_WGPU").is_some() => {
+            panic!("BRAID_REQUIRE_WGPU is set but no wgpu adapter works (install mesa-vulkan-drivers)")
+        }
+        Err(_) => {
+            eprintln!("no wgpu adapter on this machine: wgpu kernel tests skipped (CI runs them on lavapipe)");
+            None
+        }
+    }
+}
