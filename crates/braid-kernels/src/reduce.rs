@@ -14,7 +14,7 @@ pub fn block_sum(value: f32, #[comptime] block: usize) -> f32 {
     let mut stride = (CUBE_DIM_X / 2) as usize;
     while stride > 0 {
         if unit < stride {
-            scratch[unit] = scratch[unit] + scratch[unit + stride];
+            scratch[unit] += scratch[unit + stride];
         }
         sync_cube();
         stride /= 2;

@@ -171,7 +171,7 @@ impl Qwen3Config {
                 return Err(err(field, "must be positive".into()));
             }
         }
-        if self.num_attention_heads % self.num_kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_kv_heads()) {
             return Err(err(
                 "num_key_value_heads",
                 format!(
@@ -181,7 +181,7 @@ impl Qwen3Config {
                 ),
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(err("head_dim", format!("{} must be even for RoPE", self.head_dim())));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {

@@ -232,7 +232,7 @@ impl KernelPlan {
             if l.attention != OpChoice::Reference && config.head_dim() > crate::ops::ATTENTION_MAX_HEAD_DIM {
                 return Err(format!("layer {i}: attention supports head_dim <= {}", crate::ops::ATTENTION_MAX_HEAD_DIM));
             }
-            if l.qk_norm_rope != OpChoice::Reference && config.head_dim() % 2 != 0 {
+            if l.qk_norm_rope != OpChoice::Reference && !config.head_dim().is_multiple_of(2) {
                 return Err(format!("layer {i}: qk_norm_rope needs an even head_dim"));
             }
         }

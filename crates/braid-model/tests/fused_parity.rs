@@ -28,7 +28,7 @@ fn check_against_hf(device: Device, plan: &str) {
             let want = u32s(&p["greedy_ids"]);
             // Prefill: logits at every position.
             let mut cache = model.new_cache(1, ids.len() + want.len());
-            let all: Vec<f32> = to_host_f32(model.forward(&[ids.clone()], &mut cache, Logits::All).unwrap());
+            let all: Vec<f32> = to_host_f32(model.forward(std::slice::from_ref(&ids), &mut cache, Logits::All).unwrap());
             let vocab = all.len() / ids.len();
             for (pos, row) in p["all_logits"].as_array().unwrap().iter().enumerate() {
                 let err = rel_err(&all[pos * vocab..(pos + 1) * vocab], &f32s(row));
@@ -72,7 +72,7 @@ fn flex_fused_torch_equals_reference_path_bitwise() {
     let run = |plan: &str| {
         let m = load(dir, &device, plan);
         let mut cache = m.new_cache(1, ids.len());
-        to_host_f32(m.forward(&[ids.clone()], &mut cache, Logits::All).unwrap())
+        to_host_f32(m.forward(std::slice::from_ref(&ids), &mut cache, Logits::All).unwrap())
     };
     assert_eq!(run("fused"), run("reference"));
 }

@@ -21,7 +21,7 @@ fn logits_match_hf_float32() {
         for p in expected(&dir)["prompts"].as_array().unwrap() {
             let ids = u32s(&p["ids"]);
             let mut cache = model.new_cache(1, ids.len());
-            let logits = model.forward(&[ids.clone()], &mut cache, Logits::All).unwrap();
+            let logits = model.forward(std::slice::from_ref(&ids), &mut cache, Logits::All).unwrap();
             let all: Vec<f32> = to_host_f32(logits);
             let vocab = all.len() / ids.len();
             let last = &all[(ids.len() - 1) * vocab..];
@@ -64,7 +64,7 @@ fn incremental_decoding_equals_full_rerun() {
     let ids: Vec<u32> = u32s(&p["ids"]).into_iter().chain(u32s(&p["greedy_ids"]).into_iter().take(6)).collect();
     // Full run over every position.
     let mut cache = model.new_cache(1, ids.len());
-    let full: Vec<f32> = to_host_f32(model.forward(&[ids.clone()], &mut cache, Logits::All).unwrap());
+    let full: Vec<f32> = to_host_f32(model.forward(std::slice::from_ref(&ids), &mut cache, Logits::All).unwrap());
     let vocab = full.len() / ids.len();
     // Prefill half, then one token at a time.
     let split = ids.len() / 2;

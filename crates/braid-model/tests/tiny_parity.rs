@@ -27,7 +27,7 @@ fn check_prompts(model: &Qwen3, cases: &Value, what: &str) {
         let ids = u32s(&p["ids"]);
         let want = u32s(&p["greedy_ids"]);
         let mut cache = model.new_cache(1, ids.len() + want.len());
-        let logits = to_host_f32(model.forward(&[ids.clone()], &mut cache, Logits::Last).unwrap());
+        let logits = to_host_f32(model.forward(std::slice::from_ref(&ids), &mut cache, Logits::Last).unwrap());
         let err = rel_err(&logits, &f32s(&p["last_logits"]));
         assert!(err < 1e-5, "{what} {:?}: last-logit rel err {err:e}", p["text"]);
         let mut got = vec![braid_argmax(&logits)];
@@ -57,7 +57,7 @@ fn braid_tiny_held_out_perplexity_equals_hf() {
         for w in corpus.as_array().unwrap() {
             let ids = u32s(w);
             let mut cache = model.new_cache(1, ids.len());
-            let logits = to_host_f32(model.forward(&[ids.clone()], &mut cache, Logits::All).unwrap());
+            let logits = to_host_f32(model.forward(std::slice::from_ref(&ids), &mut cache, Logits::All).unwrap());
             let vocab = logits.len() / ids.len();
             for pos in 0..ids.len() - 1 {
                 let row = &logits[pos * vocab..(pos + 1) * vocab];

@@ -8,7 +8,7 @@ use crate::reduce::block_sum;
 /// - `linear`: one weight (`w1`, `w2` empty);
 /// - `gate_up_silu`: `silu`, `w0` = gate, `w1` = up: `out[r, f] = silu(x.g_f) * (x.u_f)`.
 ///
-/// Grid: x over blocks of `features` output features, y over blocks of `rows_per_cube` rows.
+/// Grid: x over blocks of `features` (a runtime value) output features, y over blocks of `rows_per_cube` rows.
 /// Each cube stages its rows in shared memory (f32; normalised when asked), then each weight
 /// vector (`N` elements, 16 bytes) is loaded once and used for all the rows, accumulating in
 /// f32. `use_plane`: one plane per output feature (coalesced weight-row reads, plane sums);
@@ -27,13 +27,13 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     w2: &Tensor<Vector<F, N>>, // [n2, hidden / N]
     out: &mut Tensor<F>,       // [rows, n0 + n1 + n2] or, with `silu`, [rows, n0]
     eps: f32,
+    features: u32,
     #[comptime] f32_internal: bool,
     #[comptime] normalize: bool,
     #[comptime] silu: bool,
     #[comptime] rows_per_cube: usize,
     #[comptime] hidden: usize,
     #[comptime] block: usize,
-    #[comptime] features: usize,
     #[comptime] use_plane: bool,
     #[define(F)] _dtype: ElemType,
 ) {
@@ -43,6 +43,7 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     let total = out.shape(1);
     let unit = UNIT_POS_X as usize;
     let row0 = CUBE_POS_Y as usize * rows_per_cube;
+    let features = features as usize;
     let f0 = CUBE_POS_X as usize * features;
 
     // Staged rows, element `k * vs + e` of row r at `r * hidden + e * nvec + k`: lanes reading
@@ -95,8 +96,7 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     // (first vector, step between vectors, first feature, step between features) per unit.
     let mut first = 0usize;
     let mut step = 1usize;
-    // (runtime values: a comptime `features` could not be reassigned below)
-    let mut stride = unit - unit + features;
+    let mut stride = features;
     let mut f = f0 + unit;
     if use_plane {
         first = UNIT_POS_PLANE as usize;
