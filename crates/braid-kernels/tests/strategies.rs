@@ -1,8 +1,10 @@
-//! `rms_norm_qkv`'s strategies (the autotune candidates) against each other and an f64 host
-//! truth, launched through cubecl directly on wgpu; and the launch checks' typed errors. The
+//! `rms_norm_qkv`'s configurations (every autotune candidate, and the autotuner itself) against
+//! an f64 host truth, launched through cubecl directly on wgpu; and the launch checks' typed
+//! errors. The
 //! per-op checks against the reference twins live in braid-model (`tests/fused_ops.rs`).
 
-use braid_kernels::rms_norm_qkv::{QkvStrategy, rms_norm_qkv};
+use braid_kernels::gemv::{GemvConfig, GemvStrategy, Tuning};
+use braid_kernels::rms_norm_qkv::rms_norm_qkv;
 use braid_kernels::{KernelError, Precision, TensorHandle};
 use cubecl::device::WgpuDeviceKind;
 use cubecl::ir::FloatKind;
@@ -10,8 +12,8 @@ use cubecl::prelude::*;
 
 /// The default wgpu adapter's client, or `None` on a machine without one (CI sets
 /// `BRAID_REQUIRE_WGPU=1`, making that a failure).
-fn client() -> Option<Client> {
-    match std::panic::catch_unwind(|| cubecl::Device::wgpu(WgpuDeviceKind::DefaultDevice).map(|d| d.client())) {
+fn client() -> Option<(cubecl::Device, Client)> {
+    match std::panic::catch_unwind(|| cubecl::Device::wgpu(WgpuDeviceKind::DefaultDevice).map(|d| (d.clone(), d.client()))) {
         Ok(Ok(c)) => Some(c),
         _ if std::env::var_os("BRAID_REQUIRE_WGPU").is_some() => panic!("BRAID_REQUIRE_WGPU is set but no wgpu adapter works"),
         _ => {
@@ -41,8 +43,8 @@ fn lcg(seed: &mut u64) -> f32 {
 }
 
 #[test]
-fn strategies_agree_with_f64() {
-    let Some(client) = client() else { return };
+fn every_candidate_and_the_autotuner_agree_with_f64() {
+    let Some((device, client)) = client() else { return };
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     println!("seed {seed}");
     for (rows, hidden, nq, nk) in [(1, 128, 64, 32), (11, 72, 40, 24), (3, 37, 19, 5)] {
@@ -63,9 +65,17 @@ fn strategies_agree_with_f64() {
                 col += n;
             }
         }
-        for strategy in [QkvStrategy::Plane, QkvStrategy::Unit] {
-            if !strategy.supported(&client) {
-                println!("{strategy:?}: not supported by this adapter, skipped");
+        let mut tunings: Vec<Tuning> = [None, Some(1), Some(4), Some(16)]
+            .into_iter()
+            .map(|n| Tuning::Fixed(GemvConfig { strategy: GemvStrategy::Plane, features_per_plane: n }))
+            .collect();
+        tunings.push(Tuning::Fixed(GemvConfig { strategy: GemvStrategy::Unit, features_per_plane: None }));
+        tunings.push(Tuning::Autotune(device.clone()));
+        for strategy in tunings {
+            if let Tuning::Fixed(config) = &strategy
+                && !config.strategy.supported(&client)
+            {
+                println!("{config:?}: not supported by this adapter, skipped");
                 continue;
             }
             for precision in [Precision::Torch, Precision::F32] {
@@ -78,7 +88,7 @@ fn strategies_agree_with_f64() {
                     upload(&client, &w[2], &[nk, hidden]),
                     1e-6,
                     precision,
-                    strategy,
+                    strategy.clone(),
                 )
                 .unwrap();
                 let got = read(&client, out);
@@ -95,11 +105,12 @@ fn strategies_agree_with_f64() {
 
 #[test]
 fn launch_checks_name_the_tensor() {
-    let Some(client) = client() else { return };
+    let Some((_, client)) = client() else { return };
     let x = upload(&client, &[0.0; 8], &[2, 4]);
     let g = upload(&client, &[1.0; 3], &[3]);
     let w = upload(&client, &[0.0; 8], &[2, 4]);
-    let err = rms_norm_qkv(&client, x, g, w.clone(), w.clone(), w, 1e-6, Precision::Torch, QkvStrategy::Unit).unwrap_err();
+    let unit = Tuning::Fixed(GemvConfig { strategy: GemvStrategy::Unit, features_per_plane: None });
+    let err = rms_norm_qkv(&client, x, g, w.clone(), w.clone(), w, 1e-6, Precision::Torch, unit).unwrap_err();
     assert!(matches!(err, KernelError::Shape { tensor: "gamma", .. }), "{err}");
     assert!(err.to_string().contains("rms_norm_qkv") && err.to_string().contains("[4]"), "{err}");
 }

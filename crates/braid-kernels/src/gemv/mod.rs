@@ -5,6 +5,7 @@
 //! comptime modes.
 
 pub(crate) mod kernel;
+mod tune;
 
 use cubecl::features::Plane;
 use cubecl::prelude::*;
@@ -52,6 +53,7 @@ fn rows_per_cube(rows: usize, hidden: usize) -> usize {
     r
 }
 
+#[derive(Clone)]
 pub(crate) enum Mode {
     /// RMSNorm with `gamma`, then the three weights, outputs concatenated.
     NormQkv { gamma: TensorHandle, eps: f32 },
@@ -61,7 +63,49 @@ pub(crate) enum Mode {
     GateUpSilu,
 }
 
-/// Validates and launches; `ws` are 1 to 3 weights `[n_i, hidden]`.
+/// How a call is spread over the device: the candidates of the autotuner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GemvConfig {
+    pub strategy: GemvStrategy,
+    /// Output features per plane (Plane) before the cube moves on; `None`: a heuristic (enough
+    /// cubes to fill the device). More features per cube amortise the staging of the input
+    /// rows, which every cube redoes.
+    pub features_per_plane: Option<usize>,
+}
+
+/// Which configuration a call uses.
+#[derive(Debug, Clone)]
+pub enum Tuning {
+    /// This one.
+    Fixed(GemvConfig),
+    /// The fastest candidate for this shape on `device`, measured once per autotune key by
+    /// CubeCL's tuner (`tune.rs`).
+    Autotune(cubecl::Device),
+}
+
+impl Tuning {
+    /// The default strategy of the client, heuristic features per plane.
+    pub fn default_for(client: &Client) -> Self {
+        Tuning::Fixed(GemvConfig { strategy: GemvStrategy::default_for(client), features_per_plane: None })
+    }
+}
+
+/// One validated call: everything a launch (or a tuner's benchmark) needs.
+#[derive(Clone)]
+pub(crate) struct GemvCall {
+    pub(crate) client: Client,
+    pub(crate) x: TensorHandle,
+    pub(crate) ws: [TensorHandle; 3],
+    pub(crate) mode: Mode,
+    pub(crate) precision: Precision,
+    pub(crate) out: TensorHandle,
+    pub(crate) rows: usize,
+    pub(crate) hidden: usize,
+    pub(crate) total: usize,
+}
+
+/// Validates, allocates the output and launches with `tuning`; `ws` are 1 to 3 weights
+/// `[n_i, hidden]`.
 pub(crate) fn launch(
     name: &'static str,
     client: &Client,
@@ -69,7 +113,7 @@ pub(crate) fn launch(
     ws: Vec<(&'static str, TensorHandle)>,
     mode: Mode,
     precision: Precision,
-    strategy: GemvStrategy,
+    tuning: Tuning,
 ) -> Result<TensorHandle, KernelError> {
     let c = Check::new(name);
     let [rows, hidden] = c.matrix("x", &x)?;
@@ -97,10 +141,12 @@ pub(crate) fn launch(
             why: format!("a staged row must fit {SHARED_F32} f32 of shared memory"),
         });
     }
-    if !strategy.supported(client) {
+    if let Tuning::Fixed(config) = &tuning
+        && !config.strategy.supported(client)
+    {
         return Err(KernelError::Unsupported {
             kernel: name,
-            what: format!("{strategy:?}"),
+            what: format!("{:?}", config.strategy),
             why: "this device has no plane operations".into(),
         });
     }
@@ -112,13 +158,40 @@ pub(crate) fn launch(
     if rows == 0 || total == 0 {
         return Ok(out);
     }
+    let mut ws: Vec<TensorHandle> = ws.into_iter().map(|(_, w)| w).collect();
+    while ws.len() < 3 {
+        ws.push(output_like(client, &[0, hidden], dtype));
+    }
+    let ws: [TensorHandle; 3] = ws.try_into().expect("three weights");
+    let call = GemvCall { client: client.clone(), x, ws, mode, precision, out: out.clone(), rows, hidden, total };
+    match tuning {
+        Tuning::Fixed(config) => launch_config(&call, config).map_err(|why| KernelError::Unsupported {
+            kernel: name,
+            what: format!("{config:?}"),
+            why,
+        })?,
+        Tuning::Autotune(device) => tune::autotune(&device, call),
+    }
+    Ok(out)
+}
+
+/// Launches one validated call with `config` (an `Err` for a configuration the device cannot
+/// run, which the tuner skips).
+pub(crate) fn launch_config(call: &GemvCall, config: GemvConfig) -> Result<(), String> {
+    let client = &call.client;
+    if !config.strategy.supported(client) {
+        return Err("no plane operations on this device".into());
+    }
+    let (rows, hidden, total) = (call.rows, call.hidden, call.total);
+    let dtype = call.x.dtype;
     let rpc = rows_per_cube(rows, hidden);
-    let features = match strategy {
-        // One plane per feature at a time: enough cubes to fill the device (a few per SM) while
-        // keeping the staging, redone by every cube, a small share of the reads.
+    let features = match config.strategy {
         GemvStrategy::Plane => {
             let planes = (BLOCK / client.properties().hardware.plane_size_max.max(1) as usize).max(1);
-            planes * (total / (planes * 512)).clamp(1, 4)
+            // Heuristic: enough cubes to fill the device (a few per SM) while keeping the
+            // staging, redone by every cube, a small share of the reads.
+            let per_plane = config.features_per_plane.unwrap_or_else(|| (total / (planes * 512)).clamp(1, 4));
+            planes * per_plane.max(1)
         }
         GemvStrategy::Unit => BLOCK,
     };
@@ -127,13 +200,9 @@ pub(crate) fn launch(
     while hidden % vector != 0 {
         vector /= 2;
     }
-    let mut ws: Vec<TensorHandle> = ws.into_iter().map(|(_, w)| w).collect();
-    while ws.len() < 3 {
-        ws.push(output_like(client, &[0, hidden], dtype));
-    }
-    let [w0, w1, w2]: [TensorHandle; 3] = ws.try_into().expect("three weights");
-    let silu = matches!(mode, Mode::GateUpSilu);
-    let (gamma, eps, normalize) = match mode {
+    let [w0, w1, w2] = call.ws.clone();
+    let silu = matches!(call.mode, Mode::GateUpSilu);
+    let (gamma, eps, normalize) = match call.mode.clone() {
         Mode::NormQkv { gamma, eps } => (gamma, eps, true),
         _ => (output_like(client, &[1], dtype), 0.0, false),
     };
@@ -142,29 +211,29 @@ pub(crate) fn launch(
         CubeCount::new_2d(total.div_ceil(features) as u32, rows.div_ceil(rpc) as u32),
         CubeDim::new_1d(BLOCK as u32),
         vector,
-        x.into_arg(),
+        call.x.clone().into_arg(),
         gamma.into_arg(),
         w0.into_arg(),
         w1.into_arg(),
         w2.into_arg(),
-        out.clone().into_arg(),
+        call.out.clone().into_arg(),
         eps,
         features as u32,
-        precision.f32_internal(),
+        call.precision.f32_internal(),
         normalize,
         silu,
         rpc,
         hidden,
         BLOCK,
-        strategy == GemvStrategy::Plane,
+        config.strategy == GemvStrategy::Plane,
         dtype,
     );
-    Ok(out)
+    Ok(())
 }
 
 /// `x: [rows, in] @ w^T` with `w: [out, in]` -> `[rows, out]` (f32 accumulation, one rounding).
-pub fn linear(client: &Client, x: TensorHandle, w: TensorHandle, strategy: GemvStrategy) -> Result<TensorHandle, KernelError> {
-    launch("linear", client, x, vec![("w", w)], Mode::Linear, Precision::Torch, strategy)
+pub fn linear(client: &Client, x: TensorHandle, w: TensorHandle, tuning: Tuning) -> Result<TensorHandle, KernelError> {
+    launch("linear", client, x, vec![("w", w)], Mode::Linear, Precision::Torch, tuning)
 }
 
 /// `silu(x @ w_gate^T) * (x @ w_up^T)`: `x: [rows, hidden]`, `w_gate, w_up: [inter, hidden]` ->
@@ -175,7 +244,7 @@ pub fn gate_up_silu(
     w_gate: TensorHandle,
     w_up: TensorHandle,
     precision: Precision,
-    strategy: GemvStrategy,
+    tuning: Tuning,
 ) -> Result<TensorHandle, KernelError> {
-    launch("gate_up_silu", client, x, vec![("w_gate", w_gate), ("w_up", w_up)], Mode::GateUpSilu, precision, strategy)
+    launch("gate_up_silu", client, x, vec![("w_gate", w_gate), ("w_up", w_up)], Mode::GateUpSilu, precision, tuning)
 }

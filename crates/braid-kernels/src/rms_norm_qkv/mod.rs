@@ -6,10 +6,8 @@
 use cubecl::prelude::*;
 use cubecl::std::tensor::TensorHandle;
 
-use crate::gemv::{Mode, launch};
+use crate::gemv::{Mode, Tuning, launch};
 use crate::{KernelError, Precision};
-
-pub use crate::gemv::GemvStrategy as QkvStrategy;
 
 /// `x: [rows, hidden]`, `gamma: [hidden]`, `wq: [nq, hidden]`, `wk: [nk, hidden]`,
 /// `wv: [nv, hidden]` -> `[rows, nq + nk + nv]`.
@@ -27,7 +25,7 @@ pub fn rms_norm_qkv(
     wv: TensorHandle,
     eps: f32,
     precision: Precision,
-    strategy: QkvStrategy,
+    tuning: Tuning,
 ) -> Result<TensorHandle, KernelError> {
     launch(
         "rms_norm_qkv",
@@ -36,6 +34,6 @@ pub fn rms_norm_qkv(
         vec![("wq", wq), ("wk", wk), ("wv", wv)],
         Mode::NormQkv { gamma, eps },
         precision,
-        strategy,
+        tuning,
     )
 }

@@ -1,6 +1,6 @@
 //! The CubeCL backend launches Braid's kernels.
 
-use braid_kernels::rms_norm_qkv::QkvStrategy;
+use braid_kernels::gemv::Tuning;
 use braid_kernels::{KernelError, TensorHandle};
 use burn::backend::Cube;
 use burn::backend::ops::FloatTensorOps;
@@ -95,7 +95,7 @@ impl FusedOps for Cube {
             let parts = [wq, wk, wv].map(|w| Cube::float_matmul(n.clone(), Cube::float_transpose(w))).to_vec();
             return Cube::float_cat(parts, 1);
         }
-        let strategy = QkvStrategy::default_for(&like.client);
+        let tuning = Tuning::Autotune(like.device.clone());
         let out = launched(braid_kernels::rms_norm_qkv::rms_norm_qkv(
             &like.client,
             handle(x),
@@ -105,7 +105,7 @@ impl FusedOps for Cube {
             handle(wv),
             eps as f32,
             precision,
-            strategy,
+            tuning,
         ));
         tensor(&like, out, dtype)
     }
@@ -167,8 +167,8 @@ impl FusedOps for Cube {
             return Cube::float_matmul(x, Cube::float_transpose(w));
         }
         let (like, dtype) = (x.clone(), x.dtype);
-        let strategy = QkvStrategy::default_for(&like.client);
-        let out = launched(braid_kernels::gemv::linear(&like.client, handle(x), handle(w), strategy));
+        let tuning = Tuning::Autotune(like.device.clone());
+        let out = launched(braid_kernels::gemv::linear(&like.client, handle(x), handle(w), tuning));
         tensor(&like, out, dtype)
     }
 
@@ -184,14 +184,14 @@ impl FusedOps for Cube {
             return Self::silu_mul(gate, up, precision);
         }
         let (like, dtype) = (x.clone(), x.dtype);
-        let strategy = QkvStrategy::default_for(&like.client);
+        let tuning = Tuning::Autotune(like.device.clone());
         let out = launched(braid_kernels::gemv::gate_up_silu(
             &like.client,
             handle(x),
             handle(w_gate),
             handle(w_up),
             precision,
-            strategy,
+            tuning,
         ));
         tensor(&like, out, dtype)
     }

@@ -1,0 +1,72 @@
+//! The GEMV kernel's autotuner (CubeCL's `LocalTuner`): candidates are the strategies and the
+//! features per plane; the key buckets rows and output width, so one measurement serves a
+//! model's every layer.
+
+use cubecl::ir::ElemType;
+use cubecl::tune::{LocalTuner, Tunable, TunableSet, local_tuner};
+use cubecl::AutotuneKey;
+use serde::{Deserialize, Serialize};
+
+use super::{GemvCall, GemvConfig, GemvStrategy, Mode, launch_config};
+
+/// What decides the fastest candidate.
+#[derive(Hash, Eq, PartialEq, Debug, Clone, Serialize, Deserialize, AutotuneKey)]
+pub struct GemvKey {
+    dtype: ElemType,
+    /// 0: RMSNorm + QKV, 1: linear, 2: gate/up + SiLU.
+    mode: u8,
+    /// Rows of the call, bucketed: 1, 2, 4, ..., 64.
+    #[autotune(anchor(exp(max = 64, base = 2)))]
+    rows: usize,
+    /// Input width (exact: it sizes the shared staging).
+    hidden: usize,
+    /// Output features, bucketed by powers of two.
+    #[autotune(anchor(exp(min = 64, max = 262144, base = 2)))]
+    total: usize,
+}
+
+fn key(call: &GemvCall) -> GemvKey {
+    let mode = match call.mode {
+        Mode::NormQkv { .. } => 0,
+        Mode::Linear => 1,
+        Mode::GateUpSilu => 2,
+    };
+    GemvKey::new(call.x.dtype, mode, call.rows, call.hidden, call.total)
+}
+
+/// The candidates, by name.
+fn candidates() -> Vec<(String, GemvConfig)> {
+    let mut c: Vec<(String, GemvConfig)> = [1usize, 2, 4, 8, 16]
+        .into_iter()
+        .map(|n| {
+            (format!("plane-{n}"), GemvConfig { strategy: GemvStrategy::Plane, features_per_plane: Some(n) })
+        })
+        .collect();
+    c.push(("unit".into(), GemvConfig { strategy: GemvStrategy::Unit, features_per_plane: None }));
+    c
+}
+
+/// Which device (and runtime) a measurement belongs to.
+#[derive(Hash, PartialEq, Eq, Clone, Debug)]
+struct TuneId(String);
+
+impl std::fmt::Display for TuneId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Runs `call` with the fastest candidate for its key on `device` (measured on first use).
+pub(super) fn autotune(device: &cubecl::Device, call: GemvCall) {
+    static TUNER: LocalTuner<GemvKey, TuneId> = local_tuner!("braid-gemv");
+    let client = call.client.clone();
+    let id = TuneId(format!("{:?}-{}", device.to_id(), client.name()));
+    let set = TUNER.init(&id, || {
+        let mut set: TunableSet<GemvKey, GemvCall, ()> = TunableSet::new_cloning_inputs(key);
+        for (name, config) in candidates() {
+            set = set.with(Tunable::new(&name, move |call: GemvCall| launch_config(&call, config)));
+        }
+        set
+    });
+    TUNER.execute(&id, &client, set, call);
+}
