@@ -177,7 +177,12 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, past: usize, precisio
         Precision::Torch => (q, k, v),
         Precision::F32 => (f32_of(q), f32_of(k), f32_of(v)),
     };
-    let scores = q.matmul(k.swap_dims(2, 3)) * scale; // [b, nh, t, s]
+    // PyTorch scales in f32 (its scalar is not rounded to bf16, Burn's `mul_scalar` would round
+    // it) and rounds the product to the dtype. [b, nh, t, s]
+    let scores = match precision {
+        Precision::Torch => to(f32_of(q.matmul(k.swap_dims(2, 3))) * scale, dtype),
+        Precision::F32 => q.matmul(k.swap_dims(2, 3)) * scale,
+    };
     let scores = if t > 1 {
         let mask: Vec<bool> = (0..t).flat_map(|i| (0..s).map(move |j| j > past + i)).collect();
         let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [1, 1, t, s]), &scores.device());
