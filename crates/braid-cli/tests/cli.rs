@@ -103,3 +103,33 @@ fn a_bad_tokenizer_is_named() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("tokenizer.json"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn plans_run_and_a_bad_plan_is_named() {
+    let fixture = repo().join("tests/fixtures/tied-gqa2-hd32-bf16");
+    let model = fixture.to_str().unwrap();
+    // The fused plans on the CPU run the reference twins: the same greedy text as the reference.
+    let run = |plan: &str| {
+        braid(&["generate", "--model", model, "--prompt", "the", "--max-tokens", "6", "--temperature", "0", "--plan", plan])
+    };
+    let reference = run("reference");
+    assert!(reference.status.success(), "{}", text(&reference.stderr));
+    let fused = run("fused");
+    assert!(fused.status.success(), "{}", text(&fused.stderr));
+    assert_eq!(text(&fused.stdout), text(&reference.stdout));
+    assert!(text(&fused.stderr).contains("plan fused-torch"), "{}", text(&fused.stderr));
+
+    // A plan file naming a layer the model does not have: the file and the field are named.
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = tmp.path().join("plan.json");
+    std::fs::write(&plan, r#"{"layers": {"99": {"attention": "fused"}}}"#).unwrap();
+    let out = run(plan.to_str().unwrap());
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("plan.json") && err.contains("layers.99"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Not a preset and not a file.
+    let out = run("fastest");
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("fastest") && !text(&out.stderr).contains("panicked"));
+}
