@@ -7,34 +7,31 @@ use cubecl::prelude::*;
 /// `block` must be a power of two equal to `CUBE_DIM_X`.
 #[cube]
 pub fn block_sum(value: f32, #[comptime] block: usize) -> f32 {
-    let mut scratch = Shared::<[f32]>::new_slice(block);
-    let unit = UNIT_POS_X as usize;
-    scratch[unit] = value;
-    sync_cube();
-    let mut stride = (CUBE_DIM_X / 2) as usize;
-    while stride > 0 {
-        if unit < stride {
-            scratch[unit] += scratch[unit + stride];
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    let total = scratch[0];
-    sync_cube();
-    total
+    block_reduce(value, false, block)
 }
 
 /// Maximum of `value` over the units of the cube, as [`block_sum`].
 #[cube]
 pub fn block_max(value: f32, #[comptime] block: usize) -> f32 {
+    block_reduce(value, true, block)
+}
+
+#[cube]
+fn block_reduce(value: f32, #[comptime] is_max: bool, #[comptime] block: usize) -> f32 {
     let mut scratch = Shared::<[f32]>::new_slice(block);
     let unit = UNIT_POS_X as usize;
     scratch[unit] = value;
     sync_cube();
+    // A runtime stride: a comptime one, halved in the loop, produced IR that failed
+    // verification on wgpu ("expected cube.ptr, found cube.index").
     let mut stride = (CUBE_DIM_X / 2) as usize;
     while stride > 0 {
         if unit < stride {
-            scratch[unit] = max(scratch[unit], scratch[unit + stride]);
+            if is_max {
+                scratch[unit] = max(scratch[unit], scratch[unit + stride]);
+            } else {
+                scratch[unit] += scratch[unit + stride];
+            }
         }
         sync_cube();
         stride /= 2;
