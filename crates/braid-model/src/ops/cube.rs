@@ -4,8 +4,8 @@ use braid_kernels::gemv::Tuning;
 use braid_kernels::{KernelError, TensorHandle};
 use burn::backend::Cube;
 use burn::backend::ops::FloatTensorOps;
-use burn::tensor::Tensor;
 use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::tensor::Tensor;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 
@@ -18,10 +18,6 @@ use super::{FusedOps, Precision, QkShape, reference};
 /// kernel is 1e-7 (`braid-cli check-kernels --dtype f32`).
 pub const QKV_KERNEL_MAX_ROWS: usize = 64;
 
-/// Whether a prefill-sized call may leave the kernel for Burn's matmul (see the constants).
-fn matmul_allowed(precision: Precision, dtype: burn::tensor::DType) -> bool {
-    precision == Precision::Torch && dtype != burn::tensor::DType::F32
-}
 /// Above this many rows, `linear` and `gate_up_silu` (torch mode) run Burn's matmul (and the
 /// `silu_mul` kernel), except in f32 compute: the GEMV kernel reads each weight once per 8 rows
 /// and suits decode.
@@ -30,6 +26,11 @@ pub const GEMV_KERNEL_MAX_ROWS: usize = 64;
 /// matmuls): the kernel stages one query row per cube and suits decode, not long prefills (no
 /// tiled kernel yet).
 pub const ATTENTION_KERNEL_MAX_ROWS: usize = 16;
+
+/// Whether a prefill-sized call may leave the kernel for Burn's matmul (see the constants).
+fn matmul_allowed(precision: Precision, dtype: burn::tensor::DType) -> bool {
+    precision == Precision::Torch && dtype != burn::tensor::DType::F32
+}
 
 /// A kernel's handle from a contiguous copy of `t` (no copy when already contiguous).
 fn handle(t: FloatTensor<Cube>) -> TensorHandle {
