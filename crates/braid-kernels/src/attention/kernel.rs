@@ -7,7 +7,8 @@ use crate::reduce::{block_max, block_sum};
 /// Grid: x over `batch * heads`, y over the `seq` new query rows. Query row `i` sits at position
 /// `past + i` and attends to keys `0..=past + i` of its KV head (`head / (heads / kv_heads)`).
 /// Units take keys in turn for the scores (f32 dot products), then the block finds the max and
-/// the sum, then unit `d` accumulates output channel `d` over the keys.
+/// the sum, then the units split as `parts = block / hd` groups over the keys, unit
+/// `(part, d)` accumulating output channel `d` over its keys, and the parts are summed.
 ///
 /// `f32_internal = false` rounds where PyTorch's eager path does: `q @ k^T` to F, the scaling to
 /// F, the softmax (computed in f32) to F, the output to F. `true`: f32 throughout, one rounding.
@@ -90,17 +91,29 @@ pub(super) fn attention_kernel<F: Float>(
     }
     sync_cube();
 
-    // 4. Weighted values: unit d owns output channel d.
+    // 4. Weighted values: `parts` groups of `hd` units, each over every `parts`-th key.
     let v_base = b * v.stride(0) + g * v.stride(1);
     let out_base = (b * seq + i) * heads * hd + h * hd;
-    let mut d = unit;
-    while d < hd {
+    let parts = block / hd;
+    let part = unit / hd;
+    let d = unit % hd;
+    let mut partial = Shared::<[f32]>::new_slice(block);
+    if part < parts {
         let mut acc = 0.0f32;
-        for j in 0..n_keys {
+        let mut j = part;
+        while j < n_keys {
             acc += scores[j] * f32::cast_from(v[v_base + j * v.stride(2) + d]);
+            j += parts;
+        }
+        partial[unit] = acc;
+    }
+    sync_cube();
+    if part == 0 {
+        let mut acc = 0.0f32;
+        for p in 0..parts {
+            acc += partial[p * hd + d];
         }
         out[out_base + d] = F::cast_from(acc);
-        d += block;
     }
 }
 

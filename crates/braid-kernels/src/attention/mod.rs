@@ -12,7 +12,9 @@ use crate::check::{Check, output_like};
 use crate::{KernelError, Precision};
 
 const NAME: &str = "attention";
-const BLOCK: usize = 128;
+/// Units per cube (at most; the device's limit may lower it): two or more groups over the keys
+/// for head_dim <= 256.
+const BLOCK: usize = 512;
 /// Keys one query row can attend to (f32 scores in 16 KiB of shared memory).
 pub const MAX_KEYS: usize = 4096;
 /// Largest head_dim (the query row is staged in shared memory).
@@ -56,6 +58,18 @@ pub fn attention(
             why: format!("at most {MAX_KEYS} keys and head_dim {MAX_HEAD_DIM} (scores live in shared memory)"),
         });
     }
+    let hw = &client.properties().hardware;
+    let mut block = BLOCK.min(hw.max_units_per_cube as usize).min(hw.max_cube_dim.0 as usize);
+    while !block.is_power_of_two() {
+        block &= block - 1;
+    }
+    if block < hd {
+        return Err(KernelError::Unsupported {
+            kernel: NAME,
+            what: format!("head_dim {hd}"),
+            why: format!("the device allows {block} units per cube, fewer than head_dim"),
+        });
+    }
     let dtype = q.dtype;
     let out = output_like(client, &[batch, seq, heads * hd], dtype);
     if batch * heads * seq == 0 {
@@ -64,7 +78,7 @@ pub fn attention(
     kernel::attention_kernel::launch(
         client,
         CubeCount::new_2d((batch * heads) as u32, seq as u32),
-        CubeDim::new_1d(BLOCK as u32),
+        CubeDim::new_1d(block as u32),
         q.into_arg(),
         k.into_arg(),
         v.into_arg(),
@@ -74,7 +88,7 @@ pub fn attention(
         precision.f32_internal(),
         MAX_KEYS,
         MAX_HEAD_DIM,
-        BLOCK,
+        block,
         dtype,
     );
     Ok(out)
