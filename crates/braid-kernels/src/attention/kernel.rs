@@ -57,10 +57,22 @@ pub(super) fn attention_kernel<F: Float>(
     let mut j = unit;
     while j < n_keys {
         let row = k_base + j * k.stride(2);
-        let mut dot = 0.0f32;
-        for e in 0..hd {
-            dot += qs[e] * f32::cast_from(k[row + e]);
+        // Four independent accumulators keep four loads in flight (the loop is not unrolled:
+        // hd is a runtime value), then the remainder.
+        let (mut d0, mut d1, mut d2, mut d3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+        let mut e = 0usize;
+        while e + 4 <= hd {
+            d0 += qs[e] * f32::cast_from(k[row + e]);
+            d1 += qs[e + 1] * f32::cast_from(k[row + e + 1]);
+            d2 += qs[e + 2] * f32::cast_from(k[row + e + 2]);
+            d3 += qs[e + 3] * f32::cast_from(k[row + e + 3]);
+            e += 4;
         }
+        while e < hd {
+            d0 += qs[e] * f32::cast_from(k[row + e]);
+            e += 1;
+        }
+        let dot = (d0 + d1) + (d2 + d3);
         let s = if f32_internal {
             dot * scale
         } else {
@@ -99,13 +111,22 @@ pub(super) fn attention_kernel<F: Float>(
     let d = unit % hd;
     let mut partial = Shared::<[f32]>::new_slice(block);
     if part < parts {
-        let mut acc = 0.0f32;
+        // Four keys per step, as in the scores.
+        let vs = v.stride(2);
+        let (mut a0, mut a1, mut a2, mut a3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
         let mut j = part;
+        while j + 3 * parts < n_keys {
+            a0 += scores[j] * f32::cast_from(v[v_base + j * vs + d]);
+            a1 += scores[j + parts] * f32::cast_from(v[v_base + (j + parts) * vs + d]);
+            a2 += scores[j + 2 * parts] * f32::cast_from(v[v_base + (j + 2 * parts) * vs + d]);
+            a3 += scores[j + 3 * parts] * f32::cast_from(v[v_base + (j + 3 * parts) * vs + d]);
+            j += 4 * parts;
+        }
         while j < n_keys {
-            acc += scores[j] * f32::cast_from(v[v_base + j * v.stride(2) + d]);
+            a0 += scores[j] * f32::cast_from(v[v_base + j * vs + d]);
             j += parts;
         }
-        partial[unit] = acc;
+        partial[unit] = (a0 + a1) + (a2 + a3);
     }
     sync_cube();
     if part == 0 {
