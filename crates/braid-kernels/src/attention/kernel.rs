@@ -59,7 +59,10 @@ pub(super) fn attention_kernel<F: Float>(
         let row = k_base + j * k.stride(2);
         // Four independent accumulators keep four loads in flight (the loop is not unrolled:
         // hd is a runtime value), then the remainder.
-        let (mut d0, mut d1, mut d2, mut d3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+        let mut d0 = 0.0f32;
+        let mut d1 = 0.0f32;
+        let mut d2 = 0.0f32;
+        let mut d3 = 0.0f32;
         let mut e = 0usize;
         while e + 4 <= hd {
             d0 += qs[e] * f32::cast_from(k[row + e]);
@@ -113,7 +116,10 @@ pub(super) fn attention_kernel<F: Float>(
     if part < parts {
         // Four keys per step, as in the scores.
         let vs = v.stride(2);
-        let (mut a0, mut a1, mut a2, mut a3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+        let mut a0 = 0.0f32;
+        let mut a1 = 0.0f32;
+        let mut a2 = 0.0f32;
+        let mut a3 = 0.0f32;
         let mut j = part;
         while j + 3 * parts < n_keys {
             a0 += scores[j] * f32::cast_from(v[v_base + j * vs + d]);
