@@ -4,6 +4,7 @@ mod check_kernels;
 mod device;
 mod dump;
 mod generate;
+mod inspect;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,9 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt.
     Generate(generate::Args),
+    /// Report a model folder's config, tensor statistics, norm-weight maxima and every problem,
+    /// without running it.
+    Inspect(inspect::Args),
     /// Check every fused kernel against its reference twin and f64 on a device (and time them).
     CheckKernels(check_kernels::Args),
     /// Dump per-layer hidden states, logits and greedy ids for token-id prompts (accuracy runs).
@@ -30,6 +34,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Inspect(args) => inspect::run(args),
         Command::CheckKernels(args) => check_kernels::run(args),
         Command::Dump(args) => dump::run(args),
     };

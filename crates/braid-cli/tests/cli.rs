@@ -133,3 +133,69 @@ fn plans_run_and_a_bad_plan_is_named() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("fastest") && !text(&out.stderr).contains("panicked"));
 }
+
+#[test]
+fn inspect_reports_a_loadable_folder_and_its_extreme_norms() {
+    let fixture = repo().join("tests/fixtures/tied-stored-gqa3-hd128-f32");
+    let out = braid(&["inspect", fixture.to_str().unwrap(), "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["loadable"], true);
+    assert_eq!(r["layers"], 2);
+    // The fixture's k_norm maxima (96.5 in layer 0) are flagged, nothing else is.
+    let k0 = r["norms"][0]["k_norm"].as_f64().unwrap();
+    assert!((k0 - 96.5).abs() < 1e-3, "{k0}");
+    assert_eq!(r["norms"][0]["extreme"].as_array().unwrap().len(), 1);
+    assert!(r["norms"][0]["input_layernorm"].as_f64().unwrap() < 10.0);
+    // Every stored tensor has statistics; the parameter count adds them up.
+    let tensors = r["tensors"].as_array().unwrap();
+    let total: u64 = tensors.iter().map(|t| t["count"].as_u64().unwrap()).sum();
+    assert_eq!(r["parameters"].as_u64().unwrap(), total);
+    assert!(tensors.iter().all(|t| t["nan"] == 0 && t["inf"] == 0));
+}
+
+#[test]
+fn inspect_lists_every_problem_and_fails() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let src = repo().join("tests/fixtures/tied-stored-gqa3-hd128-f32");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    // The fixture's tensors, plus a phantom bias (attention_bias is false) and a NaN in a norm.
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let norm = owned.iter_mut().find(|t| t.0 == "model.layers.1.input_layernorm.weight").unwrap();
+    norm.3[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    owned.push(("model.layers.0.self_attn.q_proj.bias".into(), Dtype::F32, vec![768], vec![0u8; 768 * 4]));
+    let views: Vec<(String, TensorView<'_>)> =
+        owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, &tmp.path().join("model.safetensors")).unwrap();
+
+    let out = braid(&["inspect", tmp.path().to_str().unwrap(), "--format", "json"]);
+    assert!(!out.status.success());
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["loadable"], false);
+    let errors: Vec<String> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "error")
+        .map(|f| f["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(errors.iter().any(|e| e.contains("q_proj.bias") && e.contains("attention_bias")), "{errors:#?}");
+    assert!(errors.iter().any(|e| e.contains("layers.1.input_layernorm") && e.contains("non-finite")), "{errors:#?}");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("not loadable") && !stderr.contains("panicked"), "{stderr}");
+
+    // A truncated file: an error naming it, no panic.
+    let bytes = std::fs::read(tmp.path().join("model.safetensors")).unwrap();
+    std::fs::write(tmp.path().join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let out = braid(&["inspect", tmp.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("model.safetensors") && !stderr.contains("panicked"), "{stderr}");
+}

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod inspect;
 pub mod kv_cache;
 pub mod nn;
 pub mod ops;
