@@ -2,6 +2,7 @@
 
 mod check_kernels;
 mod device;
+mod diff;
 mod dump;
 mod generate;
 mod inspect;
@@ -24,6 +25,8 @@ enum Command {
     /// Report a model folder's config, tensor statistics, norm-weight maxima and every problem,
     /// without running it.
     Inspect(inspect::Args),
+    /// Compare the reference and fused paths with the f32 reference, layer by layer, on a prompt.
+    Diff(diff::Args),
     /// Check every fused kernel against its reference twin and f64 on a device (and time them).
     CheckKernels(check_kernels::Args),
     /// Dump per-layer hidden states, logits and greedy ids for token-id prompts (accuracy runs).
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Diff(args) => diff::run_cmd(args),
         Command::CheckKernels(args) => check_kernels::run(args),
         Command::Dump(args) => dump::run(args),
     };

@@ -199,3 +199,22 @@ fn inspect_lists_every_problem_and_fails() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("model.safetensors") && !stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn diff_compares_every_path_with_f32_layer_by_layer() {
+    let out = braid(&["diff", "--prompt", "It was a truth", "--new-tokens", "4", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paths = r["paths"].as_array().unwrap();
+    assert_eq!(paths.len(), 3);
+    for p in paths {
+        let errs = p["rel_err"].as_array().unwrap();
+        assert_eq!(errs.len(), 8, "braid-tiny has 8 layers");
+        // bf16 against f32: small but not zero.
+        assert!(errs.iter().all(|e| e.as_f64().unwrap() > 0.0 && e.as_f64().unwrap() < 0.05), "{p}");
+        assert!(p["greedy_agree"].as_u64().unwrap() <= 4);
+    }
+    // On the CPU the fused torch path runs the twins, which are the reference ops.
+    assert_eq!(paths[0]["rel_err"], paths[1]["rel_err"]);
+    assert_eq!(paths[1]["first_worse_layer"], serde_json::Value::Null);
+}
