@@ -65,7 +65,7 @@ fn probe(device: &Device, arg: DeviceArg) -> Result<()> {
     });
     std::panic::set_hook(hook);
     match ok {
-        Ok(v) if v == 3.0 => Ok(()),
+        Ok(3.0) => Ok(()),
         Ok(v) => bail!("--device {arg:?}: the device computed 1 + 2 = {v}"),
         Err(_) => bail!("--device {}: no usable device found on this machine", format!("{arg:?}").to_lowercase()),
     }
