@@ -9,12 +9,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use braid_engine::Tokenizer;
-use braid_model::{DType, KernelPlan, Logits, Qwen3, to_host_f32};
-use burn::tensor::Tensor;
+use braid_engine::sampler::argmax;
+use braid_model::{DType, KernelPlan, Qwen3};
 use serde::Serialize;
 
 use crate::device::{self, DTypeArg, DeviceArg};
 use crate::generate::{Format, default_model};
+use crate::probe::probe;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -62,33 +63,6 @@ struct DiffReport {
     paths: Vec<PathReport>,
 }
 
-struct Run {
-    layers: Vec<Vec<f32>>,
-    logits: Vec<f32>,
-    greedy: Vec<u32>,
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
-}
-
-fn run(model: &Qwen3, ids: &[u32], n: usize) -> Result<Run> {
-    let t = ids.len();
-    let mut cache = model.new_cache(1, t + n + 1);
-    let mut taps: Vec<Tensor<3>> = Vec::new();
-    let hidden = model.hidden_states_tapped(&[ids.to_vec()], &mut cache, Some(&mut taps))?;
-    let layers = taps.into_iter().map(to_host_f32).collect();
-    let h = model.config.hidden_size;
-    let logits = to_host_f32(model.head(hidden.narrow(1, t - 1, 1).reshape([1, h])));
-    let mut greedy = Vec::with_capacity(n);
-    let mut next = argmax(&logits);
-    for _ in 0..n {
-        greedy.push(next);
-        next = argmax(&to_host_f32(model.forward(&[vec![next]], &mut cache, Logits::Last)?));
-    }
-    Ok(Run { layers, logits, greedy })
-}
-
 fn compare(a: &[f32], b: &[f32]) -> (f64, f64, f64) {
     let (mut num, mut den, mut dot, mut na, mut max_abs) = (0f64, 0f64, 0f64, 0f64, 0f64);
     for (x, y) in a.iter().zip(b) {
@@ -133,7 +107,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
         Qwen3::load(&dir, &device, dtype, &mut |_, _| {}).with_context(|| format!("loading {}", dir.display()))
     };
     let truth_model = load(DType::F32)?;
-    let truth = run(&truth_model, &ids, args.new_tokens)?;
+    let truth = probe(&truth_model, &ids, args.new_tokens)?;
     drop(truth_model);
     let mut model = load(low)?;
     let layers = model.config.num_hidden_layers;
@@ -145,7 +119,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
         (format!("{low:?} fused f32"), "fused-f32"),
     ] {
         model.set_plan(KernelPlan::parse(plan, &model.config)?)?;
-        let r = run(&model, &ids, args.new_tokens)?;
+        let r = probe(&model, &ids, args.new_tokens)?;
         let per: Vec<(f64, f64, f64)> = (0..layers).map(|l| compare(&r.layers[l], &truth.layers[l])).collect();
         let rel_err: Vec<f64> = per.iter().map(|p| p.0).collect();
         let first_worse_layer = reference_err

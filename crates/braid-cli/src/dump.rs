@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use braid_model::{KernelPlan, Logits, Qwen3, Qwen3Config, to_host_f32};
-use burn::tensor::Tensor;
+use braid_model::{KernelPlan, Qwen3, Qwen3Config};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::Serialize;
 
 use crate::device::{self, DTypeArg, DeviceArg};
+use crate::probe::probe;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -41,16 +41,6 @@ struct Meta {
     greedy: Vec<Vec<u32>>,
 }
 
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 pub fn run(args: Args) -> Result<()> {
     let config = Qwen3Config::from_file(&args.model.join("config.json"))?;
     let prompts: Vec<Vec<u32>> = serde_json::from_str(
@@ -68,24 +58,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
     let mut greedy = Vec::new();
     for (i, ids) in prompts.iter().enumerate() {
-        let t = ids.len();
-        let mut cache = model.new_cache(1, t + args.new_tokens + 1);
-        let mut taps = Vec::new();
-        let hidden = model.hidden_states_tapped(std::slice::from_ref(ids), &mut cache, Some(&mut taps))?;
-        let layers: Vec<f32> = to_host_f32(Tensor::cat(taps, 0)); // [layers, t, hidden]
-        let bytes = layers.iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensors.push((format!("p{i}.layers"), bytes, vec![config.num_hidden_layers, t, config.hidden_size]));
-        let normed = hidden.narrow(1, t - 1, 1).reshape([1, config.hidden_size]);
-        let logits = to_host_f32(model.head(normed));
-        let mut next = argmax(&logits);
-        tensors.push((format!("p{i}.logits"), logits.iter().flat_map(|v| v.to_le_bytes()).collect(), vec![logits.len()]));
-        let mut out = Vec::new();
-        for _ in 0..args.new_tokens {
-            out.push(next);
-            let l = to_host_f32(model.forward(&[vec![next]], &mut cache, Logits::Last)?);
-            next = argmax(&l);
-        }
-        greedy.push(out);
+        let p = probe(&model, ids, args.new_tokens)?;
+        let layers: Vec<u8> = p.layers.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.push((format!("p{i}.layers"), layers, vec![config.num_hidden_layers, ids.len(), config.hidden_size]));
+        let logits = p.logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.push((format!("p{i}.logits"), logits, vec![p.logits.len()]));
+        greedy.push(p.greedy);
     }
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()

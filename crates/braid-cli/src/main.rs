@@ -6,6 +6,7 @@ mod diff;
 mod dump;
 mod generate;
 mod inspect;
+mod probe;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,5 @@
-//! Reductions across the units of one cube, through shared memory (works on every runtime,
-//! planes or not).
+//! Helpers shared by the kernels: reductions across the units of one cube, through shared
+//! memory (works on every runtime, planes or not), and rounding to the activation dtype.
 
 use cubecl::prelude::*;
 
@@ -39,4 +39,10 @@ fn block_reduce(value: f32, #[comptime] is_max: bool, #[comptime] block: usize) 
     let total = scratch[0];
     sync_cube();
     total
+}
+
+/// `value` rounded to F and back: where PyTorch would store an intermediate in F.
+#[cube]
+pub fn round<F: Float>(value: f32) -> f32 {
+    f32::cast_from(F::cast_from(value))
 }

@@ -1,5 +1,6 @@
 use cubecl::prelude::*;
 
+use crate::reduce::round;
 use crate::reduce::{block_max, block_sum};
 
 /// Causal attention of one query row over the KV cache (GQA), scores kept in shared memory.
@@ -144,8 +145,3 @@ pub(super) fn attention_kernel<F: Float>(
     }
 }
 
-/// `value` rounded to F and back.
-#[cube]
-fn round<F: Float>(value: f32) -> f32 {
-    f32::cast_from(F::cast_from(value))
-}

@@ -1,5 +1,6 @@
 use cubecl::prelude::*;
 
+use crate::reduce::round;
 use crate::reduce::block_sum;
 
 /// GEMV-shaped (few rows) matrix products against PyTorch-layout weights `[out, hidden]`, with
@@ -180,8 +181,3 @@ fn dot_rows<F: Float, N: Size>(
     }
 }
 
-/// `value` rounded to F and back.
-#[cube]
-fn round<F: Float>(value: f32) -> f32 {
-    f32::cast_from(F::cast_from(value))
-}

@@ -28,11 +28,6 @@ pub enum GemvStrategy {
 }
 
 impl GemvStrategy {
-    /// The best strategy this client supports.
-    pub fn default_for(client: &Client) -> Self {
-        if client.properties().features.plane.contains(Plane::Ops) { GemvStrategy::Plane } else { GemvStrategy::Unit }
-    }
-
     pub fn supported(self, client: &Client) -> bool {
         match self {
             GemvStrategy::Plane => client.properties().features.plane.contains(Plane::Ops),
@@ -81,13 +76,6 @@ pub enum Tuning {
     /// The fastest candidate for this shape on `device`, measured once per autotune key by
     /// CubeCL's tuner (`tune.rs`).
     Autotune(cubecl::Device),
-}
-
-impl Tuning {
-    /// The default strategy of the client, heuristic features per plane.
-    pub fn default_for(client: &Client) -> Self {
-        Tuning::Fixed(GemvConfig { strategy: GemvStrategy::default_for(client), features_per_plane: None })
-    }
 }
 
 /// One validated call: everything a launch (or a tuner's benchmark) needs.
@@ -159,8 +147,9 @@ pub(crate) fn launch(
         return Ok(out);
     }
     let mut ws: Vec<TensorHandle> = ws.into_iter().map(|(_, w)| w).collect();
+    // Missing weights are zero-row views of the first one (never read; no allocation).
     while ws.len() < 3 {
-        ws.push(output_like(client, &[0, hidden], dtype));
+        ws.push(TensorHandle::new_contiguous(vec![0, hidden], ws[0].handle.clone(), dtype));
     }
     let ws: [TensorHandle; 3] = ws.try_into().expect("three weights");
     let call = GemvCall { client: client.clone(), x, ws, mode, precision, out: out.clone(), rows, hidden, total };
@@ -204,7 +193,8 @@ pub(crate) fn launch_config(call: &GemvCall, config: GemvConfig) -> Result<(), S
     let silu = matches!(call.mode, Mode::GateUpSilu);
     let (gamma, eps, normalize) = match call.mode.clone() {
         Mode::NormQkv { gamma, eps } => (gamma, eps, true),
-        _ => (output_like(client, &[1], dtype), 0.0, false),
+        // Not read without the RMSNorm prologue: any read-only buffer will do.
+        _ => (TensorHandle::new_contiguous(vec![1], call.x.handle.clone(), dtype), 0.0, false),
     };
     kernel::gemv_kernel::launch(
         client,

@@ -46,13 +46,17 @@ fn candidates() -> Vec<(String, GemvConfig)> {
     c
 }
 
-/// Which device (and runtime) a measurement belongs to.
+/// Which device (and runtime) a measurement belongs to; built on every call, so nothing in it
+/// allocates.
 #[derive(Hash, PartialEq, Eq, Clone, Debug)]
-struct TuneId(String);
+struct TuneId {
+    device: cubecl::device::DeviceId,
+    runtime: &'static str,
+}
 
 impl std::fmt::Display for TuneId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "{:?}-{}", self.device, self.runtime)
     }
 }
 
@@ -60,7 +64,7 @@ impl std::fmt::Display for TuneId {
 pub(super) fn autotune(device: &cubecl::Device, call: GemvCall) {
     static TUNER: LocalTuner<GemvKey, TuneId> = local_tuner!("braid-gemv");
     let client = call.client.clone();
-    let id = TuneId(format!("{:?}-{}", device.to_id(), client.name()));
+    let id = TuneId { device: device.to_id(), runtime: client.name() };
     let set = TUNER.init(&id, || {
         let mut set: TunableSet<GemvKey, GemvCall, ()> = TunableSet::new_cloning_inputs(key);
         for (name, config) in candidates() {

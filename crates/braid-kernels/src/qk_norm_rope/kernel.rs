@@ -1,5 +1,6 @@
 use cubecl::prelude::*;
 
+use crate::reduce::round;
 use crate::reduce::block_sum;
 
 /// Per-head RMSNorm of q and k over head_dim followed by NeoX RoPE, and the head-major copy of v.
@@ -104,8 +105,3 @@ pub(super) fn qk_norm_rope_kernel<F: Float>(
     }
 }
 
-/// `value` rounded to F and back.
-#[cube]
-fn round<F: Float>(value: f32) -> f32 {
-    f32::cast_from(F::cast_from(value))
-}

@@ -1,5 +1,7 @@
 use burn::module::{Module, Param};
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::Tensor;
+
+use crate::ops::{Precision, reference};
 
 /// RMSNorm with PyTorch's rounding points: statistics in f32, the normalised value cast back to
 /// the activation dtype, then multiplied by the weight in that dtype
@@ -18,12 +20,6 @@ impl RmsNorm {
 
     /// Normalises over the last dimension: `[.., dim] -> [.., dim]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let dtype = x.dtype();
-        let x = x.cast(FloatDType::F32);
-        let mean_sq = x.clone().square().mean_dim(D - 1);
-        let normed = x * (mean_sq + self.eps).sqrt().recip();
-        let mut shape = [1; D];
-        shape[D - 1] = self.weight.dims()[0];
-        normed.cast(dtype) * self.weight.val().reshape(shape)
+        reference::rms_norm(x, self.weight.val(), self.eps, Precision::Torch)
     }
 }
