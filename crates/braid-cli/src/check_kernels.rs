@@ -2,7 +2,6 @@
 //! chosen device (the same checks as the test suite), then, with `--bench`, each op's time
 //! against its twin and the device's elementwise bandwidth at Qwen3-0.6B's shapes.
 
-use std::time::Instant;
 
 use anyhow::{Result, bail};
 use braid_model::ops::verify::{passes, verify_all};
@@ -67,25 +66,9 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Seconds per call of `f`: `iters` calls enqueued back to back, then one sync; the median of 7
-/// such batches (after a warm-up batch that also compiles the kernels).
-fn time(device: &Device, iters: usize, mut f: impl FnMut()) -> Result<f64> {
-    let sync = || device.sync().map_err(|e| anyhow::anyhow!("{e:?}"));
-    for _ in 0..iters {
-        f();
-    }
-    sync()?;
-    let mut v = Vec::with_capacity(7);
-    for _ in 0..7 {
-        let t = Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        sync()?;
-        v.push(t.elapsed().as_secs_f64() / iters as f64);
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Ok(v[v.len() / 2])
+/// Seconds per call of `f`: `iters` calls back to back then a sync, median of 7 batches.
+fn time(device: &Device, iters: usize, f: impl FnMut()) -> Result<f64> {
+    braid_model::timing::per_call(device, iters, 7, f).map_err(anyhow::Error::msg)
 }
 
 fn rand2(rows: usize, cols: usize, scale: f32, device: &Device, dtype: DType) -> Tensor<2> {

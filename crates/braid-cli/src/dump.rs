@@ -59,7 +59,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut greedy = Vec::new();
     for (i, ids) in prompts.iter().enumerate() {
         let p = probe(&model, ids, args.new_tokens)?;
-        let layers: Vec<u8> = p.layers.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+        let layers: Vec<u8> =
+            (0..config.num_hidden_layers).flat_map(|l| p.layer_output(l).to_vec()).flat_map(|v| v.to_le_bytes()).collect();
         tensors.push((format!("p{i}.layers"), layers, vec![config.num_hidden_layers, ids.len(), config.hidden_size]));
         let logits = p.logits.iter().flat_map(|v| v.to_le_bytes()).collect();
         tensors.push((format!("p{i}.logits"), logits, vec![p.logits.len()]));

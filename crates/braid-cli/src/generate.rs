@@ -60,8 +60,9 @@ pub struct Args {
     /// Compute dtype. Default: the checkpoint's on a GPU, f32 on the CPU.
     #[arg(long, value_enum)]
     dtype: Option<DTypeArg>,
-    /// Kernel plan: `reference`, `fused` (PyTorch's rounding points), `fused-f32`, or a JSON
-    /// plan file (see docs/architecture.md).
+    /// Kernel plan: `reference`, `fused` (PyTorch's rounding points), `fused-f32`, `auto` (the
+    /// calibrated plan for this checkpoint, device and dtype: cached, else measured now), or a
+    /// JSON plan file (see docs/architecture.md).
     #[arg(long, default_value = "reference")]
     plan: String,
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -113,13 +114,20 @@ pub fn run(args: Args) -> Result<()> {
         ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors").expect("valid template"),
     );
     bar.set_message(dir.display().to_string());
-    let plan = KernelPlan::parse(&args.plan, &config).context("--plan")?;
+    let plan = match args.plan.as_str() {
+        "auto" => None,
+        spec => Some(KernelPlan::parse(spec, &config).context("--plan")?),
+    };
     let mut engine = Engine::load(&dir, &device, dtype, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })
     .with_context(|| format!("loading model from {}", dir.display()))?;
     bar.finish_and_clear();
+    let plan = match plan {
+        Some(plan) => plan,
+        None => crate::autoplan::resolve(&dir, args.device, &device, &mut engine.model, &engine.tokenizer).context("--plan auto")?,
+    };
     engine.model.set_plan(plan).context("--plan")?;
 
     let prompt = if args.chat {

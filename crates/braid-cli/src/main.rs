@@ -1,5 +1,6 @@
 //! `braid-cli`: Braid's command line.
 
+mod autoplan;
 mod check_kernels;
 mod device;
 mod diff;
@@ -26,7 +27,8 @@ enum Command {
     /// Report a model folder's config, tensor statistics, norm-weight maxima and every problem,
     /// without running it.
     Inspect(inspect::Args),
-    /// Compare the reference and fused paths with the f32 reference, layer by layer, on a prompt.
+    /// Compare the reference and fused paths (and an HF dump) with the f32 reference, tap by tap,
+    /// on a prompt; calibrate the automatic plan.
     Diff(diff::Args),
     /// Check every fused kernel against its reference twin and f64 on a device (and time them).
     CheckKernels(check_kernels::Args),

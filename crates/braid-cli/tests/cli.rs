@@ -218,3 +218,123 @@ fn diff_compares_every_path_with_f32_layer_by_layer() {
     assert_eq!(paths[0]["rel_err"], paths[1]["rel_err"]);
     assert_eq!(paths[1]["first_worse_layer"], serde_json::Value::Null);
 }
+
+fn braid_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_braid-cli"));
+    c.args(args).env_remove("BRAID_MODEL");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn diff_taps_every_sub_step() {
+    let out = braid(&["diff", "--prompt", "It was a truth", "--new-tokens", "2", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names = |p: &Value| -> Vec<String> { p["taps"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect() };
+    let reference = names(&r["paths"][0]);
+    // embed + 8 layers x 13 taps + norm + logits
+    assert_eq!(reference.len(), 1 + 8 * 13 + 2, "{reference:?}");
+    assert_eq!(reference[1], "layers.0.input_norm");
+    assert_eq!(reference.last().unwrap(), "logits");
+    // Fused, the input norm is never materialised: every other tap is there.
+    let fused = names(&r["paths"][1]);
+    assert_eq!(fused.len(), 1 + 8 * 12 + 2);
+    assert!(!fused.iter().any(|n| n.ends_with("input_norm")));
+    for t in r["paths"][0]["taps"].as_array().unwrap() {
+        let e = t["rel_err"].as_f64().unwrap();
+        if t["name"] == "embed" {
+            assert_eq!(e, 0.0, "embedding rows are exact in bf16");
+        } else {
+            assert!(e > 0.0 && e < 0.05, "{t}");
+        }
+    }
+}
+
+#[test]
+fn diff_against_an_hf_dump_matches_at_every_tap() {
+    // tests/fixtures/tied-gqa2-hd32-bf16/hf_taps_f32.safetensors was written by
+    // `python scripts/hf_dump.py tests/fixtures/tied-gqa2-hd32-bf16 --prompt "The quick brown
+    // fox jumps over the lazy dog" --new-tokens 16 --device cpu --out ...` (transformers 5.17, f32).
+    let dir = repo().join("tests/fixtures/tied-gqa2-hd32-bf16");
+    let dump = dir.join("hf_taps_f32.safetensors");
+    let out = braid(&[
+        "diff", "--model", dir.to_str().unwrap(), "--against", dump.to_str().unwrap(),
+        "--new-tokens", "16", "--format", "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hf = &r["paths"][3];
+    assert_eq!(hf["name"], "HF transformers float32");
+    let taps = hf["taps"].as_array().unwrap();
+    assert_eq!(taps.len(), 1 + 2 * 13 + 2, "every tap of the dump lines up with one of Braid's");
+    for t in taps {
+        // Braid's f32 reference and PyTorch's f32 eager path: the same computation.
+        assert!(t["rel_err"].as_f64().unwrap() < 2e-6, "{t}");
+    }
+    assert_eq!(hf["greedy_agree"], 16);
+    assert_eq!(hf["top1_agrees"], true);
+
+    // A prompt that is not the dump's is refused; so is a file that is not a dump.
+    let out = braid(&["diff", "--model", dir.to_str().unwrap(), "--against", dump.to_str().unwrap(), "--prompt", "Other"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("input_ids differ"), "{}", text(&out.stderr));
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("cut.safetensors");
+    let bytes = std::fs::read(&dump).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let out = braid(&["diff", "--model", dir.to_str().unwrap(), "--against", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("cut.safetensors") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn write_plan_calibrates_and_records_what_it_measured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = tmp.path().join("plan.json");
+    let out = braid(&[
+        "diff", "--prompt", "It was a truth", "--prompt", "The sea was calm", "--new-tokens", "1",
+        "--write-plan", plan.to_str().unwrap(), "--format", "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let p: Value = serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+    let cal = &p["calibration"];
+    assert_eq!(cal["calibrated_on"]["checkpoint_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(cal["calibrated_on"]["prompt_tokens"].as_array().unwrap().len(), 2);
+    let ops = cal["measured"]["ops"].as_array().unwrap();
+    assert_eq!(ops.len(), 8 * 6 + 1);
+    for op in ops {
+        // The chosen candidate's error is within the reference's (margin 1.0), and the plan
+        // file says what was chosen.
+        let errs = &op["errors"];
+        let chosen = op["chosen"].as_str().unwrap();
+        assert!(errs[chosen].as_f64().unwrap() <= errs["reference"].as_f64().unwrap(), "{op}");
+        let in_file = match op["layer"].as_u64() {
+            Some(l) => p["layers"][l.to_string()][op["op"].as_str().unwrap()].clone(),
+            None => p["lm_head"].clone(),
+        };
+        assert_eq!(in_file, chosen, "{op}");
+    }
+    // The written plan runs.
+    let out = braid(&["generate", "--prompt", "It was", "--max-tokens", "4", "--dtype", "bf16", "--plan", plan.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn plan_auto_calibrates_once_then_loads_the_cached_plan() {
+    let cache = tempfile::tempdir().unwrap();
+    let args = ["generate", "--prompt", "It was", "--max-tokens", "6", "--dtype", "bf16", "--temperature", "0", "--plan", "auto"];
+    let first = braid_env(&args, &[("BRAID_CACHE_DIR", cache.path())]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(text(&first.stderr).contains("calibrating"), "{}", text(&first.stderr));
+    let files: Vec<_> = std::fs::read_dir(cache.path().join("plans")).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let second = braid_env(&args, &[("BRAID_CACHE_DIR", cache.path())]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let stderr = text(&second.stderr);
+    assert!(stderr.contains("from") && !stderr.contains("calibrating"), "{stderr}");
+    assert_eq!(first.stdout, second.stdout);
+}

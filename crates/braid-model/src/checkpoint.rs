@@ -118,6 +118,21 @@ impl Checkpoint {
         Ok(Self { shards, tensors })
     }
 
+    /// SHA-256 (hex) of `dir`'s `config.json` and of every weight file this checkpoint reads
+    /// (`model.safetensors`, or the index's shards, in name order): the key of cached plans.
+    pub fn fingerprint(&self, dir: &Path) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let config = dir.join("config.json");
+        let text = std::fs::read(&config).map_err(|source| LoadError::Io { path: config, source })?;
+        let mut hash = Sha256::new();
+        hash.update(&text);
+        for shard in &self.shards {
+            hash.update(shard.path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+            hash.update(&shard.mmap[..]);
+        }
+        Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// The tensor called `name`, if stored.
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
         let (key, (shard, info)) = self.tensors.get_key_value(name)?;

@@ -1,6 +1,7 @@
 //! Braid's Qwen3 model: config, checkpoint loading and validation, and the reference forward
 //! path in plain Burn tensor ops.
 
+pub mod calibrate;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
@@ -10,6 +11,8 @@ pub mod nn;
 pub mod ops;
 pub mod plan;
 pub mod qwen3;
+pub mod taps;
+pub mod timing;
 pub mod weights;
 
 pub use checkpoint::Checkpoint;
@@ -18,6 +21,7 @@ pub use error::{ForwardError, LoadError};
 pub use kv_cache::KvCache;
 pub use plan::{KernelPlan, LayerPlan, OpChoice};
 pub use qwen3::{Logits, Qwen3};
+pub use taps::{HostTaps, Taps};
 
 /// Burn's tensor types, re-exported so callers use the same version.
 pub use burn::tensor::{DType, Device};

@@ -10,7 +10,9 @@
 //!
 //! `all` (optional, default `reference`) applies to every layer; `layers` overrides single ops of
 //! single layers; `lm_head` (default `reference`) is the head. Op values: `reference`, `fused`
-//! (= `fused-torch`) or `fused-f32`.
+//! (= `fused-torch`) or `fused-f32`. An automatic plan (`braid-cli diff --write-plan`,
+//! `generate --plan auto`) also carries a `calibration` object: what it was calibrated on and
+//! the errors and times it chose from (see [`crate::calibrate`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -119,6 +121,9 @@ pub struct KernelPlan {
     pub layers: Vec<LayerPlan>,
     /// The lm_head projection (GEMV kernel at decode shapes).
     pub lm_head: OpChoice,
+    /// What an automatic plan was calibrated on and measured (kept as written; `None` for
+    /// presets and hand-written plans).
+    pub calibration: Option<serde_json::Value>,
 }
 
 /// The JSON form: `all` plus per-layer overrides of single ops.
@@ -128,12 +133,14 @@ struct PlanFile {
     all: LayerPlan,
     layers: BTreeMap<usize, BTreeMap<String, OpChoice>>,
     lm_head: OpChoice,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calibration: Option<serde_json::Value>,
 }
 
 impl KernelPlan {
     /// Every op of every layer the same.
     pub fn uniform(layers: usize, choice: OpChoice) -> Self {
-        Self { layers: vec![LayerPlan::uniform(choice); layers], lm_head: choice }
+        Self { layers: vec![LayerPlan::uniform(choice); layers], lm_head: choice, calibration: None }
     }
 
     /// `reference`, `fused` (`fused-torch`), `fused-f32`, or a path to a JSON plan file.
@@ -157,6 +164,7 @@ impl KernelPlan {
             *l = file.all;
         }
         plan.lm_head = file.lm_head;
+        plan.calibration = file.calibration;
         for (layer, ops) in file.layers {
             let Some(slot) = plan.layers.get_mut(layer) else {
                 return Err(bad(
@@ -187,7 +195,7 @@ impl KernelPlan {
             .enumerate()
             .map(|(i, l)| (i, l.ops().into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
             .collect();
-        let file = PlanFile { all: LayerPlan::default(), layers, lm_head: self.lm_head };
+        let file = PlanFile { all: LayerPlan::default(), layers, lm_head: self.lm_head, calibration: self.calibration.clone() };
         serde_json::to_string_pretty(&file).expect("a plan serialises")
     }
 

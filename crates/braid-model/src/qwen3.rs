@@ -11,6 +11,7 @@ use crate::error::{ForwardError, LoadError, Result};
 use crate::kv_cache::KvCache;
 use crate::nn::{Attention, DecoderLayer, Linear, Mlp, RmsNorm, RotaryEmbedding};
 use crate::plan::{KernelPlan, OpChoice};
+use crate::taps::Taps;
 use crate::weights;
 
 /// `model.*` of the HF checkpoint.
@@ -179,11 +180,16 @@ impl Qwen3 {
 
     /// The language-model head on final-normed rows: `[rows, hidden]` -> f32 `[rows, vocab]`.
     pub fn head(&self, hidden: Tensor<2>) -> Tensor<2> {
+        self.head_with(hidden, self.plan.lm_head)
+    }
+
+    /// [`Self::head`] with the choice `c` instead of the plan's.
+    pub fn head_with(&self, hidden: Tensor<2>, c: OpChoice) -> Tensor<2> {
         let weight = match &self.lm_head {
             Some(head) => head.weight.val(),
             None => self.model.embed_tokens.val(),
         };
-        let out = match self.plan.lm_head {
+        let out = match c {
             OpChoice::Fused(_) => crate::ops::linear(hidden, weight),
             OpChoice::Reference => crate::ops::reference::linear(hidden, weight),
         };
@@ -195,13 +201,13 @@ impl Qwen3 {
         self.hidden_states_tapped(ids, cache, None)
     }
 
-    /// As [`Self::hidden_states`], also pushing the residual stream after every decoder layer
-    /// (`[batch, seq, hidden]` each, in the compute dtype) onto `taps`.
+    /// As [`Self::hidden_states`], also recording the taps of [`crate::taps`] (`embed`, every
+    /// layer's, `norm`) in the compute dtype.
     pub fn hidden_states_tapped(
         &self,
         ids: &[Vec<u32>],
         cache: &mut KvCache,
-        mut taps: Option<&mut Vec<Tensor<3>>>,
+        mut taps: Option<&mut Taps>,
     ) -> Result<Tensor<3>, ForwardError> {
         let b = ids.len();
         let t = ids.first().map_or(0, Vec::len);
@@ -223,17 +229,21 @@ impl Qwen3 {
 
         // 1. Embed (Qwen3 does not scale embeddings). [b, t, hidden]
         let mut x = self.model.embed_tokens.val().select(0, flat).reshape([b, t, self.config.hidden_size]);
+        if let Some(taps) = taps.as_deref_mut() {
+            taps.push("embed".into(), &x);
+        }
         // 2. Decoder layers at positions past..past+t.
         let rope = self.rotary.tables(past, t, &device);
-        for ((layer, kv), plan) in self.model.layers.iter().zip(cache.layers.iter_mut()).zip(&self.plan.layers) {
-            x = layer.forward(x, &rope, kv, past, plan);
-            if let Some(taps) = taps.as_deref_mut() {
-                taps.push(x.clone());
-            }
+        for (i, ((layer, kv), plan)) in self.model.layers.iter().zip(cache.layers.iter_mut()).zip(&self.plan.layers).enumerate() {
+            x = layer.forward(x, &rope, kv, past, plan, taps.as_deref_mut().map(|t| (t, i)));
         }
         cache.advance(t);
         // 3. Final norm.
-        Ok(self.model.norm.forward(x))
+        let out = self.model.norm.forward(x);
+        if let Some(taps) = taps {
+            taps.push("norm".into(), &out);
+        }
+        Ok(out)
     }
 }
 

@@ -3,8 +3,16 @@ use burn::tensor::Tensor;
 
 use super::{Attention, Mlp, RmsNorm, Rope};
 use crate::kv_cache::LayerCache;
-use crate::ops::{self, reference};
+use crate::ops::{self, QkShape, reference};
 use crate::plan::{LayerPlan, OpChoice};
+use crate::taps::{Taps, layer_tap};
+
+/// Records `t` as tap `name` of the layer when tapping.
+fn record<const D: usize>(taps: &mut Option<(&mut Taps, usize)>, name: &str, t: &Tensor<D>) {
+    if let Some((taps, layer)) = taps {
+        taps.push(layer_tap(*layer, name), t);
+    }
+}
 
 /// One pre-norm Qwen3 decoder layer.
 #[derive(Module, Debug)]
@@ -19,37 +27,90 @@ impl DecoderLayer {
     /// `x: [batch, seq, hidden] -> [batch, seq, hidden]` at positions `past..past + seq`.
     ///
     /// The one dispatch point of a layer: each step reads its choice from `plan` and runs the
-    /// fused op or the reference ops.
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: &mut LayerCache, past: usize, plan: &LayerPlan) -> Tensor<3> {
+    /// fused op or the reference ops. With `taps`, records the intermediate tensors of layer
+    /// `index` (see [`crate::taps`]).
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cache: &mut LayerCache,
+        past: usize,
+        plan: &LayerPlan,
+        mut taps: Option<(&mut Taps, usize)>,
+    ) -> Tensor<3> {
         let [b, t, hidden] = x.dims();
-        let a = &self.self_attn;
-        let shape = a.shape(b, t);
+        let shape = self.self_attn.shape(b, t);
         let x = x.reshape([b * t, hidden]);
-        let eps = self.input_layernorm.eps;
 
         // 1. input_layernorm + q/k/v projections. [b*t, heads*hd], [b*t, kv*hd] x 2
-        let (q, k, v) = match plan.rms_norm_qkv {
+        let (q, k, v, normed) = self.qkv(x.clone(), plan.rms_norm_qkv);
+        if let Some(h) = &normed {
+            record(&mut taps, "input_norm", h);
+        }
+        record(&mut taps, "q", &q);
+        record(&mut taps, "k", &k);
+        record(&mut taps, "v", &v);
+        // 2. q_norm / k_norm + RoPE. [b, heads|kv, t, hd]
+        let (q, k, v) = self.norm_rope(q, k, v, rope, shape, plan.qk_norm_rope);
+        record(&mut taps, "q_rope", &q);
+        record(&mut taps, "k_rope", &k);
+        // 3. Attention over the cache, output projection. [b*t, heads*hd] -> [b*t, hidden]
+        let attn = self.attention(q, k, v, cache, past, plan.attention);
+        record(&mut taps, "attn", &attn);
+        let attn = self.o_proj(attn, plan.linear);
+        record(&mut taps, "o_proj", &attn);
+        // 4. Residual + post_attention_layernorm. [b*t, hidden] x 2
+        let (x, h) = self.add_norm(x, attn, plan.add_rms_norm);
+        record(&mut taps, "residual", &x);
+        record(&mut taps, "post_norm", &h);
+        // 5. MLP and residual. [b*t, intermediate] -> [b*t, hidden]
+        let act = self.gate_up(h, plan.silu_mul);
+        record(&mut taps, "mlp_act", &act);
+        let down = self.down(act, plan.linear);
+        record(&mut taps, "mlp_out", &down);
+        let out = x + down;
+        record(&mut taps, "output", &out);
+        out.reshape([b, t, hidden])
+    }
+
+    /// Step 1: `x: [rows, hidden]` -> q, k, v (`[rows, heads*hd]`, `[rows, kv*hd]` x 2), and the
+    /// normed input when the reference path materialises it.
+    pub fn qkv(&self, x: Tensor<2>, c: OpChoice) -> (Tensor<2>, Tensor<2>, Tensor<2>, Option<Tensor<2>>) {
+        let a = &self.self_attn;
+        match c {
             OpChoice::Fused(p) => {
                 let qkv = ops::rms_norm_qkv(
-                    x.clone(),
+                    x,
                     self.input_layernorm.weight.val(),
                     a.q_proj.weight.val(),
                     a.k_proj.weight.val(),
                     a.v_proj.weight.val(),
-                    eps,
+                    self.input_layernorm.eps,
                     p,
                 );
-                let (nq, nkv) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
-                (qkv.clone().narrow(1, 0, nq), qkv.clone().narrow(1, nq, nkv), qkv.narrow(1, nq + nkv, nkv))
+                let nq = a.num_heads * a.head_dim;
+                let nkv = a.num_kv_heads * a.head_dim;
+                (qkv.clone().narrow(1, 0, nq), qkv.clone().narrow(1, nq, nkv), qkv.narrow(1, nq + nkv, nkv), None)
             }
             OpChoice::Reference => {
-                let h = self.input_layernorm.forward(x.clone());
-                (a.q_proj.forward(h.clone()), a.k_proj.forward(h.clone()), a.v_proj.forward(h))
+                let h = self.input_layernorm.forward(x);
+                (a.q_proj.forward(h.clone()), a.k_proj.forward(h.clone()), a.v_proj.forward(h.clone()), Some(h))
             }
-        };
+        }
+    }
 
-        // 2. q_norm / k_norm + RoPE. [b, heads|kv, t, hd]
-        let (q, k, v) = match plan.qk_norm_rope {
+    /// Step 2: q_norm / k_norm + RoPE -> `[b, heads|kv, t, hd]`.
+    pub fn norm_rope(
+        &self,
+        q: Tensor<2>,
+        k: Tensor<2>,
+        v: Tensor<2>,
+        rope: &Rope,
+        shape: QkShape,
+        c: OpChoice,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let a = &self.self_attn;
+        match c {
             OpChoice::Fused(p) => ops::qk_norm_rope(
                 q,
                 k,
@@ -63,44 +124,60 @@ impl DecoderLayer {
                 p,
             ),
             OpChoice::Reference => a.norm_rope(q, k, v, rope, shape),
-        };
+        }
+    }
 
-        // 3. Attention over the cache, output projection. [b*t, hidden]
-        let attn = match plan.attention {
+    /// Step 3: appends k, v to the cache at `past` and attends -> `[b*t, heads*hd]`. Beyond
+    /// `ops::ATTENTION_MAX_KEYS` keys the reference path runs whatever the choice.
+    pub fn attention(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, cache: &mut LayerCache, past: usize, c: OpChoice) -> Tensor<2> {
+        let t = q.dims()[2];
+        match c {
             OpChoice::Fused(p) if past + t <= ops::ATTENTION_MAX_KEYS => {
                 let (k, v) = cache.append(past, k, v);
                 ops::attention(q, k, v, past, p)
             }
-            _ => a.attend(q, k, v, cache, past),
-        };
-        let attn = match plan.linear {
-            OpChoice::Fused(_) => ops::linear(attn, a.o_proj.weight.val()),
-            OpChoice::Reference => a.o_proj.forward(attn),
-        };
+            _ => self.self_attn.attend(q, k, v, cache, past),
+        }
+    }
 
-        // 4. Residual + post_attention_layernorm. [b*t, hidden] x 2
-        let (x, h) = match plan.add_rms_norm {
-            OpChoice::Fused(p) => {
-                ops::add_rms_norm(x, attn, self.post_attention_layernorm.weight.val(), self.post_attention_layernorm.eps, p)
-            }
+    /// `o_proj`: `[rows, heads*hd] -> [rows, hidden]`.
+    pub fn o_proj(&self, attn: Tensor<2>, c: OpChoice) -> Tensor<2> {
+        let o = &self.self_attn.o_proj;
+        match c {
+            OpChoice::Fused(_) => ops::linear(attn, o.weight.val()),
+            OpChoice::Reference => o.forward(attn),
+        }
+    }
+
+    /// Step 4: residual add + `post_attention_layernorm` -> (residual, normed), `[rows, hidden]`.
+    pub fn add_norm(&self, x: Tensor<2>, attn: Tensor<2>, c: OpChoice) -> (Tensor<2>, Tensor<2>) {
+        let n = &self.post_attention_layernorm;
+        match c {
+            OpChoice::Fused(p) => ops::add_rms_norm(x, attn, n.weight.val(), n.eps, p),
             OpChoice::Reference => {
                 let x = x + attn;
-                (x.clone(), self.post_attention_layernorm.forward(x))
+                (x.clone(), n.forward(x))
             }
-        };
+        }
+    }
 
-        // 5. MLP and residual. [b*t, intermediate] -> [b*t, hidden]
+    /// Step 5a: `silu(gate_proj(h)) * up_proj(h)`: `[rows, hidden] -> [rows, intermediate]`.
+    pub fn gate_up(&self, h: Tensor<2>, c: OpChoice) -> Tensor<2> {
         let m = &self.mlp;
-        let act = match plan.silu_mul {
+        match c {
             OpChoice::Fused(p) => ops::gate_up_silu(h, m.gate_proj.weight.val(), m.up_proj.weight.val(), p),
             OpChoice::Reference => {
                 reference::silu_mul(m.gate_proj.forward(h.clone()), m.up_proj.forward(h), ops::Precision::Torch)
             }
-        };
-        let down = match plan.linear {
-            OpChoice::Fused(_) => ops::linear(act, m.down_proj.weight.val()),
-            OpChoice::Reference => m.down_proj.forward(act),
-        };
-        (x + down).reshape([b, t, hidden])
+        }
+    }
+
+    /// Step 5b: `down_proj`: `[rows, intermediate] -> [rows, hidden]`.
+    pub fn down(&self, act: Tensor<2>, c: OpChoice) -> Tensor<2> {
+        let d = &self.mlp.down_proj;
+        match c {
+            OpChoice::Fused(_) => ops::linear(act, d.weight.val()),
+            OpChoice::Reference => d.forward(act),
+        }
     }
 }
