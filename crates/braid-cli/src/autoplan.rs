@@ -84,7 +84,7 @@ pub fn resolve(dir: &Path, arg: DeviceArg, device: &braid_model::Device, model: 
     let truth = Qwen3::load(dir, device, DType::F32, &mut |_, _| {}).with_context(|| format!("loading {} in f32", dir.display()))?;
     let truths: Vec<HostTaps> = prompts.iter().map(|p| probe(&truth, p, 0).map(|r| r.taps)).collect::<Result<_>>()?;
     drop(truth);
-    let plan = calibrate(dir, arg, model, &truths, &prompts, 1.0)?;
+    let plan = calibrate(dir, arg, model, &truths, &prompts, calibrate::DEFAULT_MARGIN)?;
     if let Some(path) = cached {
         let write = std::fs::create_dir_all(path.parent().expect("a parent"))
             .and_then(|_| std::fs::write(&path, plan.to_json()));

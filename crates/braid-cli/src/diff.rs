@@ -37,6 +37,10 @@ pub struct Args {
     against: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    /// Where the float32 truth runs (default: --device). On CUDA, Burn's f32 matmul is only
+    /// TF32-accurate (~1e-3 relative); `--truth-device cpu` gives an exact f32 truth.
+    #[arg(long, value_enum)]
+    truth_device: Option<DeviceArg>,
     /// The low-precision dtype of the compared paths (the truth is f32).
     #[arg(long, value_enum, default_value_t = DTypeArg::Bf16)]
     dtype: DTypeArg,
@@ -53,8 +57,8 @@ pub struct Args {
     #[arg(long)]
     write_plan: Option<PathBuf>,
     /// With --write-plan: a candidate is accepted when its per-op error is at most the
-    /// reference's times this.
-    #[arg(long, default_value_t = 1.0)]
+    /// reference's times this (default: calibrate::DEFAULT_MARGIN).
+    #[arg(long, default_value_t = braid_model::calibrate::DEFAULT_MARGIN)]
     plan_margin: f64,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -167,8 +171,10 @@ fn report(
         (0..layers).map(|l| out(l).map_or((f64::NAN, f64::NAN, f64::NAN), |t| (t.rel_err, t.cosine, t.max_abs))).collect();
     let rel_err: Vec<f64> = per.iter().map(|p| p.0).collect();
     let ref_err = |n: &str| reference.and_then(|r| r.taps.iter().find(|t| t.name == n)).map(|t| t.rel_err);
-    let worse = |t: &&TapReport| ref_err(&t.name).is_some_and(|r| !(t.rel_err <= r * margin));
-    let first_worse_layer = reference.and_then(|r| (0..layers).find(|&l| !(rel_err[l] <= r.rel_err[l] * margin)));
+    // NaN counts as worse.
+    let above = |e: f64, r: f64| matches!(e.partial_cmp(&(r * margin)), Some(std::cmp::Ordering::Greater) | None);
+    let worse = |t: &&TapReport| ref_err(&t.name).is_some_and(|r| above(t.rel_err, r));
+    let first_worse_layer = reference.and_then(|r| (0..layers).find(|&l| above(rel_err[l], r.rel_err[l])));
     let first_worse_tap = reference.and_then(|_| taps.iter().find(worse).map(|t| t.name.clone()));
     let logits = path.get("logits").context("the path has no logits")?;
     Ok(PathReport {
@@ -227,7 +233,12 @@ pub fn run_cmd(args: Args) -> Result<()> {
     let load = |dtype: DType| {
         Qwen3::load(&dir, &device, dtype, &mut |_, _| {}).with_context(|| format!("loading {}", dir.display()))
     };
-    let truth_model = load(DType::F32)?;
+    let truth_device = match args.truth_device {
+        Some(d) if d != args.device => device::open(d)?,
+        _ => device.clone(),
+    };
+    let truth_model = Qwen3::load(&dir, &truth_device, DType::F32, &mut |_, _| {})
+        .with_context(|| format!("loading {} in f32", dir.display()))?;
     let truth = probe(&truth_model, &prompts[0], args.new_tokens)?;
     // Calibration prompts: taps only.
     let mut calibration = vec![truth.taps.clone()];
@@ -343,9 +354,7 @@ fn print_text(r: &DiffReport, n: usize, margin: f64, all_taps: bool) {
         );
     }
     println!("(worse = error above the {} reference's by more than x{margin})", r.dtype);
-    if let Some(plan) = &r.plan {
-        if let Some(est) = plan.get("estimated_decode_us") {
-            println!("\nautomatic plan, estimated decode time per token from measured op times (us): {est}");
-        }
+    if let Some(est) = r.plan.as_ref().and_then(|p| p.get("estimated_decode_us")) {
+        println!("\nautomatic plan, estimated decode time per token from measured op times (us): {est}");
     }
 }

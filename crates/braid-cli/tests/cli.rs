@@ -304,14 +304,15 @@ fn write_plan_calibrates_and_records_what_it_measured() {
     let cal = &p["calibration"];
     assert_eq!(cal["calibrated_on"]["checkpoint_sha256"].as_str().unwrap().len(), 64);
     assert_eq!(cal["calibrated_on"]["prompt_tokens"].as_array().unwrap().len(), 2);
+    assert_eq!(cal["measured"]["settings"]["margin"], 1.05);
     let ops = cal["measured"]["ops"].as_array().unwrap();
     assert_eq!(ops.len(), 8 * 6 + 1);
     for op in ops {
-        // The chosen candidate's error is within the reference's (margin 1.0), and the plan
-        // file says what was chosen.
+        // The chosen candidate's error is within the reference's (default margin 1.05), and
+        // the plan file says what was chosen.
         let errs = &op["errors"];
         let chosen = op["chosen"].as_str().unwrap();
-        assert!(errs[chosen].as_f64().unwrap() <= errs["reference"].as_f64().unwrap(), "{op}");
+        assert!(errs[chosen].as_f64().unwrap() <= errs["reference"].as_f64().unwrap() * 1.05, "{op}");
         let in_file = match op["layer"].as_u64() {
             Some(l) => p["layers"][l.to_string()][op["op"].as_str().unwrap()].clone(),
             None => p["lm_head"].clone(),

@@ -75,6 +75,9 @@ impl Taps {
     }
 }
 
+/// A tap file: the float taps, the integer tensors by name, the file's metadata.
+pub type TapFile = (HostTaps, BTreeMap<String, Vec<i64>>, BTreeMap<String, String>);
+
 /// Taps on the host, f32, by name.
 #[derive(Debug, Clone, Default)]
 pub struct HostTaps {
@@ -100,7 +103,7 @@ impl HostTaps {
 
     /// Reads a tap file written by `scripts/hf_dump.py` (or [`Self::save`]): f32/f16/bf16
     /// tensors by tap name; integer tensors (`input_ids`, `greedy`) are returned separately.
-    pub fn load(path: &Path) -> Result<(Self, BTreeMap<String, Vec<i64>>, BTreeMap<String, String>), LoadError> {
+    pub fn load(path: &Path) -> Result<TapFile, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
         let bad = |message: String| LoadError::Safetensors { path: path.into(), message };
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
