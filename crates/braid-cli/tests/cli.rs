@@ -160,7 +160,8 @@ fn inspect_lists_every_problem_and_fails() {
     let src = repo().join("tests/fixtures/tied-stored-gqa3-hd128-f32");
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
-    // The fixture's tensors, plus a phantom bias (attention_bias is false) and a NaN in a norm.
+    // The fixture's tensors, plus a phantom bias (attention_bias is false) and a NaN in a norm,
+    // less one projection.
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
@@ -171,6 +172,7 @@ fn inspect_lists_every_problem_and_fails() {
     let norm = owned.iter_mut().find(|t| t.0 == "model.layers.1.input_layernorm.weight").unwrap();
     norm.3[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
     owned.push(("model.layers.0.self_attn.q_proj.bias".into(), Dtype::F32, vec![768], vec![0u8; 768 * 4]));
+    owned.retain(|t| t.0 != "model.layers.1.mlp.down_proj.weight");
     let views: Vec<(String, TensorView<'_>)> =
         owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize_to_file(views, None, &tmp.path().join("model.safetensors")).unwrap();
@@ -188,6 +190,7 @@ fn inspect_lists_every_problem_and_fails() {
         .collect();
     assert!(errors.iter().any(|e| e.contains("q_proj.bias") && e.contains("attention_bias")), "{errors:#?}");
     assert!(errors.iter().any(|e| e.contains("layers.1.input_layernorm") && e.contains("non-finite")), "{errors:#?}");
+    assert!(errors.iter().any(|e| e.contains("layers.1.mlp.down_proj.weight") && e.contains("missing")), "{errors:#?}");
     let stderr = text(&out.stderr);
     assert!(stderr.contains("not loadable") && !stderr.contains("panicked"), "{stderr}");
 
