@@ -8,6 +8,7 @@
 pub mod add_rms_norm;
 pub mod argmax;
 pub mod attention;
+pub mod decode;
 pub mod gemv;
 pub mod qk_norm_rope;
 pub mod rms_norm_qkv;

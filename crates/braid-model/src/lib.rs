@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod graph_decode;
 pub mod inspect;
 pub mod kv_cache;
 pub mod nn;

@@ -11,6 +11,8 @@ use crate::reduce::{block_max, block_sum};
 /// the sum, then the units split as `parts = block / hd` groups over the keys, unit
 /// `(part, d)` accumulating output channel `d` over its keys, and the parts are summed.
 ///
+/// With `past_from_state`, `past` is read from the device-side decode state (graph replay).
+///
 /// `f32_internal = false` rounds where PyTorch's eager path does: `q @ k^T` to F, the scaling to
 /// F, the softmax (computed in f32) to F, the output to F. `true`: f32 throughout, one rounding.
 #[cube(launch)]
@@ -21,8 +23,10 @@ pub(super) fn attention_kernel<F: Float>(
     v: &Tensor<F>,       // [batch, kv_heads, >= past + seq, hd]
     out: &mut Tensor<F>, // [batch, seq, heads * hd]
     past: u32,
+    state: &Tensor<u32>, // [2] (token, position) when `past_from_state`: past = state[1]
     scale: f32,
     #[comptime] f32_internal: bool,
+    #[comptime] past_from_state: bool,
     #[comptime] max_keys: usize,
     #[comptime] max_head_dim: usize,
     #[comptime] block: usize,
@@ -38,6 +42,7 @@ pub(super) fn attention_kernel<F: Float>(
     let b = bh / heads;
     let h = bh % heads;
     let g = h / (heads / kv_heads);
+    let past = if past_from_state { state[1] } else { past };
     let n_keys = past as usize + i + 1;
 
     let mut qs = Shared::<[f32]>::new_slice(max_head_dim);

@@ -31,6 +31,50 @@ pub fn attention(
     past: usize,
     precision: Precision,
 ) -> Result<TensorHandle, KernelError> {
+    launch(client, q, k, v, past, None, precision)
+}
+
+/// Decode attention at the position held in the device-side step state (see
+/// [`crate::decode`]): `q: [batch, heads, 1, hd]` at position `state[1]` over keys
+/// `0..=state[1]` of `k_cache, v_cache: [batch, kv_heads, capacity, hd]` ->
+/// `[batch, 1, heads * hd]`. `capacity` may be at most [`MAX_KEYS`]; `state[1] < capacity` is
+/// the caller's invariant.
+pub fn attention_at(
+    client: &Client,
+    q: TensorHandle,
+    k_cache: TensorHandle,
+    v_cache: TensorHandle,
+    state: TensorHandle,
+    precision: Precision,
+) -> Result<TensorHandle, KernelError> {
+    let c = Check::new(NAME);
+    c.shape("state", &state, &[2])?;
+    if state.dtype != ElemType::UInt(cubecl::ir::UIntKind::U32) {
+        return Err(KernelError::DType { kernel: NAME, tensor: "state", got: format!("{}", state.dtype), expected: "u32".into() });
+    }
+    if q.shape().len() != 4 || q.shape()[2] != 1 {
+        return Err(c.shape_err("q", &q, "[batch, heads, 1, head_dim]".into()));
+    }
+    let cap = k_cache.shape().get(2).copied().unwrap_or(0);
+    if cap > MAX_KEYS {
+        return Err(KernelError::Unsupported {
+            kernel: NAME,
+            what: format!("a cache of {cap} positions"),
+            why: format!("at most {MAX_KEYS} keys (scores live in shared memory)"),
+        });
+    }
+    launch(client, q, k_cache, v_cache, 0, Some(state), precision)
+}
+
+fn launch(
+    client: &Client,
+    q: TensorHandle,
+    k: TensorHandle,
+    v: TensorHandle,
+    past: usize,
+    state: Option<TensorHandle>,
+    precision: Precision,
+) -> Result<TensorHandle, KernelError> {
     let c = Check::new(NAME);
     let qs = q.shape().to_vec();
     if qs.len() != 4 {
@@ -75,6 +119,9 @@ pub fn attention(
     if batch * heads * seq == 0 {
         return Ok(out);
     }
+    let from_state = state.is_some();
+    // Without a state, a placeholder the kernel never reads.
+    let state = state.unwrap_or_else(|| output_like(client, &[2], ElemType::UInt(cubecl::ir::UIntKind::U32)));
     kernel::attention_kernel::launch(
         client,
         CubeCount::new_2d((batch * heads) as u32, seq as u32),
@@ -84,8 +131,10 @@ pub fn attention(
         v.into_arg(),
         out.clone().into_arg(),
         past as u32,
+        state.into_arg(),
         (hd as f32).powf(-0.5),
         precision.f32_internal(),
+        from_state,
         MAX_KEYS,
         MAX_HEAD_DIM,
         block,

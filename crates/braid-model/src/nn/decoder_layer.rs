@@ -1,5 +1,5 @@
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 use super::{Attention, Mlp, RmsNorm, Rope};
 use crate::kv_cache::LayerCache;
@@ -179,5 +179,30 @@ impl DecoderLayer {
             OpChoice::Fused(_) => ops::linear(act, d.weight.val()),
             OpChoice::Reference => d.forward(act),
         }
+    }
+}
+
+impl DecoderLayer {
+    /// One graph-ready decode step (batch 1): `x: [1, hidden]` at the position held in the
+    /// device-side `state` (see `crate::graph_decode`); the new key and value are written into
+    /// `cache` in place. Attention always runs the fused kernel (it is the op that reads the
+    /// position from the device); a `reference` attention choice takes its torch mode, which has
+    /// the reference's rounding points. The other ops follow the plan.
+    pub fn decode_step(&self, x: Tensor<2>, rope: &Rope, cache: &mut LayerCache, state: &Tensor<1, Int>, plan: &LayerPlan) -> Tensor<2> {
+        let shape = self.self_attn.shape(1, 1);
+        let (q, k, v, _) = self.qkv(x.clone(), plan.rms_norm_qkv);
+        let (q, k, v) = self.norm_rope(q, k, v, rope, shape, plan.qk_norm_rope);
+        let (kc, vc) = ops::kv_write(cache.k.clone(), cache.v.clone(), k, v, state.clone());
+        cache.k = kc;
+        cache.v = vc;
+        let p = match plan.attention {
+            OpChoice::Fused(p) => p,
+            OpChoice::Reference => ops::Precision::Torch,
+        };
+        let attn = ops::attention_at(q, cache.k.clone(), cache.v.clone(), state.clone(), p);
+        let attn = self.o_proj(attn, plan.linear);
+        let (x, h) = self.add_norm(x, attn, plan.add_rms_norm);
+        let act = self.gate_up(h, plan.silu_mul);
+        x + self.down(act, plan.linear)
     }
 }

@@ -208,4 +208,61 @@ impl FusedOps for Cube {
         let out = launched(braid_kernels::silu_mul::silu_mul(&like.client, handle(gate), handle(up), precision));
         tensor(&like, out, dtype)
     }
+
+    fn decode_inputs(
+        embed: FloatTensor<Self>,
+        cos_table: FloatTensor<Self>,
+        sin_table: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (like, dtype) = (embed.clone(), embed.dtype);
+        let (x, c, s) = launched(braid_kernels::decode::inputs(
+            &like.client,
+            handle(embed),
+            handle(cos_table),
+            handle(sin_table),
+            TensorHandle::from(state),
+        ));
+        let f32_t = burn::tensor::DType::F32;
+        (tensor(&like, x, dtype), tensor(&like, c, f32_t), tensor(&like, s, f32_t))
+    }
+
+    fn kv_write(
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (kh, vh) = (view(k_cache.clone()), view(v_cache.clone()));
+        let client = k_cache.client.clone();
+        launched(braid_kernels::decode::kv_write(&client, &kh, &vh, handle(k), handle(v), TensorHandle::from(state)));
+        (k_cache, v_cache)
+    }
+
+    fn attention_at(
+        q: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        let (like, dtype) = (q.clone(), q.dtype);
+        let out = launched(braid_kernels::attention::attention_at(
+            &like.client,
+            handle(q),
+            view(k_cache),
+            view(v_cache),
+            TensorHandle::from(state),
+            precision,
+        ));
+        tensor(&like, out, dtype)
+    }
+
+    fn advance(ids: IntTensor<Self>, state: IntTensor<Self>, history: IntTensor<Self>) -> (IntTensor<Self>, IntTensor<Self>) {
+        let client = state.client.clone();
+        let (sh, hh) = (TensorHandle::from(state.clone()), TensorHandle::from(history.clone()));
+        launched(braid_kernels::decode::advance(&client, TensorHandle::from(ids), &sh, &hh));
+        (state, history)
+    }
 }

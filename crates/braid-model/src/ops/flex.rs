@@ -14,6 +14,14 @@ fn unwrap<const D: usize>(t: Tensor<D>) -> FloatTensor<Flex> {
     t.try_into_primitive::<Flex>().expect("a reference twin of a Flex tensor stays on Flex")
 }
 
+fn iwrap(p: IntTensor<Flex>) -> Tensor<1, Int> {
+    Tensor::from_primitive::<Flex>(p)
+}
+
+fn iunwrap(t: Tensor<1, Int>) -> IntTensor<Flex> {
+    t.try_into_primitive::<Flex>().expect("a reference twin of a Flex tensor stays on Flex")
+}
+
 impl FusedOps for Flex {
     fn add_rms_norm(
         residual: FloatTensor<Self>,
@@ -97,5 +105,44 @@ impl FusedOps for Flex {
     fn argmax(logits: FloatTensor<Self>) -> IntTensor<Self> {
         let ids: Tensor<1, Int> = reference::argmax(wrap(logits));
         ids.try_into_primitive::<Flex>().expect("a reference twin of a Flex tensor stays on Flex")
+    }
+
+    fn decode_inputs(
+        embed: FloatTensor<Self>,
+        cos_table: FloatTensor<Self>,
+        sin_table: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (x, c, s) = reference::decode_inputs(wrap(embed), wrap(cos_table), wrap(sin_table), iwrap(state));
+        (unwrap(x), unwrap(c), unwrap(s))
+    }
+
+    fn kv_write(
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (k, v) = reference::kv_write(wrap(k_cache), wrap(v_cache), wrap(k), wrap(v), iwrap(state));
+        (unwrap(k), unwrap(v))
+    }
+
+    fn attention_at(
+        q: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        let q: Tensor<4> = wrap(q);
+        let [b, nh, _, hd] = q.dims();
+        let out = reference::attention_at(q, wrap(k_cache), wrap(v_cache), iwrap(state), precision);
+        unwrap(out.reshape([b, 1, nh * hd]))
+    }
+
+    fn advance(ids: IntTensor<Self>, state: IntTensor<Self>, history: IntTensor<Self>) -> (IntTensor<Self>, IntTensor<Self>) {
+        let (s, h) = reference::advance(iwrap(ids), iwrap(state), iwrap(history));
+        (iunwrap(s), iunwrap(h))
     }
 }

@@ -74,6 +74,31 @@ pub trait FusedOps: Backend {
         past: usize,
         precision: Precision,
     ) -> FloatTensor<Self>;
+
+    fn decode_inputs(
+        embed: FloatTensor<Self>,
+        cos_table: FloatTensor<Self>,
+        sin_table: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    fn kv_write(
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    fn attention_at(
+        q: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        precision: Precision,
+    ) -> FloatTensor<Self>;
+
+    fn advance(ids: IntTensor<Self>, state: IntTensor<Self>, history: IntTensor<Self>) -> (IntTensor<Self>, IntTensor<Self>);
 }
 
 /// Keys one query row may attend to through the fused attention kernel; beyond, the plan's
@@ -191,4 +216,63 @@ pub fn gate_up_silu(x: Tensor<2>, w_gate: Tensor<2>, w_up: Tensor<2>, precision:
         w_up.into_dispatch(),
         precision,
     ))
+}
+
+// Graph-ready decode (batch 1): the step's token and position live in a device buffer
+// `state: [token, position]` (u32) rather than in launch arguments, so that a captured CUDA
+// graph replays every step (`crate::graph_decode`). On the CubeCL backend the caches, `state`
+// and `history` are updated in place (the returned tensors are the same buffers); the twins
+// return new tensors, so callers always keep what these functions return.
+
+/// The embedding row of `state[0]` and the f32 RoPE rows of position `state[1]`:
+/// `embed: [vocab, hidden]`, `cos_table, sin_table: [capacity, hd]` (f32) ->
+/// `(x: [1, hidden], cos: [1, hd], sin: [1, hd])`.
+pub fn decode_inputs(embed: Tensor<2>, cos_table: Tensor<2>, sin_table: Tensor<2>, state: Tensor<1, Int>) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+    let (x, c, s) = <Dispatch as FusedOps>::decode_inputs(
+        embed.into_dispatch(),
+        cos_table.into_dispatch(),
+        sin_table.into_dispatch(),
+        state.into_dispatch(),
+    );
+    (Tensor::from_dispatch(x), Tensor::from_dispatch(c), Tensor::from_dispatch(s))
+}
+
+/// Writes `k, v: [b, kv, 1, hd]` into `k_cache, v_cache: [b, kv, capacity, hd]` at position
+/// `state[1]`; returns the caches.
+pub fn kv_write(k_cache: Tensor<4>, v_cache: Tensor<4>, k: Tensor<4>, v: Tensor<4>, state: Tensor<1, Int>) -> (Tensor<4>, Tensor<4>) {
+    let (k, v) = <Dispatch as FusedOps>::kv_write(
+        k_cache.into_dispatch(),
+        v_cache.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        state.into_dispatch(),
+    );
+    (Tensor::from_dispatch(k), Tensor::from_dispatch(v))
+}
+
+/// Attention of `q: [b, heads, 1, hd]` at position `state[1]` over keys `0..=state[1]` of the
+/// caches -> `[b, heads*hd]`. The cache capacity may be at most [`ATTENTION_MAX_KEYS`].
+pub fn attention_at(q: Tensor<4>, k_cache: Tensor<4>, v_cache: Tensor<4>, state: Tensor<1, Int>, precision: Precision) -> Tensor<2> {
+    let [b, nh, _, hd] = q.dims();
+    let out: Tensor<3> = Tensor::from_dispatch(<Dispatch as FusedOps>::attention_at(
+        q.into_dispatch(),
+        k_cache.into_dispatch(),
+        v_cache.into_dispatch(),
+        state.into_dispatch(),
+        precision,
+    ));
+    out.reshape([b, nh * hd])
+}
+
+/// `state = [ids[0], state[1] + 1]` and `history[state[1] + 1] = ids[0]`; returns
+/// `(state, history)`.
+pub fn advance(ids: Tensor<1, Int>, state: Tensor<1, Int>, history: Tensor<1, Int>) -> (Tensor<1, Int>, Tensor<1, Int>) {
+    let (s, h) = <Dispatch as FusedOps>::advance(ids.into_dispatch(), state.into_dispatch(), history.into_dispatch());
+    (Tensor::from_dispatch(s), Tensor::from_dispatch(h))
+}
+
+/// `logits: [rows, vocab]` -> the index of each row's largest value, on the device (u32 on
+/// the CubeCL backend).
+pub fn argmax_device(logits: Tensor<2>) -> Tensor<1, Int> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::argmax(logits.into_dispatch()))
 }

@@ -226,3 +226,46 @@ pub fn gate_up_silu(x: Tensor<2>, w_gate: Tensor<2>, w_up: Tensor<2>, precision:
         }
     }
 }
+
+/// The decode step state `[token, position]` on the host.
+fn state_of(state: &Tensor<1, Int>) -> (usize, usize) {
+    let v = state.clone().into_data().convert::<i64>().try_to_vec::<i64>().expect("int state");
+    (v[0] as usize, v[1] as usize)
+}
+
+/// Graph-ready decode inputs: the embedding row of `state[0]` and the RoPE rows of position
+/// `state[1]`: `embed: [vocab, hidden]`, f32 `cos_table, sin_table: [capacity, hd]` ->
+/// `([1, hidden], [1, hd], [1, hd])`.
+pub fn decode_inputs(embed: Tensor<2>, cos_table: Tensor<2>, sin_table: Tensor<2>, state: Tensor<1, Int>) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+    let (token, pos) = state_of(&state);
+    (embed.narrow(0, token, 1), cos_table.narrow(0, pos, 1), sin_table.narrow(0, pos, 1))
+}
+
+/// Writes `k, v: [b, kv, 1, hd]` into the caches at position `state[1]`.
+pub fn kv_write(k_cache: Tensor<4>, v_cache: Tensor<4>, k: Tensor<4>, v: Tensor<4>, state: Tensor<1, Int>) -> (Tensor<4>, Tensor<4>) {
+    let (_, pos) = state_of(&state);
+    let [b, h, _, d] = k.dims();
+    (
+        k_cache.slice_assign([0..b, 0..h, pos..pos + 1, 0..d], k),
+        v_cache.slice_assign([0..b, 0..h, pos..pos + 1, 0..d], v),
+    )
+}
+
+/// Decode attention at position `state[1]` over keys `0..=state[1]` of the caches
+/// (`q: [b, heads, 1, hd]`) -> `[b, heads*hd]`.
+pub fn attention_at(q: Tensor<4>, k_cache: Tensor<4>, v_cache: Tensor<4>, state: Tensor<1, Int>, precision: Precision) -> Tensor<2> {
+    let (_, pos) = state_of(&state);
+    attention(q, k_cache.narrow(2, 0, pos + 1), v_cache.narrow(2, 0, pos + 1), pos, precision)
+}
+
+/// `state = [ids[0], state[1] + 1]`, `history[state[1] + 1] = ids[0]` (skipped past its end).
+pub fn advance(ids: Tensor<1, Int>, state: Tensor<1, Int>, history: Tensor<1, Int>) -> (Tensor<1, Int>, Tensor<1, Int>) {
+    let (_, pos) = state_of(&state);
+    let next = ids.clone().into_data().convert::<i64>().try_to_vec::<i64>().expect("int ids")[0];
+    let dtype = state.dtype();
+    let device = state.device();
+    let state = Tensor::<1, Int>::from_data(TensorData::new(vec![next, pos as i64 + 1], [2]), (&device, dtype));
+    let cap = history.dims()[0];
+    let history = if pos + 1 < cap { history.slice_assign([pos + 1..pos + 2], ids.narrow(0, 0, 1).cast(dtype)) } else { history };
+    (state, history)
+}

@@ -1,0 +1,76 @@
+use cubecl::prelude::*;
+
+/// The inputs of one decode step, read from the device-side step state (so a captured graph
+/// replays it unchanged): the embedding row of token `state[0]` and the RoPE rows of position
+/// `state[1]`. One unit per output element: `hidden` embedding values, then `hd` cos, `hd` sin.
+#[cube(launch)]
+pub(super) fn inputs_kernel<F: Float>(
+    embed: &Tensor<F>,     // [vocab, hidden]
+    cos_table: &Tensor<f32>, // [capacity, hd]
+    sin_table: &Tensor<f32>, // [capacity, hd]
+    state: &Tensor<u32>,   // [2]: token, position
+    x: &mut Tensor<F>,     // [1, hidden]
+    cos: &mut Tensor<f32>, // [1, hd]
+    sin: &mut Tensor<f32>, // [1, hd]
+    #[define(F)] _dtype: ElemType,
+) {
+    let i = ABSOLUTE_POS;
+    let hidden = embed.shape(1);
+    let hd = cos_table.shape(1);
+    let token = state[0] as usize;
+    let pos = state[1] as usize;
+    if i < hidden {
+        x[i] = embed[token * hidden + i];
+    } else if i < hidden + hd {
+        let d = i - hidden;
+        cos[d] = cos_table[pos * hd + d];
+    } else if i < hidden + 2 * hd {
+        let d = i - hidden - hd;
+        sin[d] = sin_table[pos * hd + d];
+    }
+}
+
+/// Writes the new keys and values `[batch, kv, 1, hd]` into the caches at position `state[1]`,
+/// in place. One unit per (batch, kv head, channel).
+#[cube(launch)]
+pub(super) fn kv_write_kernel<F: Float>(
+    k_cache: &mut Tensor<F>, // [batch, kv, capacity, hd] (last dim contiguous)
+    v_cache: &mut Tensor<F>, // [batch, kv, capacity, hd]
+    k: &Tensor<F>,           // [batch, kv, 1, hd] contiguous
+    v: &Tensor<F>,           // [batch, kv, 1, hd] contiguous
+    state: &Tensor<u32>,     // [2]: token, position
+    #[define(F)] _dtype: ElemType,
+) {
+    let i = ABSOLUTE_POS;
+    let kv = k.shape(1);
+    let hd = k.shape(3);
+    if i < k.shape(0) * kv * hd {
+        let d = i % hd;
+        let h = (i / hd) % kv;
+        let b = i / (hd * kv);
+        let pos = state[1] as usize;
+        let ko = b * k_cache.stride(0) + h * k_cache.stride(1) + pos * k_cache.stride(2) + d;
+        let vo = b * v_cache.stride(0) + h * v_cache.stride(1) + pos * v_cache.stride(2) + d;
+        k_cache[ko] = k[i];
+        v_cache[vo] = v[i];
+    }
+}
+
+/// Advances the step state by one greedy token: `state = [ids[0], state[1] + 1]` and
+/// `history[state[1] + 1] = ids[0]`. One unit.
+#[cube(launch)]
+pub(super) fn advance_kernel(
+    ids: &Tensor<u32>,         // [1]: the step's argmax
+    state: &mut Tensor<u32>,   // [2]: token, position
+    history: &mut Tensor<u32>, // [capacity]: token at each position
+) {
+    if ABSOLUTE_POS == 0 {
+        let next = ids[0];
+        let pos = state[1] + 1;
+        state[0] = next;
+        state[1] = pos;
+        if (pos as usize) < history.shape(0) {
+            history[pos as usize] = next;
+        }
+    }
+}

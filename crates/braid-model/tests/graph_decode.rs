@@ -1,0 +1,51 @@
+//! Graph-ready greedy decoding (`Qwen3::generate_greedy`): the step reads its token and
+//! position from a device buffer and writes the KV cache in place. Eager steps and captured
+//! replays (wgpu replays recorded work too; Flex re-runs the step) must give HF's greedy ids exactly,
+//! on Flex (the twins) and on wgpu (the kernels: decode inputs, in-place KV write, attention at
+//! the device-held position, advance).
+
+mod common;
+
+use braid_model::graph_decode::StepMode;
+use braid_model::{DType, Device, KernelPlan, Qwen3};
+use common::*;
+
+fn check(device: Device, plan: &str) {
+    for dir in fixtures() {
+        let mut m = Qwen3::load(&dir, &device, DType::F32, &mut |_, _| {}).unwrap();
+        m.set_plan(KernelPlan::parse(plan, &m.config).unwrap()).unwrap();
+        for p in expected(&dir)["prompts"].as_array().unwrap() {
+            let ids = u32s(&p["ids"]);
+            let want = u32s(&p["greedy_ids"]);
+            for mode in [StepMode::Eager, StepMode::Graph] {
+                let run = m.generate_greedy(&ids, want.len(), mode).unwrap();
+                assert_eq!(run.tokens, want, "{plan} {mode:?} (hardware graph: {}): {}", run.hardware_graph, dir.display());
+            }
+            // Fewer tokens than the capture's warm-up steps: still exactly n.
+            let run = m.generate_greedy(&ids, 2, StepMode::Graph).unwrap();
+            assert_eq!(run.tokens, want[..2]);
+        }
+    }
+}
+
+#[test]
+fn flex_graph_decode_matches_hf() {
+    check(Device::flex(), "fused");
+    check(Device::flex(), "reference");
+}
+
+#[test]
+fn wgpu_graph_decode_matches_hf() {
+    if let Some(d) = wgpu_device() {
+        check(d.clone(), "fused");
+        check(d, "fused-f32");
+    }
+}
+
+#[test]
+fn a_too_long_generation_is_an_error() {
+    let dir = &fixtures()[0];
+    let m = Qwen3::load(dir, &Device::flex(), DType::F32, &mut |_, _| {}).unwrap();
+    let err = m.generate_greedy(&[1, 2, 3], 5000, StepMode::Graph).unwrap_err();
+    assert!(err.to_string().contains("exceeds the context"), "{err}");
+}
