@@ -1,6 +1,7 @@
 //! `braid-cli`: Braid's command line.
 
 mod autoplan;
+mod bench;
 mod check_kernels;
 mod device;
 mod diff;
@@ -30,6 +31,9 @@ enum Command {
     /// Compare the reference and fused paths (and an HF dump) with the f32 reference, tap by tap,
     /// on a prompt; calibrate the automatic plan.
     Diff(diff::Args),
+    /// Benchmarks: `latency` (batch-1 decode: eager loop, device-state steps, graph replay).
+    #[command(subcommand)]
+    Bench(bench::Which),
     /// Check every fused kernel against its reference twin and f64 on a device (and time them).
     CheckKernels(check_kernels::Args),
     /// Dump per-layer hidden states, logits and greedy ids for token-id prompts (accuracy runs).
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Diff(args) => diff::run_cmd(args),
+        Command::Bench(which) => bench::run(which),
         Command::CheckKernels(args) => check_kernels::run(args),
         Command::Dump(args) => dump::run(args),
     };

@@ -7,9 +7,10 @@ use crate::reduce::{block_max, block_sum};
 ///
 /// Grid: x over `batch * heads`, y over the `seq` new query rows. Query row `i` sits at position
 /// `past + i` and attends to keys `0..=past + i` of its KV head (`head / (heads / kv_heads)`).
-/// Units take keys in turn for the scores (f32 dot products), then the block finds the max and
-/// the sum, then the units split as `parts = block / hd` groups over the keys, unit
-/// `(part, d)` accumulating output channel `d` over its keys, and the parts are summed.
+/// Units take keys in turn for the scores (f32 dot products over 16-byte vectors of the key
+/// row), then the block finds the max and the sum, then the units split as
+/// `parts = block / (hd / vs)` groups over the keys, unit `(part, c)` accumulating the `vs`
+/// output channels of vector `c` over its keys, and the parts are summed.
 ///
 /// With `past_from_state`, `past` is read from the device-side decode state (graph replay).
 ///
@@ -17,11 +18,11 @@ use crate::reduce::{block_max, block_sum};
 /// F, the softmax (computed in f32) to F, the output to F. `true`: f32 throughout, one rounding.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn attention_kernel<F: Float>(
-    q: &Tensor<F>,       // [batch, heads, seq, hd] contiguous
-    k: &Tensor<F>,       // [batch, kv_heads, >= past + seq, hd] (any strides; last dim contiguous)
-    v: &Tensor<F>,       // [batch, kv_heads, >= past + seq, hd]
-    out: &mut Tensor<F>, // [batch, seq, heads * hd]
+pub(super) fn attention_kernel<F: Float, N: Size>(
+    q: &Tensor<F>,            // [batch, heads, seq, hd] contiguous
+    k: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + seq, hd] (any strides; last dim contiguous)
+    v: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + seq, hd]
+    out: &mut Tensor<F>,      // [batch, seq, heads * hd]
     past: u32,
     state: &Tensor<u32>, // [2] (token, position) when `past_from_state`: past = state[1]
     scale: f32,
@@ -30,6 +31,7 @@ pub(super) fn attention_kernel<F: Float>(
     #[comptime] max_keys: usize,
     #[comptime] max_head_dim: usize,
     #[comptime] block: usize,
+    #[comptime] partial_len: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let bh = CUBE_POS_X as usize;
@@ -44,6 +46,10 @@ pub(super) fn attention_kernel<F: Float>(
     let g = h / (heads / kv_heads);
     let past = if past_from_state { state[1] } else { past };
     let n_keys = past as usize + i + 1;
+    // K and V rows are read in vectors of `vs` elements (16 bytes where hd allows); strides and
+    // row starts are multiples of hd, hence of vs.
+    let vs = k.vector_size().comptime();
+    let nvec = hd / vs;
 
     let mut qs = Shared::<[f32]>::new_slice(max_head_dim);
     let mut scores = Shared::<[f32]>::new_slice(max_keys);
@@ -57,31 +63,34 @@ pub(super) fn attention_kernel<F: Float>(
     }
     sync_cube();
 
-    // 2. Scores, and each unit's maximum.
+    // 2. Scores, one key per unit in turn, and each unit's maximum.
     let k_base = b * k.stride(0) + g * k.stride(1);
     let mut local_max = f32::new(f32::MIN);
     let mut j = unit;
     while j < n_keys {
-        let row = k_base + j * k.stride(2);
-        // Four independent accumulators keep four loads in flight (the loop is not unrolled:
-        // hd is a runtime value), then the remainder.
+        let row = (k_base + j * k.stride(2)) / vs;
+        // Two vectors per step: two independent sums keep loads in flight.
         let mut d0 = 0.0f32;
         let mut d1 = 0.0f32;
-        let mut d2 = 0.0f32;
-        let mut d3 = 0.0f32;
         let mut e = 0usize;
-        while e + 4 <= hd {
-            d0 += qs[e] * f32::cast_from(k[row + e]);
-            d1 += qs[e + 1] * f32::cast_from(k[row + e + 1]);
-            d2 += qs[e + 2] * f32::cast_from(k[row + e + 2]);
-            d3 += qs[e + 3] * f32::cast_from(k[row + e + 3]);
-            e += 4;
+        while e + 2 <= nvec {
+            let a = k[row + e];
+            let c = k[row + e + 1];
+            #[unroll]
+            for x in 0..vs {
+                d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+                d1 += qs[(e + 1) * vs + x] * f32::cast_from(c.extract(x));
+            }
+            e += 2;
         }
-        while e < hd {
-            d0 += qs[e] * f32::cast_from(k[row + e]);
-            e += 1;
+        if e < nvec {
+            let a = k[row + e];
+            #[unroll]
+            for x in 0..vs {
+                d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+            }
         }
-        let dot = (d0 + d1) + (d2 + d3);
+        let dot = d0 + d1;
         let s = if f32_internal {
             dot * scale
         } else {
@@ -112,41 +121,60 @@ pub(super) fn attention_kernel<F: Float>(
     }
     sync_cube();
 
-    // 4. Weighted values: `parts` groups of `hd` units, each over every `parts`-th key.
+    // 4. Weighted values: `parts` groups of `nvec` units, unit `(part, c)` accumulating the
+    // `vs` channels of vector `c` over every `parts`-th key (two keys per step), then the parts
+    // are summed through shared memory (`partial_len` f32: what the device's shared memory
+    // leaves, which bounds `parts`).
     let v_base = b * v.stride(0) + g * v.stride(1);
+    let vrow = v.stride(2) / vs;
     let out_base = (b * seq + i) * heads * hd + h * hd;
-    let parts = block / hd;
-    let part = unit / hd;
-    let d = unit % hd;
-    let mut partial = Shared::<[f32]>::new_slice(block);
+    let parts = min(block / nvec, partial_len / hd);
+    let part = unit / nvec;
+    let c = unit % nvec;
+    let mut partial = Shared::<[f32]>::new_slice(partial_len);
     if part < parts {
-        // Four keys per step, as in the scores.
-        let vs = v.stride(2);
-        let mut a0 = 0.0f32;
-        let mut a1 = 0.0f32;
-        let mut a2 = 0.0f32;
-        let mut a3 = 0.0f32;
+        let mut a0 = Array::<f32>::new(vs);
+        let mut a1 = Array::<f32>::new(vs);
+        #[unroll]
+        for x in 0..vs {
+            a0[x] = 0.0;
+            a1[x] = 0.0;
+        }
+        let base = v_base / vs + c;
         let mut j = part;
-        while j + 3 * parts < n_keys {
-            a0 += scores[j] * f32::cast_from(v[v_base + j * vs + d]);
-            a1 += scores[j + parts] * f32::cast_from(v[v_base + (j + parts) * vs + d]);
-            a2 += scores[j + 2 * parts] * f32::cast_from(v[v_base + (j + 2 * parts) * vs + d]);
-            a3 += scores[j + 3 * parts] * f32::cast_from(v[v_base + (j + 3 * parts) * vs + d]);
-            j += 4 * parts;
+        while j + parts < n_keys {
+            let x0 = v[base + j * vrow];
+            let x1 = v[base + (j + parts) * vrow];
+            let p0 = scores[j];
+            let p1 = scores[j + parts];
+            #[unroll]
+            for x in 0..vs {
+                a0[x] += p0 * f32::cast_from(x0.extract(x));
+                a1[x] += p1 * f32::cast_from(x1.extract(x));
+            }
+            j += 2 * parts;
         }
-        while j < n_keys {
-            a0 += scores[j] * f32::cast_from(v[v_base + j * vs + d]);
-            j += parts;
+        if j < n_keys {
+            let x0 = v[base + j * vrow];
+            let p0 = scores[j];
+            #[unroll]
+            for x in 0..vs {
+                a0[x] += p0 * f32::cast_from(x0.extract(x));
+            }
         }
-        partial[unit] = (a0 + a1) + (a2 + a3);
+        #[unroll]
+        for x in 0..vs {
+            partial[part * hd + c * vs + x] = a0[x] + a1[x];
+        }
     }
     sync_cube();
-    if part == 0 {
+    let mut d = unit;
+    while d < hd {
         let mut acc = 0.0f32;
         for p in 0..parts {
             acc += partial[p * hd + d];
         }
         out[out_base + d] = F::cast_from(acc);
+        d += block;
     }
 }
-

@@ -122,10 +122,27 @@ fn launch(
     let from_state = state.is_some();
     // Without a state, a placeholder the kernel never reads.
     let state = state.unwrap_or_else(|| output_like(client, &[2], ElemType::UInt(cubecl::ir::UIntKind::U32)));
+    // K/V rows in 16-byte vectors where head_dim allows (it always divides: a power of two
+    // <= 16 bytes that divides hd; row starts and strides are multiples of hd).
+    let mut vector = (16 / dtype.size()).max(1);
+    while hd % vector != 0 {
+        vector /= 2;
+    }
+    for (name, t) in [("k", &k), ("v", &v)] {
+        let s = t.strides();
+        if s[..3].iter().any(|x| x % vector != 0) {
+            return Err(KernelError::Layout { kernel: NAME, tensor: name, strides: s.to_vec() });
+        }
+    }
+    // Shared memory left for the value partials after the scores, the query row and the
+    // two reductions' scratch (f32 each), less 1 KiB; at least one part per output channel.
+    let used = 4 * (MAX_KEYS + MAX_HEAD_DIM + 2 * block) + 1024;
+    let partial_len = (hw.max_shared_memory_size.saturating_sub(used) / 4).min(block * vector).max(hd);
     kernel::attention_kernel::launch(
         client,
         CubeCount::new_2d((batch * heads) as u32, seq as u32),
         CubeDim::new_1d(block as u32),
+        vector,
         q.into_arg(),
         k.into_arg(),
         v.into_arg(),
@@ -138,6 +155,7 @@ fn launch(
         MAX_KEYS,
         MAX_HEAD_DIM,
         block,
+        partial_len,
         dtype,
     );
     Ok(out)
