@@ -19,6 +19,9 @@ for plan in fused fused-f32; do
   timeout 240 $BIN bench latency --model $M --device cuda --dtype bf16 --plan $plan --prompt-len $PL --new-tokens $NT --runs 3 \
     --json $OUT/braid-$plan.json 2>&1 | tee $OUT/braid-$plan.txt
 done
+# Context scaling (attention's share): the fused plan at a 1024-token prompt.
+timeout 120 $BIN bench latency --model $M --device cuda --dtype bf16 --plan fused --prompt-len 1024 --new-tokens $NT --runs 3 \
+  --json $OUT/braid-fused-1024.json 2>&1 | tee $OUT/braid-fused-1024.txt
 python3 - <<'PY' | tee $OUT/ratios.txt
 import json
 hf = json.load(open("/tmp/results/hf.json"))
