@@ -169,12 +169,13 @@ pub fn run(args: Args) -> Result<()> {
             })?;
             writeln!(out)?;
             eprintln!(
-                "[{} prompt tokens, {} generated ({:?}); prefill {:.1} tok/s, decode {:.1} tok/s; {:?} {:?}; plan {}]",
+                "[{} prompt tokens, {} generated ({:?}); prefill {:.1} tok/s, decode {:.1} tok/s{}; {:?} {:?}; plan {}]",
                 g.prompt_ids.len(),
                 g.output_ids.len(),
                 g.finish,
                 g.prefill_tok_per_s,
                 g.decode_tok_per_s,
+                if g.graph { " (graph replay)" } else { "" },
                 args.device,
                 dtype,
                 engine.model.plan().summary()

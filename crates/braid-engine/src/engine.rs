@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use braid_model::graph_decode::{GreedyDecoder, StepMode};
 use braid_model::{DType, Device, Logits, Qwen3, qwen3::Progress, to_host_f32};
 use serde::Serialize;
 
@@ -57,6 +58,9 @@ pub struct Generation {
     pub decode_secs: f64,
     pub prefill_tok_per_s: f64,
     pub decode_tok_per_s: f64,
+    /// Whether decode steps ran on device-side state, replayed as one captured graph per token
+    /// (pure greedy with every layer's attention fused; see `braid_model::graph_decode`).
+    pub graph: bool,
 }
 
 impl Engine {
@@ -131,7 +135,6 @@ impl Engine {
         self.check_prompt(prompt_ids)?;
         let limit = self.model.config.max_position_embeddings;
         let budget = req.max_tokens.min(limit - prompt_ids.len());
-        let mut cache = self.model.new_cache(1, prompt_ids.len() + budget);
         let mut sampler = Sampler::new(req.sampling.clone());
         let mut stream = TextStream::new(&self.tokenizer);
         let mut context = prompt_ids.to_vec();
@@ -142,16 +145,32 @@ impl Engine {
         let start = Instant::now();
         let mut first_token_at = None;
         let mut next = prompt_ids.to_vec();
-        // Pure greedy picks the token on the device: only its id crosses to the host.
+        // Pure greedy picks the token on the device: only its id crosses to the host. With every
+        // layer's attention fused, the steps run on device-side state as one replayed graph.
         let on_device = req.sampling.is_greedy() && !req.sampling.has_penalties();
+        let graph_limit = braid_model::ops::ATTENTION_MAX_KEYS.min(limit);
+        let mut decoder = if on_device && self.model.device_decode_ready() && prompt_ids.len() + budget + 8 <= graph_limit {
+            Some(GreedyDecoder::new(&self.model, prompt_ids, budget, StepMode::Graph)?)
+        } else {
+            None
+        };
+        let mut cache = match decoder {
+            Some(_) => None,
+            None => Some(self.model.new_cache(1, prompt_ids.len() + budget)),
+        };
+        let graph = decoder.as_ref().is_some();
         while output.len() < budget {
-            let logits = self.model.forward(&[next], &mut cache, Logits::Last)?;
-            let id = if on_device {
-                let vocab = logits.dims()[2];
-                braid_model::ops::argmax(logits.reshape([1, vocab]))[0]
+            let id = if let Some(d) = decoder.as_mut() {
+                d.next_token()?
             } else {
-                let mut logits = to_host_f32(logits);
-                sampler.sample(&mut logits, &context, &output)
+                let logits = self.model.forward(&[next], cache.as_mut().expect("a cache without a decoder"), Logits::Last)?;
+                if on_device {
+                    let vocab = logits.dims()[2];
+                    braid_model::ops::argmax(logits.reshape([1, vocab]))[0]
+                } else {
+                    let mut logits = to_host_f32(logits);
+                    sampler.sample(&mut logits, &context, &output)
+                }
             };
             first_token_at.get_or_insert_with(Instant::now);
             if !req.ignore_eos && self.eos.contains(&id) {
@@ -172,8 +191,12 @@ impl Engine {
         }
         let end = Instant::now();
         let first = first_token_at.unwrap_or(end);
-        let prefill_secs = (first - start).as_secs_f64();
-        let decode_secs = (end - first).as_secs_f64();
+        let (prefill_secs, decode_secs) = match &decoder {
+            // The decoder's first steps run while it captures the graph: count everything after
+            // the prefill (capture included) as decode time.
+            Some(d) => (d.prefill_secs, (end - start).as_secs_f64() - d.prefill_secs),
+            None => ((first - start).as_secs_f64(), (end - first).as_secs_f64()),
+        };
         let decode_steps = output.len().saturating_sub(1) + usize::from(finish == Finish::Eos && !output.is_empty());
         Ok(Generation {
             prompt_ids: prompt_ids.to_vec(),
@@ -184,6 +207,7 @@ impl Engine {
             decode_secs,
             prefill_tok_per_s: rate(prompt_ids.len(), prefill_secs),
             decode_tok_per_s: rate(decode_steps, decode_secs),
+            graph,
         })
     }
 }

@@ -104,6 +104,36 @@ fn greedy_generation_reproduces_hf_and_streams_the_same_text() {
 }
 
 #[test]
+fn fused_greedy_runs_on_the_replayed_graph_path_and_matches_hf() {
+    let mut engine = tiny();
+    let plan = braid_model::KernelPlan::parse("fused", &engine.model.config).unwrap();
+    engine.model.set_plan(plan).unwrap();
+    let reference = json(repo().join("models/braid-tiny/reference.json"));
+    for case in reference["prompts"].as_array().unwrap().iter().take(3) {
+        let want = ids(&case["greedy_ids"]);
+        let req = Request { max_tokens: want.len(), sampling: SamplingParams::default(), ignore_eos: true };
+        let mut streamed = String::new();
+        let g = engine.generate(&ids(&case["ids"]), &req, &mut |piece| streamed.push_str(piece)).unwrap();
+        assert!(g.graph, "pure greedy with fused attention takes the device-state path");
+        assert_eq!(g.output_ids, want);
+        assert_eq!(streamed, g.text);
+    }
+    // Stops on eos on that path too (the capture's extra steps are not emitted).
+    let prompt = engine.encode_prompt("It was a truth").unwrap();
+    let req = Request { max_tokens: 8, sampling: SamplingParams::default(), ignore_eos: false };
+    let free = engine.generate(&prompt, &req, &mut |_| {}).unwrap();
+    engine.eos = vec![free.output_ids[1]];
+    let stopped = engine.generate(&prompt, &req, &mut |_| {}).unwrap();
+    assert!(stopped.graph);
+    assert_eq!(stopped.finish, Finish::Eos);
+    assert_eq!(stopped.output_ids, free.output_ids[..1]);
+    // Sampling stays on the host loop.
+    let sampling = SamplingParams { temperature: 1.0, seed: 3, ..Default::default() };
+    let g = engine.generate(&prompt, &Request { max_tokens: 4, sampling, ignore_eos: true }, &mut |_| {}).unwrap();
+    assert!(!g.graph);
+}
+
+#[test]
 fn same_seed_same_text_other_seed_other_text() {
     let engine = tiny();
     let prompt = engine.encode_prompt("The whale").unwrap();

@@ -5,12 +5,12 @@
 //! `state` by its argmax, recording each token in `history[position]`. Backends without graph
 //! support (Flex, wgpu) re-run the step eagerly: same tokens, no speed-up.
 
-use burn::tensor::{DType, Int, Tensor, TensorData, capture};
+use burn::tensor::{DType, Graph, Int, Tensor, TensorData, capture};
 
 use crate::error::ForwardError;
 use crate::kv_cache::KvCache;
 use crate::nn::Rope;
-use crate::{Logits, Qwen3, ops, to_host_f32};
+use crate::{Logits, Qwen3, ops};
 
 /// Extra cache positions: the capture runs the step up to four times before the first replay.
 const SLACK: usize = 8;
@@ -67,65 +67,137 @@ impl Qwen3 {
         s.history = history;
     }
 
-    /// Greedy continuation of `prompt` by `n` tokens: prefill as usual, then device-state decode
-    /// steps, eager or captured and replayed. Returns the `n` tokens (the first from the
-    /// prefill) and timings.
+    /// Whether [`GreedyDecoder`] may run this model's plan: every layer's attention fused (the
+    /// device-state step always runs the attention kernel, so a `reference` attention would
+    /// silently change path).
+    pub fn device_decode_ready(&self) -> bool {
+        self.plan().layers.iter().all(|l| l.attention != crate::plan::OpChoice::Reference)
+    }
+
+    /// Greedy continuation of `prompt` by `n` tokens with [`GreedyDecoder`]; returns the `n`
+    /// tokens (the first from the prefill) and timings (decode time over the steps taken after
+    /// the decoder was built: the capture's warm-up steps are not timed).
     pub fn generate_greedy(&self, prompt: &[u32], n: usize, mode: StepMode) -> Result<GreedyRun, ForwardError> {
-        let t = prompt.len();
-        let cap = t + n + SLACK;
-        let limit = ops::ATTENTION_MAX_KEYS.min(self.config.max_position_embeddings);
-        if cap > limit {
-            return Err(ForwardError::ContextOverflow { needed: cap, limit });
-        }
-        let device = self.device();
-        let start = std::time::Instant::now();
-        let mut cache = self.new_cache(1, cap);
-        let logits = to_host_f32(self.forward(&[prompt.to_vec()], &mut cache, Logits::Last)?);
-        let first = logits
-            .iter()
-            .enumerate()
-            .fold((0usize, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-            .0 as u32;
-        let prefill_secs = start.elapsed().as_secs_f64();
+        let mut dec = GreedyDecoder::new(self, prompt, n, mode)?;
+        let prefill_secs = dec.prefill_secs;
         if n == 0 {
             return Ok(GreedyRun { tokens: vec![], hardware_graph: false, prefill_secs, timed_steps: 0, decode_secs: 0.0 });
         }
+        let ahead = dec.ready();
+        let start = std::time::Instant::now();
+        let mut tokens = Vec::with_capacity(n);
+        for _ in 0..n {
+            tokens.push(dec.next_token()?);
+        }
+        Ok(GreedyRun {
+            tokens,
+            hardware_graph: dec.hardware_graph(),
+            prefill_secs,
+            timed_steps: n.saturating_sub(ahead),
+            decode_secs: start.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+type Out = (Tensor<1, Int>, Tensor<1, Int>);
+
+enum Steps<'m> {
+    Eager(Box<DecodeState>),
+    Graph(Box<Graph<Out, Box<dyn FnMut() -> Out + 'm>>>),
+}
+
+/// A greedy token stream for one prompt (batch 1) on device-side state: the prefill runs at
+/// construction; each [`Self::next_token`] returns the next token, taking a decode step (an
+/// eager step or one graph replay) when none is ready. With [`StepMode::Graph`], construction
+/// captures the step, which runs it up to four times (real steps: their tokens come first).
+pub struct GreedyDecoder<'m> {
+    model: &'m Qwen3,
+    steps: Steps<'m>,
+    prompt_len: usize,
+    /// The most tokens this decoder may return (its cache has room for them).
+    budget: usize,
+    /// Tokens at positions `prompt_len..` known on the host.
+    known: Vec<u32>,
+    returned: usize,
+    /// Seconds the prefill took.
+    pub prefill_secs: f64,
+}
+
+impl<'m> GreedyDecoder<'m> {
+    /// Prefills `prompt` and prepares up to `budget` tokens. Errors when the cache would
+    /// exceed the context or the fused attention's key limit.
+    pub fn new(model: &'m Qwen3, prompt: &[u32], budget: usize, mode: StepMode) -> Result<Self, ForwardError> {
+        let t = prompt.len();
+        let cap = t + budget + SLACK;
+        let limit = ops::ATTENTION_MAX_KEYS.min(model.config.max_position_embeddings);
+        if cap > limit {
+            return Err(ForwardError::ContextOverflow { needed: cap, limit });
+        }
+        let device = model.device();
+        let start = std::time::Instant::now();
+        let mut cache = model.new_cache(1, cap);
+        let logits = model.forward(&[prompt.to_vec()], &mut cache, Logits::Last)?;
+        let vocab = logits.dims()[2];
+        let first = ops::argmax(logits.reshape([1, vocab]))[0];
+        let prefill_secs = start.elapsed().as_secs_f64();
         let state = Tensor::<1, Int>::from_data(TensorData::new(vec![first, t as u32], [2]), (&device, DType::U32));
         let mut hist = vec![0u32; cap];
         hist[t] = first;
         let history = Tensor::<1, Int>::from_data(TensorData::new(hist, [cap]), (&device, DType::U32));
-        let rope = self.rotary.tables(0, cap, &device);
+        let rope = model.rotary.tables(0, cap, &device);
         let mut st = DecodeState { state, history, cache, rope };
-        let last = t + n - 1;
-        let (hardware_graph, timed_steps, decode_secs, history) = match mode {
-            StepMode::Eager => {
-                let start = std::time::Instant::now();
-                for _ in 0..n - 1 {
-                    self.decode_step(&mut st);
-                }
-                let h = host_u32(&st.history);
-                (false, n - 1, start.elapsed().as_secs_f64(), h)
-            }
+        let (steps, known) = match mode {
+            StepMode::Eager => (Steps::Eager(Box::new(st)), vec![first]),
+            StepMode::Graph if budget <= 1 => (Steps::Eager(Box::new(st)), vec![first]),
             StepMode::Graph => {
-                let mut graph = capture(&device, move || {
-                    self.decode_step(&mut st);
+                let step: Box<dyn FnMut() -> Out + 'm> = Box::new(move || {
+                    model.decode_step(&mut st);
                     (st.state.clone(), st.history.clone())
                 });
+                let graph = capture(&device, step);
                 let pos = host_u32(&graph.output().0)[1] as usize;
-                let steps = last.saturating_sub(pos);
-                let start = std::time::Instant::now();
-                for _ in 0..steps {
-                    // SAFETY: every tensor the step touches is owned by the closure inside
-                    // `graph` (state, history, cache, rope tables) or by `self` (weights), which
-                    // outlives the graph; replays and reads run on the capture's device stream.
-                    unsafe {
-                        graph.replay();
-                    }
-                }
-                let h = host_u32(&graph.output().1);
-                (graph.is_hardware(), steps, start.elapsed().as_secs_f64(), h)
+                let history = host_u32(&graph.output().1);
+                (Steps::Graph(Box::new(graph)), history[t..=pos].to_vec())
             }
         };
-        Ok(GreedyRun { tokens: history[t..t + n].to_vec(), hardware_graph, prefill_secs, timed_steps, decode_secs })
+        Ok(Self { model, steps, prompt_len: t, budget, known, returned: 0, prefill_secs })
+    }
+
+    /// Tokens already computed and not yet returned, plus those returned.
+    pub fn ready(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Whether steps replay as a hardware graph.
+    pub fn hardware_graph(&self) -> bool {
+        matches!(&self.steps, Steps::Graph(g) if g.is_hardware())
+    }
+
+    /// The next greedy token.
+    pub fn next_token(&mut self) -> Result<u32, ForwardError> {
+        if self.returned >= self.budget {
+            return Err(ForwardError::ContextOverflow { needed: self.prompt_len + self.returned + 1, limit: self.prompt_len + self.budget });
+        }
+        if self.returned == self.known.len() {
+            let state = match &mut self.steps {
+                Steps::Eager(st) => {
+                    self.model.decode_step(st);
+                    host_u32(&st.state)
+                }
+                Steps::Graph(g) => {
+                    // SAFETY: every tensor the step touches is owned by the captured closure
+                    // (state, history, cache, rope tables) or by the model, which outlives this
+                    // decoder; replays and reads run on the capture's device stream.
+                    unsafe {
+                        g.replay();
+                    }
+                    host_u32(&g.output().0)
+                }
+            };
+            debug_assert_eq!(state[1] as usize, self.prompt_len + self.known.len());
+            self.known.push(state[0]);
+        }
+        self.returned += 1;
+        Ok(self.known[self.returned - 1])
     }
 }

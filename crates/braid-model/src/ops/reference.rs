@@ -266,6 +266,7 @@ pub fn advance(ids: Tensor<1, Int>, state: Tensor<1, Int>, history: Tensor<1, In
     let device = state.device();
     let state = Tensor::<1, Int>::from_data(TensorData::new(vec![next, pos as i64 + 1], [2]), (&device, dtype));
     let cap = history.dims()[0];
+    #[allow(clippy::single_range_in_vec_init)] // one range: a 1-D slice
     let history = if pos + 1 < cap { history.slice_assign([pos + 1..pos + 2], ids.narrow(0, 0, 1).cast(dtype)) } else { history };
     (state, history)
 }
