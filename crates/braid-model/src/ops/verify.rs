@@ -150,13 +150,102 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
             out.push(check_rms_norm_qkv(&ctx, &mut rng, case, p));
             out.push(check_qk_norm_rope(&ctx, &mut rng, case, p));
             out.push(check_silu_mul(&ctx, &mut rng, case, p));
-            out.push(check_attention(&ctx, &mut rng, case, p));
+            out.extend(check_attention(&ctx, &mut rng, case, p));
             out.push(check_linear(&ctx, &mut rng, case, p));
             out.push(check_gate_up_silu(&ctx, &mut rng, case, p));
         }
         out.push(check_argmax(&ctx, &mut rng, case));
+        out.push(check_decode_state(&ctx, &mut rng, case));
     }
     out
+}
+
+/// The graph-ready decode ops that move data (`decode_inputs`, `kv_write`, `advance`): exact
+/// against the host (error = fraction of wrong values). The caches' other rows must not change.
+fn check_decode_state(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
+    use burn::tensor::Int;
+    let (vocab, hidden, kv, cap, hd) = (50, 24 + case.rows % 7, 2, 9, 8);
+    let (token, pos) = (case.rows % vocab, (case.rows * 3) % cap);
+    let u32s = |v: Vec<u32>| {
+        let n = v.len();
+        Tensor::<1, Int>::from_data(TensorData::new(v, [n]), (ctx.device, DType::U32))
+    };
+    let state = u32s(vec![token as u32, pos as u32]);
+    let embed = ctx.t(rng.vec(vocab * hidden, case.scale), [vocab, hidden]);
+    let cos_t = Tensor::<2>::from_data(TensorData::new(rng.vec(cap * hd, 1.0), [cap, hd]), (ctx.device, DType::F32));
+    let sin_t = Tensor::<2>::from_data(TensorData::new(rng.vec(cap * hd, 1.0), [cap, hd]), (ctx.device, DType::F32));
+    let kc = ctx.t(rng.vec(kv * cap * hd, 1.0), [1, kv, cap, hd]);
+    let vc = ctx.t(rng.vec(kv * cap * hd, 1.0), [1, kv, cap, hd]);
+    let k = ctx.t(rng.vec(kv * hd, case.scale), [1, kv, 1, hd]);
+    let v = ctx.t(rng.vec(kv * hd, case.scale), [1, kv, 1, hd]);
+    let (eh, ch, sh, kch, vch, kh, vh) =
+        (host(embed.clone()), host(cos_t.clone()), host(sin_t.clone()), host(kc.clone()), host(vc.clone()), host(k.clone()), host(v.clone()));
+    let mut truth = Vec::new();
+    truth.extend_from_slice(&eh[token * hidden..(token + 1) * hidden]);
+    truth.extend_from_slice(&ch[pos * hd..(pos + 1) * hd]);
+    truth.extend_from_slice(&sh[pos * hd..(pos + 1) * hd]);
+    let mut kt = kch.clone();
+    let mut vt = vch.clone();
+    for h in 0..kv {
+        for d in 0..hd {
+            kt[(h * cap + pos) * hd + d] = kh[h * hd + d];
+            vt[(h * cap + pos) * hd + d] = vh[h * hd + d];
+        }
+    }
+    truth.extend(kt);
+    truth.extend(vt);
+    let next = (token * 7 + 1) % vocab;
+    let history_len = cap + 1;
+    truth.extend([next as f64, (pos + 1) as f64]);
+    let mut hist_t = vec![0.0; history_len];
+    hist_t[pos + 1] = next as f64;
+    truth.extend(hist_t);
+    let run = |fused: bool| -> Vec<f64> {
+        let (x, c, s) = if fused {
+            super::decode_inputs(embed.clone(), cos_t.clone(), sin_t.clone(), state.clone())
+        } else {
+            reference::decode_inputs(embed.clone(), cos_t.clone(), sin_t.clone(), state.clone())
+        };
+        // Fresh copies of the caches: the fused op writes in place.
+        let (k2, v2) = (kc.clone() + 0.0, vc.clone() + 0.0);
+        let (k2, v2) = if fused {
+            super::kv_write(k2, v2, k.clone(), v.clone(), state.clone())
+        } else {
+            reference::kv_write(k2, v2, k.clone(), v.clone(), state.clone())
+        };
+        let st = u32s(vec![token as u32, pos as u32]);
+        let hist = u32s(vec![0; history_len]);
+        let ids = u32s(vec![next as u32]);
+        let (st, hist) = if fused { super::advance(ids, st, hist) } else { reference::advance(ids, st, hist) };
+        let ints = |t: Tensor<1, Int>| -> Vec<f64> {
+            t.into_data().convert::<i64>().try_to_vec::<i64>().expect("ints").into_iter().map(|x| x as f64).collect()
+        };
+        let mut out = Vec::new();
+        out.extend(host(x));
+        out.extend(host(c));
+        out.extend(host(s));
+        out.extend(host(k2));
+        out.extend(host(v2));
+        out.extend(ints(st));
+        out.extend(ints(hist));
+        out
+    };
+    let (fused, twin) = (run(true), run(false));
+    let wrong = |a: &[f64]| {
+        if a.len() != truth.len() {
+            return 1.0;
+        }
+        a.iter().zip(&truth).filter(|(x, y)| x != y).count() as f64 / truth.len() as f64
+    };
+    OpCheck {
+        op: "decode_state",
+        case: case.name.to_string(),
+        precision: Precision::Torch,
+        fused_err: wrong(&fused),
+        twin_err: wrong(&twin),
+        fused_vs_twin: if fused.len() == twin.len() { fused.iter().zip(&twin).filter(|(a, b)| a != b).count() as f64 } else { 1.0 },
+        finite: finite(&fused) && fused.len() == truth.len(),
+    }
 }
 
 /// Errors are the fraction of rows whose index differs from the truth (first index on ties).
@@ -362,7 +451,7 @@ pub fn passes(c: &OpCheck, dtype: DType) -> Result<(), String> {
     Ok(())
 }
 
-fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
+fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpCheck> {
     // GQA 3:1, head_dim 40 (not a multiple of the block), a cache longer than what is read,
     // its unused rows poisoned with NaN (reading past the keys would show).
     let (b, nh, nkv, hd) = if case.rows == 1 { (1, 6, 2, 40) } else { (2, 3, 1, 40) };
@@ -421,8 +510,19 @@ fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpChec
     let view = |c: &Tensor<4>| c.clone().narrow(2, 0, past + t);
     ctx.poison(b * t * nh * hd);
     let fused = super::attention(q.clone(), view(&kc), view(&vc), past, p);
-    let twin = reference::attention(q, view(&kc), view(&vc), past, p);
-    record("attention", case.name, p, &host(fused), &host(twin), &truth)
+    let twin = reference::attention(q.clone(), view(&kc), view(&vc), past, p);
+    let main = record("attention", case.name, p, &host(fused), &host(twin), &truth);
+    // Graph-ready decode: the last query row of batch 0, its position read from a device-side
+    // state, over the whole cache (whose NaN tail it must not read).
+    let pos = past + t - 1;
+    let state = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(vec![0u32, pos as u32], [2]), (ctx.device, DType::U32));
+    let q1 = q.narrow(0, 0, 1).narrow(2, t - 1, 1);
+    let (k1, v1) = (kc.narrow(0, 0, 1), vc.narrow(0, 0, 1));
+    ctx.poison(nh * hd);
+    let fused = super::attention_at(q1.clone(), k1.clone(), v1.clone(), state.clone(), p);
+    let twin = reference::attention_at(q1, k1, v1, state, p);
+    let truth_at = &truth[(t - 1) * nh * hd..t * nh * hd];
+    vec![main, record("attention_at", case.name, p, &host(fused), &host(twin), truth_at)]
 }
 
 /// Host `x [rows, inp] @ w^T`, `w [out, inp]`.
