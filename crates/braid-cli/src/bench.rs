@@ -1,7 +1,8 @@
-//! `braid-cli bench latency`: batch-1 greedy decode speed, in one process, of three ways of
+//! `braid-cli bench latency`: batch-1 greedy decode speed, in one process, of four ways of
 //! running the same plan: the engine's eager loop (`Qwen3::forward` per token, argmax on the
-//! device, the id read back), device-state steps run eagerly, and the same steps captured once
-//! and replayed as a CUDA graph. Also measures the card's elementwise bandwidth in the same
+//! device, the id read back), device-state steps run eagerly, the same steps captured once and
+//! replayed as a CUDA graph (one read at the end), and the replay with one read per token (what
+//! `generate` streams). Also measures the card's elementwise bandwidth in the same
 //! process and reports each figure against the decode floor (weight bytes / bandwidth). The
 //! generated tokens of the three ways must be identical; the command fails otherwise.
 
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use braid_model::graph_decode::StepMode;
+use braid_model::graph_decode::{GreedyDecoder, StepMode};
 use braid_model::timing::{median, per_call};
 use braid_model::{KernelPlan, Logits, Qwen3, ops};
 use burn::tensor::Tensor;
@@ -20,7 +21,8 @@ use crate::generate::{Format, default_model};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Which {
-    /// Batch-1 greedy decode: eager engine loop vs device-state steps vs graph replay.
+    /// Batch-1 greedy decode: eager engine loop vs device-state steps vs graph replay (batched
+    /// and streamed).
     Latency(LatencyArgs),
 }
 
@@ -139,7 +141,7 @@ fn latency(a: LatencyArgs) -> Result<()> {
     let mut ways = Vec::new();
     let mut reference_tokens: Option<Vec<u32>> = None;
     let mut identical = true;
-    for name in ["eager engine loop", "device-state steps", "graph replay"] {
+    for name in ["eager engine loop", "device-state steps", "graph replay", "graph, streamed"] {
         let mut tps = Vec::new();
         let mut prefill = Vec::new();
         let mut hardware = false;
@@ -148,6 +150,15 @@ fn latency(a: LatencyArgs) -> Result<()> {
                 "eager engine loop" => {
                     let (t, p, s) = eager(&model, &prompt, a.new_tokens)?;
                     (t, p, s, steps, false)
+                }
+                "graph, streamed" => {
+                    // What `generate` does: one replay and one 8-byte read per token.
+                    let mut dec = GreedyDecoder::new(&model, &prompt, a.new_tokens, StepMode::Graph)?;
+                    let (p, ahead) = (dec.prefill_secs, dec.ready());
+                    let start = Instant::now();
+                    let t: Vec<u32> = (0..a.new_tokens).map(|_| dec.next_token()).collect::<Result<_, _>>()?;
+                    let hw = dec.hardware_graph();
+                    (t, p, start.elapsed().as_secs_f64(), (a.new_tokens - ahead) as f64, hw)
                 }
                 _ => {
                     let mode = if name == "graph replay" { StepMode::Graph } else { StepMode::Eager };

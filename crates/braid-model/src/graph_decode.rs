@@ -85,10 +85,8 @@ impl Qwen3 {
         }
         let ahead = dec.ready();
         let start = std::time::Instant::now();
-        let mut tokens = Vec::with_capacity(n);
-        for _ in 0..n {
-            tokens.push(dec.next_token()?);
-        }
+        // All the steps back to back, one read at the end (no per-token sync).
+        let tokens = dec.take(n)?;
         Ok(GreedyRun {
             tokens,
             hardware_graph: dec.hardware_graph(),
@@ -171,6 +169,39 @@ impl<'m> GreedyDecoder<'m> {
     /// Whether steps replay as a hardware graph.
     pub fn hardware_graph(&self) -> bool {
         matches!(&self.steps, Steps::Graph(g) if g.is_hardware())
+    }
+
+    /// The next `n` greedy tokens, taking the steps back to back and reading the device once
+    /// at the end (no per-token sync: the latency benchmark's loop).
+    pub fn take(&mut self, n: usize) -> Result<Vec<u32>, ForwardError> {
+        if self.returned + n > self.budget {
+            return Err(ForwardError::ContextOverflow { needed: self.prompt_len + self.returned + n, limit: self.prompt_len + self.budget });
+        }
+        let missing = (self.returned + n).saturating_sub(self.known.len());
+        if missing > 0 {
+            let history = match &mut self.steps {
+                Steps::Eager(st) => {
+                    for _ in 0..missing {
+                        self.model.decode_step(st);
+                    }
+                    host_u32(&st.history)
+                }
+                Steps::Graph(g) => {
+                    for _ in 0..missing {
+                        // SAFETY: as in `next_token`.
+                        unsafe {
+                            g.replay();
+                        }
+                    }
+                    host_u32(&g.output().1)
+                }
+            };
+            let t = self.prompt_len;
+            self.known = history[t..t + self.returned + n].to_vec();
+        }
+        let out = self.known[self.returned..self.returned + n].to_vec();
+        self.returned += n;
+        Ok(out)
     }
 
     /// The next greedy token.
