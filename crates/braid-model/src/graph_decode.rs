@@ -57,9 +57,16 @@ impl Qwen3 {
         let (mut x, cos, sin) =
             ops::decode_inputs(self.model.embed_tokens.val(), s.rope.cos.clone(), s.rope.sin.clone(), s.state.clone());
         let rope = Rope { cos, sin };
+        let mut pending = None;
         for ((layer, kv), plan) in self.model.layers.iter().zip(s.cache.layers.iter_mut()).zip(&self.plan().layers) {
-            x = layer.decode_step(x, &rope, kv, &s.state, plan);
+            let (stream, down) = layer.decode_step(x, pending, &rope, kv, &s.state, plan);
+            x = stream;
+            pending = Some(down);
         }
+        let x = match pending {
+            Some(down) => x + down,
+            None => x,
+        };
         let h = self.model.norm.forward(x);
         let ids = ops::argmax_device(self.head(h));
         let (state, history) = ops::advance(ids, s.state.clone(), s.history.clone());

@@ -49,3 +49,30 @@ fn a_too_long_generation_is_an_error() {
     let err = m.generate_greedy(&[1, 2, 3], 5000, StepMode::Graph).unwrap_err();
     assert!(err.to_string().contains("exceeds the context"), "{err}");
 }
+
+/// In f16 on wgpu (the kernels, low precision): the device-state steps (with their fused
+/// residual adds) give the eager loop's tokens.
+#[test]
+fn wgpu_f16_device_steps_equal_the_eager_loop() {
+    let Some(device) = wgpu_device() else { return };
+    for plan in ["fused", "fused-f32"] {
+        for dir in fixtures() {
+            let mut m = Qwen3::load(&dir, &device, DType::F16, &mut |_, _| {}).unwrap();
+            m.set_plan(KernelPlan::parse(plan, &m.config).unwrap()).unwrap();
+            let ids = u32s(&expected(&dir)["prompts"][0]["ids"]);
+            let n = 24;
+            let mut cache = m.new_cache(1, ids.len() + n);
+            let mut eager = Vec::new();
+            let mut next = ids.clone();
+            for _ in 0..n {
+                let logits = m.forward(&[next], &mut cache, braid_model::Logits::Last).unwrap();
+                let vocab = logits.dims()[2];
+                let id = braid_model::ops::argmax(logits.reshape([1, vocab]))[0];
+                eager.push(id);
+                next = vec![id];
+            }
+            let run = m.generate_greedy(&ids, n, StepMode::Graph).unwrap();
+            assert_eq!(run.tokens, eager, "{plan}: {}", dir.display());
+        }
+    }
+}

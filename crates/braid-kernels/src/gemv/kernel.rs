@@ -22,6 +22,8 @@ use crate::reduce::block_sum;
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemv_kernel<F: Float, N: Size>(
     x: &Tensor<F>,             // [rows, hidden]
+    residual: &Tensor<F>,      // [rows, hidden] (read when `add_residual`)
+    sum_out: &mut Tensor<F>,   // [rows, hidden] (written by the first column of cubes when `add_residual`)
     gamma: &Tensor<F>,         // [hidden] (read when `normalize`)
     w0: &Tensor<Vector<F, N>>, // [n0, hidden / N]
     w1: &Tensor<Vector<F, N>>, // [n1, hidden / N]
@@ -31,6 +33,8 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     features: u32,
     #[comptime] f32_internal: bool,
     #[comptime] normalize: bool,
+    #[comptime] add_residual: bool,
+    #[comptime] add_norm_semantics: bool,
     #[comptime] silu: bool,
     #[comptime] rows_per_cube: usize,
     #[comptime] hidden: usize,
@@ -53,7 +57,12 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     let vs = w0.vector_size();
     let nvec = hidden / vs;
 
-    // 1. Stage (and normalise) this cube's rows in shared memory.
+    // 1. Stage (and normalise) this cube's rows in shared memory. With `add_residual`, the input
+    // is `residual + x`, written rounded to `sum_out` (the residual stream) and normalised from
+    // the rounded sum (`rms_norm_qkv` after a residual add) or, with `add_norm_semantics` in f32
+    // mode, from the f32 sum with the normalised value rounded (as `add_rms_norm` feeds the
+    // next op).
+    let first_column = CUBE_POS_X == 0;
     for r in 0..rows_per_cube {
         let row = row0 + r;
         let valid = row < rows;
@@ -63,7 +72,7 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
             let mut k = unit;
             while k < hidden {
                 if valid {
-                    let v = f32::cast_from(x[row * hidden + k]);
+                    let v = input::<F>(x, residual, row * hidden + k, add_residual, add_norm_semantics && f32_internal);
                     sq += v * v;
                 }
                 k += block;
@@ -75,11 +84,17 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
         while k < hidden {
             let mut n = 0.0f32;
             if valid {
-                let v = f32::cast_from(x[row * hidden + k]);
+                let v = input::<F>(x, residual, row * hidden + k, add_residual, add_norm_semantics && f32_internal);
+                if add_residual && first_column {
+                    sum_out[row * hidden + k] = F::cast_from(v);
+                }
                 if normalize {
                     let g = f32::cast_from(gamma[k]);
                     if f32_internal {
                         n = v * inv * g;
+                        if add_norm_semantics {
+                            n = round::<F>(n);
+                        }
                     } else {
                         n = round::<F>(round::<F>(v * inv) * g);
                     }
@@ -146,6 +161,19 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
             }
         }
         f += stride;
+    }
+}
+
+/// Element `i` of the staged input: `x[i]`, or with `add` the sum `residual[i] + x[i]`, rounded
+/// to `F` unless `keep_f32`.
+#[cube]
+fn input<F: Float>(x: &Tensor<F>, residual: &Tensor<F>, i: usize, #[comptime] add: bool, #[comptime] keep_f32: bool) -> f32 {
+    let a = f32::cast_from(x[i]);
+    if add {
+        let h = f32::cast_from(residual[i]) + a;
+        if keep_f32 { h } else { f32::cast_from(F::cast_from(h)) }
+    } else {
+        a
     }
 }
 

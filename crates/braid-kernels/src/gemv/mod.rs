@@ -54,8 +54,19 @@ pub(crate) enum Mode {
     NormQkv { gamma: TensorHandle, eps: f32 },
     /// One weight.
     Linear,
-    /// `silu(x @ gate^T) * (x @ up^T)`.
-    GateUpSilu,
+    /// `silu(x @ gate^T) * (x @ up^T)`, with an optional RMSNorm prologue (`gamma`, `eps`).
+    GateUpSilu { norm: Option<(TensorHandle, f32)> },
+}
+
+/// An optional residual add before the prologue: the input becomes `residual + x`, written
+/// rounded to `sum` (`add_rms_norm`'s first output). `add_norm_semantics`: the f32 mode
+/// normalises the f32 sum and rounds the normalised value (as `add_rms_norm` feeds the next op)
+/// instead of normalising the rounded sum (as `rms_norm_qkv` after a residual add).
+#[derive(Clone)]
+pub(crate) struct Residual {
+    pub(crate) residual: TensorHandle,
+    pub(crate) sum: TensorHandle,
+    pub(crate) add_norm_semantics: bool,
 }
 
 /// How a call is spread over the device: the candidates of the autotuner.
@@ -85,6 +96,7 @@ pub(crate) struct GemvCall {
     pub(crate) x: TensorHandle,
     pub(crate) ws: [TensorHandle; 3],
     pub(crate) mode: Mode,
+    pub(crate) residual: Option<Residual>,
     pub(crate) precision: Precision,
     pub(crate) out: TensorHandle,
     pub(crate) rows: usize,
@@ -103,6 +115,22 @@ pub(crate) fn launch(
     precision: Precision,
     tuning: Tuning,
 ) -> Result<TensorHandle, KernelError> {
+    launch_with(name, client, x, None, ws, mode, precision, tuning).map(|(out, _)| out)
+}
+
+/// [`launch`] with an optional residual add before the prologue (`(residual, add_norm_semantics)`);
+/// returns `(out, sum)` (`sum` = `residual + x` rounded, when asked).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_with(
+    name: &'static str,
+    client: &Client,
+    x: TensorHandle,
+    residual: Option<(TensorHandle, bool)>,
+    ws: Vec<(&'static str, TensorHandle)>,
+    mode: Mode,
+    precision: Precision,
+    tuning: Tuning,
+) -> Result<(TensorHandle, Option<TensorHandle>), KernelError> {
     let c = Check::new(name);
     let [rows, hidden] = c.matrix("x", &x)?;
     let dtype = x.dtype;
@@ -115,11 +143,19 @@ pub(crate) fn launch(
         c.same_dtype(wname, w, dtype)?;
         outs.push(n);
     }
-    if let Mode::NormQkv { gamma, .. } = &mode {
+    let gamma = match &mode {
+        Mode::NormQkv { gamma, .. } | Mode::GateUpSilu { norm: Some((gamma, _)) } => Some(gamma),
+        _ => None,
+    };
+    if let Some(gamma) = gamma {
         c.shape("gamma", gamma, &[hidden])?;
         c.same_dtype("gamma", gamma, dtype)?;
     }
-    if matches!(mode, Mode::GateUpSilu) && outs[0] != outs[1] {
+    if let Some((r, _)) = &residual {
+        c.shape("residual", r, &[rows, hidden])?;
+        c.same_dtype("residual", r, dtype)?;
+    }
+    if matches!(mode, Mode::GateUpSilu { .. }) && outs[0] != outs[1] {
         return Err(c.shape_err("w_up", &ws[1].1, format!("[{}, {hidden}] like w_gate", outs[0])));
     }
     if hidden > SHARED_F32 {
@@ -139,12 +175,18 @@ pub(crate) fn launch(
         });
     }
     let total = match mode {
-        Mode::GateUpSilu => outs[0],
+        Mode::GateUpSilu { .. } => outs[0],
         _ => outs.iter().sum(),
     };
     let out = output_like(client, &[rows, total], dtype);
+    let residual = residual.map(|(residual, add_norm_semantics)| Residual {
+        residual,
+        sum: output_like(client, &[rows, hidden], dtype),
+        add_norm_semantics,
+    });
+    let sum = residual.as_ref().map(|r| r.sum.clone());
     if rows == 0 || total == 0 {
-        return Ok(out);
+        return Ok((out, sum));
     }
     let mut ws: Vec<TensorHandle> = ws.into_iter().map(|(_, w)| w).collect();
     // Missing weights are zero-row views of the first one (never read; no allocation).
@@ -152,7 +194,7 @@ pub(crate) fn launch(
         ws.push(TensorHandle::new_contiguous(vec![0, hidden], ws[0].handle.clone(), dtype));
     }
     let ws: [TensorHandle; 3] = ws.try_into().expect("three weights");
-    let call = GemvCall { client: client.clone(), x, ws, mode, precision, out: out.clone(), rows, hidden, total };
+    let call = GemvCall { client: client.clone(), x, ws, mode, residual, precision, out: out.clone(), rows, hidden, total };
     match tuning {
         Tuning::Fixed(config) => launch_config(&call, config).map_err(|why| KernelError::Unsupported {
             kernel: name,
@@ -161,7 +203,7 @@ pub(crate) fn launch(
         })?,
         Tuning::Autotune(device) => tune::autotune(&device, call),
     }
-    Ok(out)
+    Ok((out, sum))
 }
 
 /// Launches one validated call with `config` (an `Err` for a configuration the device cannot
@@ -190,11 +232,17 @@ pub(crate) fn launch_config(call: &GemvCall, config: GemvConfig) -> Result<(), S
         vector /= 2;
     }
     let [w0, w1, w2] = call.ws.clone();
-    let silu = matches!(call.mode, Mode::GateUpSilu);
+    let silu = matches!(call.mode, Mode::GateUpSilu { .. });
     let (gamma, eps, normalize) = match call.mode.clone() {
-        Mode::NormQkv { gamma, eps } => (gamma, eps, true),
+        Mode::NormQkv { gamma, eps } | Mode::GateUpSilu { norm: Some((gamma, eps)) } => (gamma, eps, true),
         // Not read without the RMSNorm prologue: any read-only buffer will do.
         _ => (TensorHandle::new_contiguous(vec![1], call.x.handle.clone(), dtype), 0.0, false),
+    };
+    // Without a residual: `x` stands in for it (never read) and a small buffer for the sum
+    // (never written; not the output: wgpu refuses two writable bindings of one buffer).
+    let (residual, sum, add_residual, add_norm_semantics) = match &call.residual {
+        Some(r) => (r.residual.clone(), r.sum.clone(), true, r.add_norm_semantics),
+        None => (call.x.clone(), output_like(client, &[1], dtype), false, false),
     };
     kernel::gemv_kernel::launch(
         client,
@@ -202,6 +250,8 @@ pub(crate) fn launch_config(call: &GemvCall, config: GemvConfig) -> Result<(), S
         CubeDim::new_1d(BLOCK as u32),
         vector,
         call.x.clone().into_arg(),
+        residual.into_arg(),
+        sum.into_arg(),
         gamma.into_arg(),
         w0.into_arg(),
         w1.into_arg(),
@@ -211,6 +261,8 @@ pub(crate) fn launch_config(call: &GemvCall, config: GemvConfig) -> Result<(), S
         features as u32,
         call.precision.f32_internal(),
         normalize,
+        add_residual,
+        add_norm_semantics,
         silu,
         rpc,
         hidden,
@@ -236,5 +288,33 @@ pub fn gate_up_silu(
     precision: Precision,
     tuning: Tuning,
 ) -> Result<TensorHandle, KernelError> {
-    launch("gate_up_silu", client, x, vec![("w_gate", w_gate), ("w_up", w_up)], Mode::GateUpSilu, precision, tuning)
+    launch("gate_up_silu", client, x, vec![("w_gate", w_gate), ("w_up", w_up)], Mode::GateUpSilu { norm: None }, precision, tuning)
+}
+
+/// `add_rms_norm` then `gate_up_silu` in one launch: `h = residual + x` (rounded; returned),
+/// `n = rmsnorm(h) * gamma` with `add_rms_norm`'s rounding points, then
+/// `silu(n @ w_gate^T) * (n @ w_up^T)`. Returns `(h, act)`, bit for bit what the two ops give.
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm_gate_up_silu(
+    client: &Client,
+    residual: TensorHandle,
+    x: TensorHandle,
+    gamma: TensorHandle,
+    w_gate: TensorHandle,
+    w_up: TensorHandle,
+    eps: f32,
+    precision: Precision,
+    tuning: Tuning,
+) -> Result<(TensorHandle, TensorHandle), KernelError> {
+    let (act, sum) = launch_with(
+        "add_rms_norm_gate_up_silu",
+        client,
+        x,
+        Some((residual, true)),
+        vec![("w_gate", w_gate), ("w_up", w_up)],
+        Mode::GateUpSilu { norm: Some((gamma, eps)) },
+        precision,
+        tuning,
+    )?;
+    Ok((sum.expect("a residual sum"), act))
 }

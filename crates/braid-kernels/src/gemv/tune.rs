@@ -26,10 +26,12 @@ pub struct GemvKey {
 }
 
 fn key(call: &GemvCall) -> GemvKey {
-    let mode = match call.mode {
-        Mode::NormQkv { .. } => 0,
-        Mode::Linear => 1,
-        Mode::GateUpSilu => 2,
+    let mode = match (&call.mode, call.residual.is_some()) {
+        (Mode::NormQkv { .. }, false) => 0,
+        (Mode::Linear, _) => 1,
+        (Mode::GateUpSilu { norm: None }, _) => 2,
+        (Mode::NormQkv { .. }, true) => 3,
+        (Mode::GateUpSilu { norm: Some(_) }, _) => 4,
     };
     GemvKey::new(call.x.dtype, mode, call.rows, call.hidden, call.total)
 }

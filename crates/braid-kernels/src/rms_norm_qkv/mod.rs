@@ -6,7 +6,7 @@
 use cubecl::prelude::*;
 use cubecl::std::tensor::TensorHandle;
 
-use crate::gemv::{Mode, Tuning, launch};
+use crate::gemv::{Mode, Tuning, launch, launch_with};
 use crate::{KernelError, Precision};
 
 /// `x: [rows, hidden]`, `gamma: [hidden]`, `wq: [nq, hidden]`, `wk: [nk, hidden]`,
@@ -36,4 +36,33 @@ pub fn rms_norm_qkv(
         precision,
         tuning,
     )
+}
+
+/// A residual add then [`rms_norm_qkv`] in one launch: `h = residual + x` (rounded; returned),
+/// then the projections of `rmsnorm(h) * gamma` with [`rms_norm_qkv`]'s rounding points.
+/// Returns `(h, qkv)`, bit for bit what a rounded add followed by [`rms_norm_qkv`] gives.
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm_qkv(
+    client: &Client,
+    residual: TensorHandle,
+    x: TensorHandle,
+    gamma: TensorHandle,
+    wq: TensorHandle,
+    wk: TensorHandle,
+    wv: TensorHandle,
+    eps: f32,
+    precision: Precision,
+    tuning: Tuning,
+) -> Result<(TensorHandle, TensorHandle), KernelError> {
+    let (qkv, sum) = launch_with(
+        "add_rms_norm_qkv",
+        client,
+        x,
+        Some((residual, false)),
+        vec![("wq", wq), ("wk", wk), ("wv", wv)],
+        Mode::NormQkv { gamma, eps },
+        precision,
+        tuning,
+    )?;
+    Ok((sum.expect("a residual sum"), qkv))
 }

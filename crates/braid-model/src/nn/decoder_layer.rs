@@ -183,14 +183,51 @@ impl DecoderLayer {
 }
 
 impl DecoderLayer {
-    /// One graph-ready decode step (batch 1): `x: [1, hidden]` at the position held in the
-    /// device-side `state` (see `crate::graph_decode`); the new key and value are written into
-    /// `cache` in place. Attention always runs the fused kernel (it is the op that reads the
-    /// position from the device); a `reference` attention choice takes its torch mode, which has
-    /// the reference's rounding points. The other ops follow the plan.
-    pub fn decode_step(&self, x: Tensor<2>, rope: &Rope, cache: &mut LayerCache, state: &Tensor<1, Int>, plan: &LayerPlan) -> Tensor<2> {
-        let shape = self.self_attn.shape(1, 1);
-        let (q, k, v, _) = self.qkv(x.clone(), plan.rms_norm_qkv);
+    /// One graph-ready decode step (batch 1) at the position held in the device-side `state`
+    /// (see `crate::graph_decode`); the new key and value are written into `cache` in place.
+    /// `x: [1, hidden]` is the residual stream and `pending` the previous layer's MLP output
+    /// not yet added to it: the add runs inside this layer's fused input norm + QKV
+    /// (`ops::add_rms_norm_qkv`), and this layer's post-attention add + norm inside the gate/up
+    /// projection (`ops::add_rms_norm_gate_up`), so a layer is 7 kernels. Returns the stream
+    /// and this layer's pending MLP output. Bit for bit the eager path: the fused ops have its
+    /// rounding points and reduction order. Attention always runs the fused kernel (it reads
+    /// the position from the device); a `reference` attention choice takes its torch mode,
+    /// which has the reference's rounding points. The other ops follow the plan.
+    pub fn decode_step(
+        &self,
+        x: Tensor<2>,
+        pending: Option<Tensor<2>>,
+        rope: &Rope,
+        cache: &mut LayerCache,
+        state: &Tensor<1, Int>,
+        plan: &LayerPlan,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let a = &self.self_attn;
+        let shape = a.shape(1, 1);
+        let (x, q, k, v) = match (pending, plan.rms_norm_qkv) {
+            (Some(down), OpChoice::Fused(p)) => {
+                let (x, qkv) = ops::add_rms_norm_qkv(
+                    x,
+                    down,
+                    self.input_layernorm.weight.val(),
+                    a.q_proj.weight.val(),
+                    a.k_proj.weight.val(),
+                    a.v_proj.weight.val(),
+                    self.input_layernorm.eps,
+                    p,
+                );
+                let (nq, nkv) = (a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim);
+                (x, qkv.clone().narrow(1, 0, nq), qkv.clone().narrow(1, nq, nkv), qkv.narrow(1, nq + nkv, nkv))
+            }
+            (pending, c) => {
+                let x = match pending {
+                    Some(down) => x + down,
+                    None => x,
+                };
+                let (q, k, v, _) = self.qkv(x.clone(), c);
+                (x, q, k, v)
+            }
+        };
         let (q, k, v) = self.norm_rope(q, k, v, rope, shape, plan.qk_norm_rope);
         let (kc, vc) = ops::kv_write(cache.k.clone(), cache.v.clone(), k, v, state.clone());
         cache.k = kc;
@@ -201,8 +238,23 @@ impl DecoderLayer {
         };
         let attn = ops::attention_at(q, cache.k.clone(), cache.v.clone(), state.clone(), p);
         let attn = self.o_proj(attn, plan.linear);
-        let (x, h) = self.add_norm(x, attn, plan.add_rms_norm);
-        let act = self.gate_up(h, plan.silu_mul);
-        x + self.down(act, plan.linear)
+        let n = &self.post_attention_layernorm;
+        let m = &self.mlp;
+        let (x, act) = match (plan.add_rms_norm, plan.silu_mul) {
+            (OpChoice::Fused(p1), OpChoice::Fused(p2)) if p1 == p2 => ops::add_rms_norm_gate_up(
+                x,
+                attn,
+                n.weight.val(),
+                m.gate_proj.weight.val(),
+                m.up_proj.weight.val(),
+                n.eps,
+                p1,
+            ),
+            _ => {
+                let (x, h) = self.add_norm(x, attn, plan.add_rms_norm);
+                (x, self.gate_up(h, plan.silu_mul))
+            }
+        };
+        (x, self.down(act, plan.linear))
     }
 }

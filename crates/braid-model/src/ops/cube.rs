@@ -265,4 +265,65 @@ impl FusedOps for Cube {
         launched(braid_kernels::decode::advance(&client, TensorHandle::from(ids), &sh, &hh));
         (state, history)
     }
+
+    fn add_rms_norm_qkv(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (like, dtype) = (x.clone(), x.dtype);
+        if x.meta.shape()[0] > QKV_KERNEL_MAX_ROWS {
+            // Prefill sizes: the two ops (the GEMV prologue suits decode).
+            let h = Cube::float_add(residual, x);
+            return (h.clone(), Self::rms_norm_qkv(h, gamma, wq, wk, wv, eps, precision));
+        }
+        let tuning = Tuning::Autotune(like.device.clone());
+        let (h, qkv) = launched(braid_kernels::rms_norm_qkv::add_rms_norm_qkv(
+            &like.client,
+            handle(residual),
+            handle(x),
+            handle(gamma),
+            handle(wq),
+            handle(wk),
+            handle(wv),
+            eps as f32,
+            precision,
+            tuning,
+        ));
+        (tensor(&like, h, dtype), tensor(&like, qkv, dtype))
+    }
+
+    fn add_rms_norm_gate_up(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (like, dtype) = (x.clone(), x.dtype);
+        if x.meta.shape()[0] > GEMV_KERNEL_MAX_ROWS {
+            let (h, n) = Self::add_rms_norm(residual, x, gamma, eps, precision);
+            return (h, Self::gate_up_silu(n, w_gate, w_up, precision));
+        }
+        let tuning = Tuning::Autotune(like.device.clone());
+        let (h, act) = launched(braid_kernels::gemv::add_rms_norm_gate_up_silu(
+            &like.client,
+            handle(residual),
+            handle(x),
+            handle(gamma),
+            handle(w_gate),
+            handle(w_up),
+            eps as f32,
+            precision,
+            tuning,
+        ));
+        (tensor(&like, h, dtype), tensor(&like, act, dtype))
+    }
 }

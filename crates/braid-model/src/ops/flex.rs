@@ -145,4 +145,31 @@ impl FusedOps for Flex {
         let (s, h) = reference::advance(iwrap(ids), iwrap(state), iwrap(history));
         (iunwrap(s), iunwrap(h))
     }
+
+    fn add_rms_norm_qkv(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (h, qkv) = reference::add_rms_norm_qkv(wrap(residual), wrap(x), wrap(gamma), wrap(wq), wrap(wk), wrap(wv), eps, precision);
+        (unwrap(h), unwrap(qkv))
+    }
+
+    fn add_rms_norm_gate_up(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (h, act) = reference::add_rms_norm_gate_up(wrap(residual), wrap(x), wrap(gamma), wrap(w_gate), wrap(w_up), eps, precision);
+        (unwrap(h), unwrap(act))
+    }
 }

@@ -99,6 +99,29 @@ pub trait FusedOps: Backend {
     ) -> FloatTensor<Self>;
 
     fn advance(ids: IntTensor<Self>, state: IntTensor<Self>, history: IntTensor<Self>) -> (IntTensor<Self>, IntTensor<Self>);
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm_qkv(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm_gate_up(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// Keys one query row may attend to through the fused attention kernel; beyond, the plan's
@@ -275,4 +298,54 @@ pub fn advance(ids: Tensor<1, Int>, state: Tensor<1, Int>, history: Tensor<1, In
 /// the CubeCL backend).
 pub fn argmax_device(logits: Tensor<2>) -> Tensor<1, Int> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::argmax(logits.into_dispatch()))
+}
+
+/// `(h = residual + x, rms_norm_qkv(h, ...))` in one launch at decode shapes: a layer's last
+/// residual add fused into the next layer's input norm and QKV projection. Bit for bit the two
+/// ops (`reference::add_rms_norm_qkv`).
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm_qkv(
+    residual: Tensor<2>,
+    x: Tensor<2>,
+    gamma: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+) -> (Tensor<2>, Tensor<2>) {
+    let (h, qkv) = <Dispatch as FusedOps>::add_rms_norm_qkv(
+        residual.into_dispatch(),
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        wq.into_dispatch(),
+        wk.into_dispatch(),
+        wv.into_dispatch(),
+        eps,
+        precision,
+    );
+    (Tensor::from_dispatch(h), Tensor::from_dispatch(qkv))
+}
+
+/// `add_rms_norm` then `gate_up_silu` in one launch at decode shapes: `(h, act)`. Bit for bit
+/// the two ops.
+pub fn add_rms_norm_gate_up(
+    residual: Tensor<2>,
+    x: Tensor<2>,
+    gamma: Tensor<1>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+) -> (Tensor<2>, Tensor<2>) {
+    let (h, act) = <Dispatch as FusedOps>::add_rms_norm_gate_up(
+        residual.into_dispatch(),
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        w_gate.into_dispatch(),
+        w_up.into_dispatch(),
+        eps,
+        precision,
+    );
+    (Tensor::from_dispatch(h), Tensor::from_dispatch(act))
 }

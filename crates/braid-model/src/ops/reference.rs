@@ -270,3 +270,34 @@ pub fn advance(ids: Tensor<1, Int>, state: Tensor<1, Int>, history: Tensor<1, In
     let history = if pos + 1 < cap { history.slice_assign([pos + 1..pos + 2], ids.narrow(0, 0, 1).cast(dtype)) } else { history };
     (state, history)
 }
+
+/// A residual add then [`rms_norm_qkv`]: `(h = residual + x, rms_norm_qkv(h))` (the decode
+/// step's fusion of a layer's last residual add with the next layer's input norm and QKV).
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm_qkv(
+    residual: Tensor<2>,
+    x: Tensor<2>,
+    gamma: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+) -> (Tensor<2>, Tensor<2>) {
+    let h = residual + x;
+    (h.clone(), rms_norm_qkv(h, gamma, wq, wk, wv, eps, precision))
+}
+
+/// [`add_rms_norm`] then [`gate_up_silu`] on its normalised output: `(h, act)`.
+pub fn add_rms_norm_gate_up(
+    residual: Tensor<2>,
+    x: Tensor<2>,
+    gamma: Tensor<1>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+) -> (Tensor<2>, Tensor<2>) {
+    let (h, n) = add_rms_norm(residual, x, gamma, eps, precision);
+    (h, gate_up_silu(n, w_gate, w_up, precision))
+}

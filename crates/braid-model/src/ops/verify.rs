@@ -153,6 +153,8 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
             out.extend(check_attention(&ctx, &mut rng, case, p));
             out.push(check_linear(&ctx, &mut rng, case, p));
             out.push(check_gate_up_silu(&ctx, &mut rng, case, p));
+            out.push(check_add_then(&ctx, &mut rng, case, p, false));
+            out.push(check_add_then(&ctx, &mut rng, case, p, true));
         }
         out.push(check_argmax(&ctx, &mut rng, case));
         out.push(check_decode_state(&ctx, &mut rng, case));
@@ -551,6 +553,56 @@ fn check_linear(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
     let fused = super::linear(x.clone(), w.clone());
     let twin = reference::linear(x, w);
     record("linear", case.name, p, &host(fused), &host(twin), &truth)
+}
+
+/// The residual-add fusions of the decode step: `add_rms_norm_qkv` (`gate = false`) and
+/// `add_rms_norm_gate_up` (`gate = true`): outputs `[h = residual + x | projections]` against
+/// the f64 truth and against the twin (the two unfused ops).
+fn check_add_then(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision, gate: bool) -> OpCheck {
+    let hidden = if case.name == "prefill-odd" { 96 + 5 } else { 128 + 64 * (case.rows % 3) };
+    let (rows, eps) = (case.rows, 1e-6);
+    let res = ctx.t(input(rng, rows, hidden, case), [rows, hidden]);
+    let x = ctx.t(rng.vec(rows * hidden, case.scale), [rows, hidden]);
+    let g = ctx.t(rng.norm_weights(hidden, 1.0, 0.2, case.peak), [hidden]);
+    let h: Vec<f64> = host(res.clone()).iter().zip(host(x.clone())).map(|(a, b)| a + b).collect();
+    let normed = rms_rows(&h, &host(g.clone()), rows, hidden, eps);
+    let mut truth = h.clone();
+    let (fused, twin) = if gate {
+        let inter = 96 + 1;
+        let wg = ctx.t(rng.vec(inter * hidden, 0.1), [inter, hidden]);
+        let wu = ctx.t(rng.vec(inter * hidden, 0.1), [inter, hidden]);
+        let gg = host_matmul_t(&normed, &host(wg.clone()), rows, hidden, inter);
+        let uu = host_matmul_t(&normed, &host(wu.clone()), rows, hidden, inter);
+        truth.extend(gg.iter().zip(&uu).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
+        ctx.poison(rows * inter);
+        let f = super::add_rms_norm_gate_up(res.clone(), x.clone(), g.clone(), wg.clone(), wu.clone(), eps, p);
+        let t = reference::add_rms_norm_gate_up(res, x, g, wg, wu, eps, p);
+        (f, t)
+    } else {
+        let (nq, nk) = (64 + 3, 32 + 1);
+        let ws: Vec<Tensor<2>> = [nq, nk, nk].iter().map(|&n| ctx.t(rng.vec(n * hidden, 0.1), [n, hidden])).collect();
+        let total = nq + 2 * nk;
+        let mut proj = vec![0.0; rows * total];
+        let mut col = 0;
+        for w in &ws {
+            let n = w.dims()[0];
+            let wh = host(w.clone());
+            for r in 0..rows {
+                for o in 0..n {
+                    proj[r * total + col + o] = (0..hidden).map(|k| normed[r * hidden + k] * wh[o * hidden + k]).sum();
+                }
+            }
+            col += n;
+        }
+        truth.extend(proj);
+        ctx.poison(rows * total);
+        let f = super::add_rms_norm_qkv(res.clone(), x.clone(), g.clone(), ws[0].clone(), ws[1].clone(), ws[2].clone(), eps, p);
+        let t = reference::add_rms_norm_qkv(res, x, g, ws[0].clone(), ws[1].clone(), ws[2].clone(), eps, p);
+        (f, t)
+    };
+    let flat = |(a, b): (Tensor<2>, Tensor<2>)| -> Vec<f64> { host(a).into_iter().chain(host(b)).collect() };
+    let name = if gate { "add_rms_norm_gate_up" } else { "add_rms_norm_qkv" };
+    record(name, case.name, p, &flat(fused), &flat(twin), &truth)
 }
 
 fn check_gate_up_silu(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
