@@ -12,7 +12,10 @@ xz -dc dist/braid-cli.xz > $BIN && chmod +x $BIN
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } | tee $OUT/gpu.txt
 M=/tmp/q06
 [ -f $M/config.json ] || python3 scripts/accuracy.py make $M > $OUT/make.log 2>&1
-$BIN check-kernels --device cuda --dtype bf16 2>&1 | tail -4 | tee $OUT/check-kernels.txt
+$BIN check-kernels --device cuda --dtype bf16 --bench --iters 50 > $OUT/check-kernels.txt 2>&1; echo "check-kernels exit $?" >> $OUT/check-kernels.txt
+grep -cE " ok$" $OUT/check-kernels.txt; grep -E "FAIL|exit|^rms_norm_qkv  +1 |^attention +1 " $OUT/check-kernels.txt
+# generate streams on the graph path (pure greedy, fused plan).
+$BIN generate --model $M --device cuda --dtype bf16 --plan fused --prompt "The history of the city begins with" --max-tokens 256 --ignore-eos --temperature 0 --repetition-penalty 1 2>&1 >/dev/null | tail -1 | tee $OUT/generate.txt
 PL=${PROMPT_LEN:-128}; NT=${NEW_TOKENS:-256}
 python3 scripts/hf_bench.py $M --prompt-len $PL --new-tokens $NT --runs 3 2>&1 | grep -v Loading | tee $OUT/hf.json
 for plan in fused fused-f32; do
