@@ -29,7 +29,7 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     #[comptime] f32_internal: bool,
     #[comptime] past_from_state: bool,
     #[comptime] max_keys: usize,
-    #[comptime] max_head_dim: usize,
+    #[comptime] head_dim: usize,
     #[comptime] block: usize,
     #[comptime] partial_len: usize,
     #[define(F)] _dtype: ElemType,
@@ -39,7 +39,7 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     let unit = UNIT_POS_X as usize;
     let heads = q.shape(1);
     let seq = q.shape(2);
-    let hd = q.shape(3);
+    let hd = head_dim;
     let kv_heads = k.shape(1);
     let b = bh / heads;
     let h = bh % heads;
@@ -48,10 +48,11 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     let n_keys = past as usize + i + 1;
     // K and V rows are read in vectors of `vs` elements (16 bytes where hd allows); strides and
     // row starts are multiples of hd, hence of vs.
+    // head_dim is comptime, so the key row's vector loads unroll and issue together.
     let vs = k.vector_size().comptime();
-    let nvec = hd / vs;
+    let nvec = comptime!(head_dim / vs);
 
-    let mut qs = Shared::<[f32]>::new_slice(max_head_dim);
+    let mut qs = Shared::<[f32]>::new_slice(head_dim);
     let mut scores = Shared::<[f32]>::new_slice(max_keys);
 
     // 1. The query row, in f32.
@@ -69,25 +70,19 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     let mut j = unit;
     while j < n_keys {
         let row = (k_base + j * k.stride(2)) / vs;
-        // Two vectors per step: two independent sums keep loads in flight.
+        // The whole row at once (unrolled: every load in flight), two partial sums.
         let mut d0 = 0.0f32;
         let mut d1 = 0.0f32;
-        let mut e = 0usize;
-        while e + 2 <= nvec {
-            let a = k[row + e];
-            let c = k[row + e + 1];
-            #[unroll]
-            for x in 0..vs {
-                d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
-                d1 += qs[(e + 1) * vs + x] * f32::cast_from(c.extract(x));
-            }
-            e += 2;
-        }
-        if e < nvec {
+        #[unroll]
+        for e in 0..nvec {
             let a = k[row + e];
             #[unroll]
             for x in 0..vs {
-                d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+                if e % 2 == 0 {
+                    d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+                } else {
+                    d1 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+                }
             }
         }
         let dot = d0 + d1;
@@ -122,7 +117,7 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     sync_cube();
 
     // 4. Weighted values: `parts` groups of `nvec` units, unit `(part, c)` accumulating the
-    // `vs` channels of vector `c` over every `parts`-th key (two keys per step), then the parts
+    // `vs` channels of vector `c` over every `parts`-th key (four keys per step), then the parts
     // are summed through shared memory (`partial_len` f32: what the device's shared memory
     // leaves, which bounds `parts`).
     let v_base = b * v.stride(0) + g * v.stride(1);
@@ -133,38 +128,50 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     let c = unit % nvec;
     let mut partial = Shared::<[f32]>::new_slice(partial_len);
     if part < parts {
+        // Four keys per step (four loads in flight), then the rest one by one.
         let mut a0 = Array::<f32>::new(vs);
         let mut a1 = Array::<f32>::new(vs);
+        let mut a2 = Array::<f32>::new(vs);
+        let mut a3 = Array::<f32>::new(vs);
         #[unroll]
         for x in 0..vs {
             a0[x] = 0.0;
             a1[x] = 0.0;
+            a2[x] = 0.0;
+            a3[x] = 0.0;
         }
         let base = v_base / vs + c;
         let mut j = part;
-        while j + parts < n_keys {
+        while j + 3 * parts < n_keys {
             let x0 = v[base + j * vrow];
             let x1 = v[base + (j + parts) * vrow];
+            let x2 = v[base + (j + 2 * parts) * vrow];
+            let x3 = v[base + (j + 3 * parts) * vrow];
             let p0 = scores[j];
             let p1 = scores[j + parts];
+            let p2 = scores[j + 2 * parts];
+            let p3 = scores[j + 3 * parts];
             #[unroll]
             for x in 0..vs {
                 a0[x] += p0 * f32::cast_from(x0.extract(x));
                 a1[x] += p1 * f32::cast_from(x1.extract(x));
+                a2[x] += p2 * f32::cast_from(x2.extract(x));
+                a3[x] += p3 * f32::cast_from(x3.extract(x));
             }
-            j += 2 * parts;
+            j += 4 * parts;
         }
-        if j < n_keys {
+        while j < n_keys {
             let x0 = v[base + j * vrow];
             let p0 = scores[j];
             #[unroll]
             for x in 0..vs {
                 a0[x] += p0 * f32::cast_from(x0.extract(x));
             }
+            j += parts;
         }
         #[unroll]
         for x in 0..vs {
-            partial[part * hd + c * vs + x] = a0[x] + a1[x];
+            partial[part * hd + c * vs + x] = (a0[x] + a1[x]) + (a2[x] + a3[x]);
         }
     }
     sync_cube();

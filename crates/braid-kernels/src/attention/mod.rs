@@ -136,7 +136,7 @@ fn launch(
     }
     // Shared memory left for the value partials after the scores, the query row and the
     // two reductions' scratch (f32 each), less 1 KiB; at least one part per output channel.
-    let used = 4 * (MAX_KEYS + MAX_HEAD_DIM + 2 * block) + 1024;
+    let used = 4 * (MAX_KEYS + hd + 2 * block) + 1024;
     let partial_len = (hw.max_shared_memory_size.saturating_sub(used) / 4).min(block * vector).max(hd);
     kernel::attention_kernel::launch(
         client,
@@ -153,7 +153,7 @@ fn launch(
         precision.f32_internal(),
         from_state,
         MAX_KEYS,
-        MAX_HEAD_DIM,
+        hd,
         block,
         partial_len,
         dtype,
