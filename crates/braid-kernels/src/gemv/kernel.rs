@@ -195,6 +195,27 @@ fn dot_rows<F: Float, N: Size>(
     let nvec = hidden / vs;
     let base = row * nvec;
     let mut k = first;
+    // Four weight vectors loaded before they are used: 64 bytes in flight per unit (one
+    // vector at a time left the unit waiting a memory round trip per 16 bytes).
+    while k + 3 * step < nvec {
+        let w0 = w[base + k];
+        let w1 = w[base + k + step];
+        let w2 = w[base + k + 2 * step];
+        let w3 = w[base + k + 3 * step];
+        #[unroll]
+        for e in 0..vs {
+            let e0 = f32::cast_from(w0.extract(e));
+            let e1 = f32::cast_from(w1.extract(e));
+            let e2 = f32::cast_from(w2.extract(e));
+            let e3 = f32::cast_from(w3.extract(e));
+            #[unroll]
+            for r in 0..rows_per_cube {
+                let s = r * hidden + e * nvec + k;
+                acc[r] += e0 * staged[s] + e1 * staged[s + step] + e2 * staged[s + 2 * step] + e3 * staged[s + 3 * step];
+            }
+        }
+        k += 4 * step;
+    }
     while k < nvec {
         let wv = w[base + k];
         #[unroll]
@@ -208,4 +229,3 @@ fn dot_rows<F: Float, N: Size>(
         k += step;
     }
 }
-
