@@ -6,4 +6,6 @@ set -uo pipefail
 BIN=/tmp/braid-cli
 xz -dc dist/braid-cli.xz > $BIN && chmod +x $BIN
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } | tee $OUT/gpu.txt
-$BIN check-kernels --device cuda --dtype bf16 --bench --iters 50 2>&1 | tail -32 | tee $OUT/kernels-bf16.txt
+$BIN check-kernels --device cuda --dtype bf16 --bench --iters 50 > $OUT/kernels-bf16.txt 2>&1
+echo "check-kernels exit $?: $(grep -cE ' ok$' $OUT/kernels-bf16.txt) ok, $(grep -c FAIL $OUT/kernels-bf16.txt) FAIL"
+grep -A40 "^bench:" $OUT/kernels-bf16.txt
