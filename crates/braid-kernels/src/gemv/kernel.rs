@@ -62,48 +62,60 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     // the rounded sum (`rms_norm_qkv` after a residual add) or, with `add_norm_semantics` in f32
     // mode, from the f32 sum with the normalised value rounded (as `add_rms_norm` feeds the
     // next op).
+    // Each unit holds its elements `unit + i * block` of the row in registers: the loads are
+    // unrolled (all in flight at once) and the normalising pass reuses them.
     let first_column = CUBE_POS_X == 0;
+    let per = comptime!(hidden.div_ceil(block));
+    let keep_f32 = comptime!(add_norm_semantics && f32_internal);
     for r in 0..rows_per_cube {
         let row = row0 + r;
         let valid = row < rows;
+        let mut vals = Array::<f32>::new(per);
+        #[unroll]
+        for i in 0..per {
+            let k = unit + i * block;
+            vals[i] = 0.0f32;
+            if valid && k < hidden {
+                vals[i] = input::<F>(x, residual, row * hidden + k, add_residual, keep_f32);
+            }
+        }
         let mut inv = 1.0f32;
         if normalize {
+            // The same order as a strided loop (`add_rms_norm`'s): bit-identical sums.
             let mut sq = 0.0f32;
-            let mut k = unit;
-            while k < hidden {
-                if valid {
-                    let v = input::<F>(x, residual, row * hidden + k, add_residual, add_norm_semantics && f32_internal);
-                    sq += v * v;
-                }
-                k += block;
+            #[unroll]
+            for i in 0..per {
+                sq += vals[i] * vals[i];
             }
             let total_sq = block_sum(sq, block);
             inv = 1.0f32 / (total_sq / f32::cast_from(hidden as u32) + eps).sqrt();
         }
-        let mut k = unit;
-        while k < hidden {
-            let mut n = 0.0f32;
-            if valid {
-                let v = input::<F>(x, residual, row * hidden + k, add_residual, add_norm_semantics && f32_internal);
-                if add_residual && first_column {
-                    sum_out[row * hidden + k] = F::cast_from(v);
-                }
-                if normalize {
-                    let g = f32::cast_from(gamma[k]);
-                    if f32_internal {
-                        n = v * inv * g;
-                        if add_norm_semantics {
-                            n = round::<F>(n);
+        #[unroll]
+        for i in 0..per {
+            let k = unit + i * block;
+            if k < hidden {
+                let v = vals[i];
+                let mut n = 0.0f32;
+                if valid {
+                    if add_residual && first_column {
+                        sum_out[row * hidden + k] = F::cast_from(v);
+                    }
+                    if normalize {
+                        let g = f32::cast_from(gamma[k]);
+                        if f32_internal {
+                            n = v * inv * g;
+                            if add_norm_semantics {
+                                n = round::<F>(n);
+                            }
+                        } else {
+                            n = round::<F>(round::<F>(v * inv) * g);
                         }
                     } else {
-                        n = round::<F>(round::<F>(v * inv) * g);
+                        n = v;
                     }
-                } else {
-                    n = v;
                 }
+                staged[r * hidden + (k % vs) * nvec + k / vs] = n;
             }
-            staged[r * hidden + (k % vs) * nvec + k / vs] = n;
-            k += block;
         }
     }
     sync_cube();
