@@ -4,6 +4,7 @@
 //! reference path.
 
 mod kernel;
+mod split;
 
 use cubecl::prelude::*;
 use cubecl::std::tensor::TensorHandle;
@@ -15,6 +16,9 @@ const NAME: &str = "attention";
 /// Units per cube (at most; the device's limit may lower it): two or more groups over the keys
 /// for head_dim <= 256.
 const BLOCK: usize = 512;
+/// Keys per cube of the split decode attention (f32 mode, one query row), and its units.
+const SPLIT_CHUNK: usize = 64;
+const SPLIT_BLOCK: usize = 256;
 /// Keys one query row can attend to (f32 scores in 16 KiB of shared memory).
 pub const MAX_KEYS: usize = 4096;
 /// Largest head_dim (the query row is staged in shared memory).
@@ -133,6 +137,53 @@ fn launch(
         if s[..3].iter().any(|x| x % vector != 0) {
             return Err(KernelError::Layout { kernel: NAME, tensor: name, strides: s.to_vec() });
         }
+    }
+    if seq == 1 && precision == Precision::F32 {
+        // Decode in f32 mode: split over the keys (many more cubes than heads).
+        let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);
+        let cap = k.shape()[2];
+        let chunks = cap.div_ceil(SPLIT_CHUNK);
+        let rows = batch * heads;
+        let m = output_like(client, &[rows, chunks], f32_t);
+        let l = output_like(client, &[rows, chunks], f32_t);
+        let o = output_like(client, &[rows, chunks, hd], f32_t);
+        let split_block = SPLIT_BLOCK.min(block);
+        split::chunk_kernel::launch(
+            client,
+            CubeCount::new_2d(rows as u32, chunks as u32),
+            CubeDim::new_1d(split_block as u32),
+            vector,
+            q.into_arg(),
+            k.into_arg(),
+            v.into_arg(),
+            m.clone().into_arg(),
+            l.clone().into_arg(),
+            o.clone().into_arg(),
+            past as u32,
+            state.clone().into_arg(),
+            (hd as f32).powf(-0.5),
+            from_state,
+            SPLIT_CHUNK,
+            hd,
+            split_block,
+            dtype,
+        );
+        split::combine_kernel::launch(
+            client,
+            CubeCount::new_1d(rows as u32),
+            CubeDim::new_1d(hd.next_power_of_two().max(32) as u32),
+            m.into_arg(),
+            l.into_arg(),
+            o.into_arg(),
+            out.clone().into_arg(),
+            past as u32,
+            state.into_arg(),
+            from_state,
+            SPLIT_CHUNK,
+            hd,
+            dtype,
+        );
+        return Ok(out);
     }
     // Shared memory left for the value partials after the scores, the query row and the
     // two reductions' scratch (f32 each), less 1 KiB; at least one part per output channel.

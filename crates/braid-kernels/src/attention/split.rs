@@ -1,0 +1,166 @@
+use cubecl::prelude::*;
+
+use crate::reduce::{block_max, block_sum};
+
+/// Decode attention split over the keys (flash-decoding), f32 inside: one cube per (batch x
+/// head, chunk of `chunk` keys) computes its chunk's maximum score `m`, the sum of
+/// `exp(s - m)` and the unnormalised output `sum exp(s - m) v`, in f32, into scratch;
+/// [`combine_kernel`] merges the chunks. Cubes whose chunk starts past the last key return at
+/// once (the chunk count covers the cache's capacity: the position may live on the device).
+/// One query row per (batch, head): `q: [batch, heads, 1, hd]`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn chunk_kernel<F: Float, N: Size>(
+    q: &Tensor<F>,            // [batch, heads, 1, hd] contiguous
+    k: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + 1, hd]
+    v: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + 1, hd]
+    m_out: &mut Tensor<f32>,  // [batch * heads, chunks]
+    l_out: &mut Tensor<f32>,  // [batch * heads, chunks]
+    o_out: &mut Tensor<f32>,  // [batch * heads, chunks, hd]
+    past: u32,
+    state: &Tensor<u32>, // [2] (token, position) when `past_from_state`
+    scale: f32,
+    #[comptime] past_from_state: bool,
+    #[comptime] chunk: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let bh = CUBE_POS_X as usize;
+    let c = CUBE_POS_Y as usize;
+    let chunks = CUBE_COUNT_Y as usize;
+    let unit = UNIT_POS_X as usize;
+    let heads = q.shape(1);
+    let kv_heads = k.shape(1);
+    let b = bh / heads;
+    let h = bh % heads;
+    let g = h / (heads / kv_heads);
+    let past = if past_from_state { state[1] } else { past };
+    let n_keys = past as usize + 1;
+    let start = c * chunk;
+    if start < n_keys {
+        let vs = k.vector_size().comptime();
+        let nvec = comptime!(head_dim / vs);
+        let mut qs = Shared::<[f32]>::new_slice(head_dim);
+        let mut p = Shared::<[f32]>::new_slice(chunk);
+        let mut d = unit;
+        while d < head_dim {
+            qs[d] = f32::cast_from(q[bh * head_dim + d]);
+            d += block;
+        }
+        sync_cube();
+
+        // Scores: one key per unit, the row's vector loads unrolled.
+        let mut s = f32::new(f32::MIN);
+        let j = start + unit;
+        if unit < chunk && j < n_keys {
+            let row = (b * k.stride(0) + g * k.stride(1) + j * k.stride(2)) / vs;
+            let mut d0 = 0.0f32;
+            let mut d1 = 0.0f32;
+            #[unroll]
+            for e in 0..nvec {
+                let a = k[row + e];
+                #[unroll]
+                for x in 0..vs {
+                    if e % 2 == 0 {
+                        d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+                    } else {
+                        d1 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+                    }
+                }
+            }
+            s = (d0 + d1) * scale;
+        }
+        let m = block_max(s, block);
+        let mut e = 0.0f32;
+        if unit < chunk && j < n_keys {
+            e = (s - m).exp();
+        }
+        if unit < chunk {
+            p[unit] = e;
+        }
+        let l = block_sum(e, block);
+        sync_cube();
+
+        // Values: `parts` groups of `nvec` units over the chunk's keys, summed in shared memory.
+        let parts = comptime!(block / nvec);
+        let part = unit / nvec;
+        let cv = unit % nvec;
+        let mut partial = Shared::<[f32]>::new_slice(comptime!(block / nvec * head_dim));
+        if part < parts {
+            let mut acc = Array::<f32>::new(vs);
+            #[unroll]
+            for x in 0..vs {
+                acc[x] = 0.0;
+            }
+            let vrow = v.stride(2) / vs;
+            let base = (b * v.stride(0) + g * v.stride(1)) / vs + cv;
+            let mut u = part;
+            while u < chunk && start + u < n_keys {
+                let w = p[u];
+                let row = v[base + (start + u) * vrow];
+                #[unroll]
+                for x in 0..vs {
+                    acc[x] += w * f32::cast_from(row.extract(x));
+                }
+                u += parts;
+            }
+            #[unroll]
+            for x in 0..vs {
+                partial[part * head_dim + cv * vs + x] = acc[x];
+            }
+        }
+        sync_cube();
+        let slot = bh * chunks + c;
+        let mut d = unit;
+        while d < head_dim {
+            let mut acc = 0.0f32;
+            for pp in 0..parts {
+                acc += partial[pp * head_dim + d];
+            }
+            o_out[slot * head_dim + d] = acc;
+            d += block;
+        }
+        if unit == 0 {
+            m_out[slot] = m;
+            l_out[slot] = l;
+        }
+    }
+}
+
+/// Merges [`chunk_kernel`]'s chunks: `out = sum_c exp(m_c - M) o_c / sum_c exp(m_c - M) l_c`,
+/// chunks in order. One cube per (batch x head), one unit per output channel.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn combine_kernel<F: Float>(
+    m_in: &Tensor<f32>,   // [batch * heads, chunks]
+    l_in: &Tensor<f32>,   // [batch * heads, chunks]
+    o_in: &Tensor<f32>,   // [batch * heads, chunks, hd]
+    out: &mut Tensor<F>,  // [batch, 1, heads * hd]
+    past: u32,
+    state: &Tensor<u32>,
+    #[comptime] past_from_state: bool,
+    #[comptime] chunk: usize,
+    #[comptime] head_dim: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let bh = CUBE_POS_X as usize;
+    let d = UNIT_POS_X as usize;
+    let chunks = m_in.shape(1);
+    let past = if past_from_state { state[1] } else { past };
+    let used = (past as usize + 1).div_ceil(chunk);
+    if d < head_dim {
+        let mut mx = f32::new(f32::MIN);
+        for c in 0..used {
+            mx = max(mx, m_in[bh * chunks + c]);
+        }
+        let mut l = 0.0f32;
+        let mut o = 0.0f32;
+        for c in 0..used {
+            let w = (m_in[bh * chunks + c] - mx).exp();
+            l += w * l_in[bh * chunks + c];
+            o += w * o_in[(bh * chunks + c) * head_dim + d];
+        }
+        out[bh * head_dim + d] = F::cast_from(o / l);
+    }
+}
