@@ -2,8 +2,9 @@
 //! captured CUDA graph (`burn::tensor::capture`) replays every step: no host work and no
 //! launch overhead per token. The step (`Qwen3::decode_step`) reads `state = [token, position]`
 //! (u32) from a device buffer, writes its key/value into the cache in place, and advances
-//! `state` by its argmax, recording each token in `history[position]`. Backends without graph
-//! support (Flex, wgpu) re-run the step eagerly: same tokens, no speed-up.
+//! `state` by its argmax, recording each token in `history[position]`. CUDA replays a hardware
+//! graph; wgpu reports graph support too (the tests replay there); Flex re-runs the step: same
+//! tokens, no speed-up.
 
 use burn::tensor::{DType, Graph, Int, Tensor, TensorData, capture};
 
@@ -13,7 +14,7 @@ use crate::nn::Rope;
 use crate::{Logits, Qwen3, ops};
 
 /// Extra cache positions: the capture runs the step up to four times before the first replay.
-const SLACK: usize = 8;
+pub const SLACK: usize = 8;
 
 /// The device-side state of a graph-ready decode.
 pub struct DecodeState {
