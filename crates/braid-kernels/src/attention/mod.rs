@@ -16,7 +16,7 @@ const NAME: &str = "attention";
 /// Units per cube (at most; the device's limit may lower it): two or more groups over the keys
 /// for head_dim <= 256.
 const BLOCK: usize = 512;
-/// Keys per cube of the split decode attention (f32 mode, one query row), and its units.
+/// Keys per cube of the split decode attention (one query row), and its units.
 const SPLIT_CHUNK: usize = 64;
 const SPLIT_BLOCK: usize = 256;
 /// Keys one query row can attend to (f32 scores in 16 KiB of shared memory).
@@ -138,8 +138,10 @@ fn launch(
             return Err(KernelError::Layout { kernel: NAME, tensor: name, strides: s.to_vec() });
         }
     }
-    if seq == 1 && precision == Precision::F32 {
-        // Decode in f32 mode: split over the keys (many more cubes than heads).
+    if seq == 1 {
+        // Decode: split over the keys (many more cubes than heads). f32 mode in one pass with
+        // an online-softmax combine; torch mode in two (its probabilities are rounded after
+        // the global normalisation), then a plain ordered sum.
         let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);
         let cap = k.shape()[2];
         let chunks = cap.div_ceil(SPLIT_CHUNK);
@@ -148,26 +150,71 @@ fn launch(
         let l = output_like(client, &[rows, chunks], f32_t);
         let o = output_like(client, &[rows, chunks, hd], f32_t);
         let split_block = SPLIT_BLOCK.min(block);
-        split::chunk_kernel::launch(
-            client,
-            CubeCount::new_2d(rows as u32, chunks as u32),
-            CubeDim::new_1d(split_block as u32),
-            vector,
-            q.into_arg(),
-            k.into_arg(),
-            v.into_arg(),
-            m.clone().into_arg(),
-            l.clone().into_arg(),
-            o.clone().into_arg(),
-            past as u32,
-            state.clone().into_arg(),
-            (hd as f32).powf(-0.5),
-            from_state,
-            SPLIT_CHUNK,
-            hd,
-            split_block,
-            dtype,
-        );
+        let grid = CubeCount::new_2d(rows as u32, chunks as u32);
+        let scale = (hd as f32).powf(-0.5);
+        let f32_mode = precision == Precision::F32;
+        if f32_mode {
+            split::chunk_kernel::launch(
+                client,
+                grid,
+                CubeDim::new_1d(split_block as u32),
+                vector,
+                q.into_arg(),
+                k.into_arg(),
+                v.into_arg(),
+                m.clone().into_arg(),
+                l.clone().into_arg(),
+                o.clone().into_arg(),
+                past as u32,
+                state.clone().into_arg(),
+                scale,
+                from_state,
+                SPLIT_CHUNK,
+                hd,
+                split_block,
+                dtype,
+            );
+        } else {
+            let scores = output_like(client, &[rows, chunks * SPLIT_CHUNK], f32_t);
+            split::score_kernel::launch(
+                client,
+                grid.clone(),
+                CubeDim::new_1d(split_block as u32),
+                vector,
+                q.into_arg(),
+                k.into_arg(),
+                scores.clone().into_arg(),
+                m.clone().into_arg(),
+                l.clone().into_arg(),
+                past as u32,
+                state.clone().into_arg(),
+                scale,
+                from_state,
+                SPLIT_CHUNK,
+                hd,
+                split_block,
+                dtype,
+            );
+            split::value_kernel::launch(
+                client,
+                grid,
+                CubeDim::new_1d(split_block as u32),
+                vector,
+                v.into_arg(),
+                scores.into_arg(),
+                m.clone().into_arg(),
+                l.clone().into_arg(),
+                o.clone().into_arg(),
+                heads as u32,
+                past as u32,
+                state.clone().into_arg(),
+                from_state,
+                SPLIT_CHUNK,
+                hd,
+                split_block,
+                dtype,
+            );
+        }
         split::combine_kernel::launch(
             client,
             CubeCount::new_1d(rows as u32),
@@ -179,6 +226,7 @@ fn launch(
             past as u32,
             state.into_arg(),
             from_state,
+            f32_mode,
             SPLIT_CHUNK,
             hd,
             dtype,

@@ -128,8 +128,9 @@ pub(super) fn chunk_kernel<F: Float, N: Size>(
     }
 }
 
-/// Merges [`chunk_kernel`]'s chunks: `out = sum_c exp(m_c - M) o_c / sum_c exp(m_c - M) l_c`,
-/// chunks in order. One cube per (batch x head), one unit per output channel.
+/// Merges the chunks, in chunk order: [`chunk_kernel`]'s (`weighted`):
+/// `out = sum_c exp(m_c - M) o_c / sum_c exp(m_c - M) l_c`; [`value_kernel`]'s: `out = sum_c o_c`.
+/// One cube per (batch x head), one unit per output channel.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn combine_kernel<F: Float>(
@@ -140,6 +141,7 @@ pub(super) fn combine_kernel<F: Float>(
     past: u32,
     state: &Tensor<u32>,
     #[comptime] past_from_state: bool,
+    #[comptime] weighted: bool,
     #[comptime] chunk: usize,
     #[comptime] head_dim: usize,
     #[define(F)] _dtype: ElemType,
@@ -149,7 +151,14 @@ pub(super) fn combine_kernel<F: Float>(
     let chunks = m_in.shape(1);
     let past = if past_from_state { state[1] } else { past };
     let used = (past as usize + 1).div_ceil(chunk);
-    if d < head_dim {
+    if d < head_dim && !weighted {
+        let mut o = 0.0f32;
+        for c in 0..used {
+            o += o_in[(bh * chunks + c) * head_dim + d];
+        }
+        out[bh * head_dim + d] = F::cast_from(o);
+    }
+    if d < head_dim && weighted {
         let mut mx = f32::new(f32::MIN);
         for c in 0..used {
             mx = max(mx, m_in[bh * chunks + c]);
@@ -162,5 +171,179 @@ pub(super) fn combine_kernel<F: Float>(
             o += w * o_in[(bh * chunks + c) * head_dim + d];
         }
         out[bh * head_dim + d] = F::cast_from(o / l);
+    }
+}
+
+/// Torch mode, pass 1 of 2: each cube (batch x head, chunk) computes its chunk's scores with
+/// PyTorch's rounding points (`q @ k^T` to F, the scaling to F) into `s_out`, and the chunk's
+/// maximum `m` and `sum exp(s - m)`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn score_kernel<F: Float, N: Size>(
+    q: &Tensor<F>,            // [batch, heads, 1, hd] contiguous
+    k: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + 1, hd]
+    s_out: &mut Tensor<f32>,  // [batch * heads, chunks * chunk]
+    m_out: &mut Tensor<f32>,  // [batch * heads, chunks]
+    l_out: &mut Tensor<f32>,  // [batch * heads, chunks]
+    past: u32,
+    state: &Tensor<u32>,
+    scale: f32,
+    #[comptime] past_from_state: bool,
+    #[comptime] chunk: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let bh = CUBE_POS_X as usize;
+    let c = CUBE_POS_Y as usize;
+    let chunks = CUBE_COUNT_Y as usize;
+    let unit = UNIT_POS_X as usize;
+    let heads = q.shape(1);
+    let kv_heads = k.shape(1);
+    let b = bh / heads;
+    let h = bh % heads;
+    let g = h / (heads / kv_heads);
+    let past = if past_from_state { state[1] } else { past };
+    let n_keys = past as usize + 1;
+    let start = c * chunk;
+    if start < n_keys {
+        let vs = k.vector_size().comptime();
+        let nvec = comptime!(head_dim / vs);
+        let mut qs = Shared::<[f32]>::new_slice(head_dim);
+        let mut d = unit;
+        while d < head_dim {
+            qs[d] = f32::cast_from(q[bh * head_dim + d]);
+            d += block;
+        }
+        sync_cube();
+        let mut s = f32::new(f32::MIN);
+        let j = start + unit;
+        let valid = unit < chunk && j < n_keys;
+        if valid {
+            let row = (b * k.stride(0) + g * k.stride(1) + j * k.stride(2)) / vs;
+            let mut d0 = 0.0f32;
+            let mut d1 = 0.0f32;
+            #[unroll]
+            for e in 0..nvec {
+                let a = k[row + e];
+                #[unroll]
+                for x in 0..vs {
+                    if e % 2 == 0 {
+                        d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+                    } else {
+                        d1 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+                    }
+                }
+            }
+            s = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(d0 + d1)) * scale));
+            s_out[bh * chunks * chunk + j] = s;
+        }
+        let m = block_max(s, block);
+        let mut e = 0.0f32;
+        if valid {
+            e = (s - m).exp();
+        }
+        let l = block_sum(e, block);
+        if unit == 0 {
+            m_out[bh * chunks + c] = m;
+            l_out[bh * chunks + c] = l;
+        }
+    }
+}
+
+/// Torch mode, pass 2 of 2: every cube merges the chunks' maxima and sums (in chunk order, so
+/// every cube gets the same `M` and `L`), rounds its keys' probabilities `exp(s - M) / L` to F
+/// as PyTorch's softmax output, and writes its chunk's `sum p v` (f32) for [`combine_kernel`]
+/// to add up (`weighted = false`).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn value_kernel<F: Float, N: Size>(
+    v: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + 1, hd]
+    s_in: &Tensor<f32>,       // [batch * heads, chunks * chunk]
+    m_in: &Tensor<f32>,       // [batch * heads, chunks]
+    l_in: &Tensor<f32>,       // [batch * heads, chunks]
+    o_out: &mut Tensor<f32>,  // [batch * heads, chunks, hd]
+    heads: u32,
+    past: u32,
+    state: &Tensor<u32>,
+    #[comptime] past_from_state: bool,
+    #[comptime] chunk: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let bh = CUBE_POS_X as usize;
+    let c = CUBE_POS_Y as usize;
+    let chunks = CUBE_COUNT_Y as usize;
+    let unit = UNIT_POS_X as usize;
+    let heads = heads as usize;
+    let kv_heads = v.shape(1);
+    let b = bh / heads;
+    let h = bh % heads;
+    let g = h / (heads / kv_heads);
+    let past = if past_from_state { state[1] } else { past };
+    let n_keys = past as usize + 1;
+    let start = c * chunk;
+    if start < n_keys {
+        let used = n_keys.div_ceil(chunk);
+        let mut mx = f32::new(f32::MIN);
+        for cc in 0..used {
+            mx = max(mx, m_in[bh * chunks + cc]);
+        }
+        let mut total = 0.0f32;
+        for cc in 0..used {
+            total += l_in[bh * chunks + cc] * (m_in[bh * chunks + cc] - mx).exp();
+        }
+        let inv = 1.0f32 / total;
+        let mut p = Shared::<[f32]>::new_slice(chunk);
+        if unit < chunk {
+            let j = start + unit;
+            let mut w = 0.0f32;
+            if j < n_keys {
+                w = f32::cast_from(F::cast_from((s_in[bh * chunks * chunk + j] - mx).exp() * inv));
+            }
+            p[unit] = w;
+        }
+        sync_cube();
+        let vs = v.vector_size().comptime();
+        let nvec = comptime!(head_dim / vs);
+        let parts = comptime!(block / nvec);
+        let part = unit / nvec;
+        let cv = unit % nvec;
+        let mut partial = Shared::<[f32]>::new_slice(comptime!(block / nvec * head_dim));
+        if part < parts {
+            let mut acc = Array::<f32>::new(vs);
+            #[unroll]
+            for x in 0..vs {
+                acc[x] = 0.0;
+            }
+            let vrow = v.stride(2) / vs;
+            let base = (b * v.stride(0) + g * v.stride(1)) / vs + cv;
+            let mut u = part;
+            while u < chunk && start + u < n_keys {
+                let w = p[u];
+                let row = v[base + (start + u) * vrow];
+                #[unroll]
+                for x in 0..vs {
+                    acc[x] += w * f32::cast_from(row.extract(x));
+                }
+                u += parts;
+            }
+            #[unroll]
+            for x in 0..vs {
+                partial[part * head_dim + cv * vs + x] = acc[x];
+            }
+        }
+        sync_cube();
+        let slot = bh * chunks + c;
+        let mut d = unit;
+        while d < head_dim {
+            let mut acc = 0.0f32;
+            for pp in 0..parts {
+                acc += partial[pp * head_dim + d];
+            }
+            o_out[slot * head_dim + d] = acc;
+            d += block;
+        }
     }
 }
