@@ -70,22 +70,7 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     let mut j = unit;
     while j < n_keys {
         let row = (k_base + j * k.stride(2)) / vs;
-        // The whole row at once (unrolled: every load in flight), two partial sums.
-        let mut d0 = 0.0f32;
-        let mut d1 = 0.0f32;
-        #[unroll]
-        for e in 0..nvec {
-            let a = k[row + e];
-            #[unroll]
-            for x in 0..vs {
-                if e % 2 == 0 {
-                    d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
-                } else {
-                    d1 += qs[e * vs + x] * f32::cast_from(a.extract(x));
-                }
-            }
-        }
-        let dot = d0 + d1;
+        let dot = key_dot::<F, N>(k, row, &qs, head_dim);
         let s = if f32_internal {
             dot * scale
         } else {
@@ -184,4 +169,27 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
         out[out_base + d] = F::cast_from(acc);
         d += block;
     }
+}
+
+/// `q . k_row` in f32 over one key row of `head_dim / vs` vectors starting at vector index
+/// `row`, the loads unrolled (all in flight), two partial sums.
+#[cube]
+pub(super) fn key_dot<F: Float, N: Size>(k: &Tensor<Vector<F, N>>, row: usize, qs: &Shared<[f32]>, #[comptime] head_dim: usize) -> f32 {
+    let vs = k.vector_size().comptime();
+    let nvec = comptime!(head_dim / vs);
+    let mut d0 = 0.0f32;
+    let mut d1 = 0.0f32;
+    #[unroll]
+    for e in 0..nvec {
+        let a = k[row + e];
+        #[unroll]
+        for x in 0..vs {
+            if e % 2 == 0 {
+                d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+            } else {
+                d1 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+            }
+        }
+    }
+    d0 + d1
 }

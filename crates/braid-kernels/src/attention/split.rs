@@ -1,5 +1,6 @@
 use cubecl::prelude::*;
 
+use super::kernel::key_dot;
 use crate::reduce::{block_max, block_sum};
 
 /// Decode attention split over the keys (flash-decoding), f32 inside: one cube per (batch x
@@ -40,7 +41,6 @@ pub(super) fn chunk_kernel<F: Float, N: Size>(
     let start = c * chunk;
     if start < n_keys {
         let vs = k.vector_size().comptime();
-        let nvec = comptime!(head_dim / vs);
         let mut qs = Shared::<[f32]>::new_slice(head_dim);
         let mut p = Shared::<[f32]>::new_slice(chunk);
         let mut d = unit;
@@ -55,21 +55,8 @@ pub(super) fn chunk_kernel<F: Float, N: Size>(
         let j = start + unit;
         if unit < chunk && j < n_keys {
             let row = (b * k.stride(0) + g * k.stride(1) + j * k.stride(2)) / vs;
-            let mut d0 = 0.0f32;
-            let mut d1 = 0.0f32;
-            #[unroll]
-            for e in 0..nvec {
-                let a = k[row + e];
-                #[unroll]
-                for x in 0..vs {
-                    if e % 2 == 0 {
-                        d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
-                    } else {
-                        d1 += qs[e * vs + x] * f32::cast_from(a.extract(x));
-                    }
-                }
-            }
-            s = (d0 + d1) * scale;
+            let dot = key_dot::<F, N>(k, row, &qs, head_dim);
+            s = dot * scale;
         }
         let m = block_max(s, block);
         let mut e = 0.0f32;
@@ -82,45 +69,8 @@ pub(super) fn chunk_kernel<F: Float, N: Size>(
         let l = block_sum(e, block);
         sync_cube();
 
-        // Values: `parts` groups of `nvec` units over the chunk's keys, summed in shared memory.
-        let parts = comptime!(block / nvec);
-        let part = unit / nvec;
-        let cv = unit % nvec;
-        let mut partial = Shared::<[f32]>::new_slice(comptime!(block / nvec * head_dim));
-        if part < parts {
-            let mut acc = Array::<f32>::new(vs);
-            #[unroll]
-            for x in 0..vs {
-                acc[x] = 0.0;
-            }
-            let vrow = v.stride(2) / vs;
-            let base = (b * v.stride(0) + g * v.stride(1)) / vs + cv;
-            let mut u = part;
-            while u < chunk && start + u < n_keys {
-                let w = p[u];
-                let row = v[base + (start + u) * vrow];
-                #[unroll]
-                for x in 0..vs {
-                    acc[x] += w * f32::cast_from(row.extract(x));
-                }
-                u += parts;
-            }
-            #[unroll]
-            for x in 0..vs {
-                partial[part * head_dim + cv * vs + x] = acc[x];
-            }
-        }
-        sync_cube();
         let slot = bh * chunks + c;
-        let mut d = unit;
-        while d < head_dim {
-            let mut acc = 0.0f32;
-            for pp in 0..parts {
-                acc += partial[pp * head_dim + d];
-            }
-            o_out[slot * head_dim + d] = acc;
-            d += block;
-        }
+        chunk_values::<F, N>(v, &p, o_out, slot, b * v.stride(0) + g * v.stride(1), start, n_keys, chunk, head_dim, block);
         if unit == 0 {
             m_out[slot] = m;
             l_out[slot] = l;
@@ -208,7 +158,6 @@ pub(super) fn score_kernel<F: Float, N: Size>(
     let start = c * chunk;
     if start < n_keys {
         let vs = k.vector_size().comptime();
-        let nvec = comptime!(head_dim / vs);
         let mut qs = Shared::<[f32]>::new_slice(head_dim);
         let mut d = unit;
         while d < head_dim {
@@ -221,21 +170,8 @@ pub(super) fn score_kernel<F: Float, N: Size>(
         let valid = unit < chunk && j < n_keys;
         if valid {
             let row = (b * k.stride(0) + g * k.stride(1) + j * k.stride(2)) / vs;
-            let mut d0 = 0.0f32;
-            let mut d1 = 0.0f32;
-            #[unroll]
-            for e in 0..nvec {
-                let a = k[row + e];
-                #[unroll]
-                for x in 0..vs {
-                    if e % 2 == 0 {
-                        d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
-                    } else {
-                        d1 += qs[e * vs + x] * f32::cast_from(a.extract(x));
-                    }
-                }
-            }
-            s = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(d0 + d1)) * scale));
+            let dot = key_dot::<F, N>(k, row, &qs, head_dim);
+            s = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(dot)) * scale));
             s_out[bh * chunks * chunk + j] = s;
         }
         let m = block_max(s, block);
@@ -305,45 +241,65 @@ pub(super) fn value_kernel<F: Float, N: Size>(
             p[unit] = w;
         }
         sync_cube();
-        let vs = v.vector_size().comptime();
-        let nvec = comptime!(head_dim / vs);
-        let parts = comptime!(block / nvec);
-        let part = unit / nvec;
-        let cv = unit % nvec;
-        let mut partial = Shared::<[f32]>::new_slice(comptime!(block / nvec * head_dim));
-        if part < parts {
-            let mut acc = Array::<f32>::new(vs);
+        chunk_values::<F, N>(v, &p, o_out, bh * chunks + c, b * v.stride(0) + g * v.stride(1), start, n_keys, chunk, head_dim, block);
+    }
+}
+
+/// `o_out[slot] = sum_u p[u] v[start + u]` over the chunk's keys (`u < chunk`,
+/// `start + u < n_keys`), in f32: `parts` groups of `head_dim / vs` units over the keys, summed
+/// through shared memory.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn chunk_values<F: Float, N: Size>(
+    v: &Tensor<Vector<F, N>>,
+    p: &Shared<[f32]>,
+    o_out: &mut Tensor<f32>,
+    slot: usize,
+    v_base: usize,
+    start: usize,
+    n_keys: usize,
+    #[comptime] chunk: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] block: usize,
+) {
+    let unit = UNIT_POS_X as usize;
+    let vs = v.vector_size().comptime();
+    let nvec = comptime!(head_dim / vs);
+    let parts = comptime!(block / nvec);
+    let part = unit / nvec;
+    let cv = unit % nvec;
+    let mut partial = Shared::<[f32]>::new_slice(comptime!(block / nvec * head_dim));
+    if part < parts {
+        let mut acc = Array::<f32>::new(vs);
+        #[unroll]
+        for x in 0..vs {
+            acc[x] = 0.0;
+        }
+        let vrow = v.stride(2) / vs;
+        let base = v_base / vs + cv;
+        let mut u = part;
+        while u < chunk && start + u < n_keys {
+            let w = p[u];
+            let row = v[base + (start + u) * vrow];
             #[unroll]
             for x in 0..vs {
-                acc[x] = 0.0;
+                acc[x] += w * f32::cast_from(row.extract(x));
             }
-            let vrow = v.stride(2) / vs;
-            let base = (b * v.stride(0) + g * v.stride(1)) / vs + cv;
-            let mut u = part;
-            while u < chunk && start + u < n_keys {
-                let w = p[u];
-                let row = v[base + (start + u) * vrow];
-                #[unroll]
-                for x in 0..vs {
-                    acc[x] += w * f32::cast_from(row.extract(x));
-                }
-                u += parts;
-            }
-            #[unroll]
-            for x in 0..vs {
-                partial[part * head_dim + cv * vs + x] = acc[x];
-            }
+            u += parts;
         }
-        sync_cube();
-        let slot = bh * chunks + c;
-        let mut d = unit;
-        while d < head_dim {
-            let mut acc = 0.0f32;
-            for pp in 0..parts {
-                acc += partial[pp * head_dim + d];
-            }
-            o_out[slot * head_dim + d] = acc;
-            d += block;
+        #[unroll]
+        for x in 0..vs {
+            partial[part * head_dim + cv * vs + x] = acc[x];
         }
+    }
+    sync_cube();
+    let mut d = unit;
+    while d < head_dim {
+        let mut acc = 0.0f32;
+        for pp in 0..parts {
+            acc += partial[pp * head_dim + d];
+        }
+        o_out[slot * head_dim + d] = acc;
+        d += block;
     }
 }
