@@ -175,7 +175,7 @@ pub fn run(args: Args) -> Result<()> {
                 g.finish,
                 g.prefill_tok_per_s,
                 g.decode_tok_per_s,
-                if g.graph { " (graph replay)" } else { "" },
+                if g.graph { format!(" (graph replay, capture {:.0} ms)", g.graph_setup_secs * 1e3) } else { String::new() },
                 args.device,
                 dtype,
                 engine.model.plan().summary()

@@ -61,6 +61,9 @@ pub struct Generation {
     /// Whether decode steps ran on device-side state, replayed as one captured graph per token
     /// (pure greedy with every layer's attention fused; see `braid_model::graph_decode`).
     pub graph: bool,
+    /// Seconds the graph capture took (its warm-up steps, first-use compilation and tuning);
+    /// not part of `decode_secs`, whose rate covers the tokens decoded after it.
+    pub graph_setup_secs: f64,
 }
 
 impl Engine {
@@ -159,6 +162,7 @@ impl Engine {
             None => Some(self.model.new_cache(1, prompt_ids.len() + budget)),
         };
         let graph = decoder.as_ref().is_some();
+        let ready_at_start = decoder.as_ref().map_or(0, |d| d.ready());
         while output.len() < budget {
             let id = if let Some(d) = decoder.as_mut() {
                 d.next_token()?
@@ -191,13 +195,23 @@ impl Engine {
         }
         let end = Instant::now();
         let first = first_token_at.unwrap_or(end);
-        let (prefill_secs, decode_secs) = match &decoder {
-            // The decoder's first steps run while it captures the graph: count everything after
-            // the prefill (capture included) as decode time.
-            Some(d) => (d.prefill_secs, (end - start).as_secs_f64() - d.prefill_secs),
-            None => ((first - start).as_secs_f64(), (end - first).as_secs_f64()),
+        let eos_step = usize::from(finish == Finish::Eos && !output.is_empty());
+        let (prefill_secs, decode_secs, decode_steps, graph_setup_secs) = match &decoder {
+            // The capture runs the first steps (their tokens come out at once): the rate covers
+            // the steps after it.
+            Some(d) => (
+                d.prefill_secs,
+                ((end - start).as_secs_f64() - d.prefill_secs - d.setup_secs).max(0.0),
+                (output.len() + eos_step).saturating_sub(ready_at_start),
+                d.setup_secs,
+            ),
+            None => (
+                (first - start).as_secs_f64(),
+                (end - first).as_secs_f64(),
+                output.len().saturating_sub(1) + eos_step,
+                0.0,
+            ),
         };
-        let decode_steps = output.len().saturating_sub(1) + usize::from(finish == Finish::Eos && !output.is_empty());
         Ok(Generation {
             prompt_ids: prompt_ids.to_vec(),
             output_ids: output,
@@ -208,6 +222,7 @@ impl Engine {
             prefill_tok_per_s: rate(prompt_ids.len(), prefill_secs),
             decode_tok_per_s: rate(decode_steps, decode_secs),
             graph,
+            graph_setup_secs,
         })
     }
 }

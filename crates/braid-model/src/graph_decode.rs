@@ -127,6 +127,9 @@ pub struct GreedyDecoder<'m> {
     returned: usize,
     /// Seconds the prefill took.
     pub prefill_secs: f64,
+    /// Seconds the capture took (its warm-up steps, first-use kernel compilation and tuning
+    /// included); 0 for eager steps.
+    pub setup_secs: f64,
 }
 
 impl<'m> GreedyDecoder<'m> {
@@ -152,6 +155,7 @@ impl<'m> GreedyDecoder<'m> {
         let history = Tensor::<1, Int>::from_data(TensorData::new(hist, [cap]), (&device, DType::U32));
         let rope = model.rotary.tables(0, cap, &device);
         let mut st = DecodeState { state, history, cache, rope };
+        let setup = std::time::Instant::now();
         let (steps, known) = match mode {
             StepMode::Eager => (Steps::Eager(Box::new(st)), vec![first]),
             StepMode::Graph if budget <= 1 => (Steps::Eager(Box::new(st)), vec![first]),
@@ -166,7 +170,8 @@ impl<'m> GreedyDecoder<'m> {
                 (Steps::Graph(Box::new(graph)), history[t..=pos].to_vec())
             }
         };
-        Ok(Self { model, steps, prompt_len: t, budget, known, returned: 0, prefill_secs })
+        let setup_secs = if matches!(steps, Steps::Graph(_)) { setup.elapsed().as_secs_f64() } else { 0.0 };
+        Ok(Self { model, steps, prompt_len: t, budget, known, returned: 0, prefill_secs, setup_secs })
     }
 
     /// Tokens already computed and not yet returned, plus those returned.
