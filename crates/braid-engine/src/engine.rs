@@ -151,7 +151,7 @@ impl Engine {
         // Pure greedy picks the token on the device: only its id crosses to the host. With every
         // layer's attention fused, the steps run on device-side state as one replayed graph.
         let on_device = req.sampling.is_greedy() && !req.sampling.has_penalties();
-        let graph_limit = braid_model::ops::ATTENTION_MAX_KEYS.min(limit);
+        let graph_limit = limit;
         let mut decoder = if on_device && self.model.device_decode_ready() && prompt_ids.len() + budget + braid_model::graph_decode::SLACK <= graph_limit {
             Some(GreedyDecoder::new(&self.model, prompt_ids, budget, StepMode::Graph)?)
         } else {

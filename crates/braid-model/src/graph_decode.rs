@@ -138,7 +138,7 @@ impl<'m> GreedyDecoder<'m> {
     pub fn new(model: &'m Qwen3, prompt: &[u32], budget: usize, mode: StepMode) -> Result<Self, ForwardError> {
         let t = prompt.len();
         let cap = t + budget + SLACK;
-        let limit = ops::ATTENTION_MAX_KEYS.min(model.config.max_position_embeddings);
+        let limit = model.config.max_position_embeddings;
         if cap > limit {
             return Err(ForwardError::ContextOverflow { needed: cap, limit });
         }

@@ -79,7 +79,7 @@ pub struct LayerPlan {
     pub rms_norm_qkv: OpChoice,
     /// `q_norm`/`k_norm` + RoPE.
     pub qk_norm_rope: OpChoice,
-    /// causal attention over the KV cache (up to `ops::ATTENTION_MAX_KEYS` keys; beyond, the
+    /// causal attention over the KV cache (prefills up to `ops::ATTENTION_MAX_KEYS` keys; beyond, the
     /// reference path).
     pub attention: OpChoice,
     /// residual add + `post_attention_layernorm`.

@@ -46,7 +46,8 @@ fn wgpu_graph_decode_matches_hf() {
 fn a_too_long_generation_is_an_error() {
     let dir = &fixtures()[0];
     let m = Qwen3::load(dir, &Device::flex(), DType::F32, &mut |_, _| {}).unwrap();
-    let err = m.generate_greedy(&[1, 2, 3], 5000, StepMode::Graph).unwrap_err();
+    let n = m.config.max_position_embeddings;
+    let err = m.generate_greedy(&[1, 2, 3], n, StepMode::Graph).unwrap_err();
     assert!(err.to_string().contains("exceeds the context"), "{err}");
 }
 

@@ -1,6 +1,7 @@
 //! Causal GQA attention over the KV cache, for prefill (many query rows) and decode (one).
 //! The whole score row of a query lives in shared memory, so the keys per query are bounded by
-//! [`MAX_KEYS`]; longer contexts need a split over the keys (not built yet) and take the
+//! [`MAX_KEYS`] for prefill rows; decode rows (one query per sequence) are split over the keys
+//! (`split.rs`) and take any length. Longer prefills take the
 //! reference path.
 
 mod kernel;
@@ -41,7 +42,7 @@ pub fn attention(
 /// Decode attention at the position held in the device-side step state (see
 /// [`crate::decode`]): `q: [batch, heads, 1, hd]` at position `state[1]` over keys
 /// `0..=state[1]` of `k_cache, v_cache: [batch, kv_heads, capacity, hd]` ->
-/// `[batch, 1, heads * hd]`. `capacity` may be at most [`MAX_KEYS`]; `state[1] < capacity` is
+/// `[batch, 1, heads * hd]` (split over the keys: any capacity); `state[1] < capacity` is
 /// the caller's invariant.
 pub fn attention_at(
     client: &Client,
@@ -58,14 +59,6 @@ pub fn attention_at(
     }
     if q.shape().len() != 4 || q.shape()[2] != 1 {
         return Err(c.shape_err("q", &q, "[batch, heads, 1, head_dim]".into()));
-    }
-    let cap = k_cache.shape().get(2).copied().unwrap_or(0);
-    if cap > MAX_KEYS {
-        return Err(KernelError::Unsupported {
-            kernel: NAME,
-            what: format!("a cache of {cap} positions"),
-            why: format!("at most {MAX_KEYS} keys (scores live in shared memory)"),
-        });
     }
     launch(client, q, k_cache, v_cache, 0, Some(state), precision)
 }
@@ -99,7 +92,8 @@ fn launch(
     if k.shape()[1] != v.shape()[1] {
         return Err(c.shape_err("v", &v, format!("kv_heads = {} as k", k.shape()[1])));
     }
-    if past + seq > MAX_KEYS || hd > MAX_HEAD_DIM {
+    // Prefill rows keep their scores in shared memory; decode rows are split over the keys.
+    if (seq > 1 && past + seq > MAX_KEYS) || hd > MAX_HEAD_DIM {
         return Err(KernelError::Unsupported {
             kernel: NAME,
             what: format!("{} keys with head_dim {hd}", past + seq),

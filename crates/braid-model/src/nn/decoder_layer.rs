@@ -128,11 +128,12 @@ impl DecoderLayer {
     }
 
     /// Step 3: appends k, v to the cache at `past` and attends -> `[b*t, heads*hd]`. Beyond
-    /// `ops::ATTENTION_MAX_KEYS` keys the reference path runs whatever the choice.
+    /// `ops::ATTENTION_MAX_KEYS` keys, a prefill (more than one new row) runs the reference path
+    /// whatever the choice; decode rows are split over the keys and take any length.
     pub fn attention(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, cache: &mut LayerCache, past: usize, c: OpChoice) -> Tensor<2> {
         let t = q.dims()[2];
         match c {
-            OpChoice::Fused(p) if past + t <= ops::ATTENTION_MAX_KEYS => {
+            OpChoice::Fused(p) if t == 1 || past + t <= ops::ATTENTION_MAX_KEYS => {
                 let (k, v) = cache.append(past, k, v);
                 ops::attention(q, k, v, past, p)
             }

@@ -124,8 +124,9 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// Keys one query row may attend to through the fused attention kernel; beyond, the plan's
-/// dispatch point takes the reference path.
+/// Keys a prefill's query rows may attend to through the fused attention kernel; beyond, the
+/// plan's dispatch point takes the reference path. Decode rows (one per sequence) are split
+/// over the keys and have no such limit.
 pub const ATTENTION_MAX_KEYS: usize = braid_kernels::attention::MAX_KEYS;
 /// Largest head_dim of the fused attention kernel.
 pub const ATTENTION_MAX_HEAD_DIM: usize = braid_kernels::attention::MAX_HEAD_DIM;
@@ -274,7 +275,7 @@ pub fn kv_write(k_cache: Tensor<4>, v_cache: Tensor<4>, k: Tensor<4>, v: Tensor<
 }
 
 /// Attention of `q: [b, heads, 1, hd]` at position `state[1]` over keys `0..=state[1]` of the
-/// caches -> `[b, heads*hd]`. The cache capacity may be at most [`ATTENTION_MAX_KEYS`].
+/// caches -> `[b, heads*hd]` (split over the keys: any cache length).
 pub fn attention_at(q: Tensor<4>, k_cache: Tensor<4>, v_cache: Tensor<4>, state: Tensor<1, Int>, precision: Precision) -> Tensor<2> {
     let [b, nh, _, hd] = q.dims();
     let out: Tensor<3> = Tensor::from_dispatch(<Dispatch as FusedOps>::attention_at(
