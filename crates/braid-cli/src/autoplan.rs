@@ -34,7 +34,16 @@ fn cache_dir() -> Option<PathBuf> {
 
 /// Calibrates `model` against the float32 taps of `prompts` and returns the plan with its
 /// `calibration` record (what it was calibrated on, per-op errors and times, estimates).
-pub fn calibrate(dir: &Path, device: DeviceArg, model: &mut Qwen3, truths: &[HostTaps], prompts: &[Vec<u32>], margin: f64) -> Result<KernelPlan> {
+/// `fingerprint`: the checkpoint's SHA-256 ([`fingerprint`]), computed once by the caller.
+pub fn calibrate(
+    dir: &Path,
+    fingerprint: &str,
+    device: DeviceArg,
+    model: &mut Qwen3,
+    truths: &[HostTaps],
+    prompts: &[Vec<u32>],
+    margin: f64,
+) -> Result<KernelPlan> {
     let settings = Settings { margin, ..Settings::default() };
     let cal = calibrate::calibrate(model, truths, settings).map_err(anyhow::Error::msg).context("calibrating the plan")?;
     let n = model.config.num_hidden_layers;
@@ -44,7 +53,7 @@ pub fn calibrate(dir: &Path, device: DeviceArg, model: &mut Qwen3, truths: &[Hos
     plan.calibration = Some(json!({
         "calibrated_on": {
             "model": dir.display().to_string(),
-            "checkpoint_sha256": fingerprint(dir)?,
+            "checkpoint_sha256": fingerprint,
             "device": format!("{device:?}").to_lowercase(),
             "dtype": format!("{:?}", model.dtype()),
             "prompt_tokens": prompts.iter().map(Vec::len).collect::<Vec<_>>(),
@@ -84,7 +93,7 @@ pub fn resolve(dir: &Path, arg: DeviceArg, device: &braid_model::Device, model: 
     let truth = Qwen3::load(dir, device, DType::F32, &mut |_, _| {}).with_context(|| format!("loading {} in f32", dir.display()))?;
     let truths: Vec<HostTaps> = prompts.iter().map(|p| probe(&truth, p, 0).map(|r| r.taps)).collect::<Result<_>>()?;
     drop(truth);
-    let plan = calibrate(dir, arg, model, &truths, &prompts, calibrate::DEFAULT_MARGIN)?;
+    let plan = calibrate(dir, &fp, arg, model, &truths, &prompts, calibrate::DEFAULT_MARGIN)?;
     if let Some(path) = cached {
         let write = std::fs::create_dir_all(path.parent().expect("a parent"))
             .and_then(|_| std::fs::write(&path, plan.to_json()));

@@ -270,7 +270,8 @@ pub fn run_cmd(args: Args) -> Result<()> {
     }
     let plan = match &args.write_plan {
         Some(out) => {
-            let plan = autoplan::calibrate(&dir, args.device, &mut model, &calibration, &prompts, args.plan_margin)?;
+            let fp = autoplan::fingerprint(&dir)?;
+            let plan = autoplan::calibrate(&dir, &fp, args.device, &mut model, &calibration, &prompts, args.plan_margin)?;
             std::fs::write(out, plan.to_json()).with_context(|| format!("writing {}", out.display()))?;
             eprintln!("wrote {} ({})", out.display(), plan.summary());
             plan.calibration

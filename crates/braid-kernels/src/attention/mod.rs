@@ -147,48 +147,31 @@ fn launch(
         let grid = CubeCount::new_2d(rows as u32, chunks as u32);
         let scale = (hd as f32).powf(-0.5);
         let f32_mode = precision == Precision::F32;
-        if f32_mode {
-            split::chunk_kernel::launch(
-                client,
-                grid,
-                CubeDim::new_1d(split_block as u32),
-                vector,
-                q.into_arg(),
-                k.into_arg(),
-                v.into_arg(),
-                m.clone().into_arg(),
-                l.clone().into_arg(),
-                o.clone().into_arg(),
-                past as u32,
-                state.clone().into_arg(),
-                scale,
-                from_state,
-                SPLIT_CHUNK,
-                hd,
-                split_block,
-                dtype,
-            );
-        } else {
-            let scores = output_like(client, &[rows, chunks * SPLIT_CHUNK], f32_t);
-            split::score_kernel::launch(
-                client,
-                grid.clone(),
-                CubeDim::new_1d(split_block as u32),
-                vector,
-                q.into_arg(),
-                k.into_arg(),
-                scores.clone().into_arg(),
-                m.clone().into_arg(),
-                l.clone().into_arg(),
-                past as u32,
-                state.clone().into_arg(),
-                scale,
-                from_state,
-                SPLIT_CHUNK,
-                hd,
-                split_block,
-                dtype,
-            );
+        // Torch mode's rounded scores (f32 mode: a placeholder the kernel never writes).
+        let scores = output_like(client, &[rows, if f32_mode { 1 } else { chunks * SPLIT_CHUNK }], f32_t);
+        split::chunk_kernel::launch(
+            client,
+            grid.clone(),
+            CubeDim::new_1d(split_block as u32),
+            vector,
+            q.into_arg(),
+            k.into_arg(),
+            v.clone().into_arg(),
+            scores.clone().into_arg(),
+            m.clone().into_arg(),
+            l.clone().into_arg(),
+            o.clone().into_arg(),
+            past as u32,
+            state.clone().into_arg(),
+            scale,
+            !f32_mode,
+            from_state,
+            SPLIT_CHUNK,
+            hd,
+            split_block,
+            dtype,
+        );
+        if !f32_mode {
             split::value_kernel::launch(
                 client,
                 grid,

@@ -3,24 +3,28 @@ use cubecl::prelude::*;
 use super::kernel::key_dot;
 use crate::reduce::{block_max, block_sum};
 
-/// Decode attention split over the keys (flash-decoding), f32 inside: one cube per (batch x
-/// head, chunk of `chunk` keys) computes its chunk's maximum score `m`, the sum of
-/// `exp(s - m)` and the unnormalised output `sum exp(s - m) v`, in f32, into scratch;
-/// [`combine_kernel`] merges the chunks. Cubes whose chunk starts past the last key return at
-/// once (the chunk count covers the cache's capacity: the position may live on the device).
-/// One query row per (batch, head): `q: [batch, heads, 1, hd]`.
+/// Decode attention split over the keys (flash-decoding): one cube per (batch x head, chunk of
+/// `chunk` keys) computes its chunk's scores, their maximum `m` and the sum of `exp(s - m)`.
+/// f32 mode (`torch = false`) also accumulates the unnormalised output `sum exp(s - m) v` in
+/// f32, and [`combine_kernel`] merges the chunks. Torch mode rounds the scores where PyTorch does
+/// (`q @ k^T` to F, the scaling to F) and writes them to `s_out` for [`value_kernel`], since
+/// its probabilities are rounded after the global normalisation. Cubes whose chunk starts past
+/// the last key return at once (the chunk count covers the cache's capacity: the position may
+/// live on the device). One query row per (batch, head): `q: [batch, heads, 1, hd]`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn chunk_kernel<F: Float, N: Size>(
     q: &Tensor<F>,            // [batch, heads, 1, hd] contiguous
     k: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + 1, hd]
-    v: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + 1, hd]
+    v: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + 1, hd] (read unless `torch`)
+    s_out: &mut Tensor<f32>,  // [batch * heads, chunks * chunk] (written when `torch`)
     m_out: &mut Tensor<f32>,  // [batch * heads, chunks]
     l_out: &mut Tensor<f32>,  // [batch * heads, chunks]
-    o_out: &mut Tensor<f32>,  // [batch * heads, chunks, hd]
+    o_out: &mut Tensor<f32>,  // [batch * heads, chunks, hd] (written unless `torch`)
     past: u32,
     state: &Tensor<u32>, // [2] (token, position) when `past_from_state`
     scale: f32,
+    #[comptime] torch: bool,
     #[comptime] past_from_state: bool,
     #[comptime] chunk: usize,
     #[comptime] head_dim: usize,
@@ -53,24 +57,31 @@ pub(super) fn chunk_kernel<F: Float, N: Size>(
         // Scores: one key per unit, the row's vector loads unrolled.
         let mut s = f32::new(f32::MIN);
         let j = start + unit;
-        if unit < chunk && j < n_keys {
+        let valid = unit < chunk && j < n_keys;
+        if valid {
             let row = (b * k.stride(0) + g * k.stride(1) + j * k.stride(2)) / vs;
             let dot = key_dot::<F, N>(k, row, &qs, head_dim);
-            s = dot * scale;
+            if torch {
+                s = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(dot)) * scale));
+                s_out[bh * chunks * chunk + j] = s;
+            } else {
+                s = dot * scale;
+            }
         }
         let m = block_max(s, block);
         let mut e = 0.0f32;
-        if unit < chunk && j < n_keys {
+        if valid {
             e = (s - m).exp();
         }
         if unit < chunk {
             p[unit] = e;
         }
         let l = block_sum(e, block);
-        sync_cube();
-
         let slot = bh * chunks + c;
-        chunk_values::<F, N>(v, &p, o_out, slot, b * v.stride(0) + g * v.stride(1), start, n_keys, chunk, head_dim, block);
+        if !torch {
+            sync_cube();
+            chunk_values::<F, N>(v, &p, o_out, slot, b * v.stride(0) + g * v.stride(1), start, n_keys, chunk, head_dim, block);
+        }
         if unit == 0 {
             m_out[slot] = m;
             l_out[slot] = l;
@@ -78,7 +89,7 @@ pub(super) fn chunk_kernel<F: Float, N: Size>(
     }
 }
 
-/// Merges the chunks, in chunk order: [`chunk_kernel`]'s (`weighted`):
+/// Merges the chunks, in chunk order: f32 mode's (`weighted`, from [`chunk_kernel`]):
 /// `out = sum_c exp(m_c - M) o_c / sum_c exp(m_c - M) l_c`; [`value_kernel`]'s: `out = sum_c o_c`.
 /// One cube per (batch x head), one unit per output channel.
 #[cube(launch)]
@@ -124,70 +135,7 @@ pub(super) fn combine_kernel<F: Float>(
     }
 }
 
-/// Torch mode, pass 1 of 2: each cube (batch x head, chunk) computes its chunk's scores with
-/// PyTorch's rounding points (`q @ k^T` to F, the scaling to F) into `s_out`, and the chunk's
-/// maximum `m` and `sum exp(s - m)`.
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn score_kernel<F: Float, N: Size>(
-    q: &Tensor<F>,            // [batch, heads, 1, hd] contiguous
-    k: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + 1, hd]
-    s_out: &mut Tensor<f32>,  // [batch * heads, chunks * chunk]
-    m_out: &mut Tensor<f32>,  // [batch * heads, chunks]
-    l_out: &mut Tensor<f32>,  // [batch * heads, chunks]
-    past: u32,
-    state: &Tensor<u32>,
-    scale: f32,
-    #[comptime] past_from_state: bool,
-    #[comptime] chunk: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] block: usize,
-    #[define(F)] _dtype: ElemType,
-) {
-    let bh = CUBE_POS_X as usize;
-    let c = CUBE_POS_Y as usize;
-    let chunks = CUBE_COUNT_Y as usize;
-    let unit = UNIT_POS_X as usize;
-    let heads = q.shape(1);
-    let kv_heads = k.shape(1);
-    let b = bh / heads;
-    let h = bh % heads;
-    let g = h / (heads / kv_heads);
-    let past = if past_from_state { state[1] } else { past };
-    let n_keys = past as usize + 1;
-    let start = c * chunk;
-    if start < n_keys {
-        let vs = k.vector_size().comptime();
-        let mut qs = Shared::<[f32]>::new_slice(head_dim);
-        let mut d = unit;
-        while d < head_dim {
-            qs[d] = f32::cast_from(q[bh * head_dim + d]);
-            d += block;
-        }
-        sync_cube();
-        let mut s = f32::new(f32::MIN);
-        let j = start + unit;
-        let valid = unit < chunk && j < n_keys;
-        if valid {
-            let row = (b * k.stride(0) + g * k.stride(1) + j * k.stride(2)) / vs;
-            let dot = key_dot::<F, N>(k, row, &qs, head_dim);
-            s = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(dot)) * scale));
-            s_out[bh * chunks * chunk + j] = s;
-        }
-        let m = block_max(s, block);
-        let mut e = 0.0f32;
-        if valid {
-            e = (s - m).exp();
-        }
-        let l = block_sum(e, block);
-        if unit == 0 {
-            m_out[bh * chunks + c] = m;
-            l_out[bh * chunks + c] = l;
-        }
-    }
-}
-
-/// Torch mode, pass 2 of 2: every cube merges the chunks' maxima and sums (in chunk order, so
+/// Torch mode, after [`chunk_kernel`]: every cube merges the chunks' maxima and sums (in chunk order, so
 /// every cube gets the same `M` and `L`), rounds its keys' probabilities `exp(s - M) / L` to F
 /// as PyTorch's softmax output, and writes its chunk's `sum p v` (f32) for [`combine_kernel`]
 /// to add up (`weighted = false`).

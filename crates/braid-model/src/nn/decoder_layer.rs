@@ -88,15 +88,21 @@ impl DecoderLayer {
                     self.input_layernorm.eps,
                     p,
                 );
-                let nq = a.num_heads * a.head_dim;
-                let nkv = a.num_kv_heads * a.head_dim;
-                (qkv.clone().narrow(1, 0, nq), qkv.clone().narrow(1, nq, nkv), qkv.narrow(1, nq + nkv, nkv), None)
+                let (q, k, v) = self.split_qkv(qkv);
+                (q, k, v, None)
             }
             OpChoice::Reference => {
                 let h = self.input_layernorm.forward(x);
                 (a.q_proj.forward(h.clone()), a.k_proj.forward(h.clone()), a.v_proj.forward(h.clone()), Some(h))
             }
         }
+    }
+
+    /// Views of a fused `[rows, q | k | v]` buffer as q, k and v (no copy).
+    fn split_qkv(&self, qkv: Tensor<2>) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+        let a = &self.self_attn;
+        let (nq, nkv) = (a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim);
+        (qkv.clone().narrow(1, 0, nq), qkv.clone().narrow(1, nq, nkv), qkv.narrow(1, nq + nkv, nkv))
     }
 
     /// Step 2: q_norm / k_norm + RoPE -> `[b, heads|kv, t, hd]`.
@@ -217,8 +223,8 @@ impl DecoderLayer {
                     self.input_layernorm.eps,
                     p,
                 );
-                let (nq, nkv) = (a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim);
-                (x, qkv.clone().narrow(1, 0, nq), qkv.clone().narrow(1, nq, nkv), qkv.narrow(1, nq + nkv, nkv))
+                let (q, k, v) = self.split_qkv(qkv);
+                (x, q, k, v)
             }
             (pending, c) => {
                 let x = match pending {
