@@ -20,6 +20,8 @@ const BLOCK: usize = 512;
 /// Keys per cube of the split decode attention (one query row), and its units.
 const SPLIT_CHUNK: usize = 64;
 const SPLIT_BLOCK: usize = 256;
+/// Slots per block of a paged KV cache: one split chunk per block.
+pub const PAGE_SIZE: usize = SPLIT_CHUNK;
 /// Keys one query row can attend to (f32 scores in 16 KiB of shared memory).
 pub const MAX_KEYS: usize = 4096;
 /// Largest head_dim (the query row is staged in shared memory).
@@ -63,6 +65,69 @@ pub fn attention_at(
     launch(client, q, k_cache, v_cache, 0, Some(state), precision)
 }
 
+/// Decode attention over a paged KV cache: query row `r` of `q: [1, heads, rows, hd]`
+/// (contiguous) attends to keys `0..lens[r]` stored in the blocks `table[r, ..]` of
+/// `k_pool, v_pool: [blocks * PAGE_SIZE, kv_heads, hd]` (block `n` holds slots
+/// `n * PAGE_SIZE..(n + 1) * PAGE_SIZE`) -> `[rows, heads * hd]`. `table: [rows, max_blocks]`
+/// and `lens: [rows]` are u32; `1 <= lens[r] <= max_blocks * PAGE_SIZE` and every block id in
+/// range are the caller's invariants (the kernel does not check device data).
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    client: &Client,
+    q: TensorHandle,
+    k_pool: TensorHandle,
+    v_pool: TensorHandle,
+    table: TensorHandle,
+    lens: TensorHandle,
+    precision: Precision,
+) -> Result<TensorHandle, KernelError> {
+    let c = Check::new("paged_attention");
+    let qs = q.shape().to_vec();
+    if qs.len() != 4 || qs[0] != 1 {
+        return Err(c.shape_err("q", &q, "[1, heads, rows, head_dim]".into()));
+    }
+    let [_, heads, rows, hd] = [qs[0], qs[1], qs[2], qs[3]];
+    c.shape("q", &q, &qs)?;
+    let ks = k_pool.shape().to_vec();
+    for (name, t) in [("k_pool", &k_pool), ("v_pool", &v_pool)] {
+        let s = t.shape();
+        if s.len() != 3 || s.to_vec() != ks || s[0] % PAGE_SIZE != 0 || s[2] != hd || s[1] == 0 || heads % s[1] != 0 {
+            return Err(c.shape_err(name, t, format!("[blocks * {PAGE_SIZE}, kv_heads dividing {heads}, {hd}], as k_pool")));
+        }
+        if hd > 1 && t.strides()[2] != 1 {
+            return Err(KernelError::Layout { kernel: "paged_attention", tensor: name, strides: t.strides().to_vec() });
+        }
+        c.same_dtype(name, t, q.dtype)?;
+    }
+    let ts = table.shape().to_vec();
+    if ts.len() != 2 || ts[0] != rows || ts[1] == 0 {
+        return Err(c.shape_err("table", &table, format!("[{rows}, max_blocks >= 1]")));
+    }
+    c.shape("table", &table, &ts)?;
+    c.shape("lens", &lens, &[rows])?;
+    for (name, t) in [("table", &table), ("lens", &lens)] {
+        if t.dtype != u32_type() {
+            return Err(KernelError::DType { kernel: "paged_attention", tensor: name, got: format!("{}", t.dtype), expected: "u32".into() });
+        }
+    }
+    if hd > MAX_HEAD_DIM {
+        return Err(KernelError::Unsupported {
+            kernel: "paged_attention",
+            what: format!("head_dim {hd}"),
+            why: format!("at most {MAX_HEAD_DIM} (the query row lives in shared memory)"),
+        });
+    }
+    let block = units(client, hd)?;
+    let vector = vector_width(&k_pool, &v_pool, hd)?;
+    let out = output_like(client, &[rows, heads * hd], q.dtype);
+    if rows * heads == 0 {
+        return Ok(out);
+    }
+    let keys = Keys::Paged { table, lens };
+    split_decode(client, q, k_pool, v_pool, out.clone(), keys, rows * heads, ts[1], heads, precision, block, vector);
+    Ok(out)
+}
+
 fn launch(
     client: &Client,
     q: TensorHandle,
@@ -100,120 +165,29 @@ fn launch(
             why: format!("at most {MAX_KEYS} keys and head_dim {MAX_HEAD_DIM} (scores live in shared memory)"),
         });
     }
-    let hw = &client.properties().hardware;
-    let mut block = BLOCK.min(hw.max_units_per_cube as usize).min(hw.max_cube_dim.0 as usize);
-    while !block.is_power_of_two() {
-        block &= block - 1;
-    }
-    if block < hd {
-        return Err(KernelError::Unsupported {
-            kernel: NAME,
-            what: format!("head_dim {hd}"),
-            why: format!("the device allows {block} units per cube, fewer than head_dim"),
-        });
-    }
+    let block = units(client, hd)?;
     let dtype = q.dtype;
     let out = output_like(client, &[batch, seq, heads * hd], dtype);
     if batch * heads * seq == 0 {
         return Ok(out);
     }
     let from_state = state.is_some();
-    // Without a state, a placeholder the kernel never reads.
-    let state = state.unwrap_or_else(|| output_like(client, &[2], ElemType::UInt(cubecl::ir::UIntKind::U32)));
-    // K/V rows in 16-byte vectors where head_dim allows (it always divides: a power of two
-    // <= 16 bytes that divides hd; row starts and strides are multiples of hd).
-    let mut vector = (16 / dtype.size()).max(1);
-    while hd % vector != 0 {
-        vector /= 2;
-    }
-    for (name, t) in [("k", &k), ("v", &v)] {
-        let s = t.strides();
-        if s[..3].iter().any(|x| x % vector != 0) {
-            return Err(KernelError::Layout { kernel: NAME, tensor: name, strides: s.to_vec() });
-        }
-    }
+    let vector = vector_width(&k, &v, hd)?;
     if seq == 1 {
-        // Decode: split over the keys (many more cubes than heads). f32 mode in one pass with
-        // an online-softmax combine; torch mode in two (its probabilities are rounded after
-        // the global normalisation), then a plain ordered sum.
-        let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);
-        let cap = k.shape()[2];
-        let chunks = cap.div_ceil(SPLIT_CHUNK);
+        let keys = match state {
+            Some(state) => Keys::State(state),
+            None => Keys::Past(past),
+        };
         let rows = batch * heads;
-        let m = output_like(client, &[rows, chunks], f32_t);
-        let l = output_like(client, &[rows, chunks], f32_t);
-        let o = output_like(client, &[rows, chunks, hd], f32_t);
-        let split_block = SPLIT_BLOCK.min(block);
-        let grid = CubeCount::new_2d(rows as u32, chunks as u32);
-        let scale = (hd as f32).powf(-0.5);
-        let f32_mode = precision == Precision::F32;
-        // Torch mode's rounded scores (f32 mode: a placeholder the kernel never writes).
-        let scores = output_like(client, &[rows, if f32_mode { 1 } else { chunks * SPLIT_CHUNK }], f32_t);
-        split::chunk_kernel::launch(
-            client,
-            grid.clone(),
-            CubeDim::new_1d(split_block as u32),
-            vector,
-            q.into_arg(),
-            k.into_arg(),
-            v.clone().into_arg(),
-            scores.clone().into_arg(),
-            m.clone().into_arg(),
-            l.clone().into_arg(),
-            o.clone().into_arg(),
-            past as u32,
-            state.clone().into_arg(),
-            scale,
-            !f32_mode,
-            from_state,
-            SPLIT_CHUNK,
-            hd,
-            split_block,
-            dtype,
-        );
-        if !f32_mode {
-            split::value_kernel::launch(
-                client,
-                grid,
-                CubeDim::new_1d(split_block as u32),
-                vector,
-                v.into_arg(),
-                scores.into_arg(),
-                m.clone().into_arg(),
-                l.clone().into_arg(),
-                o.clone().into_arg(),
-                heads as u32,
-                past as u32,
-                state.clone().into_arg(),
-                from_state,
-                SPLIT_CHUNK,
-                hd,
-                split_block,
-                dtype,
-            );
-        }
-        split::combine_kernel::launch(
-            client,
-            CubeCount::new_1d(rows as u32),
-            CubeDim::new_1d(hd.next_power_of_two().max(32) as u32),
-            m.into_arg(),
-            l.into_arg(),
-            o.into_arg(),
-            out.clone().into_arg(),
-            past as u32,
-            state.into_arg(),
-            from_state,
-            f32_mode,
-            SPLIT_CHUNK,
-            hd,
-            dtype,
-        );
+        let chunks = k.shape()[2].div_ceil(SPLIT_CHUNK);
+        split_decode(client, q, k, v, out.clone(), keys, rows, chunks, heads, precision, block, vector);
         return Ok(out);
     }
+    let state = state.unwrap_or_else(|| placeholder(client));
     // Shared memory left for the value partials after the scores, the query row and the
     // two reductions' scratch (f32 each), less 1 KiB; at least one part per output channel.
     let used = 4 * (MAX_KEYS + hd + 2 * block) + 1024;
-    let partial_len = (hw.max_shared_memory_size.saturating_sub(used) / 4).min(block * vector).max(hd);
+    let partial_len = (client.properties().hardware.max_shared_memory_size.saturating_sub(used) / 4).min(block * vector).max(hd);
     kernel::attention_kernel::launch(
         client,
         CubeCount::new_2d((batch * heads) as u32, seq as u32),
@@ -235,4 +209,165 @@ fn launch(
         dtype,
     );
     Ok(out)
+}
+
+/// Units per cube: [`BLOCK`] or the device's largest power of two below it; at least head_dim.
+fn units(client: &Client, hd: usize) -> Result<usize, KernelError> {
+    let hw = &client.properties().hardware;
+    let mut block = BLOCK.min(hw.max_units_per_cube as usize).min(hw.max_cube_dim.0 as usize);
+    while !block.is_power_of_two() {
+        block &= block - 1;
+    }
+    if block < hd {
+        return Err(KernelError::Unsupported {
+            kernel: NAME,
+            what: format!("head_dim {hd}"),
+            why: format!("the device allows {block} units per cube, fewer than head_dim"),
+        });
+    }
+    Ok(block)
+}
+
+/// K/V rows in 16-byte vectors where head_dim allows (a power of two <= 16 bytes that divides
+/// hd); every stride but the last must be a multiple of it.
+fn vector_width(k: &TensorHandle, v: &TensorHandle, hd: usize) -> Result<usize, KernelError> {
+    let mut vector = (16 / k.dtype.size()).max(1);
+    while hd % vector != 0 {
+        vector /= 2;
+    }
+    for (name, t) in [("k", k), ("v", v)] {
+        let s = t.strides();
+        if s[..s.len() - 1].iter().any(|x| x % vector != 0) {
+            return Err(KernelError::Layout { kernel: NAME, tensor: name, strides: s.to_vec() });
+        }
+    }
+    Ok(vector)
+}
+
+/// Where a split decode row's keys end: `past + 1`, the device state's position + 1, or per
+/// row through a block table.
+enum Keys {
+    Past(usize),
+    State(TensorHandle),
+    Paged { table: TensorHandle, lens: TensorHandle },
+}
+
+/// A u32 buffer a kernel never reads (its comptime mode ignores it).
+fn placeholder(client: &Client) -> TensorHandle {
+    output_like(client, &[2], u32_type())
+}
+
+fn u32_type() -> ElemType {
+    ElemType::UInt(cubecl::ir::UIntKind::U32)
+}
+
+/// Decode attention split over the keys (many more cubes than heads): `rows` = query rows x
+/// heads, `chunks` of [`SPLIT_CHUNK`] keys each. f32 mode in one pass with an online-softmax
+/// combine; torch mode in two (its probabilities are rounded after the global normalisation),
+/// then a plain ordered sum.
+#[allow(clippy::too_many_arguments)]
+fn split_decode(
+    client: &Client,
+    q: TensorHandle,
+    k: TensorHandle,
+    v: TensorHandle,
+    out: TensorHandle,
+    keys: Keys,
+    rows: usize,
+    chunks: usize,
+    heads: usize,
+    precision: Precision,
+    block: usize,
+    vector: usize,
+) {
+    let hd = q.shape()[3];
+    let dtype = q.dtype;
+    let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);
+    let (past, from_state, paged) = match &keys {
+        Keys::Past(p) => (*p, false, false),
+        Keys::State(_) => (0, true, false),
+        Keys::Paged { .. } => (0, false, true),
+    };
+    let (state, table, lens) = match keys {
+        Keys::Past(_) => (placeholder(client), placeholder(client), placeholder(client)),
+        Keys::State(s) => (s, placeholder(client), placeholder(client)),
+        Keys::Paged { table, lens } => (placeholder(client), table, lens),
+    };
+    let m = output_like(client, &[rows, chunks], f32_t);
+    let l = output_like(client, &[rows, chunks], f32_t);
+    let o = output_like(client, &[rows, chunks, hd], f32_t);
+    let split_block = SPLIT_BLOCK.min(block);
+    let grid = CubeCount::new_2d(rows as u32, chunks as u32);
+    let scale = (hd as f32).powf(-0.5);
+    let f32_mode = precision == Precision::F32;
+    // Torch mode's rounded scores (f32 mode: a placeholder the kernel never writes).
+    let scores = output_like(client, &[rows, if f32_mode { 1 } else { chunks * SPLIT_CHUNK }], f32_t);
+    split::chunk_kernel::launch(
+        client,
+        grid.clone(),
+        CubeDim::new_1d(split_block as u32),
+        vector,
+        q.into_arg(),
+        k.into_arg(),
+        v.clone().into_arg(),
+        scores.clone().into_arg(),
+        m.clone().into_arg(),
+        l.clone().into_arg(),
+        o.clone().into_arg(),
+        past as u32,
+        state.clone().into_arg(),
+        table.clone().into_arg(),
+        lens.clone().into_arg(),
+        scale,
+        !f32_mode,
+        from_state,
+        paged,
+        SPLIT_CHUNK,
+        hd,
+        split_block,
+        dtype,
+    );
+    if !f32_mode {
+        split::value_kernel::launch(
+            client,
+            grid,
+            CubeDim::new_1d(split_block as u32),
+            vector,
+            v.into_arg(),
+            scores.into_arg(),
+            m.clone().into_arg(),
+            l.clone().into_arg(),
+            o.clone().into_arg(),
+            heads as u32,
+            past as u32,
+            state.clone().into_arg(),
+            table.into_arg(),
+            lens.clone().into_arg(),
+            from_state,
+            paged,
+            SPLIT_CHUNK,
+            hd,
+            split_block,
+            dtype,
+        );
+    }
+    split::combine_kernel::launch(
+        client,
+        CubeCount::new_1d(rows as u32),
+        CubeDim::new_1d(hd.next_power_of_two().max(32) as u32),
+        m.into_arg(),
+        l.into_arg(),
+        o.into_arg(),
+        out.into_arg(),
+        heads as u32,
+        past as u32,
+        state.into_arg(),
+        lens.into_arg(),
+        from_state,
+        paged,
+        f32_mode,
+        SPLIT_CHUNK,
+        hd,
+        dtype,
+    );
 }

@@ -11,11 +11,15 @@ use crate::reduce::{block_max, block_sum};
 /// its probabilities are rounded after the global normalisation. Cubes whose chunk starts past
 /// the last key return at once (the chunk count covers the cache's capacity: the position may
 /// live on the device). One query row per (batch, head): `q: [batch, heads, 1, hd]`.
+///
+/// `paged`: the keys live in a block pool `k, v: [blocks * chunk, kv_heads, hd]` (one chunk per
+/// block); query row `b` of `q: [1, heads, rows, hd]` attends to keys `0..lens[b]` of the blocks
+/// `table[b, ..]`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn chunk_kernel<F: Float, N: Size>(
-    q: &Tensor<F>,            // [batch, heads, 1, hd] contiguous
-    k: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + 1, hd]
+    q: &Tensor<F>,            // [batch, heads, 1, hd] contiguous (paged: [1, heads, rows, hd])
+    k: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + 1, hd] (paged: the pool)
     v: &Tensor<Vector<F, N>>, // [batch, kv_heads, >= past + 1, hd] (read unless `torch`)
     s_out: &mut Tensor<f32>,  // [batch * heads, chunks * chunk] (written when `torch`)
     m_out: &mut Tensor<f32>,  // [batch * heads, chunks]
@@ -23,9 +27,12 @@ pub(super) fn chunk_kernel<F: Float, N: Size>(
     o_out: &mut Tensor<f32>,  // [batch * heads, chunks, hd] (written unless `torch`)
     past: u32,
     state: &Tensor<u32>, // [2] (token, position) when `past_from_state`
+    table: &Tensor<u32>, // [rows, max_blocks] when `paged`
+    lens: &Tensor<u32>,  // [rows] when `paged`: keys of each row
     scale: f32,
     #[comptime] torch: bool,
     #[comptime] past_from_state: bool,
+    #[comptime] paged: bool,
     #[comptime] chunk: usize,
     #[comptime] head_dim: usize,
     #[comptime] block: usize,
@@ -40,26 +47,28 @@ pub(super) fn chunk_kernel<F: Float, N: Size>(
     let b = bh / heads;
     let h = bh % heads;
     let g = h / (heads / kv_heads);
-    let past = if past_from_state { state[1] } else { past };
-    let n_keys = past as usize + 1;
+    let n_keys = key_count(past, state, lens, b, past_from_state, paged);
     let start = c * chunk;
     if start < n_keys {
         let vs = k.vector_size().comptime();
         let mut qs = Shared::<[f32]>::new_slice(head_dim);
         let mut p = Shared::<[f32]>::new_slice(chunk);
+        let q_base = if paged { h * q.stride(1) + b * q.stride(2) } else { b * q.stride(0) + h * q.stride(1) };
         let mut d = unit;
         while d < head_dim {
-            qs[d] = f32::cast_from(q[bh * head_dim + d]);
+            qs[d] = f32::cast_from(q[q_base + d]);
             d += block;
         }
         sync_cube();
+        // Where the chunk's first key of head g starts, and the elements between keys.
+        let (k_first, k_step) = chunk_rows(k, table, b, g, c, start, chunk, paged);
 
         // Scores: one key per unit, the row's vector loads unrolled.
         let mut s = f32::new(f32::MIN);
         let j = start + unit;
         let valid = unit < chunk && j < n_keys;
         if valid {
-            let row = (b * k.stride(0) + g * k.stride(1) + j * k.stride(2)) / vs;
+            let row = (k_first + unit * k_step) / vs;
             let dot = key_dot::<F, N>(k, row, &qs, head_dim);
             if torch {
                 s = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(dot)) * scale));
@@ -80,7 +89,8 @@ pub(super) fn chunk_kernel<F: Float, N: Size>(
         let slot = bh * chunks + c;
         if !torch {
             sync_cube();
-            chunk_values::<F, N>(v, &p, o_out, slot, b * v.stride(0) + g * v.stride(1), start, n_keys, chunk, head_dim, block);
+            let (v_first, v_step) = chunk_rows(v, table, b, g, c, start, chunk, paged);
+            chunk_values::<F, N>(v, &p, o_out, slot, v_first, v_step, min(chunk, n_keys - start), head_dim, block);
         }
         if unit == 0 {
             m_out[slot] = m;
@@ -98,10 +108,13 @@ pub(super) fn combine_kernel<F: Float>(
     m_in: &Tensor<f32>,   // [batch * heads, chunks]
     l_in: &Tensor<f32>,   // [batch * heads, chunks]
     o_in: &Tensor<f32>,   // [batch * heads, chunks, hd]
-    out: &mut Tensor<F>,  // [batch, 1, heads * hd]
+    out: &mut Tensor<F>,  // [batch, 1, heads * hd] (paged: [rows, heads * hd])
+    heads: u32,
     past: u32,
     state: &Tensor<u32>,
+    lens: &Tensor<u32>,
     #[comptime] past_from_state: bool,
+    #[comptime] paged: bool,
     #[comptime] weighted: bool,
     #[comptime] chunk: usize,
     #[comptime] head_dim: usize,
@@ -110,8 +123,7 @@ pub(super) fn combine_kernel<F: Float>(
     let bh = CUBE_POS_X as usize;
     let d = UNIT_POS_X as usize;
     let chunks = m_in.shape(1);
-    let past = if past_from_state { state[1] } else { past };
-    let used = (past as usize + 1).div_ceil(chunk);
+    let used = key_count(past, state, lens, bh / heads as usize, past_from_state, paged).div_ceil(chunk);
     if d < head_dim && !weighted {
         let mut o = 0.0f32;
         for c in 0..used {
@@ -150,7 +162,10 @@ pub(super) fn value_kernel<F: Float, N: Size>(
     heads: u32,
     past: u32,
     state: &Tensor<u32>,
+    table: &Tensor<u32>,
+    lens: &Tensor<u32>,
     #[comptime] past_from_state: bool,
+    #[comptime] paged: bool,
     #[comptime] chunk: usize,
     #[comptime] head_dim: usize,
     #[comptime] block: usize,
@@ -165,8 +180,7 @@ pub(super) fn value_kernel<F: Float, N: Size>(
     let b = bh / heads;
     let h = bh % heads;
     let g = h / (heads / kv_heads);
-    let past = if past_from_state { state[1] } else { past };
-    let n_keys = past as usize + 1;
+    let n_keys = key_count(past, state, lens, b, past_from_state, paged);
     let start = c * chunk;
     if start < n_keys {
         let used = n_keys.div_ceil(chunk);
@@ -189,13 +203,48 @@ pub(super) fn value_kernel<F: Float, N: Size>(
             p[unit] = w;
         }
         sync_cube();
-        chunk_values::<F, N>(v, &p, o_out, bh * chunks + c, b * v.stride(0) + g * v.stride(1), start, n_keys, chunk, head_dim, block);
+        let (v_first, v_step) = chunk_rows(v, table, b, g, c, start, chunk, paged);
+        chunk_values::<F, N>(v, &p, o_out, bh * chunks + c, v_first, v_step, min(chunk, n_keys - start), head_dim, block);
     }
 }
 
-/// `o_out[slot] = sum_u p[u] v[start + u]` over the chunk's keys (`u < chunk`,
-/// `start + u < n_keys`), in f32: `parts` groups of `head_dim / vs` units over the keys, summed
-/// through shared memory.
+/// Keys query row `b` attends to: `past + 1`, `state[1] + 1` or `lens[b]`.
+#[cube]
+fn key_count(past: u32, state: &Tensor<u32>, lens: &Tensor<u32>, b: usize, #[comptime] past_from_state: bool, #[comptime] paged: bool) -> usize {
+    if paged {
+        lens[b] as usize
+    } else if past_from_state {
+        state[1] as usize + 1
+    } else {
+        past as usize + 1
+    }
+}
+
+/// The element offset of chunk `c`'s first key row (head `g`, query row `b`) and the elements
+/// between consecutive keys: in the cache `[batch, kv, capacity, hd]` or, `paged`, in block
+/// `table[b, c]` of the pool `[blocks * chunk, kv, hd]`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn chunk_rows<F: Float, N: Size>(
+    t: &Tensor<Vector<F, N>>,
+    table: &Tensor<u32>,
+    b: usize,
+    g: usize,
+    c: usize,
+    start: usize,
+    #[comptime] chunk: usize,
+    #[comptime] paged: bool,
+) -> (usize, usize) {
+    if paged {
+        let blk = table[b * table.stride(0) + c] as usize;
+        (blk * chunk * t.stride(0) + g * t.stride(1), t.stride(0))
+    } else {
+        (b * t.stride(0) + g * t.stride(1) + start * t.stride(2), t.stride(2))
+    }
+}
+
+/// `o_out[slot] = sum_u p[u] v[first + u * step]` over the chunk's `count` keys, in f32:
+/// `parts` groups of `head_dim / vs` units over the keys, summed through shared memory.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn chunk_values<F: Float, N: Size>(
@@ -203,10 +252,9 @@ fn chunk_values<F: Float, N: Size>(
     p: &Shared<[f32]>,
     o_out: &mut Tensor<f32>,
     slot: usize,
-    v_base: usize,
-    start: usize,
-    n_keys: usize,
-    #[comptime] chunk: usize,
+    first: usize,
+    step: usize,
+    count: usize,
     #[comptime] head_dim: usize,
     #[comptime] block: usize,
 ) {
@@ -223,12 +271,12 @@ fn chunk_values<F: Float, N: Size>(
         for x in 0..vs {
             acc[x] = 0.0;
         }
-        let vrow = v.stride(2) / vs;
-        let base = v_base / vs + cv;
+        let vrow = step / vs;
+        let base = first / vs + cv;
         let mut u = part;
-        while u < chunk && start + u < n_keys {
+        while u < count {
             let w = p[u];
-            let row = v[base + (start + u) * vrow];
+            let row = v[base + u * vrow];
             #[unroll]
             for x in 0..vs {
                 acc[x] += w * f32::cast_from(row.extract(x));

@@ -326,4 +326,38 @@ impl FusedOps for Cube {
         ));
         (tensor(&like, h, dtype), tensor(&like, act, dtype))
     }
+
+    fn paged_kv_write(
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        slots: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (kh, vh) = (view(k_pool.clone()), view(v_pool.clone()));
+        let client = k_pool.client.clone();
+        launched(braid_kernels::paged::kv_write(&client, &kh, &vh, view(k), view(v), TensorHandle::from(into_contiguous(slots))));
+        (k_pool, v_pool)
+    }
+
+    fn paged_attention(
+        q: FloatTensor<Self>,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        table: IntTensor<Self>,
+        lens: IntTensor<Self>,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        let (like, dtype) = (q.clone(), q.dtype);
+        let out = launched(braid_kernels::attention::paged_attention(
+            &like.client,
+            handle(q),
+            view(k_pool),
+            view(v_pool),
+            TensorHandle::from(into_contiguous(table)),
+            TensorHandle::from(into_contiguous(lens)),
+            precision,
+        ));
+        tensor(&like, out, dtype)
+    }
 }

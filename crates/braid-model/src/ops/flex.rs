@@ -172,4 +172,27 @@ impl FusedOps for Flex {
         let (h, act) = reference::add_rms_norm_gate_up(wrap(residual), wrap(x), wrap(gamma), wrap(w_gate), wrap(w_up), eps, precision);
         (unwrap(h), unwrap(act))
     }
+
+    fn paged_kv_write(
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        slots: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (k, v) = reference::paged_kv_write(wrap(k_pool), wrap(v_pool), wrap(k), wrap(v), iwrap(slots));
+        (unwrap(k), unwrap(v))
+    }
+
+    fn paged_attention(
+        q: FloatTensor<Self>,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        table: IntTensor<Self>,
+        lens: IntTensor<Self>,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        let table = Tensor::<2, Int>::from_primitive::<Flex>(table);
+        unwrap(reference::paged_attention(wrap(q), wrap(k_pool), wrap(v_pool), table, iwrap(lens), precision))
+    }
 }

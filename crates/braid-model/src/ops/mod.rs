@@ -112,6 +112,23 @@ pub trait FusedOps: Backend {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
+    fn paged_kv_write(
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        slots: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    fn paged_attention(
+        q: FloatTensor<Self>,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        table: IntTensor<Self>,
+        lens: IntTensor<Self>,
+        precision: Precision,
+    ) -> FloatTensor<Self>;
+
     #[allow(clippy::too_many_arguments)]
     fn add_rms_norm_gate_up(
         residual: FloatTensor<Self>,
@@ -128,6 +145,8 @@ pub trait FusedOps: Backend {
 /// plan's dispatch point takes the reference path. Decode rows (one per sequence) are split
 /// over the keys and have no such limit.
 pub const ATTENTION_MAX_KEYS: usize = braid_kernels::attention::MAX_KEYS;
+/// Slots per block of the paged KV cache (`crate::paged`).
+pub const PAGE_SIZE: usize = braid_kernels::attention::PAGE_SIZE;
 /// Largest head_dim of the fused attention kernel.
 pub const ATTENTION_MAX_HEAD_DIM: usize = braid_kernels::attention::MAX_HEAD_DIM;
 
@@ -349,4 +368,42 @@ pub fn add_rms_norm_gate_up(
         precision,
     );
     (Tensor::from_dispatch(h), Tensor::from_dispatch(act))
+}
+
+// Paged KV cache (`crate::paged`): pools `[blocks * PAGE_SIZE, kv_heads, hd]` shared by every
+// sequence of a batch, a block table per sequence. On the CubeCL backend `paged_kv_write`
+// updates the pools in place (the returned tensors are the same buffers); the twin returns new
+// tensors, so callers keep what it returns. `slots`, `table` and `lens` are u32 on the CubeCL
+// backend.
+
+/// Writes `k, v: [1, kv_heads, rows, hd]` into the pools at `slots: [rows]`; returns the pools.
+pub fn paged_kv_write(k_pool: Tensor<3>, v_pool: Tensor<3>, k: Tensor<4>, v: Tensor<4>, slots: Tensor<1, Int>) -> (Tensor<3>, Tensor<3>) {
+    let (k, v) = <Dispatch as FusedOps>::paged_kv_write(
+        k_pool.into_dispatch(),
+        v_pool.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        slots.into_dispatch(),
+    );
+    (Tensor::from_dispatch(k), Tensor::from_dispatch(v))
+}
+
+/// Decode attention over the paged cache: row `r` of `q: [1, heads, rows, hd]` attends to keys
+/// `0..lens[r]` held in blocks `table[r, ..]` (`table: [rows, max_blocks]`) -> `[rows, heads*hd]`.
+pub fn paged_attention(
+    q: Tensor<4>,
+    k_pool: Tensor<3>,
+    v_pool: Tensor<3>,
+    table: Tensor<2, Int>,
+    lens: Tensor<1, Int>,
+    precision: Precision,
+) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::paged_attention(
+        q.into_dispatch(),
+        k_pool.into_dispatch(),
+        v_pool.into_dispatch(),
+        table.into_dispatch(),
+        lens.into_dispatch(),
+        precision,
+    ))
 }

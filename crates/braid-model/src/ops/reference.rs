@@ -301,3 +301,54 @@ pub fn add_rms_norm_gate_up(
     let (h, n) = add_rms_norm(residual, x, gamma, eps, precision);
     (h, gate_up_silu(n, w_gate, w_up, precision))
 }
+
+fn host_ints<const D: usize>(t: Tensor<D, Int>) -> Vec<usize> {
+    t.into_data().convert::<i64>().try_to_vec::<i64>().expect("int tensor").into_iter().map(|i| i as usize).collect()
+}
+
+/// Writes `k, v: [1, kv_heads, rows, hd]` into `k_pool, v_pool: [slots, kv_heads, hd]` at
+/// `slots: [rows]`.
+pub fn paged_kv_write(k_pool: Tensor<3>, v_pool: Tensor<3>, k: Tensor<4>, v: Tensor<4>, slots: Tensor<1, Int>) -> (Tensor<3>, Tensor<3>) {
+    let [_, kv, rows, hd] = k.dims();
+    let device = k.device();
+    let idx: Vec<i64> = host_ints(slots).into_iter().map(|s| s as i64).collect();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows]), &device);
+    let rows_of = |t: Tensor<4>| t.swap_dims(1, 2).reshape([rows, kv, hd]);
+    let op = burn::tensor::IndexingUpdateOp::Assign;
+    (k_pool.select_assign(0, idx.clone(), rows_of(k), op), v_pool.select_assign(0, idx, rows_of(v), op))
+}
+
+/// The keys (or values) of one sequence gathered from a pool `[slots, kv, hd]`: positions
+/// `0..n` through its block ids -> `[1, kv, n, hd]`.
+pub fn paged_gather(pool: Tensor<3>, blocks: &[usize], n: usize, page: usize) -> Tensor<4> {
+    let [_, kv, hd] = pool.dims();
+    let ids: Vec<i64> = (0..n).map(|j| (blocks[j / page] * page + j % page) as i64).collect();
+    let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &pool.device());
+    pool.select(0, ids).reshape([1, n, kv, hd]).swap_dims(1, 2)
+}
+
+/// Each query row of `q: [1, heads, rows, hd]` over its sequence's keys `0..lens[r]`, gathered
+/// through `table: [rows, max_blocks]` -> `[rows, heads * hd]`.
+pub fn paged_attention(
+    q: Tensor<4>,
+    k_pool: Tensor<3>,
+    v_pool: Tensor<3>,
+    table: Tensor<2, Int>,
+    lens: Tensor<1, Int>,
+    precision: Precision,
+) -> Tensor<2> {
+    let [_, _, rows, _] = q.dims();
+    let cols = table.dims()[1];
+    let table = host_ints(table);
+    let lens = host_ints(lens);
+    let page = super::PAGE_SIZE;
+    let out: Vec<Tensor<2>> = (0..rows)
+        .map(|r| {
+            let (blocks, n) = (&table[r * cols..(r + 1) * cols], lens[r]);
+            let k = paged_gather(k_pool.clone(), blocks, n, page);
+            let v = paged_gather(v_pool.clone(), blocks, n, page);
+            attention(q.clone().narrow(2, r, 1), k, v, n - 1, precision)
+        })
+        .collect();
+    Tensor::cat(out, 0)
+}

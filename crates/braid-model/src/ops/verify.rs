@@ -157,6 +157,7 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
             out.push(check_add_then(&ctx, &mut rng, case, p, true));
         }
         out.push(check_argmax(&ctx, &mut rng, case));
+        out.extend(check_paged(&ctx, &mut rng, case));
         out.push(check_decode_state(&ctx, &mut rng, case));
     }
     out
@@ -621,4 +622,132 @@ fn check_gate_up_silu(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpC
     let fused = super::gate_up_silu(x.clone(), wg.clone(), wu.clone(), p);
     let twin = reference::gate_up_silu(x, wg, wu, p);
     record("gate_up_silu", case.name, p, &host(fused), &host(twin), &truth)
+}
+
+/// The paged cache: `paged_kv_write` (exact against the host; error = fraction of wrong
+/// values) then `paged_attention` in both modes over what it wrote, three sequences of
+/// different lengths (one key; exactly one block; several blocks and a partial one) in
+/// shuffled blocks of a pool whose unused slots are NaN.
+fn check_paged(ctx: &Ctx, rng: &mut Rng, case: Case) -> Vec<OpCheck> {
+    use burn::tensor::Int;
+    let page = super::PAGE_SIZE;
+    let (nh, nkv, hd) = (6, 2, 40);
+    let lens = [1, page, 2 * page + 37 + case.rows % 5];
+    let rows = lens.len();
+    let needed: Vec<usize> = lens.iter().map(|n| n.div_ceil(page)).collect();
+    let n_blocks = needed.iter().sum::<usize>() + 2;
+    // A shuffled assignment of blocks to sequences (Fisher-Yates on the generator).
+    let mut ids: Vec<usize> = (0..n_blocks).collect();
+    for i in (1..n_blocks).rev() {
+        let j = ((rng.unit() + 1.0) * 0.5 * (i + 1) as f32) as usize % (i + 1);
+        ids.swap(i, j);
+    }
+    let max_blocks = *needed.iter().max().unwrap_or(&1);
+    let mut table = vec![0u32; rows * max_blocks];
+    let mut next = 0;
+    for (r, &n) in needed.iter().enumerate() {
+        for b in 0..n {
+            table[r * max_blocks + b] = ids[next] as u32;
+            next += 1;
+        }
+    }
+    let slot = |r: usize, j: usize| table[r * max_blocks + j / page] as usize * page + j % page;
+    let slots: Vec<u32> = (0..rows).map(|r| slot(r, lens[r] - 1) as u32).collect();
+    // Scores keep their scale under the adversarial case (see `check_attention`).
+    let (scale, peak) = if case.peak != 0.0 { (2.0, 96.0) } else { (1.0, 1.0) };
+    let n_slots = n_blocks * page;
+    let mut pool = |s: f32, peak: f32| {
+        let mut v = vec![f32::NAN; n_slots * nkv * hd];
+        for (r, &n) in lens.iter().enumerate() {
+            // Every key but the last (the one `paged_kv_write` adds).
+            for j in 0..n - 1 {
+                let o = slot(r, j) * nkv * hd;
+                v[o..o + nkv * hd].copy_from_slice(&rng.vec(nkv * hd, s));
+                v[o..o + nkv * hd].iter_mut().skip(3).step_by(hd).for_each(|x| *x *= peak);
+            }
+        }
+        v
+    };
+    let (kp, vp) = (pool(scale, peak), pool(case.scale.min(1e3), 1.0));
+    let mut new_rows = |s: f32, peak: f32| {
+        let mut v = rng.vec(nkv * rows * hd, s);
+        v.iter_mut().skip(3).step_by(hd).for_each(|x| *x *= peak);
+        v
+    };
+    let (kn, vn) = (new_rows(scale, peak), new_rows(case.scale.min(1e3), 1.0));
+    let mut qv = rng.vec(nh * rows * hd, scale);
+    qv.iter_mut().skip(3).step_by(hd).for_each(|x| *x /= peak);
+    let k_pool = ctx.t(kp, [n_slots, nkv, hd]);
+    let v_pool = ctx.t(vp, [n_slots, nkv, hd]);
+    let k_new = ctx.t(kn, [1, nkv, rows, hd]);
+    let v_new = ctx.t(vn, [1, nkv, rows, hd]);
+    let q = ctx.t(qv, [1, nh, rows, hd]);
+    let u32s = |v: Vec<u32>, shape: [usize; 1]| Tensor::<1, Int>::from_data(TensorData::new(v, shape), (ctx.device, DType::U32));
+    let slots_t = u32s(slots.clone(), [rows]);
+    let table_t = Tensor::<2, Int>::from_data(TensorData::new(table.clone(), [rows, max_blocks]), (ctx.device, DType::U32));
+    let lens_t = u32s(lens.iter().map(|&n| n as u32).collect(), [rows]);
+
+    // The write: the host's expectation from the rounded inputs.
+    let (mut kt, mut vt) = (host(k_pool.clone()), host(v_pool.clone()));
+    let (knh, vnh) = (host(k_new.clone()), host(v_new.clone()));
+    for (r, &s) in slots.iter().enumerate() {
+        for h in 0..nkv {
+            for d in 0..hd {
+                kt[(s as usize * nkv + h) * hd + d] = knh[(h * rows + r) * hd + d];
+                vt[(s as usize * nkv + h) * hd + d] = vnh[(h * rows + r) * hd + d];
+            }
+        }
+    }
+    let write = |fused: bool| {
+        // Fresh copies: the fused op writes in place.
+        let (k2, v2) = (k_pool.clone() + 0.0, v_pool.clone() + 0.0);
+        if fused {
+            super::paged_kv_write(k2, v2, k_new.clone(), v_new.clone(), slots_t.clone())
+        } else {
+            reference::paged_kv_write(k2, v2, k_new.clone(), v_new.clone(), slots_t.clone())
+        }
+    };
+    let ((kf, vf), (kw, vw)) = (write(true), write(false));
+    let same = |a: f64, b: f64| a == b || (a.is_nan() && b.is_nan());
+    let wrong = |k: Tensor<3>, v: Tensor<3>| {
+        let (k, v) = (host(k), host(v));
+        let bad = k.iter().zip(&kt).chain(v.iter().zip(&vt)).filter(|(a, b)| !same(**a, **b)).count();
+        bad as f64 / (kt.len() + vt.len()) as f64
+    };
+    let (fw, tw) = (wrong(kf.clone(), vf.clone()), wrong(kw, vw));
+    let mut out = vec![OpCheck {
+        op: "paged_kv_write",
+        case: case.name.to_string(),
+        precision: Precision::Torch,
+        fused_err: fw,
+        twin_err: tw,
+        fused_vs_twin: (fw - tw).abs(),
+        finite: true,
+    }];
+
+    // Attention over what was written, through the block table.
+    let qh = host(q.clone());
+    let mut truth = vec![0.0; rows * nh * hd];
+    for r in 0..rows {
+        let n = lens[r];
+        for h in 0..nh {
+            let g = h / (nh / nkv);
+            let qr = &qh[(h * rows + r) * hd..][..hd];
+            let key = |j: usize| (slot(r, j) * nkv + g) * hd;
+            let s: Vec<f64> = (0..n).map(|j| qr.iter().zip(&kt[key(j)..key(j) + hd]).map(|(a, c)| a * c).sum::<f64>() / (hd as f64).sqrt()).collect();
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for d in 0..hd {
+                truth[(r * nh + h) * hd + d] = (0..n).map(|j| e[j] / z * vt[key(j) + d]).sum();
+            }
+        }
+    }
+    for p in [Precision::Torch, Precision::F32] {
+        ctx.poison(rows * nh * hd);
+        let fused = super::paged_attention(q.clone(), kf.clone(), vf.clone(), table_t.clone(), lens_t.clone(), p);
+        let twin = reference::paged_attention(q.clone(), kf.clone(), vf.clone(), table_t.clone(), lens_t.clone(), p);
+        out.push(record("paged_attention", case.name, p, &host(fused), &host(twin), &truth));
+    }
+    out
 }
