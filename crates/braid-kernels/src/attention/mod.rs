@@ -232,7 +232,7 @@ fn units(client: &Client, hd: usize) -> Result<usize, KernelError> {
 /// hd); every stride but the last must be a multiple of it.
 fn vector_width(k: &TensorHandle, v: &TensorHandle, hd: usize) -> Result<usize, KernelError> {
     let mut vector = (16 / k.dtype.size()).max(1);
-    while hd % vector != 0 {
+    while !hd.is_multiple_of(vector) {
         vector /= 2;
     }
     for (name, t) in [("k", k), ("v", v)] {
