@@ -21,6 +21,8 @@ pub enum EngineError {
     PromptTooLong { tokens: usize, limit: usize },
     #[error("prompt is empty: it encodes to no tokens")]
     EmptyPrompt,
+    #[error("batch engine: {0}")]
+    Batch(String),
     #[error("invalid sampling parameter `{field}`: {message}")]
     Sampling { field: &'static str, message: String },
 }

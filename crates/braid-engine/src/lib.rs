@@ -1,6 +1,7 @@
 //! Braid's engine: tokenizer and chat template, sampling, and the generation loop over a
 //! loaded Qwen3 model.
 
+pub mod batch;
 pub mod chat;
 pub mod engine;
 pub mod error;
@@ -8,6 +9,7 @@ pub mod generation_config;
 pub mod sampler;
 pub mod tokenizer;
 
+pub use batch::{BatchConfig, BatchEngine, BatchStats};
 pub use chat::{ChatTemplate, Message};
 pub use engine::{Engine, Finish, Generation, Request};
 pub use error::EngineError;

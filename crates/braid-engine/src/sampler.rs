@@ -62,6 +62,7 @@ impl SamplingParams {
 }
 
 /// A sampler with its own random stream.
+#[derive(Debug)]
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,

@@ -82,4 +82,6 @@ pub enum ForwardError {
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("empty input: at least one token is needed")]
     EmptyInput,
+    #[error("paged KV cache: {0}")]
+    BlockTable(String),
 }

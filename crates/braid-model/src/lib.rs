@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod kv_cache;
 pub mod nn;
 pub mod ops;
+pub mod paged;
 pub mod plan;
 pub mod qwen3;
 pub mod taps;

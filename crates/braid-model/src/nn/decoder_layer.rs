@@ -209,9 +209,28 @@ impl DecoderLayer {
         state: &Tensor<1, Int>,
         plan: &LayerPlan,
     ) -> (Tensor<2>, Tensor<2>) {
+        let shape = self.self_attn.shape(1, 1);
+        let (x, q, k, v) = self.add_qkv(x, pending, plan.rms_norm_qkv);
+        let (q, k, v) = self.norm_rope(q, k, v, rope, shape, plan.qk_norm_rope);
+        let (kc, vc) = ops::kv_write(cache.k.clone(), cache.v.clone(), k, v, state.clone());
+        cache.k = kc;
+        cache.v = vc;
+        let p = match plan.attention {
+            OpChoice::Fused(p) => p,
+            OpChoice::Reference => ops::Precision::Torch,
+        };
+        let attn = ops::attention_at(q, cache.k.clone(), cache.v.clone(), state.clone(), p);
+        let attn = self.o_proj(attn, plan.linear);
+        let (x, act) = self.add_gate_up(x, attn, plan);
+        (x, self.down(act, plan.linear))
+    }
+
+    /// The previous layer's pending MLP output added to the stream `x: [rows, hidden]` and this
+    /// layer's input norm + QKV, fused into one launch where the choice is fused:
+    /// `(x, q, k, v)`.
+    fn add_qkv(&self, x: Tensor<2>, pending: Option<Tensor<2>>, c: OpChoice) -> (Tensor<2>, Tensor<2>, Tensor<2>, Tensor<2>) {
         let a = &self.self_attn;
-        let shape = a.shape(1, 1);
-        let (x, q, k, v) = match (pending, plan.rms_norm_qkv) {
+        match (pending, c) {
             (Some(down), OpChoice::Fused(p)) => {
                 let (x, qkv) = ops::add_rms_norm_qkv(
                     x,
@@ -234,34 +253,50 @@ impl DecoderLayer {
                 let (q, k, v, _) = self.qkv(x.clone(), c);
                 (x, q, k, v)
             }
-        };
-        let (q, k, v) = self.norm_rope(q, k, v, rope, shape, plan.qk_norm_rope);
-        let (kc, vc) = ops::kv_write(cache.k.clone(), cache.v.clone(), k, v, state.clone());
-        cache.k = kc;
-        cache.v = vc;
-        let p = match plan.attention {
-            OpChoice::Fused(p) => p,
-            OpChoice::Reference => ops::Precision::Torch,
-        };
-        let attn = ops::attention_at(q, cache.k.clone(), cache.v.clone(), state.clone(), p);
-        let attn = self.o_proj(attn, plan.linear);
+        }
+    }
+
+    /// The attention output added to the stream, `post_attention_layernorm` and the gate/up
+    /// projection, one launch when both choices are fused in the same mode: `(x, act)`.
+    fn add_gate_up(&self, x: Tensor<2>, attn: Tensor<2>, plan: &LayerPlan) -> (Tensor<2>, Tensor<2>) {
         let n = &self.post_attention_layernorm;
         let m = &self.mlp;
-        let (x, act) = match (plan.add_rms_norm, plan.silu_mul) {
-            (OpChoice::Fused(p1), OpChoice::Fused(p2)) if p1 == p2 => ops::add_rms_norm_gate_up(
-                x,
-                attn,
-                n.weight.val(),
-                m.gate_proj.weight.val(),
-                m.up_proj.weight.val(),
-                n.eps,
-                p1,
-            ),
+        match (plan.add_rms_norm, plan.silu_mul) {
+            (OpChoice::Fused(p1), OpChoice::Fused(p2)) if p1 == p2 => {
+                ops::add_rms_norm_gate_up(x, attn, n.weight.val(), m.gate_proj.weight.val(), m.up_proj.weight.val(), n.eps, p1)
+            }
             _ => {
                 let (x, h) = self.add_norm(x, attn, plan.add_rms_norm);
                 (x, self.gate_up(h, plan.silu_mul))
             }
-        };
+        }
+    }
+
+    /// One step of a batch over the paged KV cache (`crate::paged`): `x: [rows, hidden]`, the
+    /// new tokens of every sequence in the batch, one after another; `pending` as in
+    /// [`Self::decode_step`]. Keys and values go to their slots in the pools; attention reads
+    /// each sequence's keys through its block table (one split launch when every sequence has
+    /// one new row, else per sequence). Returns the stream and the pending MLP output.
+    pub fn paged_step(
+        &self,
+        x: Tensor<2>,
+        pending: Option<Tensor<2>>,
+        rope: &Rope,
+        pools: &mut crate::paged::PagedLayer,
+        batch: &crate::paged::BatchMeta,
+        plan: &LayerPlan,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let rows = x.dims()[0];
+        let shape = self.self_attn.shape(1, rows);
+        let (x, q, k, v) = self.add_qkv(x, pending, plan.rms_norm_qkv);
+        // [1, heads|kv, rows, hd]
+        let (q, k, v) = self.norm_rope(q, k, v, rope, shape, plan.qk_norm_rope);
+        let (kp, vp) = ops::paged_kv_write(pools.k.clone(), pools.v.clone(), k.clone(), v.clone(), batch.slots.clone());
+        pools.k = kp;
+        pools.v = vp;
+        let attn = crate::paged::attention(q, k, v, pools, batch, plan.attention);
+        let attn = self.o_proj(attn, plan.linear);
+        let (x, act) = self.add_gate_up(x, attn, plan);
         (x, self.down(act, plan.linear))
     }
 }

@@ -141,6 +141,14 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
+/// The device's memory capacity in bytes, where its runtime reports one (CUDA does; the CPU
+/// and some wgpu adapters do not).
+pub fn device_memory(device: &burn::tensor::Device) -> Option<u64> {
+    let probe = Tensor::<1>::zeros([1], device);
+    let t = probe.try_into_primitive::<burn::backend::Cube>().ok()?;
+    t.client.properties().memory.max_memory()
+}
+
 /// Keys a prefill's query rows may attend to through the fused attention kernel; beyond, the
 /// plan's dispatch point takes the reference path. Decode rows (one per sequence) are split
 /// over the keys and have no such limit.

@@ -1,0 +1,310 @@
+//! The batch engine: many requests at once over a paged KV cache, with continuous batching
+//! (new sequences join while others decode), prefix caching and preemption. Its parts follow
+//! nano-vllm's: [`Sequence`] (one request's state), [`BlockManager`] (the cache's blocks),
+//! [`Scheduler`] (which sequences run next) and [`BatchEngine::step`] (one batch through the
+//! model, then sampling and stop conditions).
+
+mod block_manager;
+mod scheduler;
+mod sequence;
+
+use std::time::Instant;
+
+use braid_model::paged::{PAGE_SIZE, PagedKvCache, SeqStep};
+use braid_model::{Qwen3, to_host_f32};
+use burn::module::Module;
+use burn::tensor::{Int, Tensor, TensorData};
+use serde::Serialize;
+
+pub use block_manager::BlockManager;
+pub use scheduler::{Scheduled, Scheduler, SchedulerConfig};
+pub use sequence::{Sequence, Status};
+
+use crate::engine::{Engine, Finish, Generation, Request};
+use crate::error::EngineError;
+
+/// How big the cache is and how much one step may take.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub scheduler: SchedulerConfig,
+    /// Longest sequence (prompt + output); at most the model's `max_position_embeddings`.
+    pub max_len: usize,
+    /// Cache blocks of [`PAGE_SIZE`] positions; `None` sizes the pool from the device's memory
+    /// (`gpu_memory_fraction` of it, less the weights and the activations of the largest step).
+    pub blocks: Option<usize>,
+    pub gpu_memory_fraction: f64,
+}
+
+impl BatchConfig {
+    pub fn new(max_len: usize) -> Self {
+        Self { scheduler: SchedulerConfig::default(), max_len, blocks: None, gpu_memory_fraction: 0.9 }
+    }
+}
+
+/// Counters of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BatchStats {
+    pub prefill_steps: usize,
+    pub decode_steps: usize,
+    /// Prompt (and recomputed) tokens run through the model.
+    pub prefill_tokens: usize,
+    /// Tokens generated (eos included).
+    pub decode_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+    pub preemptions: usize,
+    /// Positions found in the prefix cache (not recomputed).
+    pub prefix_hit_tokens: usize,
+    /// Largest decode batch.
+    pub max_batch: usize,
+    pub blocks: usize,
+}
+
+/// Bytes the activations of one step may need at most: the widest prefill rows, the decode
+/// batch's logits and the largest prefill's attention scores (reference path), with room.
+fn activation_bytes(model: &Qwen3, config: &BatchConfig) -> usize {
+    let c = &model.config;
+    let d = model.dtype().size();
+    let rows = config.scheduler.max_batched_tokens.max(config.max_len);
+    let width = 6 * c.hidden_size + 3 * c.intermediate_size + 2 * (c.num_attention_heads + 2 * c.num_kv_heads()) * c.head_dim();
+    let logits = config.scheduler.max_seqs * c.vocab_size * (8 + d);
+    let longest = config.max_len.min(rows);
+    let scores = 3 * c.num_attention_heads * longest * longest * 4;
+    2 * rows * width * d + logits + scores + (1 << 30)
+}
+
+/// The blocks to allocate: `config.blocks`, else what fits in `gpu_memory_fraction` of the
+/// device's memory; on a device that reports no capacity (CPU, some wgpu), room for
+/// `max_seqs` sequences of `max_len` positions at most, and no more than 2 GiB.
+pub fn plan_blocks(model: &Qwen3, config: &BatchConfig) -> Result<usize, EngineError> {
+    if let Some(b) = config.blocks {
+        return Ok(b);
+    }
+    let per_block = PagedKvCache::bytes_per_block(&model.config, model.dtype());
+    let weights = model.num_params() * model.dtype().size();
+    let blocks = match braid_model::ops::device_memory(&model.device()) {
+        Some(total) => {
+            let budget = (total as f64 * config.gpu_memory_fraction) as usize;
+            let used = weights + activation_bytes(model, config);
+            if budget <= used + per_block {
+                return Err(EngineError::Batch(format!(
+                    "--gpu-memory-fraction {} of {:.1} GiB leaves no room for the KV cache after {:.1} GiB of weights and activations",
+                    config.gpu_memory_fraction,
+                    total as f64 / (1u64 << 30) as f64,
+                    used as f64 / (1u64 << 30) as f64
+                )));
+            }
+            (budget - used) / per_block
+        }
+        None => {
+            let want = config.scheduler.max_seqs * config.max_len.div_ceil(PAGE_SIZE);
+            want.min((2usize << 30) / per_block).max(config.max_len.div_ceil(PAGE_SIZE))
+        }
+    };
+    Ok(blocks)
+}
+
+/// Many sequences through one model, a step at a time.
+pub struct BatchEngine<'e> {
+    engine: &'e Engine,
+    cache: PagedKvCache,
+    blocks: BlockManager,
+    scheduler: Scheduler,
+    seqs: Vec<Sequence>,
+    max_len: usize,
+    pub stats: BatchStats,
+}
+
+impl<'e> BatchEngine<'e> {
+    /// Allocates the cache (see [`plan_blocks`]).
+    pub fn new(engine: &'e Engine, config: BatchConfig) -> Result<Self, EngineError> {
+        let limit = engine.model.config.max_position_embeddings;
+        if config.max_len == 0 || config.max_len > limit {
+            return Err(EngineError::Batch(format!("max length {} must be in 1..={limit} (max_position_embeddings)", config.max_len)));
+        }
+        if config.scheduler.max_seqs == 0 || config.scheduler.max_batched_tokens == 0 {
+            return Err(EngineError::Batch("max sequences and batched tokens must be at least 1".into()));
+        }
+        let n = plan_blocks(&engine.model, &config)?;
+        if n < config.max_len.div_ceil(PAGE_SIZE) {
+            return Err(EngineError::Batch(format!(
+                "{n} cache blocks of {PAGE_SIZE} positions cannot hold one sequence of {} positions",
+                config.max_len
+            )));
+        }
+        let cache = PagedKvCache::new(&engine.model, n, config.max_len);
+        Ok(Self {
+            engine,
+            cache,
+            blocks: BlockManager::new(n, PAGE_SIZE),
+            scheduler: Scheduler::new(config.scheduler),
+            seqs: Vec::new(),
+            max_len: config.max_len,
+            stats: BatchStats { blocks: n, ..BatchStats::default() },
+        })
+    }
+
+    /// Queues a request; returns its id (ids count from 0 in the order added).
+    pub fn add(&mut self, prompt_ids: &[u32], req: &Request) -> Result<usize, EngineError> {
+        req.sampling.validate()?;
+        match prompt_ids.len() {
+            0 => return Err(EngineError::EmptyPrompt),
+            n if n >= self.max_len => return Err(EngineError::PromptTooLong { tokens: n, limit: self.max_len }),
+            _ => {}
+        }
+        let vocab = self.engine.model.config.vocab_size;
+        if let Some(&id) = prompt_ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(braid_model::ForwardError::TokenOutOfRange { id, vocab }.into());
+        }
+        let id = self.seqs.len();
+        let max_tokens = req.max_tokens.min(self.max_len - prompt_ids.len());
+        let mut seq = Sequence::new(id, prompt_ids, max_tokens, req.ignore_eos, req.sampling.clone());
+        if max_tokens == 0 {
+            seq.status = Status::Finished;
+            seq.finish = Some(if req.max_tokens == 0 { Finish::Length } else { Finish::Context });
+            self.seqs.push(seq);
+            return Ok(id);
+        }
+        self.seqs.push(seq);
+        self.scheduler.add(id);
+        Ok(id)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.scheduler.is_idle()
+    }
+
+    pub fn sequence(&self, id: usize) -> &Sequence {
+        &self.seqs[id]
+    }
+
+    /// Runs one batch; returns `(sequence, token)` for every token generated in it (an eos that
+    /// ends a sequence is not returned, as in [`Generation::output_ids`]).
+    pub fn step(&mut self) -> Result<Vec<(usize, u32)>, EngineError> {
+        let Some(batch) = self.scheduler.schedule(&mut self.seqs, &mut self.blocks) else {
+            if let Some(&id) = self.scheduler.waiting.front() {
+                return Err(EngineError::Batch(format!(
+                    "sequence {id} needs {} cache blocks; the pool has {}",
+                    self.blocks.blocks_for(self.seqs[id].len()),
+                    self.blocks.total()
+                )));
+            }
+            return Ok(Vec::new());
+        };
+        let start = Instant::now();
+        let steps: Vec<SeqStep<'_>> = batch
+            .ids
+            .iter()
+            .map(|&id| {
+                let s = &self.seqs[id];
+                SeqStep { tokens: s.pending(), start: s.cached, blocks: &s.blocks }
+            })
+            .collect();
+        let new_tokens: usize = steps.iter().map(|s| s.tokens.len()).sum();
+        let hits: usize = if batch.prefill { batch.ids.iter().map(|&id| self.seqs[id].cached).sum() } else { 0 };
+        let logits = self.engine.model.forward_paged(&steps, &mut self.cache)?;
+        let tokens = self.pick(&batch.ids, logits);
+        let secs = start.elapsed().as_secs_f64();
+        if batch.prefill {
+            self.stats.prefill_steps += 1;
+            self.stats.prefill_tokens += new_tokens;
+            self.stats.prefill_secs += secs;
+            self.stats.prefix_hit_tokens += hits;
+        } else {
+            self.stats.decode_steps += 1;
+            self.stats.decode_secs += secs;
+            self.stats.max_batch = self.stats.max_batch.max(batch.ids.len());
+        }
+        self.stats.decode_tokens += tokens.len();
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(tokens.len());
+        for (&id, &tok) in batch.ids.iter().zip(&tokens) {
+            let eos = self.engine.eos.contains(&tok);
+            let seq = &mut self.seqs[id];
+            seq.cached = seq.len();
+            self.blocks.seal_full(seq);
+            seq.first_token.get_or_insert(now);
+            if eos && !seq.ignore_eos {
+                seq.finish = Some(Finish::Eos);
+            } else {
+                seq.tokens.push(tok);
+                out.push((id, tok));
+                if seq.output().len() >= seq.max_tokens {
+                    seq.finish = Some(if seq.len() >= self.max_len { Finish::Context } else { Finish::Length });
+                }
+            }
+            if seq.finish.is_some() {
+                seq.status = Status::Finished;
+                seq.finished = Some(now);
+            }
+        }
+        self.scheduler.retire(&mut self.seqs, &mut self.blocks);
+        self.stats.preemptions = self.scheduler.preemptions;
+        Ok(out)
+    }
+
+    /// The next token of every sequence of the batch: the argmax on the device for greedy
+    /// sequences (only ids cross), the host sampler on the rows of the others.
+    fn pick(&mut self, ids: &[usize], logits: Tensor<2>) -> Vec<u32> {
+        let mut tokens = braid_model::ops::argmax(logits.clone());
+        let sampled: Vec<usize> = (0..ids.len()).filter(|&i| !self.seqs[ids[i]].device_greedy()).collect();
+        if sampled.is_empty() {
+            return tokens;
+        }
+        let vocab = logits.dims()[1];
+        let rows: Vec<i64> = sampled.iter().map(|&i| i as i64).collect();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [sampled.len()]), &logits.device());
+        let host = to_host_f32(logits.select(0, rows));
+        for (j, &i) in sampled.iter().enumerate() {
+            let seq = &mut self.seqs[ids[i]];
+            let mut row = host[j * vocab..(j + 1) * vocab].to_vec();
+            tokens[i] = seq.sampler.sample(&mut row, &seq.tokens, &seq.tokens[seq.prompt_len..]);
+        }
+        tokens
+    }
+
+    /// Steps until every queued sequence finishes; `on_tokens` sees each step's new tokens.
+    pub fn run(&mut self, on_tokens: &mut dyn FnMut(&[(usize, u32)])) -> Result<(), EngineError> {
+        while !self.is_done() {
+            let out = self.step()?;
+            on_tokens(&out);
+        }
+        Ok(())
+    }
+
+    /// The result of a finished sequence, in [`Engine::generate`]'s form.
+    pub fn generation(&self, id: usize) -> Result<Generation, EngineError> {
+        let s = &self.seqs[id];
+        let text = self.engine.tokenizer.decode(s.output())?;
+        let end = s.finished.unwrap_or_else(Instant::now);
+        let first = s.first_token.unwrap_or(end);
+        let prefill_secs = (first - s.added).as_secs_f64();
+        let decode_secs = (end - first).as_secs_f64();
+        let steps = s.output().len().saturating_sub(1) + usize::from(s.finish == Some(Finish::Eos) && !s.output().is_empty());
+        let rate = |n: usize, t: f64| if t > 0.0 { n as f64 / t } else { 0.0 };
+        Ok(Generation {
+            prompt_ids: s.tokens[..s.prompt_len].to_vec(),
+            output_ids: s.output().to_vec(),
+            text,
+            finish: s.finish.unwrap_or(Finish::Length),
+            prefill_secs,
+            decode_secs,
+            prefill_tok_per_s: rate(s.prompt_len, prefill_secs),
+            decode_tok_per_s: rate(steps, decode_secs),
+            graph: false,
+            graph_setup_secs: 0.0,
+        })
+    }
+}
+
+impl Engine {
+    /// Generates for several prompts at once through the batch engine (greedy output equals
+    /// [`Engine::generate`]'s for each prompt alone, up to the batch's summation order).
+    pub fn generate_batch(&self, prompts: &[Vec<u32>], reqs: &[Request], config: BatchConfig) -> Result<(Vec<Generation>, BatchStats), EngineError> {
+        let mut batch = BatchEngine::new(self, config)?;
+        let ids = prompts.iter().zip(reqs).map(|(p, r)| batch.add(p, r)).collect::<Result<Vec<_>, _>>()?;
+        batch.run(&mut |_| {})?;
+        let gens = ids.iter().map(|&id| batch.generation(id)).collect::<Result<Vec<_>, _>>()?;
+        Ok((gens, batch.stats.clone()))
+    }
+}
