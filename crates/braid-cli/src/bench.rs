@@ -24,6 +24,9 @@ pub enum Which {
     /// Batch-1 greedy decode: eager engine loop vs device-state steps vs graph replay (batched
     /// and streamed).
     Latency(LatencyArgs),
+    /// nano-vllm's offline throughput benchmark on the batch engine (paged KV cache,
+    /// continuous batching).
+    Throughput(crate::throughput::ThroughputArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +87,7 @@ struct Latency {
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Latency(a) => latency(a),
+        Which::Throughput(a) => crate::throughput::throughput(a),
     }
 }
 

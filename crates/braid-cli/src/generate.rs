@@ -23,9 +23,23 @@ pub struct Args {
     /// $BRAID_MODEL, else the model that ships in the repository.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// The prompt.
+    /// The prompt. Give it several times (or use --prompts-file) to run the prompts as one
+    /// batch through the batch engine (paged KV cache, continuous batching).
+    #[arg(long, required_unless_present = "prompts_file")]
+    prompt: Vec<String>,
+    /// A file of prompts, one per line (empty lines skipped), run as one batch with any
+    /// --prompt values.
     #[arg(long)]
-    prompt: String,
+    prompts_file: Option<PathBuf>,
+    /// Batch engine: sequences decoded together at most.
+    #[arg(long, default_value_t = 256)]
+    max_seqs: usize,
+    /// Batch engine: the share of the GPU's memory Braid may fill (weights, activations, KV cache).
+    #[arg(long, default_value_t = 0.9)]
+    gpu_memory_fraction: f64,
+    /// Batch engine: KV cache blocks of 64 positions (default: sized from --gpu-memory-fraction).
+    #[arg(long)]
+    kv_blocks: Option<usize>,
     /// Wrap the prompt as a user turn with the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -130,12 +144,18 @@ pub fn run(args: Args) -> Result<()> {
     };
     engine.model.set_plan(plan).context("--plan")?;
 
-    let prompt = if args.chat {
-        engine.chat_prompt(&args.prompt, !args.no_think)?
-    } else {
-        args.prompt.clone()
-    };
-    let prompt_ids = engine.encode_prompt(&prompt)?;
+    let mut texts = args.prompt.clone();
+    if let Some(file) = &args.prompts_file {
+        let body = std::fs::read_to_string(file).with_context(|| format!("reading --prompts-file {}", file.display()))?;
+        texts.extend(body.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
+    }
+    if texts.is_empty() {
+        bail!("no prompts: --prompts-file {} has no non-empty line", args.prompts_file.as_deref().unwrap_or(std::path::Path::new("")).display());
+    }
+    let prompts = texts
+        .iter()
+        .map(|t| if args.chat { engine.chat_prompt(t, !args.no_think) } else { Ok(t.clone()) })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut sampling = engine.default_sampling();
     if let Some(t) = args.temperature {
         sampling.temperature = t;
@@ -157,6 +177,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     sampling.seed = args.seed;
     let req = Request { max_tokens: args.max_tokens, sampling, ignore_eos: args.ignore_eos };
+    if prompts.len() > 1 {
+        return batch(&args, &dir, &engine, &prompts, &req, dtype);
+    }
+    let prompt = prompts.into_iter().next().expect("one prompt");
+    let prompt_ids = engine.encode_prompt(&prompt)?;
 
     match args.format {
         Format::Text => {
@@ -184,6 +209,59 @@ pub fn run(args: Args) -> Result<()> {
         Format::Json => {
             let g = engine.generate(&prompt_ids, &req, &mut |_| {})?;
             let out = JsonOut { model: dir.display().to_string(), generated_tokens: g.output_ids.len(), generation: &g };
+            println!("{}", serde_json::to_string(&out)?);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct BatchJson<'a> {
+    model: String,
+    generations: &'a [Generation],
+    stats: &'a braid_engine::BatchStats,
+}
+
+/// Several prompts as one batch (the batch engine); results printed in prompt order.
+fn batch(args: &Args, dir: &std::path::Path, engine: &Engine, prompts: &[String], req: &Request, dtype: braid_model::DType) -> Result<()> {
+    let ids = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| engine.encode_prompt(p).with_context(|| format!("prompt {}", i + 1)))
+        .collect::<Result<Vec<_>>>()?;
+    let longest = ids.iter().map(|p| p.len() + args.max_tokens).max().unwrap_or(1);
+    let mut config = braid_engine::BatchConfig::new(longest.min(engine.model.config.max_position_embeddings));
+    config.scheduler.max_seqs = args.max_seqs;
+    config.gpu_memory_fraction = args.gpu_memory_fraction;
+    config.blocks = args.kv_blocks;
+    let reqs = vec![req.clone(); ids.len()];
+    let (gens, stats) = engine.generate_batch(&ids, &reqs, config)?;
+    match args.format {
+        Format::Text => {
+            let mut out = std::io::stdout().lock();
+            for (i, (p, g)) in prompts.iter().zip(&gens).enumerate() {
+                writeln!(out, "--- {} ---\n{p}{}", i + 1, g.text)?;
+            }
+            let secs = stats.prefill_secs + stats.decode_secs;
+            eprintln!(
+                "[batch of {}: {} tokens generated in {:.2} s ({:.1} tok/s); {} prefill and {} decode steps, largest batch {}, {} preemptions, {} prefix-cached positions, {} KV blocks; {:?} {:?}; plan {}]",
+                gens.len(),
+                stats.decode_tokens,
+                secs,
+                if secs > 0.0 { stats.decode_tokens as f64 / secs } else { 0.0 },
+                stats.prefill_steps,
+                stats.decode_steps,
+                stats.max_batch,
+                stats.preemptions,
+                stats.prefix_hit_tokens,
+                stats.blocks,
+                args.device,
+                dtype,
+                engine.model.plan().summary()
+            );
+        }
+        Format::Json => {
+            let out = BatchJson { model: dir.display().to_string(), generations: &gens, stats: &stats };
             println!("{}", serde_json::to_string(&out)?);
         }
     }

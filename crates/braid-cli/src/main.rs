@@ -9,6 +9,7 @@ mod dump;
 mod generate;
 mod inspect;
 mod probe;
+mod throughput;
 
 use std::process::ExitCode;
 

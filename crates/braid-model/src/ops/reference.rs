@@ -184,9 +184,12 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, past: usize, precisio
         Precision::F32 => q.matmul(k.swap_dims(2, 3)) * scale,
     };
     let scores = if t > 1 {
-        let mask: Vec<bool> = (0..t).flat_map(|i| (0..s).map(move |j| j > past + i)).collect();
-        let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [1, 1, t, s]), &scores.device());
-        scores.mask_fill(mask.expand([b, nh, t, s]), f32::NEG_INFINITY)
+        // Key j is masked for query row i when j > past + i (built on the device).
+        let device = scores.device();
+        let rows = Tensor::<1, Int>::arange(past as i64..(past + t) as i64, &device).reshape([t, 1]).expand([t, s]);
+        let cols = Tensor::<1, Int>::arange(0..s as i64, &device).reshape([1, s]).expand([t, s]);
+        let mask: Tensor<2, Bool> = cols.greater(rows);
+        scores.mask_fill(mask.reshape([1, 1, t, s]).expand([b, nh, t, s]), f32::NEG_INFINITY)
     } else {
         scores
     };
