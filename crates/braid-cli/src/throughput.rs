@@ -156,6 +156,7 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
     let bar = ProgressBar::new(total as u64).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} tokens {per_sec}").expect("valid template"),
     );
+    braid_model::profile::reset();
     let start = Instant::now();
     b.run(&mut |out| bar.inc(out.len() as u64))?;
     let secs = start.elapsed().as_secs_f64();
@@ -183,6 +184,12 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
     }
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if braid_model::profile::enabled() {
+        // Per-phase totals (synchronised after each phase: slower than the run above).
+        for (name, secs, n) in braid_model::profile::totals() {
+            eprintln!("profile {name:<28} {secs:9.3} s  {n:7} times  {:9.1} us each", secs * 1e6 / n as f64);
+        }
     }
     match a.format {
         Format::Json => println!("{}", serde_json::to_string(&report)?),

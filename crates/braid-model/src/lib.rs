@@ -12,6 +12,7 @@ pub mod nn;
 pub mod ops;
 pub mod paged;
 pub mod plan;
+pub mod profile;
 pub mod qwen3;
 pub mod taps;
 pub mod timing;

@@ -199,8 +199,11 @@ impl Qwen3 {
         let pos = ints(positions, &device);
         let rope = Rope { cos: cache.cos.clone().select(0, pos.clone()), sin: cache.sin.clone().select(0, pos) };
 
+        let prefix = if batch.decode { "decode/" } else { "prefill/" };
+        let mut mark = crate::profile::Mark::new(&device, prefix);
         // [rows, hidden]
         let mut x = self.model.embed_tokens.val().select(0, ints(ids, &device));
+        mark.phase("inputs");
         let mut pending = None;
         for ((layer, pools), plan) in self.model.layers.iter().zip(cache.layers.iter_mut()).zip(&self.plan().layers) {
             let (nx, down) = layer.paged_step(x, pending, &rope, pools, &batch, plan);
@@ -211,7 +214,10 @@ impl Qwen3 {
             x = x + down;
         }
         // [seqs, hidden] -> f32 [seqs, vocab]
+        let mut mark = crate::profile::Mark::new(&device, prefix);
         let last = x.select(0, ints(last_rows, &device));
-        Ok(self.head(self.model.norm.forward(last)))
+        let logits = self.head(self.model.norm.forward(last));
+        mark.phase("norm+lm_head");
+        Ok(logits)
     }
 }

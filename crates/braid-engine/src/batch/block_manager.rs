@@ -187,3 +187,80 @@ impl BlockManager {
         self.by_hash.insert(h, b);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::SamplingParams;
+
+    fn seq(id: usize, tokens: &[u32]) -> Sequence {
+        Sequence::new(id, tokens, 16, true, SamplingParams::default())
+    }
+
+    #[test]
+    fn allocates_frees_and_reuses_blocks() {
+        let mut m = BlockManager::new(4, 4);
+        let mut a = seq(0, &[1, 2, 3, 4, 5, 6]);
+        assert!(m.can_allocate(&a));
+        m.allocate(&mut a);
+        assert_eq!((a.blocks.len(), a.cached, m.free()), (2, 0, 2));
+        // Decode to 8 positions: no new block; the 9th needs one.
+        a.tokens.extend([7, 8]);
+        assert!(m.can_append(&a));
+        m.may_append(&mut a);
+        assert_eq!(a.blocks.len(), 2);
+        a.tokens.push(9);
+        m.may_append(&mut a);
+        assert_eq!((a.blocks.len(), m.free()), (3, 1));
+        m.deallocate(&mut a);
+        assert_eq!((a.blocks.len(), m.free()), (0, 4));
+    }
+
+    #[test]
+    fn shares_a_cached_prefix_but_never_the_last_position() {
+        let mut m = BlockManager::new(8, 4);
+        let mut a = seq(0, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        m.allocate(&mut a);
+        a.cached = a.len();
+        m.seal_full(&mut a);
+        // Same first 8 tokens: two blocks shared, the third fresh.
+        let mut b = seq(1, &[1, 2, 3, 4, 5, 6, 7, 8, 10, 11]);
+        m.allocate(&mut b);
+        assert_eq!(b.cached, 8);
+        assert_eq!(b.blocks[..2], a.blocks[..2]);
+        assert_ne!(b.blocks[2], a.blocks[2]);
+        // A different first block shares nothing, even with an equal second block.
+        let mut c = seq(2, &[0, 2, 3, 4, 5, 6, 7, 8, 1]);
+        m.allocate(&mut c);
+        assert_eq!(c.cached, 0);
+        // Exactly the cached prefix: the block holding the last position is recomputed.
+        let mut d = seq(3, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        m.allocate(&mut d);
+        assert_eq!(d.cached, 4);
+        assert_eq!(d.blocks[0], a.blocks[0]);
+        assert_ne!(d.blocks[1], a.blocks[1]);
+    }
+
+    #[test]
+    fn freed_blocks_stay_cached_until_reused() {
+        let mut m = BlockManager::new(3, 2);
+        let mut a = seq(0, &[1, 2, 3]);
+        m.allocate(&mut a);
+        a.cached = a.len();
+        m.seal_full(&mut a);
+        let first = a.blocks[0];
+        m.deallocate(&mut a);
+        assert_eq!(m.free(), 3);
+        let mut b = seq(1, &[1, 2, 9]);
+        m.allocate(&mut b);
+        assert_eq!((b.cached, b.blocks[0], m.free()), (2, first, 1));
+        m.deallocate(&mut b);
+        // Unrelated sequences take every block: the cached one is overwritten and forgotten.
+        let mut c = seq(2, &[5, 6, 7, 8, 9, 10]);
+        m.allocate(&mut c);
+        m.deallocate(&mut c);
+        let mut d = seq(3, &[1, 2, 9]);
+        m.allocate(&mut d);
+        assert_eq!(d.cached, 0);
+    }
+}

@@ -112,6 +112,7 @@ pub struct BatchEngine<'e> {
     scheduler: Scheduler,
     seqs: Vec<Sequence>,
     max_len: usize,
+    device: braid_model::Device,
     pub stats: BatchStats,
 }
 
@@ -140,6 +141,7 @@ impl<'e> BatchEngine<'e> {
             scheduler: Scheduler::new(config.scheduler),
             seqs: Vec::new(),
             max_len: config.max_len,
+            device: engine.model.device(),
             stats: BatchStats { blocks: n, ..BatchStats::default() },
         })
     }
@@ -202,8 +204,12 @@ impl<'e> BatchEngine<'e> {
             .collect();
         let new_tokens: usize = steps.iter().map(|s| s.tokens.len()).sum();
         let hits: usize = if batch.prefill { batch.ids.iter().map(|&id| self.seqs[id].cached).sum() } else { 0 };
+        let device = self.device.clone();
+        let mut mark = braid_model::profile::Mark::new(&device, if batch.prefill { "prefill/" } else { "decode/" });
+        mark.phase("schedule");
         let logits = self.engine.model.forward_paged(&steps, &mut self.cache)?;
         let tokens = self.pick(&batch.ids, logits);
+        mark.phase("pick");
         let secs = start.elapsed().as_secs_f64();
         if batch.prefill {
             self.stats.prefill_steps += 1;

@@ -288,15 +288,25 @@ impl DecoderLayer {
     ) -> (Tensor<2>, Tensor<2>) {
         let rows = x.dims()[0];
         let shape = self.self_attn.shape(1, rows);
+        let device = x.device();
+        let mut mark = crate::profile::Mark::new(&device, if batch.decode { "decode/" } else { "prefill/" });
         let (x, q, k, v) = self.add_qkv(x, pending, plan.rms_norm_qkv);
+        mark.phase("add+norm+qkv");
         // [1, heads|kv, rows, hd]
         let (q, k, v) = self.norm_rope(q, k, v, rope, shape, plan.qk_norm_rope);
+        mark.phase("qk_norm_rope");
         let (kp, vp) = ops::paged_kv_write(pools.k.clone(), pools.v.clone(), k.clone(), v.clone(), batch.slots.clone());
         pools.k = kp;
         pools.v = vp;
+        mark.phase("kv_write");
         let attn = crate::paged::attention(q, k, v, pools, batch, plan.attention);
+        mark.phase("attention");
         let attn = self.o_proj(attn, plan.linear);
+        mark.phase("o_proj");
         let (x, act) = self.add_gate_up(x, attn, plan);
-        (x, self.down(act, plan.linear))
+        mark.phase("add+norm+gate_up");
+        let down = self.down(act, plan.linear);
+        mark.phase("down");
+        (x, down)
     }
 }

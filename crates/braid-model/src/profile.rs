@@ -1,0 +1,57 @@
+//! Opt-in per-phase timing of the batch step (`BRAID_PROFILE=1`): after each phase the device
+//! is synchronised and the wall time since the previous mark is added to the phase's total.
+//! The syncs slow the run down; the totals show where a step's time goes, not its speed.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use burn::tensor::Device;
+
+static ENABLED: OnceLock<bool> = OnceLock::new();
+static TOTALS: Mutex<Vec<(String, f64, usize)>> = Mutex::new(Vec::new());
+
+pub fn enabled() -> bool {
+    *ENABLED.get_or_init(|| std::env::var_os("BRAID_PROFILE").is_some_and(|v| v != "0"))
+}
+
+/// A running mark: [`Mark::phase`] charges the time since the last mark to `name`.
+pub struct Mark<'a> {
+    device: &'a Device,
+    prefix: &'static str,
+    at: Option<Instant>,
+}
+
+impl<'a> Mark<'a> {
+    pub fn new(device: &'a Device, prefix: &'static str) -> Self {
+        let at = enabled().then(|| {
+            let _ = device.sync();
+            Instant::now()
+        });
+        Self { device, prefix, at }
+    }
+
+    pub fn phase(&mut self, name: &str) {
+        let Some(at) = self.at else { return };
+        let _ = self.device.sync();
+        let now = Instant::now();
+        let key = format!("{}{}", self.prefix, name);
+        let mut t = TOTALS.lock().expect("profile lock");
+        match t.iter_mut().find(|(k, _, _)| *k == key) {
+            Some(e) => {
+                e.1 += (now - at).as_secs_f64();
+                e.2 += 1;
+            }
+            None => t.push((key, (now - at).as_secs_f64(), 1)),
+        }
+        self.at = Some(now);
+    }
+}
+
+/// `(phase, seconds, times)` so far, in first-seen order.
+pub fn totals() -> Vec<(String, f64, usize)> {
+    TOTALS.lock().expect("profile lock").clone()
+}
+
+pub fn reset() {
+    TOTALS.lock().expect("profile lock").clear();
+}

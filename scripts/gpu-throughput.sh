@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One device call (issue 6): the batch engine on the random Qwen3-0.6B-shaped model
+# (scripts/accuracy.py make): check-kernels (paged ops included), `bench throughput` on
+# nano-vllm's workload (256 sequences, lengths uniform in 100..1024, seeded, eos ignored),
+# HF transformers' static-batch throughput on the first sequences of the same workload, and
+# batch-1 latency as a regression check. Builds nothing: carry dist/ (CUDA braid-cli).
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+FINAL=$OUT; OUT=/tmp/results; mkdir -p $OUT
+trap 'tar -C /tmp -czf $FINAL/results.tar.gz results' EXIT
+BIN=/tmp/braid-cli
+xz -dc dist/braid-cli.xz > $BIN && chmod +x $BIN
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } | tee $OUT/gpu.txt
+M=/tmp/q06
+[ -f $M/config.json ] || python3 scripts/accuracy.py make $M > $OUT/make.log 2>&1
+if [ -z "${SKIP_CHECK:-}" ]; then
+  $BIN check-kernels --device cuda --dtype bf16 > $OUT/check-kernels.txt 2>&1; echo "check-kernels exit $?" >> $OUT/check-kernels.txt
+  grep -cE " ok$" $OUT/check-kernels.txt; grep -E "FAIL|exit|paged" $OUT/check-kernels.txt
+fi
+for plan in ${PLANS:-fused}; do
+  timeout ${TP_TIMEOUT:-240} $BIN bench throughput --model $M --device cuda --dtype bf16 --plan $plan ${TP_ARGS:-} \
+    --save-workload $OUT/workload.json --json $OUT/throughput-$plan.json 2>&1 | tail -4 | tee $OUT/throughput-$plan.txt
+done
+if [ -n "${HF_SEQS:-}" ]; then
+  timeout ${HF_TIMEOUT:-150} python3 scripts/hf_throughput.py $M $OUT/workload.json --seqs $HF_SEQS --batch ${HF_BATCH:-64} 2>&1 | grep -v Loading | tail -2 | tee $OUT/hf-throughput.json
+fi
+if [ -n "${LATENCY:-}" ]; then
+  timeout 120 $BIN bench latency --model $M --device cuda --dtype bf16 --plan fused --runs 3 --json $OUT/latency.json 2>&1 | tail -8 | tee $OUT/latency.txt
+fi
+rm -f $OUT/workload.json
