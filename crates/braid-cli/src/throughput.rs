@@ -50,6 +50,9 @@ pub struct ThroughputArgs {
     /// KV cache blocks of 64 positions (default: sized from --gpu-memory-fraction).
     #[arg(long)]
     kv_blocks: Option<usize>,
+    /// Run every decode step eagerly (no captured graphs), to measure what the graphs save.
+    #[arg(long)]
+    no_graphs: bool,
     /// Write the workload (prompt ids and output lengths) here as JSON, for other engines
     /// (`scripts/hf_bench.py throughput`).
     #[arg(long)]
@@ -133,6 +136,7 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
         max_len,
         blocks: a.kv_blocks,
         gpu_memory_fraction: a.gpu_memory_fraction,
+        graphs: !a.no_graphs,
     };
     let req = |n: usize| Request { max_tokens: n, sampling: SamplingParams::default(), ignore_eos: true };
 
@@ -201,13 +205,16 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
                 report.num_seqs, report.prompt_tokens, report.output_tokens, report.secs, report.output_tok_per_s, report.total_tok_per_s
             );
             println!(
-                "  prefill {} steps {:.2} s ({:.0} tok/s); decode {} steps {:.2} s ({:.0} tok/s); largest batch {}; {} preemptions; {} prefix-cached positions; {} KV blocks; warm-up {:.1} s",
+                "  prefill {} steps {:.2} s ({:.0} tok/s); decode {} steps {:.2} s ({:.0} tok/s; {} replayed, {} graphs captured in {:.1} s); largest batch {}; {} preemptions; {} prefix-cached positions; {} KV blocks; warm-up {:.1} s",
                 s.prefill_steps,
                 s.prefill_secs,
                 report.prefill_tok_per_s,
                 s.decode_steps,
                 s.decode_secs,
                 report.decode_tok_per_s,
+                s.graph_steps,
+                s.graphs,
+                s.capture_secs,
                 s.max_batch,
                 s.preemptions,
                 s.prefix_hit_tokens,

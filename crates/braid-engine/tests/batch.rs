@@ -44,7 +44,7 @@ fn greedy(n: usize) -> Request {
 }
 
 fn config(blocks: Option<usize>, max_seqs: usize, max_batched_tokens: usize) -> BatchConfig {
-    BatchConfig { scheduler: SchedulerConfig { max_seqs, max_batched_tokens }, max_len: 192, blocks, gpu_memory_fraction: 0.9 }
+    BatchConfig { scheduler: SchedulerConfig { max_seqs, max_batched_tokens }, max_len: 192, blocks, gpu_memory_fraction: 0.9, graphs: true }
 }
 
 /// The six recorded prompts (HF greedy, 32 tokens each) plus two long prompts sharing a
@@ -66,6 +66,18 @@ fn batch_matches_single_and_hf(device: Device) {
         for (prompts, blocks, max_seqs) in [(&prompts, None, 16), (&prompts, Some(8), 16), (&squeezed, Some(5), 3)] {
             let reqs: Vec<Request> = prompts.iter().map(|_| greedy(32)).collect();
             let (gens, stats) = e.generate_batch(prompts, &reqs, config(blocks, max_seqs, 256)).unwrap();
+            // Decode steps replay captured graphs when every layer's attention is fused; the
+            // eager steps give the same tokens.
+            assert_eq!(stats.graph_steps > 0, plan != "reference", "{plan}: {stats:?}");
+            if plan != "reference" {
+                let mut eager = config(blocks, max_seqs, 256);
+                eager.graphs = false;
+                let (eager_gens, eager_stats) = e.generate_batch(prompts, &reqs, eager).unwrap();
+                assert_eq!(eager_stats.graph_steps, 0);
+                for (g, eg) in gens.iter().zip(&eager_gens) {
+                    assert_eq!(g.output_ids, eg.output_ids, "{plan}: graph vs eager decode steps");
+                }
+            }
             for (i, g) in gens.iter().enumerate() {
                 if blocks.is_none() && i < cases.len() && plan == "reference" {
                     assert_eq!(g.output_ids, ids(&cases[i]["greedy_ids"]), "{plan} prompt {i} vs HF");

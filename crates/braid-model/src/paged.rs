@@ -221,3 +221,84 @@ impl Qwen3 {
         Ok(logits)
     }
 }
+
+/// The device-side inputs of a decode batch of `rows` sequences, in one u32 buffer so that a
+/// captured graph reads them from fixed addresses and one copy refreshes them: token ids,
+/// positions, slots, key counts (`rows` each), then the block tables (`rows x max_blocks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLayout {
+    pub rows: usize,
+    pub max_blocks: usize,
+}
+
+impl DecodeLayout {
+    pub fn len(&self) -> usize {
+        self.rows * (4 + self.max_blocks)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The host buffer for `seqs` (one new token each, at most `rows` of them); rows past them
+    /// are padding: token 0 at position 0 of block `scratch`, whose output nobody reads.
+    pub fn host(&self, seqs: &[SeqStep<'_>], scratch: u32) -> Vec<u32> {
+        let (r, mb) = (self.rows, self.max_blocks);
+        let mut v = vec![0u32; self.len()];
+        for i in 0..r {
+            let (token, pos, blocks): (u32, usize, &[u32]) = match seqs.get(i) {
+                Some(s) => (s.tokens[0], s.start, s.blocks),
+                None => (0, 0, std::slice::from_ref(&scratch)),
+            };
+            v[i] = token;
+            v[r + i] = pos as u32;
+            v[2 * r + i] = blocks[pos / PAGE_SIZE] * PAGE_SIZE as u32 + (pos % PAGE_SIZE) as u32;
+            v[3 * r + i] = pos as u32 + 1;
+            v[4 * r + i * mb..4 * r + i * mb + blocks.len()].copy_from_slice(blocks);
+        }
+        v
+    }
+
+    /// Checks `seqs` against the layout and the cache before a step.
+    pub fn check(&self, seqs: &[SeqStep<'_>], cache: &PagedKvCache) -> Result<(), ForwardError> {
+        if seqs.len() > self.rows || seqs.iter().any(|s| s.tokens.len() != 1) {
+            return Err(ForwardError::BlockTable(format!("a decode batch of {} rows takes up to that many sequences of one new token", self.rows)));
+        }
+        for s in seqs {
+            if s.start >= cache.max_len || s.blocks.len() > self.max_blocks || s.blocks.len() * PAGE_SIZE <= s.start || s.blocks.iter().any(|&b| b as usize >= cache.blocks) {
+                return Err(ForwardError::BlockTable(format!("position {} with {} blocks does not fit the decode layout", s.start, s.blocks.len())));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Qwen3 {
+    /// One decode step of a batch whose inputs live on the device (`meta`, see
+    /// [`DecodeLayout`]): no host data, so the step can be captured once per batch size and
+    /// replayed. Returns the greedy token of every row, on the device (`[rows]`). The same ops
+    /// as a decode batch of [`Self::forward_paged`], so both give the same tokens.
+    pub fn decode_paged(&self, meta: &Tensor<1, Int>, layout: DecodeLayout, cache: &mut PagedKvCache) -> Tensor<1, Int> {
+        let r = layout.rows;
+        let view = |i: usize| meta.clone().narrow(0, i * r, r);
+        let batch = BatchMeta {
+            slots: view(2),
+            table: meta.clone().narrow(0, 4 * r, r * layout.max_blocks).reshape([r, layout.max_blocks]),
+            lens: view(3),
+            decode: true,
+            seqs: Vec::new(),
+        };
+        let (mut x, cos, sin) = ops::batch_inputs(self.model.embed_tokens.val(), cache.cos.clone(), cache.sin.clone(), view(0), view(1));
+        let rope = Rope { cos, sin };
+        let mut pending = None;
+        for ((layer, pools), plan) in self.model.layers.iter().zip(cache.layers.iter_mut()).zip(&self.plan().layers) {
+            let (nx, down) = layer.paged_step(x, pending, &rope, pools, &batch, plan);
+            x = nx;
+            pending = Some(down);
+        }
+        if let Some(down) = pending {
+            x = x + down;
+        }
+        ops::argmax_device(self.head(self.model.norm.forward(x)))
+    }
+}

@@ -8,12 +8,14 @@ mod block_manager;
 mod scheduler;
 mod sequence;
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Instant;
 
-use braid_model::paged::{PAGE_SIZE, PagedKvCache, SeqStep};
+use braid_model::paged::{DecodeLayout, PAGE_SIZE, PagedKvCache, SeqStep};
 use braid_model::{Qwen3, to_host_f32};
 use burn::module::Module;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Graph, Int, Tensor, TensorData, capture};
 use serde::Serialize;
 
 pub use block_manager::BlockManager;
@@ -33,12 +35,35 @@ pub struct BatchConfig {
     /// (`gpu_memory_fraction` of it, less the weights and the activations of the largest step).
     pub blocks: Option<usize>,
     pub gpu_memory_fraction: f64,
+    /// Capture each decode batch size's step once and replay it (a CUDA graph on CUDA) when
+    /// every sequence of the batch is greedy and every layer's attention is fused.
+    pub graphs: bool,
 }
 
 impl BatchConfig {
     pub fn new(max_len: usize) -> Self {
-        Self { scheduler: SchedulerConfig::default(), max_len, blocks: None, gpu_memory_fraction: 0.9 }
+        Self { scheduler: SchedulerConfig::default(), max_len, blocks: None, gpu_memory_fraction: 0.9, graphs: true }
     }
+}
+
+/// Decode batch sizes with a captured step; a batch runs in the smallest that holds it (the
+/// rest of its rows are padding).
+const GRAPH_ROWS: [usize; 15] = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256];
+
+fn graph_rows(n: usize, max_seqs: usize) -> usize {
+    GRAPH_ROWS.iter().copied().find(|&r| r >= n).unwrap_or(n).min(max_seqs.max(n))
+}
+
+/// A token a step generated: `(sequence id, token)`.
+pub type Emitted = (usize, u32);
+
+type StepFn<'e> = Box<dyn FnMut() -> Tensor<1, Int> + 'e>;
+
+/// One decode batch size's captured step and its input buffer.
+struct DecodeGraph<'e> {
+    layout: DecodeLayout,
+    meta: Rc<RefCell<Tensor<1, Int>>>,
+    graph: Graph<Tensor<1, Int>, StepFn<'e>>,
 }
 
 /// Counters of a run.
@@ -58,6 +83,11 @@ pub struct BatchStats {
     /// Largest decode batch.
     pub max_batch: usize,
     pub blocks: usize,
+    /// Decode steps replayed from a captured graph, graphs captured, and the seconds the
+    /// captures took (their steps included).
+    pub graph_steps: usize,
+    pub graphs: usize,
+    pub capture_secs: f64,
 }
 
 /// Bytes the activations of one step may need at most: the widest prefill rows, the decode
@@ -70,7 +100,9 @@ fn activation_bytes(model: &Qwen3, config: &BatchConfig) -> usize {
     let logits = config.scheduler.max_seqs * c.vocab_size * (8 + d);
     let longest = config.max_len.min(rows);
     let scores = 3 * c.num_attention_heads * longest * longest * 4;
-    2 * rows * width * d + logits + scores + (1 << 30)
+    // Each captured decode size keeps its step's buffers: at most the largest's per size.
+    let graphs = if config.graphs { GRAPH_ROWS.len() * config.scheduler.max_seqs * (c.vocab_size * (4 + d) + 64 * c.hidden_size) } else { 0 };
+    2 * rows * width * d + logits + scores + graphs + (1 << 30)
 }
 
 /// The blocks to allocate: `config.blocks`, else what fits in `gpu_memory_fraction` of the
@@ -107,7 +139,11 @@ pub fn plan_blocks(model: &Qwen3, config: &BatchConfig) -> Result<usize, EngineE
 /// Many sequences through one model, a step at a time.
 pub struct BatchEngine<'e> {
     engine: &'e Engine,
-    cache: PagedKvCache,
+    cache: Rc<RefCell<PagedKvCache>>,
+    graphs: Vec<DecodeGraph<'e>>,
+    use_graphs: bool,
+    /// The pool's extra block, written by padding rows of captured decode batches.
+    scratch: u32,
     blocks: BlockManager,
     scheduler: Scheduler,
     seqs: Vec<Sequence>,
@@ -133,10 +169,14 @@ impl<'e> BatchEngine<'e> {
                 config.max_len
             )));
         }
-        let cache = PagedKvCache::new(&engine.model, n, config.max_len);
+        // One block more than the manager hands out: the padding rows' scratch.
+        let cache = Rc::new(RefCell::new(PagedKvCache::new(&engine.model, n + 1, config.max_len)));
         Ok(Self {
             engine,
             cache,
+            graphs: Vec::new(),
+            use_graphs: config.graphs && engine.model.device_decode_ready(),
+            scratch: n as u32,
             blocks: BlockManager::new(n, PAGE_SIZE),
             scheduler: Scheduler::new(config.scheduler),
             seqs: Vec::new(),
@@ -194,6 +234,8 @@ impl<'e> BatchEngine<'e> {
             return Ok(Vec::new());
         };
         let start = Instant::now();
+        let device = self.device.clone();
+        let mut mark = braid_model::profile::Mark::new(&device, if batch.prefill { "prefill/" } else { "decode/" });
         let steps: Vec<SeqStep<'_>> = batch
             .ids
             .iter()
@@ -204,12 +246,24 @@ impl<'e> BatchEngine<'e> {
             .collect();
         let new_tokens: usize = steps.iter().map(|s| s.tokens.len()).sum();
         let hits: usize = if batch.prefill { batch.ids.iter().map(|&id| self.seqs[id].cached).sum() } else { 0 };
-        let device = self.device.clone();
-        let mut mark = braid_model::profile::Mark::new(&device, if batch.prefill { "prefill/" } else { "decode/" });
-        mark.phase("schedule");
-        let logits = self.engine.model.forward_paged(&steps, &mut self.cache)?;
-        let tokens = self.pick(&batch.ids, logits);
-        mark.phase("pick");
+        let graph = !batch.prefill && self.use_graphs && batch.ids.iter().all(|&id| self.seqs[id].device_greedy());
+        let tokens = if graph {
+            let layout = DecodeLayout { rows: graph_rows(steps.len(), self.scheduler.config.max_seqs), max_blocks: self.max_len.div_ceil(PAGE_SIZE) };
+            layout.check(&steps, &self.cache.borrow())?;
+            let host = layout.host(&steps, self.scratch);
+            drop(steps);
+            mark.phase("schedule");
+            let ids = self.replay(layout, host);
+            mark.phase("graph");
+            ids[..batch.ids.len()].to_vec()
+        } else {
+            mark.phase("schedule");
+            let logits = self.engine.model.forward_paged(&steps, &mut self.cache.borrow_mut())?;
+            drop(steps);
+            let tokens = self.pick(&batch.ids, logits);
+            mark.phase("pick");
+            tokens
+        };
         let secs = start.elapsed().as_secs_f64();
         if batch.prefill {
             self.stats.prefill_steps += 1;
@@ -249,6 +303,38 @@ impl<'e> BatchEngine<'e> {
         Ok(out)
     }
 
+    /// A decode step from the captured graph of `layout`'s size (capturing it on first use: the
+    /// capture runs the step itself); returns every row's greedy token.
+    fn replay(&mut self, layout: DecodeLayout, host: Vec<u32>) -> Vec<u32> {
+        let src = Tensor::<1, Int>::from_data(TensorData::new(host, [layout.len()]), (&self.device, DType::U32));
+        let out = match self.graphs.iter_mut().find(|g| g.layout == layout) {
+            Some(g) => {
+                let dst = g.meta.borrow().clone();
+                *g.meta.borrow_mut() = braid_model::ops::copy_into(dst, src);
+                // SAFETY: the step reads the weights (owned by the engine, which outlives this
+                // batch engine), the cache and the input buffer (owned by the closure through
+                // `Rc`s, alive as long as the graph); the input was refreshed in place above,
+                // on the same stream.
+                unsafe { g.graph.replay() };
+                self.stats.graph_steps += 1;
+                g.graph.output().clone()
+            }
+            None => {
+                let start = Instant::now();
+                let meta = Rc::new(RefCell::new(src));
+                let (m, cache, model) = (meta.clone(), self.cache.clone(), &self.engine.model);
+                let step: StepFn<'e> = Box::new(move || model.decode_paged(&m.borrow(), layout, &mut cache.borrow_mut()));
+                let graph = capture(&self.device, step);
+                let out = graph.output().clone();
+                self.graphs.push(DecodeGraph { layout, meta, graph });
+                self.stats.graphs += 1;
+                self.stats.capture_secs += start.elapsed().as_secs_f64();
+                out
+            }
+        };
+        out.into_data().convert::<i64>().try_to_vec::<i64>().expect("int ids").into_iter().map(|v| v as u32).collect()
+    }
+
     /// The next token of every sequence of the batch: the argmax on the device for greedy
     /// sequences (only ids cross), the host sampler on the rows of the others.
     fn pick(&mut self, ids: &[usize], logits: Tensor<2>) -> Vec<u32> {
@@ -270,7 +356,7 @@ impl<'e> BatchEngine<'e> {
     }
 
     /// Steps until every queued sequence finishes; `on_tokens` sees each step's new tokens.
-    pub fn run(&mut self, on_tokens: &mut dyn FnMut(&[(usize, u32)])) -> Result<(), EngineError> {
+    pub fn run(&mut self, on_tokens: &mut dyn FnMut(&[Emitted])) -> Result<(), EngineError> {
         while !self.is_done() {
             let out = self.step()?;
             on_tokens(&out);

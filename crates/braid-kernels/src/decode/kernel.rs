@@ -74,3 +74,44 @@ pub(super) fn advance_kernel(
         }
     }
 }
+
+/// The inputs of a batched decode step from device buffers: row `r` gets the embedding of
+/// `ids[r]` and the RoPE rows of `pos[r]`. One unit per output element of one row (`hidden`
+/// embedding values, `hd` cos, `hd` sin); `CUBE_POS_Y` is the row.
+#[cube(launch)]
+pub(super) fn rows_kernel<F: Float>(
+    embed: &Tensor<F>,       // [vocab, hidden]
+    cos_table: &Tensor<f32>, // [capacity, hd]
+    sin_table: &Tensor<f32>, // [capacity, hd]
+    ids: &Tensor<u32>,       // [rows]
+    pos: &Tensor<u32>,       // [rows]
+    x: &mut Tensor<F>,       // [rows, hidden]
+    cos: &mut Tensor<f32>,   // [rows, hd]
+    sin: &mut Tensor<f32>,   // [rows, hd]
+    #[define(F)] _dtype: ElemType,
+) {
+    let i = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    let r = CUBE_POS_Y as usize;
+    let hidden = embed.shape(1);
+    let hd = cos_table.shape(1);
+    let token = ids[r] as usize;
+    let p = pos[r] as usize;
+    if i < hidden {
+        x[r * hidden + i] = embed[token * hidden + i];
+    } else if i < hidden + hd {
+        let d = i - hidden;
+        cos[r * hd + d] = cos_table[p * hd + d];
+    } else if i < hidden + 2 * hd {
+        let d = i - hidden - hd;
+        sin[r * hd + d] = sin_table[p * hd + d];
+    }
+}
+
+/// `dst[i] = src[i]`, in place (refreshes a captured graph's input buffer).
+#[cube(launch)]
+pub(super) fn copy_kernel(src: &Tensor<u32>, dst: &mut Tensor<u32>) {
+    let i = ABSOLUTE_POS;
+    if i < src.len() {
+        dst[i] = src[i];
+    }
+}

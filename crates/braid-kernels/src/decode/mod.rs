@@ -142,3 +142,75 @@ pub fn advance(client: &Client, ids: TensorHandle, state: &TensorHandle, history
     );
     Ok(())
 }
+
+fn check_u32(c: &Check, kernel: &'static str, name: &'static str, t: &TensorHandle) -> Result<(), KernelError> {
+    c.contiguous(name, t)?;
+    if t.dtype != u32_type() {
+        return Err(KernelError::DType { kernel, tensor: name, got: format!("{}", t.dtype), expected: "u32".into() });
+    }
+    Ok(())
+}
+
+/// The inputs of a batched decode step read from device buffers (so a captured graph replays
+/// it unchanged): `embed: [vocab, hidden]`, f32 `cos_table, sin_table: [capacity, hd]`,
+/// `ids, pos: [rows]` u32 -> `(x: [rows, hidden], cos: [rows, hd], sin: [rows, hd])`. Ids and
+/// positions in range are the caller's invariants (the kernel does not check device data).
+pub fn batch_inputs(
+    client: &Client,
+    embed: TensorHandle,
+    cos_table: TensorHandle,
+    sin_table: TensorHandle,
+    ids: TensorHandle,
+    pos: TensorHandle,
+) -> Result<(TensorHandle, TensorHandle, TensorHandle), KernelError> {
+    let c = Check::new("batch_inputs");
+    let [_, hidden] = c.matrix("embed", &embed)?;
+    let [cap, hd] = c.matrix("cos_table", &cos_table)?;
+    c.shape("sin_table", &sin_table, &[cap, hd])?;
+    c.same_dtype("cos_table", &cos_table, ElemType::Float(cubecl::ir::FloatKind::F32))?;
+    c.same_dtype("sin_table", &sin_table, ElemType::Float(cubecl::ir::FloatKind::F32))?;
+    let rows = ids.shape().first().copied().unwrap_or(0);
+    c.shape("ids", &ids, &[rows])?;
+    c.shape("pos", &pos, &[rows])?;
+    check_u32(&c, "batch_inputs", "ids", &ids)?;
+    check_u32(&c, "batch_inputs", "pos", &pos)?;
+    let dtype = embed.dtype;
+    let f32_t = cos_table.dtype;
+    let x = output_like(client, &[rows, hidden], dtype);
+    let cos = output_like(client, &[rows, hd], f32_t);
+    let sin = output_like(client, &[rows, hd], f32_t);
+    if rows == 0 {
+        return Ok((x, cos, sin));
+    }
+    kernel::rows_kernel::launch(
+        client,
+        CubeCount::new_2d(((hidden + 2 * hd) as u32).div_ceil(BLOCK), rows as u32),
+        CubeDim::new_1d(BLOCK),
+        embed.into_arg(),
+        cos_table.into_arg(),
+        sin_table.into_arg(),
+        ids.into_arg(),
+        pos.into_arg(),
+        x.clone().into_arg(),
+        cos.clone().into_arg(),
+        sin.clone().into_arg(),
+        dtype,
+    );
+    Ok((x, cos, sin))
+}
+
+/// Copies `src` into `dst` (both `[n]` u32, contiguous) in place: how a captured graph's input
+/// buffer gets the next step's data.
+pub fn copy_into(client: &Client, dst: &TensorHandle, src: TensorHandle) -> Result<(), KernelError> {
+    let c = Check::new("copy_into");
+    let n = dst.shape().first().copied().unwrap_or(0);
+    c.shape("dst", dst, &[n])?;
+    c.shape("src", &src, &[n])?;
+    check_u32(&c, "copy_into", "dst", dst)?;
+    check_u32(&c, "copy_into", "src", &src)?;
+    if n == 0 {
+        return Ok(());
+    }
+    kernel::copy_kernel::launch(client, cubes(n), CubeDim::new_1d(BLOCK), src.into_arg(), dst.clone().into_arg());
+    Ok(())
+}

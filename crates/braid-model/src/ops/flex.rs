@@ -195,4 +195,19 @@ impl FusedOps for Flex {
         let table = Tensor::<2, Int>::from_primitive::<Flex>(table);
         unwrap(reference::paged_attention(wrap(q), wrap(k_pool), wrap(v_pool), table, iwrap(lens), precision))
     }
+
+    fn batch_inputs(
+        embed: FloatTensor<Self>,
+        cos_table: FloatTensor<Self>,
+        sin_table: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        pos: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (x, c, s) = reference::batch_inputs(wrap(embed), wrap(cos_table), wrap(sin_table), iwrap(ids), iwrap(pos));
+        (unwrap(x), unwrap(c), unwrap(s))
+    }
+
+    fn copy_into(dst: IntTensor<Self>, src: IntTensor<Self>) -> IntTensor<Self> {
+        iunwrap(reference::copy_into(iwrap(dst), iwrap(src)))
+    }
 }

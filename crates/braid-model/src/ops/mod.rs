@@ -112,6 +112,16 @@ pub trait FusedOps: Backend {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
+    fn batch_inputs(
+        embed: FloatTensor<Self>,
+        cos_table: FloatTensor<Self>,
+        sin_table: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        pos: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    fn copy_into(dst: IntTensor<Self>, src: IntTensor<Self>) -> IntTensor<Self>;
+
     fn paged_kv_write(
         k_pool: FloatTensor<Self>,
         v_pool: FloatTensor<Self>,
@@ -414,4 +424,24 @@ pub fn paged_attention(
         lens.into_dispatch(),
         precision,
     ))
+}
+
+/// The inputs of a batched decode step from device buffers: `embed: [vocab, hidden]`, f32
+/// `cos_table, sin_table: [capacity, hd]`, `ids, pos: [rows]` (u32 on the CubeCL backend) ->
+/// `(x: [rows, hidden], cos: [rows, hd], sin: [rows, hd])`.
+pub fn batch_inputs(embed: Tensor<2>, cos_table: Tensor<2>, sin_table: Tensor<2>, ids: Tensor<1, Int>, pos: Tensor<1, Int>) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+    let (x, c, s) = <Dispatch as FusedOps>::batch_inputs(
+        embed.into_dispatch(),
+        cos_table.into_dispatch(),
+        sin_table.into_dispatch(),
+        ids.into_dispatch(),
+        pos.into_dispatch(),
+    );
+    (Tensor::from_dispatch(x), Tensor::from_dispatch(c), Tensor::from_dispatch(s))
+}
+
+/// `src`'s values in `dst`'s buffer (`[n]` each, u32 on the CubeCL backend), written in place
+/// there so a captured graph reading `dst` sees them; returns `dst` (the twin returns `src`).
+pub fn copy_into(dst: Tensor<1, Int>, src: Tensor<1, Int>) -> Tensor<1, Int> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::copy_into(dst.into_dispatch(), src.into_dispatch()))
 }

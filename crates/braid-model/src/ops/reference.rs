@@ -355,3 +355,20 @@ pub fn paged_attention(
         .collect();
     Tensor::cat(out, 0)
 }
+
+/// Batched decode inputs: the embedding rows of `ids` and the RoPE rows of `pos`.
+pub fn batch_inputs(embed: Tensor<2>, cos_table: Tensor<2>, sin_table: Tensor<2>, ids: Tensor<1, Int>, pos: Tensor<1, Int>) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+    let device = embed.device();
+    let idx = |t: Tensor<1, Int>| {
+        let v: Vec<i64> = host_ints(t).into_iter().map(|i| i as i64).collect();
+        let n = v.len();
+        Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &device)
+    };
+    let p = idx(pos);
+    (embed.select(0, idx(ids)), cos_table.select(0, p.clone()), sin_table.select(0, p))
+}
+
+/// `src` (the fused op writes it into `dst`'s buffer; here a new tensor stands for it).
+pub fn copy_into(_dst: Tensor<1, Int>, src: Tensor<1, Int>) -> Tensor<1, Int> {
+    src
+}
