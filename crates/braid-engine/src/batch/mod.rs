@@ -47,8 +47,9 @@ impl BatchConfig {
 }
 
 /// Decode batch sizes with a captured step; a batch runs in the smallest that holds it (the
-/// rest of its rows are padding).
-const GRAPH_ROWS: [usize; 15] = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256];
+/// rest of its rows are padding, which cost little: decode reads the weights once whatever
+/// the rows, and a padding row attends to one key). Each captured size keeps its own buffers.
+const GRAPH_ROWS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 
 fn graph_rows(n: usize, max_seqs: usize) -> usize {
     GRAPH_ROWS.iter().copied().find(|&r| r >= n).unwrap_or(n).min(max_seqs.max(n))
@@ -100,8 +101,12 @@ fn activation_bytes(model: &Qwen3, config: &BatchConfig) -> usize {
     let logits = config.scheduler.max_seqs * c.vocab_size * (8 + d);
     let longest = config.max_len.min(rows);
     let scores = 3 * c.num_attention_heads * longest * longest * 4;
-    // Each captured decode size keeps its step's buffers: at most the largest's per size.
-    let graphs = if config.graphs { GRAPH_ROWS.len() * config.scheduler.max_seqs * (c.vocab_size * (4 + d) + 64 * c.hidden_size) } else { 0 };
+    // Each captured decode size keeps its step's buffers (every layer's split-attention
+    // partials, the logits): per row, times the rows of every size.
+    let chunks = config.max_len.div_ceil(PAGE_SIZE);
+    let per_row = 2 * c.vocab_size * (4 + d) + c.num_hidden_layers * c.num_attention_heads * chunks * (c.head_dim() + 64 + 2) * 4 * 2;
+    let rows_total: usize = GRAPH_ROWS.iter().filter(|&&r| r <= config.scheduler.max_seqs).sum::<usize>() + config.scheduler.max_seqs;
+    let graphs = if config.graphs { rows_total * per_row } else { 0 };
     2 * rows * width * d + logits + scores + graphs + (1 << 30)
 }
 
@@ -126,7 +131,10 @@ pub fn plan_blocks(model: &Qwen3, config: &BatchConfig) -> Result<usize, EngineE
                     used as f64 / (1u64 << 30) as f64
                 )));
             }
-            (budget - used) / per_block
+            // No more than every admissible sequence at full length needs (with a tenth more
+            // for the prefix cache).
+            let most = config.scheduler.max_seqs * config.max_len.div_ceil(PAGE_SIZE) * 11 / 10;
+            ((budget - used) / per_block).min(most)
         }
         None => {
             let want = config.scheduler.max_seqs * config.max_len.div_ceil(PAGE_SIZE);
@@ -324,8 +332,12 @@ impl<'e> BatchEngine<'e> {
                 let meta = Rc::new(RefCell::new(src));
                 let (m, cache, model) = (meta.clone(), self.cache.clone(), &self.engine.model);
                 let step: StepFn<'e> = Box::new(move || model.decode_paged(&m.borrow(), layout, &mut cache.borrow_mut()));
-                let graph = capture(&self.device, step);
-                let out = graph.output().clone();
+                let mut graph = capture(&self.device, step);
+                // The capture run only records its launches (its output buffer is not written):
+                // replay once. Every run of the step (warm-ups, capture, this replay) computes
+                // the same step from the same inputs, writing the same keys and values.
+                // SAFETY: as for the replays above; nothing was dropped since the capture.
+                let out = unsafe { graph.replay() }.clone();
                 self.graphs.push(DecodeGraph { layout, meta, graph });
                 self.stats.graphs += 1;
                 self.stats.capture_secs += start.elapsed().as_secs_f64();

@@ -19,7 +19,9 @@ const NAME: &str = "attention";
 const BLOCK: usize = 512;
 /// Keys per cube of the split decode attention (one query row), and its units.
 const SPLIT_CHUNK: usize = 64;
-const SPLIT_BLOCK: usize = 256;
+/// At least this many; one unit per key of the chunk (more sat idle in the scores pass and made
+/// the reductions wider), and at least one group of `hd / vector` units for the values.
+const SPLIT_BLOCK: usize = SPLIT_CHUNK;
 /// Slots per block of a paged KV cache: one split chunk per block.
 pub const PAGE_SIZE: usize = SPLIT_CHUNK;
 /// Keys one query row can attend to (f32 scores in 16 KiB of shared memory).
@@ -296,7 +298,7 @@ fn split_decode(
     let m = output_like(client, &[rows, chunks], f32_t);
     let l = output_like(client, &[rows, chunks], f32_t);
     let o = output_like(client, &[rows, chunks, hd], f32_t);
-    let split_block = SPLIT_BLOCK.min(block);
+    let split_block = SPLIT_BLOCK.max((hd / vector).next_power_of_two()).min(block);
     let grid = CubeCount::new_2d(rows as u32, chunks as u32);
     let scale = (hd as f32).powf(-0.5);
     let f32_mode = precision == Precision::F32;
