@@ -26,6 +26,12 @@ pub struct Args {
     bench: bool,
     #[arg(long, default_value_t = 50)]
     iters: usize,
+    /// With --bench: the row counts (decode batch sizes) to time.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,512")]
+    bench_rows: Vec<usize>,
+    /// With --bench: keys per row of the paged decode attention.
+    #[arg(long, default_value_t = 1024)]
+    bench_context: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -58,7 +64,7 @@ pub fn run(args: Args) -> Result<()> {
         failed += verdict.is_err() as usize;
     }
     if args.bench {
-        bench(&device, dtype, args.iters)?;
+        bench(&device, dtype, args.iters, &args.bench_rows, args.bench_context)?;
     }
     if failed > 0 {
         bail!("{failed} checks failed (seed {seed})");
@@ -75,7 +81,7 @@ fn rand2(rows: usize, cols: usize, scale: f32, device: &Device, dtype: DType) ->
     Tensor::<2>::random([rows, cols], burn::tensor::Distribution::Uniform(-1.0, 1.0), (device, DType::F32)).mul_scalar(scale).cast(dtype)
 }
 
-fn bench(device: &Device, dtype: DType, iters: usize) -> Result<()> {
+fn bench(device: &Device, dtype: DType, iters: usize, rows_list: &[usize], context: usize) -> Result<()> {
     let size = dtype.size();
     // The bandwidth reference: a large elementwise op (reads + writes), same call.
     let big = rand2(8192, 8192, 1.0, device, dtype);
@@ -93,7 +99,7 @@ fn bench(device: &Device, dtype: DType, iters: usize) -> Result<()> {
     );
     println!("{:<15} {:>6} {:>11} {:>11} {:>11} {:>8} {:>12} {:>9}", "op", "rows", "fused us", "graph us", "twin us", "speedup", "floor us", "of floor");
     let (hidden, heads, kv, hd, inter, eps) = (1024, 16, 8, 128, 3072, 1e-6);
-    for rows in [1usize, 16, 512] {
+    for &rows in rows_list {
         let x = rand2(rows, hidden, 1.0, device, dtype);
         let g = rand2(1, hidden, 1.0, device, dtype).reshape([hidden]);
         let wq = rand2(heads * hd, hidden, 0.05, device, dtype);
@@ -161,6 +167,26 @@ fn bench(device: &Device, dtype: DType, iters: usize) -> Result<()> {
                 let _ = reference::attention(q4.clone(), kc.clone(), vc.clone(), past, p);
             },
         )?;
+        // Paged decode attention: `rows` sequences of `context` keys each in their own blocks.
+        let per_seq = context.div_ceil(ops::PAGE_SIZE);
+        let slots = rows * per_seq * ops::PAGE_SIZE;
+        let kp = rand2(slots * kv, hd, 1.0, device, dtype).reshape([slots, kv, hd]);
+        let vp = rand2(slots * kv, hd, 1.0, device, dtype).reshape([slots, kv, hd]);
+        let qp = rand2(heads * rows, hd, 1.0, device, dtype).reshape([1, heads, rows, hd]);
+        let table: Vec<u32> = (0..(rows * per_seq) as u32).collect();
+        let table = Tensor::<2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(table, [rows, per_seq]), (device, DType::U32));
+        let lens = Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(vec![context as u32; rows], [rows]), (device, DType::U32));
+        row(
+            "paged_attention",
+            (2 * rows * context * kv * hd + 2 * heads * rows * hd) * size,
+            &mut || {
+                let _ = ops::paged_attention(qp.clone(), kp.clone(), vp.clone(), table.clone(), lens.clone(), p);
+            },
+            &mut || {
+                let _ = reference::paged_attention(qp.clone(), kp.clone(), vp.clone(), table.clone(), lens.clone(), p);
+            },
+        )?;
+        drop((kp, vp));
         let r = rand2(rows, hidden, 1.0, device, dtype);
         row(
             "add_rms_norm",

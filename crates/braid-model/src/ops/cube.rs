@@ -10,16 +10,19 @@ use burn_cubecl::tensor::CubeTensor;
 
 use super::{FusedOps, Precision, QkShape};
 
-/// Above this many rows, `rms_norm_qkv` in torch mode runs the fused RMSNorm kernel and Burn's
-/// matmul (a GEMM beats the GEMV-shaped kernel there; same rounding points). f32 mode keeps the
-/// kernel at every size: its normalised rows never leave f32. So does f32 compute: Burn's f32
-/// matmul on CUDA is TF32-accurate (2.8e-4 from an f64 truth on an H200, 2026-11-25), the
-/// kernel is 1e-7 (`braid-cli check-kernels --dtype f32`).
-pub const QKV_KERNEL_MAX_ROWS: usize = 64;
+/// The GEMV kernels' row limit: `$BRAID_GEMV_MAX_ROWS` when set (to measure the crossover
+/// against Burn's matmul), else [`GEMV_KERNEL_MAX_ROWS`].
+fn gemv_max_rows() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| std::env::var("BRAID_GEMV_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_KERNEL_MAX_ROWS))
+}
 
 /// Above this many rows, `linear` and `gate_up_silu` (torch mode) run Burn's matmul (and the
-/// `silu_mul` kernel), except in f32 compute: the GEMV kernel reads each weight once per 8 rows
-/// and suits decode.
+/// `silu_mul` kernel), and `rms_norm_qkv` in torch mode the fused RMSNorm kernel and Burn's
+/// matmul (same rounding points), except in f32 compute: the GEMV kernel reads each weight once
+/// per 8 rows and suits decode. f32 mode keeps the kernel at every size (its normalised rows
+/// never leave f32), and so does f32 compute: Burn's f32 matmul on CUDA is TF32-accurate
+/// (2.8e-4 from an f64 truth on an H200, 2026-11-25), the kernel 1e-7.
 pub const GEMV_KERNEL_MAX_ROWS: usize = 64;
 
 /// Whether a prefill-sized call may leave the kernel for Burn's matmul (see the constants).
@@ -79,7 +82,7 @@ impl FusedOps for Cube {
     ) -> FloatTensor<Self> {
         let (like, dtype) = (x.clone(), x.dtype);
         let rows = x.meta.shape()[0];
-        if rows > QKV_KERNEL_MAX_ROWS && matmul_allowed(precision, dtype) {
+        if rows > gemv_max_rows() && matmul_allowed(precision, dtype) {
             let n = launched(braid_kernels::add_rms_norm::rms_norm(
                 &like.client,
                 handle(x),
@@ -152,7 +155,7 @@ impl FusedOps for Cube {
     }
 
     fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        if x.meta.shape()[0] > GEMV_KERNEL_MAX_ROWS && x.dtype != burn::tensor::DType::F32 {
+        if x.meta.shape()[0] > gemv_max_rows() && x.dtype != burn::tensor::DType::F32 {
             return Cube::float_matmul(x, Cube::float_transpose(w));
         }
         let (like, dtype) = (x.clone(), x.dtype);
@@ -167,7 +170,7 @@ impl FusedOps for Cube {
         w_up: FloatTensor<Self>,
         precision: Precision,
     ) -> FloatTensor<Self> {
-        if x.meta.shape()[0] > GEMV_KERNEL_MAX_ROWS && matmul_allowed(precision, x.dtype) {
+        if x.meta.shape()[0] > gemv_max_rows() && matmul_allowed(precision, x.dtype) {
             let gate = Cube::float_matmul(x.clone(), Cube::float_transpose(w_gate));
             let up = Cube::float_matmul(x, Cube::float_transpose(w_up));
             return Self::silu_mul(gate, up, precision);
@@ -265,7 +268,7 @@ impl FusedOps for Cube {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (like, dtype) = (x.clone(), x.dtype);
-        if x.meta.shape()[0] > QKV_KERNEL_MAX_ROWS {
+        if x.meta.shape()[0] > gemv_max_rows() {
             // Prefill sizes: the two ops (the GEMV prologue suits decode).
             let h = Cube::float_add(residual, x);
             return (h.clone(), Self::rms_norm_qkv(h, gamma, wq, wk, wv, eps, precision));
@@ -296,7 +299,7 @@ impl FusedOps for Cube {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (like, dtype) = (x.clone(), x.dtype);
-        if x.meta.shape()[0] > GEMV_KERNEL_MAX_ROWS {
+        if x.meta.shape()[0] > gemv_max_rows() {
             let (h, n) = Self::add_rms_norm(residual, x, gamma, eps, precision);
             return (h, Self::gate_up_silu(n, w_gate, w_up, precision));
         }
