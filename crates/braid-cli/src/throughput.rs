@@ -2,7 +2,8 @@
 //! prompts of random token ids (ids below 10,000), prompt and output lengths uniform in
 //! `min_len..=max_input_len` and `min_len..=max_output_len` from a seeded generator, eos
 //! ignored, every request queued at once; output tokens per second over the whole run. A short
-//! warm-up batch first compiles and tunes the kernels (not timed), as nano-vllm's does.
+//! warm-up batch first compiles and tunes the kernels, and every decode batch size's graph is
+//! captured (not timed), as nano-vllm does.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -150,9 +151,11 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
         }
         b.run(&mut |_| {})?;
     }
-    let warmup_secs = warm.elapsed().as_secs_f64();
 
     let mut b = BatchEngine::new(&engine, bc)?;
+    // Every decode batch size's graph, captured before the clock starts (as nano-vllm does).
+    b.capture_graphs();
+    let warmup_secs = warm.elapsed().as_secs_f64();
     for (p, &n) in prompts.iter().zip(&outs) {
         b.add(p, &req(n))?;
     }

@@ -311,6 +311,26 @@ impl<'e> BatchEngine<'e> {
         Ok(out)
     }
 
+    /// Captures the decode step of every batch size up to `max_seqs` now (padding rows only:
+    /// they touch the scratch block alone), so that no capture lands inside a timed run.
+    /// Nothing to do when decode steps run eagerly.
+    pub fn capture_graphs(&mut self) {
+        if !self.use_graphs {
+            return;
+        }
+        let max_seqs = self.scheduler.config.max_seqs;
+        let max_blocks = self.max_len.div_ceil(PAGE_SIZE);
+        let mut sizes: Vec<usize> = GRAPH_ROWS.iter().copied().filter(|&r| r < max_seqs).collect();
+        sizes.push(graph_rows(max_seqs, max_seqs));
+        for rows in sizes {
+            let layout = DecodeLayout { rows, max_blocks };
+            if !self.graphs.iter().any(|g| g.layout == layout) {
+                let host = layout.host(&[], self.scratch);
+                self.replay(layout, host);
+            }
+        }
+    }
+
     /// A decode step from the captured graph of `layout`'s size (capturing it on first use: the
     /// capture runs the step itself); returns every row's greedy token.
     fn replay(&mut self, layout: DecodeLayout, host: Vec<u32>) -> Vec<u32> {
