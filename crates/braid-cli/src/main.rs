@@ -10,6 +10,7 @@ mod generate;
 mod inspect;
 mod probe;
 mod throughput;
+mod tune;
 
 use std::process::ExitCode;
 
@@ -32,11 +33,15 @@ enum Command {
     /// Compare the reference and fused paths (and an HF dump) with the f32 reference, tap by tap,
     /// on a prompt; calibrate the automatic plan.
     Diff(diff::Args),
-    /// Benchmarks: `latency` (batch-1 decode: eager loop, device-state steps, graph replay).
+    /// Benchmarks: `latency` (batch-1 decode: eager loop, device-state steps, graph replay) and
+    /// `throughput` (nano-vllm's offline workload on the batch engine).
     #[command(subcommand)]
     Bench(bench::Which),
     /// Check every fused kernel against its reference twin and f64 on a device (and time them).
     CheckKernels(check_kernels::Args),
+    /// Run every kernel shape a model needs once (autotuning, compilation, graph captures); cuda
+    /// builds keep the results in CubeCL's persistent cache.
+    Tune(tune::TuneArgs),
     /// Dump per-layer hidden states, logits and greedy ids for token-id prompts (accuracy runs).
     Dump(dump::Args),
 }
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Command::Diff(args) => diff::run_cmd(args),
         Command::Bench(which) => bench::run(which),
         Command::CheckKernels(args) => check_kernels::run(args),
+        Command::Tune(args) => tune::run(args),
         Command::Dump(args) => dump::run(args),
     };
     match result {

@@ -1,0 +1,98 @@
+//! `braid-cli tune`: runs every kernel shape a model needs once, so that autotuning (Braid's
+//! GEMV candidates, Burn's matmul) and kernel compilation happen now rather than in the first
+//! requests: batch-1 decode (the replayed graph of `generate`), every captured decode batch size
+//! of the batch engine, and prefills of several lengths. With the `cuda` feature CubeCL keeps
+//! the results in its persistent cache (`target/environment` of the enclosing Cargo workspace,
+//! else the user cache directory, `~/.cache/cubecl` on Linux), so later processes skip the
+//! tuning; the command times itself, and a second run shows what the cache saves.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use braid_engine::batch::SchedulerConfig;
+use braid_engine::{BatchConfig, BatchEngine, Engine, Request, SamplingParams};
+use braid_model::KernelPlan;
+use braid_model::graph_decode::{GreedyDecoder, StepMode};
+
+use crate::device::{self, DTypeArg, DeviceArg};
+use crate::generate::default_model;
+
+#[derive(Debug, clap::Args)]
+pub struct TuneArgs {
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    #[arg(long, value_enum)]
+    dtype: Option<DTypeArg>,
+    #[arg(long, default_value = "fused")]
+    plan: String,
+    /// Largest decode batch to prepare (the batch engine's --max-seqs).
+    #[arg(long, default_value_t = 256)]
+    max_seqs: usize,
+    /// Longest sequence to prepare for (prompt + output).
+    #[arg(long, default_value_t = 2048)]
+    max_len: usize,
+    /// Prompt lengths whose prefills to run.
+    #[arg(long, value_delimiter = ',', default_value = "16,128,1024")]
+    prefill_lens: Vec<usize>,
+    #[arg(long, default_value_t = 0.9)]
+    gpu_memory_fraction: f64,
+}
+
+pub fn run(a: TuneArgs) -> Result<()> {
+    let dir = match &a.model {
+        Some(d) => d.clone(),
+        None => default_model()?,
+    };
+    let config = braid_model::Qwen3Config::from_file(&dir.join("config.json"))?;
+    let device = device::open(a.device)?;
+    let dtype = match a.dtype {
+        Some(d) => d.dtype(),
+        None => device::default_dtype(a.device, config.checkpoint_dtype(), &device),
+    };
+    let max_len = a.max_len.min(config.max_position_embeddings);
+    let mut engine = Engine::load(&dir, &device, dtype, &mut |_, _| {}).with_context(|| format!("loading {}", dir.display()))?;
+    engine.model.set_plan(KernelPlan::parse(&a.plan, &config).context("--plan")?)?;
+    let vocab = config.vocab_size as u32;
+    let prompt = |n: usize| (0..n as u32).map(|i| (i * 7919 + 13) % vocab).collect::<Vec<u32>>();
+    let start = Instant::now();
+
+    // 1. Batch-1 greedy decode: `generate`'s replayed graph.
+    let t = Instant::now();
+    if engine.model.device_decode_ready() {
+        let mut dec = GreedyDecoder::new(&engine.model, &prompt(16), 8, StepMode::Graph)?;
+        dec.take(8)?;
+    }
+    println!("batch-1 decode graph      {:8.2} s", t.elapsed().as_secs_f64());
+
+    // 2. The batch engine: every decode batch size, then prefills of each length.
+    let t = Instant::now();
+    let bc = BatchConfig {
+        scheduler: SchedulerConfig { max_seqs: a.max_seqs, max_batched_tokens: 16384.max(max_len) },
+        max_len,
+        blocks: None,
+        gpu_memory_fraction: a.gpu_memory_fraction,
+        graphs: true,
+    };
+    let mut batch = BatchEngine::new(&engine, bc)?;
+    batch.capture_graphs();
+    println!("decode batch sizes        {:8.2} s ({} graphs)", t.elapsed().as_secs_f64(), batch.stats.graphs);
+    for &n in &a.prefill_lens {
+        let n = n.clamp(1, max_len - 2);
+        let t = Instant::now();
+        let req = Request { max_tokens: 2, sampling: SamplingParams::default(), ignore_eos: true };
+        batch.add(&prompt(n), &req)?;
+        batch.run(&mut |_| {})?;
+        println!("prefill {n:>6} tokens     {:8.2} s", t.elapsed().as_secs_f64());
+    }
+    println!(
+        "tuned {} ({:?} {dtype:?}, plan {}) in {:.2} s; CubeCL keeps the results in its persistent cache (cuda builds)",
+        dir.display(),
+        a.device,
+        engine.model.plan().summary(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
