@@ -17,7 +17,7 @@ use burn::tensor::Tensor;
 use serde::Serialize;
 
 use crate::device::{self, DTypeArg, DeviceArg};
-use crate::generate::{Format, default_model};
+use crate::generate::Format;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Which {
@@ -111,16 +111,7 @@ fn eager(model: &Qwen3, prompt: &[u32], n: usize) -> Result<(Vec<u32>, f64, f64)
 }
 
 fn latency(a: LatencyArgs) -> Result<()> {
-    let dir = match &a.model {
-        Some(d) => d.clone(),
-        None => default_model()?,
-    };
-    let config = braid_model::Qwen3Config::from_file(&dir.join("config.json"))?;
-    let device = device::open(a.device)?;
-    let dtype = match a.dtype {
-        Some(d) => d.dtype(),
-        None => device::default_dtype(a.device, config.checkpoint_dtype(), &device),
-    };
+    let device::Target { dir, config, device, dtype } = device::target(&a.model, a.device, a.dtype)?;
     if a.new_tokens < 2 || a.prompt_len == 0 || a.runs == 0 {
         bail!("--new-tokens must be >= 2, --prompt-len and --runs >= 1");
     }

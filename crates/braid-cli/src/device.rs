@@ -81,3 +81,26 @@ pub fn default_dtype(arg: DeviceArg, checkpoint: Option<&str>, device: &Device) 
     };
     if device.supports_dtype(wanted) { wanted } else { DType::F32 }
 }
+
+/// What a command needs before loading: the model folder (`--model`, else the default model),
+/// its config, the opened device and the compute dtype (`--dtype`, else [`default_dtype`]).
+pub struct Target {
+    pub dir: std::path::PathBuf,
+    pub config: braid_model::Qwen3Config,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+pub fn target(model: &Option<std::path::PathBuf>, arg: DeviceArg, dtype: Option<DTypeArg>) -> Result<Target> {
+    let dir = match model {
+        Some(d) => d.clone(),
+        None => crate::generate::default_model()?,
+    };
+    let config = braid_model::Qwen3Config::from_file(&dir.join("config.json"))?;
+    let device = open(arg)?;
+    let dtype = match dtype {
+        Some(d) => d.dtype(),
+        None => default_dtype(arg, config.checkpoint_dtype(), &device),
+    };
+    Ok(Target { dir, config, device, dtype })
+}

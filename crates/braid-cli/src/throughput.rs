@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::device::{self, DTypeArg, DeviceArg};
-use crate::generate::{Format, default_model};
+use crate::generate::Format;
 
 #[derive(Debug, clap::Args)]
 pub struct ThroughputArgs {
@@ -111,16 +111,7 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
     if a.num_seqs == 0 || a.min_len == 0 || a.min_len > a.max_input_len || a.min_len > a.max_output_len {
         bail!("--num-seqs and --min-len must be >= 1, and --min-len at most --max-input-len and --max-output-len");
     }
-    let dir = match &a.model {
-        Some(d) => d.clone(),
-        None => default_model()?,
-    };
-    let config = braid_model::Qwen3Config::from_file(&dir.join("config.json"))?;
-    let device = device::open(a.device)?;
-    let dtype = match a.dtype {
-        Some(d) => d.dtype(),
-        None => device::default_dtype(a.device, config.checkpoint_dtype(), &device),
-    };
+    let device::Target { dir, config, device, dtype } = device::target(&a.model, a.device, a.dtype)?;
     let max_len = a.max_input_len + a.max_output_len;
     if max_len > config.max_position_embeddings {
         bail!("--max-input-len + --max-output-len = {max_len} exceeds the model's max_position_embeddings = {}", config.max_position_embeddings);

@@ -16,7 +16,6 @@ use braid_model::KernelPlan;
 use braid_model::graph_decode::{GreedyDecoder, StepMode};
 
 use crate::device::{self, DTypeArg, DeviceArg};
-use crate::generate::default_model;
 
 #[derive(Debug, clap::Args)]
 pub struct TuneArgs {
@@ -42,16 +41,7 @@ pub struct TuneArgs {
 }
 
 pub fn run(a: TuneArgs) -> Result<()> {
-    let dir = match &a.model {
-        Some(d) => d.clone(),
-        None => default_model()?,
-    };
-    let config = braid_model::Qwen3Config::from_file(&dir.join("config.json"))?;
-    let device = device::open(a.device)?;
-    let dtype = match a.dtype {
-        Some(d) => d.dtype(),
-        None => device::default_dtype(a.device, config.checkpoint_dtype(), &device),
-    };
+    let device::Target { dir, config, device, dtype } = device::target(&a.model, a.device, a.dtype)?;
     let max_len = a.max_len.min(config.max_position_embeddings);
     let mut engine = Engine::load(&dir, &device, dtype, &mut |_, _| {}).with_context(|| format!("loading {}", dir.display()))?;
     engine.model.set_plan(KernelPlan::parse(&a.plan, &config).context("--plan")?)?;

@@ -52,6 +52,39 @@ fn json_greedy_output_equals_hf_greedy_ids() {
     }
 }
 
+/// Several prompts (flags and a file) run as one batch: each gets HF's greedy ids, in order.
+#[test]
+fn several_prompts_run_as_one_batch_with_hf_greedy_ids() {
+    let dir = repo().join("tests/fixtures/untied-gqa1-hd16-f32-sharded");
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let cases = expected["prompts"].as_array().unwrap();
+    assert!(cases.len() >= 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("prompts.txt");
+    let rest: Vec<&str> = cases[1..].iter().map(|c| c["text"].as_str().unwrap()).collect();
+    std::fs::write(&file, format!("{}\n\n", rest.join("\n"))).unwrap();
+    let out = braid(&[
+        "generate", "--model", dir.to_str().unwrap(), "--prompt", cases[0]["text"].as_str().unwrap(),
+        "--prompts-file", file.to_str().unwrap(), "--plan", "fused",
+        "--temperature", "0", "--ignore-eos", "--max-tokens", "24", "--format", "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let gens = got["generations"].as_array().unwrap();
+    assert_eq!(gens.len(), cases.len());
+    for (g, c) in gens.iter().zip(cases) {
+        assert_eq!(g["prompt_ids"], c["ids"]);
+        assert_eq!(g["output_ids"], c["greedy_ids"]);
+    }
+    assert!(got["stats"]["max_batch"].as_u64().unwrap() >= 2);
+    // An empty prompts file alone is an error naming the file.
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = braid(&["generate", "--model", dir.to_str().unwrap(), "--prompts-file", empty.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("empty.txt"), "{}", text(&out.stderr));
+}
+
 #[test]
 fn chat_mode_renders_the_template() {
     let out = braid(&["generate", "--chat", "--no-think", "--prompt", "Hello", "--max-tokens", "4", "--temperature", "0"]);

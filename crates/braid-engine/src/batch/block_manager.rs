@@ -87,7 +87,8 @@ impl BlockManager {
             let tokens = &seq.tokens[i * self.page..end];
             let full = tokens.len() == self.page;
             let hash = full.then(|| chain(prev, tokens));
-            prev = hash;
+            // Only full blocks extend the chain (a partial block is the last one).
+            prev = hash.or(prev);
             let cached = match hash {
                 Some(h) if hit_all && end < len => self.by_hash.get(&h).copied().filter(|&b| self.blocks[b as usize].tokens == tokens),
                 _ => None,
@@ -239,6 +240,28 @@ mod tests {
         assert_eq!(d.cached, 4);
         assert_eq!(d.blocks[0], a.blocks[0]);
         assert_ne!(d.blocks[1], a.blocks[1]);
+    }
+
+    #[test]
+    fn a_block_filled_by_decoding_chains_from_its_prefix() {
+        let mut m = BlockManager::new(8, 2);
+        // [1, 2] full at allocation, [3] partial; decoding 4 fills the second block.
+        let mut a = seq(0, &[1, 2, 3]);
+        m.allocate(&mut a);
+        a.cached = a.len();
+        m.seal_full(&mut a);
+        a.tokens.push(4);
+        m.may_append(&mut a);
+        a.cached = a.len();
+        m.seal_full(&mut a);
+        // A prompt starting with [3, 4] must not find that block (its keys sit after [1, 2]).
+        let mut b = seq(1, &[3, 4, 5]);
+        m.allocate(&mut b);
+        assert_eq!(b.cached, 0);
+        // The whole prefix does.
+        let mut c = seq(2, &[1, 2, 3, 4, 9]);
+        m.allocate(&mut c);
+        assert_eq!((c.cached, c.blocks[..2].to_vec()), (4, a.blocks[..2].to_vec()));
     }
 
     #[test]
