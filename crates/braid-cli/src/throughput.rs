@@ -177,7 +177,7 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
         warmup_secs,
         stats,
     };
-    if stats_mismatch(&report, total) {
+    if report.output_tokens != total {
         bail!("generated {} tokens, the workload asks for {total}", report.output_tokens);
     }
     if let Some(path) = &a.json {
@@ -218,8 +218,4 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn stats_mismatch(r: &Report, total: usize) -> bool {
-    r.output_tokens != total
 }
