@@ -22,8 +22,11 @@ fn gemv_max_rows() -> usize {
 /// matmul (same rounding points), except in f32 compute: the GEMV kernel reads each weight once
 /// per 8 rows and suits decode. f32 mode keeps the kernel at every size (its normalised rows
 /// never leave f32), and so does f32 compute: Burn's f32 matmul on CUDA is TF32-accurate
-/// (2.8e-4 from an f64 truth on an H200, 2026-11-25), the kernel 1e-7.
-pub const GEMV_KERNEL_MAX_ROWS: usize = 64;
+/// (2.8e-4 from an f64 truth on an H200, 2026-11-25), the kernel 1e-7. 128 rather than 64:
+/// on the throughput workload the GEMV beat Burn's matmul for decode batches of 65-128 rows
+/// (5,226 and 5,224 output tok/s against 5,117 and 5,175 at 64, alternating runs in one call,
+/// H200, 2026-11-26). 256 rows was not tried.
+pub const GEMV_KERNEL_MAX_ROWS: usize = 128;
 
 /// Whether a prefill-sized call may leave the kernel for Burn's matmul (see the constants).
 fn matmul_allowed(precision: Precision, dtype: burn::tensor::DType) -> bool {

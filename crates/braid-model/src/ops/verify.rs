@@ -135,7 +135,7 @@ pub fn cases() -> Vec<Case> {
         Case { name: "adversarial", rows: 5, scale: 1.0e4, peak: 100.0, zero_row: true },
         // Past the GEMV row limits: the Cube dispatch takes its prefill paths (RMSNorm kernel
         // + matmul for rms_norm_qkv in torch mode; attention stays on its kernel).
-        Case { name: "prefill-long", rows: 100, scale: 1.0, peak: 10.0, zero_row: false },
+        Case { name: "prefill-long", rows: 160, scale: 1.0, peak: 10.0, zero_row: false },
     ]
 }
 
