@@ -107,7 +107,7 @@ fn activation_bytes(model: &Qwen3, config: &BatchConfig) -> usize {
     // per row; this counts ~13.)
     let chunks = config.max_len.div_ceil(PAGE_SIZE);
     let per_row = 2 * c.vocab_size * (4 + d) + c.num_hidden_layers * c.num_attention_heads * chunks * (c.head_dim() + 64 + 2) * 4;
-    let rows_total: usize = GRAPH_ROWS.iter().filter(|&&r| r <= config.scheduler.max_seqs).sum::<usize>() + config.scheduler.max_seqs;
+    let rows_total: usize = GRAPH_ROWS.iter().filter(|&&r| r < config.scheduler.max_seqs).sum::<usize>() + config.scheduler.max_seqs;
     let graphs = if config.graphs { rows_total * per_row } else { 0 };
     2 * rows * width * d + logits + scores + graphs + (1 << 30)
 }
