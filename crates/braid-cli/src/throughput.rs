@@ -145,7 +145,7 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
 
     let mut b = BatchEngine::new(&engine, bc)?;
     // Every decode batch size's graph, captured before the clock starts (as nano-vllm does).
-    b.capture_graphs();
+    b.capture_graphs()?;
     let warmup_secs = warm.elapsed().as_secs_f64();
     for (p, &n) in prompts.iter().zip(&outs) {
         b.add(p, &req(n))?;

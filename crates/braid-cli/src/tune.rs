@@ -67,7 +67,7 @@ pub fn run(a: TuneArgs) -> Result<()> {
         graphs: true,
     };
     let mut batch = BatchEngine::new(&engine, bc)?;
-    batch.capture_graphs();
+    batch.capture_graphs()?;
     println!("decode batch sizes        {:8.2} s ({} graphs)", t.elapsed().as_secs_f64(), batch.stats.graphs);
     for &n in &a.prefill_lens {
         let n = n.clamp(1, max_len - 2);

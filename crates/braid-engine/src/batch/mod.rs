@@ -263,7 +263,7 @@ impl<'e> BatchEngine<'e> {
             let host = layout.host(&steps, self.scratch);
             drop(steps);
             mark.phase("schedule");
-            let ids = self.replay(layout, host);
+            let ids = self.replay(layout, host)?;
             mark.phase("graph");
             ids[..batch.ids.len()].to_vec()
         } else {
@@ -316,9 +316,9 @@ impl<'e> BatchEngine<'e> {
     /// Captures the decode step of every batch size up to `max_seqs` now (padding rows only:
     /// they touch the scratch block alone), so that no capture lands inside a timed run.
     /// Nothing to do when decode steps run eagerly.
-    pub fn capture_graphs(&mut self) {
+    pub fn capture_graphs(&mut self) -> Result<(), EngineError> {
         if !self.use_graphs {
-            return;
+            return Ok(());
         }
         let max_seqs = self.scheduler.config.max_seqs;
         let max_blocks = self.max_len.div_ceil(PAGE_SIZE);
@@ -328,14 +328,15 @@ impl<'e> BatchEngine<'e> {
             let layout = DecodeLayout { rows, max_blocks };
             if !self.graphs.iter().any(|g| g.layout == layout) {
                 let host = layout.host(&[], self.scratch);
-                self.replay(layout, host);
+                self.replay(layout, host)?;
             }
         }
+        Ok(())
     }
 
     /// A decode step from the captured graph of `layout`'s size (capturing it on first use: the
     /// capture runs the step itself); returns every row's greedy token.
-    fn replay(&mut self, layout: DecodeLayout, host: Vec<u32>) -> Vec<u32> {
+    fn replay(&mut self, layout: DecodeLayout, host: Vec<u32>) -> Result<Vec<u32>, EngineError> {
         let src = Tensor::<1, Int>::from_data(TensorData::new(host, [layout.len()]), (&self.device, DType::U32));
         let out = match self.graphs.iter_mut().find(|g| g.layout == layout) {
             Some(g) => {
@@ -366,7 +367,9 @@ impl<'e> BatchEngine<'e> {
                 out
             }
         };
-        out.into_data().convert::<i64>().try_to_vec::<i64>().expect("int ids").into_iter().map(|v| v as u32).collect()
+        // A device failure (out of memory in a capture, say) is an error, not a panic.
+        let data = out.try_into_data().map_err(|e| EngineError::Batch(format!("decode step of {} rows failed on the device: {e:?}", layout.rows)))?;
+        Ok(data.convert::<i64>().try_to_vec::<i64>().expect("int ids").into_iter().map(|v| v as u32).collect())
     }
 
     /// The next token of every sequence of the batch: the argmax on the device for greedy
