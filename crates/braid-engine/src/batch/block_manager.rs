@@ -153,7 +153,7 @@ impl BlockManager {
     /// After a step: registers the sequence's blocks that became full, so later prompts with
     /// the same prefix can share them.
     pub fn seal_full(&mut self, seq: &mut Sequence) {
-        let full = seq.cached_len() / self.page;
+        let full = seq.cached / self.page;
         while seq.hashed < full {
             let i = seq.hashed;
             let tokens = &seq.tokens[i * self.page..(i + 1) * self.page];

@@ -72,10 +72,6 @@ impl Sequence {
         self.tokens.is_empty()
     }
 
-    pub fn cached_len(&self) -> usize {
-        self.cached
-    }
-
     /// The tokens the next step runs.
     pub fn pending(&self) -> &[u32] {
         &self.tokens[self.cached..]

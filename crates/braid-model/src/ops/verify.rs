@@ -425,6 +425,9 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
     }
 }
 
+/// Ops that only move data, checked for exact equality.
+pub const EXACT_OPS: [&str; 2] = ["decode_state", "paged_io"];
+
 /// The pass rule, the same in tests and `braid-cli check-kernels`:
 /// - every output element written and finite;
 /// - the fused op within `8 u` of the f64 truth (normwise; `u` the dtype's unit roundoff, floor
@@ -432,7 +435,8 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
 /// - the fused op no further from the truth than its twin plus `2 u` (it may differ in summation
 ///   order only);
 /// - f32 mode within `2 u` of the truth: one rounding at the output;
-/// - argmax: exactly the truth's index (the first on ties) in every row.
+/// - argmax: exactly the truth's index (the first on ties) in every row; the data-movement ops
+///   ([`EXACT_OPS`]): every value exact.
 pub fn passes(c: &OpCheck, dtype: DType) -> Result<(), String> {
     let u = unit_roundoff(dtype).max(if dtype == DType::F32 { 1e-6 } else { 0.0 });
     if !c.finite {
@@ -441,6 +445,11 @@ pub fn passes(c: &OpCheck, dtype: DType) -> Result<(), String> {
     if c.op == "argmax" {
         // Exact: the first index of the maximum, in every row.
         return if c.fused_err == 0.0 { Ok(()) } else { Err(format!("{:.0}% of rows wrong", 100.0 * c.fused_err)) };
+    }
+    if EXACT_OPS.contains(&c.op) {
+        // Data movement: every value exactly where it belongs (the error is a fraction of wrong
+        // values, which the dtype's roundoff must not excuse).
+        return if c.fused_err == 0.0 && c.twin_err == 0.0 { Ok(()) } else { Err(format!("{:.3e} of values wrong", c.fused_err)) };
     }
     if c.fused_err > 8.0 * u {
         return Err(format!("fused error {:.3e} > 8u = {:.3e}", c.fused_err, 8.0 * u));
@@ -498,16 +507,8 @@ fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<Op
             for i in 0..t {
                 let n = past + i + 1;
                 let qr = &qh[((bi * nh + h) * t + i) * hd..][..hd];
-                let row = |j: usize| ((bi * nkv + g) * cap + j) * hd;
-                let s: Vec<f64> = (0..n)
-                    .map(|j| qr.iter().zip(&kh[row(j)..row(j) + hd]).map(|(a, c)| a * c).sum::<f64>() / (hd as f64).sqrt())
-                    .collect();
-                let m = s.iter().cloned().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for d in 0..hd {
-                    truth[(bi * t + i) * nh * hd + h * hd + d] = (0..n).map(|j| e[j] / z * vh[row(j) + d]).sum();
-                }
+                let o = (bi * t + i) * nh * hd + h * hd;
+                host_attend(qr, &kh, &vh, n, |j| ((bi * nkv + g) * cap + j) * hd, &mut truth[o..o + hd]);
             }
         }
     }
@@ -528,6 +529,19 @@ fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<Op
     let twin = reference::attention_at(q1, k1, v1, state, p);
     let truth_at = &truth[(t - 1) * nh * hd..t * nh * hd];
     vec![main, record("attention_at", case.name, p, &host(fused), &host(twin), truth_at)]
+}
+
+/// One query row's attention in f64: `qr` over the `n` keys whose rows start at `row(j)` in
+/// `k` and `v` (scaled by `1 / sqrt(hd)`, exact softmax) -> `out: [hd]`.
+fn host_attend(qr: &[f64], k: &[f64], v: &[f64], n: usize, row: impl Fn(usize) -> usize, out: &mut [f64]) {
+    let hd = qr.len();
+    let s: Vec<f64> = (0..n).map(|j| qr.iter().zip(&k[row(j)..row(j) + hd]).map(|(a, c)| a * c).sum::<f64>() / (hd as f64).sqrt()).collect();
+    let m = s.iter().cloned().fold(f64::MIN, f64::max);
+    let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+    let z: f64 = e.iter().sum();
+    for (d, o) in out.iter_mut().enumerate() {
+        *o = (0..n).map(|j| e[j] / z * v[row(j) + d]).sum();
+    }
 }
 
 /// Host `x [rows, inp] @ w^T`, `w [out, inp]`.
@@ -624,8 +638,9 @@ fn check_gate_up_silu(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpC
     record("gate_up_silu", case.name, p, &host(fused), &host(twin), &truth)
 }
 
-/// The paged cache: `paged_kv_write` (exact against the host; error = fraction of wrong
-/// values) then `paged_attention` in both modes over what it wrote, three sequences of
+/// The paged cache: `paged_io` = `paged_kv_write`, `batch_inputs` and `copy_into` (exact
+/// against the host; error = fraction of wrong values) then `paged_attention` in both modes
+/// over what `paged_kv_write` wrote, three sequences of
 /// different lengths (one key; exactly one block; several blocks and a partial one) in
 /// shuffled blocks of a pool whose unused slots are NaN.
 fn check_paged(ctx: &Ctx, rng: &mut Rng, case: Case) -> Vec<OpCheck> {
@@ -714,9 +729,53 @@ fn check_paged(ctx: &Ctx, rng: &mut Rng, case: Case) -> Vec<OpCheck> {
         let bad = k.iter().zip(&kt).chain(v.iter().zip(&vt)).filter(|(a, b)| !same(**a, **b)).count();
         bad as f64 / (kt.len() + vt.len()) as f64
     };
-    let (fw, tw) = (wrong(kf.clone(), vf.clone()), wrong(kw, vw));
+    // The graph-ready batch inputs (`batch_inputs`: embedding rows of the ids and RoPE rows
+    // of the positions) and the in-place input refresh (`copy_into`), exact as well.
+    let (vocab, hidden, cap) = (40, 24 + case.rows % 5, 3 * page);
+    let embed = ctx.t(rng.vec(vocab * hidden, case.scale), [vocab, hidden]);
+    let f32_table = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [cap, hd]), (ctx.device, DType::F32));
+    let (cos_t, sin_t) = (f32_table(rng.vec(cap * hd, 1.0)), f32_table(rng.vec(cap * hd, 1.0)));
+    let ids: Vec<u32> = (0..rows).map(|r| ((r * 17 + case.rows) % vocab) as u32).collect();
+    let pos: Vec<u32> = lens.iter().map(|&n| (n - 1) as u32).collect();
+    let (eh, ch, sh) = (host(embed.clone()), host(cos_t.clone()), host(sin_t.clone()));
+    let mut moved_truth = Vec::new();
+    for &i in &ids {
+        moved_truth.extend_from_slice(&eh[i as usize * hidden..(i as usize + 1) * hidden]);
+    }
+    for t in [&ch, &sh] {
+        for &p in &pos {
+            moved_truth.extend_from_slice(&t[p as usize * hd..(p as usize + 1) * hd]);
+        }
+    }
+    let src: Vec<u32> = (0..2 * rows + 5).map(|i| (i * 7 + case.rows) as u32).collect();
+    moved_truth.extend(src.iter().map(|&x| x as f64));
+    let moved = |fused: bool| -> Vec<f64> {
+        let (idt, post) = (u32s(ids.clone(), [rows]), u32s(pos.clone(), [rows]));
+        let (x, c, sn) = if fused {
+            super::batch_inputs(embed.clone(), cos_t.clone(), sin_t.clone(), idt, post)
+        } else {
+            reference::batch_inputs(embed.clone(), cos_t.clone(), sin_t.clone(), idt, post)
+        };
+        let (dst, srct) = (u32s(vec![0; src.len()], [src.len()]), u32s(src.clone(), [src.len()]));
+        let copied = if fused { super::copy_into(dst, srct) } else { reference::copy_into(dst, srct) };
+        let mut v = host(x);
+        v.extend(host(c));
+        v.extend(host(sn));
+        v.extend(copied.into_data().convert::<i64>().try_to_vec::<i64>().expect("ints").into_iter().map(|x| x as f64));
+        v
+    };
+    let moved_wrong = |v: Vec<f64>| -> usize {
+        if v.len() != moved_truth.len() {
+            return moved_truth.len();
+        }
+        v.iter().zip(&moved_truth).filter(|(a, b)| a != b).count()
+    };
+    let total = (kt.len() + vt.len() + moved_truth.len()) as f64;
+    let pools = (kt.len() + vt.len()) as f64;
+    let fw = (wrong(kf.clone(), vf.clone()) * pools + moved_wrong(moved(true)) as f64) / total;
+    let tw = (wrong(kw, vw) * pools + moved_wrong(moved(false)) as f64) / total;
     let mut out = vec![OpCheck {
-        op: "paged_kv_write",
+        op: "paged_io",
         case: case.name.to_string(),
         precision: Precision::Torch,
         fused_err: fw,
@@ -733,14 +792,8 @@ fn check_paged(ctx: &Ctx, rng: &mut Rng, case: Case) -> Vec<OpCheck> {
         for h in 0..nh {
             let g = h / (nh / nkv);
             let qr = &qh[(h * rows + r) * hd..][..hd];
-            let key = |j: usize| (slot(r, j) * nkv + g) * hd;
-            let s: Vec<f64> = (0..n).map(|j| qr.iter().zip(&kt[key(j)..key(j) + hd]).map(|(a, c)| a * c).sum::<f64>() / (hd as f64).sqrt()).collect();
-            let m = s.iter().cloned().fold(f64::MIN, f64::max);
-            let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-            let z: f64 = e.iter().sum();
-            for d in 0..hd {
-                truth[(r * nh + h) * hd + d] = (0..n).map(|j| e[j] / z * vt[key(j) + d]).sum();
-            }
+            let o = (r * nh + h) * hd;
+            host_attend(qr, &kt, &vt, n, |j| (slot(r, j) * nkv + g) * hd, &mut truth[o..o + hd]);
         }
     }
     for p in [Precision::Torch, Precision::F32] {
