@@ -27,6 +27,9 @@ pub enum Which {
     /// nano-vllm's offline throughput benchmark on the batch engine (paged KV cache,
     /// continuous batching).
     Throughput(crate::throughput::ThroughputArgs),
+    /// Each fused op vs its reference twin vs its floor (bandwidth or matmul rate, measured in
+    /// the same process) at Qwen3-0.6B's shapes; Burn's matmul autotuned vs untuned.
+    Kernels(crate::bench_kernels::KernelsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +91,7 @@ pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Latency(a) => latency(a),
         Which::Throughput(a) => crate::throughput::throughput(a),
+        Which::Kernels(a) => crate::bench_kernels::run(a),
     }
 }
 

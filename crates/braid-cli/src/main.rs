@@ -2,6 +2,7 @@
 
 mod autoplan;
 mod bench;
+mod bench_kernels;
 mod check_kernels;
 mod device;
 mod diff;
@@ -33,11 +34,12 @@ enum Command {
     /// Compare the reference and fused paths (and an HF dump) with the f32 reference, tap by tap,
     /// on a prompt; calibrate the automatic plan.
     Diff(diff::Args),
-    /// Benchmarks: `latency` (batch-1 decode: eager loop, device-state steps, graph replay) and
-    /// `throughput` (nano-vllm's offline workload on the batch engine).
+    /// Benchmarks: `latency` (batch-1 decode: eager loop, device-state steps, graph replay),
+    /// `throughput` (nano-vllm's offline workload on the batch engine) and `kernels` (each op
+    /// vs its twin and its floor).
     #[command(subcommand)]
     Bench(bench::Which),
-    /// Check every fused kernel against its reference twin and f64 on a device (and time them).
+    /// Check every fused kernel against its reference twin and f64 on a device.
     CheckKernels(check_kernels::Args),
     /// Run every kernel shape a model needs once (autotuning, compilation, graph captures); cuda
     /// builds keep the results in CubeCL's persistent cache.

@@ -299,7 +299,10 @@ fn split_decode(
     let l = output_like(client, &[rows, chunks], f32_t);
     let o = output_like(client, &[rows, chunks, hd], f32_t);
     let split_block = SPLIT_BLOCK.max((hd / vector).next_power_of_two()).min(block);
-    let grid = CubeCount::new_2d(rows as u32, chunks as u32);
+    // One cube per (query row, kv head, chunk): the query heads sharing a kv head read its
+    // keys and values once.
+    let group = heads / k.shape()[1];
+    let grid = CubeCount::new_2d((rows / group) as u32, chunks as u32);
     let scale = (hd as f32).powf(-0.5);
     let f32_mode = precision == Precision::F32;
     // Torch mode's rounded scores (f32 mode: a placeholder the kernel never writes).
@@ -327,6 +330,7 @@ fn split_decode(
         SPLIT_CHUNK,
         hd,
         split_block,
+        group,
         dtype,
     );
     if !f32_mode {
@@ -350,6 +354,7 @@ fn split_decode(
             SPLIT_CHUNK,
             hd,
             split_block,
+            group,
             dtype,
         );
     }

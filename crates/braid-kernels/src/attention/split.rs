@@ -36,65 +36,111 @@ pub(super) fn chunk_kernel<F: Float, N: Size>(
     #[comptime] chunk: usize,
     #[comptime] head_dim: usize,
     #[comptime] block: usize,
+    #[comptime] group: usize,
     #[define(F)] _dtype: ElemType,
 ) {
-    let bh = CUBE_POS_X as usize;
     let c = CUBE_POS_Y as usize;
     let chunks = CUBE_COUNT_Y as usize;
     let unit = UNIT_POS_X as usize;
     let heads = q.shape(1);
     let kv_heads = k.shape(1);
-    let b = bh / heads;
-    let h = bh % heads;
-    let g = h / (heads / kv_heads);
+    // One cube per (batch, kv head g, chunk): the `group` query heads that share head g.
+    let b = CUBE_POS_X as usize / kv_heads;
+    let g = CUBE_POS_X as usize % kv_heads;
+    let bh0 = b * heads + g * group;
     let n_keys = key_count(past, state, lens, b, past_from_state, paged);
     let start = c * chunk;
     if start < n_keys {
         let vs = k.vector_size().comptime();
-        let mut qs = Shared::<[f32]>::new_slice(head_dim);
-        let mut p = Shared::<[f32]>::new_slice(chunk);
-        let q_base = if paged { h * q.stride(1) + b * q.stride(2) } else { b * q.stride(0) + h * q.stride(1) };
-        let mut d = unit;
-        while d < head_dim {
-            qs[d] = f32::cast_from(q[q_base + d]);
-            d += block;
+        let mut qs = Shared::<[f32]>::new_slice(comptime!(group * head_dim));
+        let mut p = Shared::<[f32]>::new_slice(comptime!(group * chunk));
+        let q_base = if paged { g * group * q.stride(1) + b * q.stride(2) } else { b * q.stride(0) + g * group * q.stride(1) };
+        #[unroll]
+        for hh in 0..group {
+            let mut d = unit;
+            while d < head_dim {
+                qs[hh * head_dim + d] = f32::cast_from(q[q_base + hh * q.stride(1) + d]);
+                d += block;
+            }
         }
         sync_cube();
         // Where the chunk's first key of head g starts, and the elements between keys.
         let (k_first, k_step) = chunk_rows(k, table, b, g, c, start, chunk, paged);
 
-        // Scores: one key per unit, the row's vector loads unrolled.
-        let mut s = f32::new(f32::MIN);
+        // Scores: one key per unit, its row read once for the group's heads.
         let j = start + unit;
         let valid = unit < chunk && j < n_keys;
+        let mut dots = Array::<f32>::new(group);
+        #[unroll]
+        for hh in 0..group {
+            dots[hh] = 0.0;
+        }
         if valid {
-            let row = (k_first + unit * k_step) / vs;
-            let dot = key_dot::<F, N>(k, row, &qs, head_dim);
-            if torch {
-                s = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(dot)) * scale));
-                s_out[bh * chunks * chunk + j] = s;
-            } else {
-                s = dot * scale;
+            key_dots::<F, N>(k, (k_first + unit * k_step) / vs, &qs, &mut dots, head_dim, group);
+        }
+        #[unroll]
+        for hh in 0..group {
+            let bh = bh0 + hh;
+            let mut s = f32::new(f32::MIN);
+            if valid {
+                if torch {
+                    s = f32::cast_from(F::cast_from(f32::cast_from(F::cast_from(dots[hh])) * scale));
+                    s_out[bh * chunks * chunk + j] = s;
+                } else {
+                    s = dots[hh] * scale;
+                }
+            }
+            let m = block_max(s, block);
+            let mut e = 0.0f32;
+            if valid {
+                e = (s - m).exp();
+            }
+            if unit < chunk {
+                p[hh * chunk + unit] = e;
+            }
+            let l = block_sum(e, block);
+            if unit == 0 {
+                m_out[bh * chunks + c] = m;
+                l_out[bh * chunks + c] = l;
             }
         }
-        let m = block_max(s, block);
-        let mut e = 0.0f32;
-        if valid {
-            e = (s - m).exp();
-        }
-        if unit < chunk {
-            p[unit] = e;
-        }
-        let l = block_sum(e, block);
-        let slot = bh * chunks + c;
         if !torch {
             sync_cube();
             let (v_first, v_step) = chunk_rows(v, table, b, g, c, start, chunk, paged);
-            chunk_values::<F, N>(v, &p, o_out, slot, v_first, v_step, min(chunk, n_keys - start), head_dim, block);
+            chunk_values::<F, N>(v, &p, o_out, bh0 * chunks + c, chunks, v_first, v_step, min(chunk, n_keys - start), chunk, head_dim, block, group);
         }
-        if unit == 0 {
-            m_out[slot] = m;
-            l_out[slot] = l;
+    }
+}
+
+/// `dots[h] += q_h . k[row..]` for the group's heads (`qs: [group * head_dim]`), the key row's
+/// vectors loaded once; the same two-accumulator order per head as [`key_dot`].
+#[cube]
+fn key_dots<F: Float, N: Size>(k: &Tensor<Vector<F, N>>, row: usize, qs: &Shared<[f32]>, dots: &mut Array<f32>, #[comptime] head_dim: usize, #[comptime] group: usize) {
+    if comptime!(group == 1) {
+        dots[0] = key_dot::<F, N>(k, row, qs, head_dim);
+    } else {
+        let vs = k.vector_size().comptime();
+        let nvec = comptime!(head_dim / vs);
+        let mut d = Array::<f32>::new(comptime!(2 * group));
+        #[unroll]
+        for i in 0..comptime!(2 * group) {
+            d[i] = 0.0;
+        }
+        #[unroll]
+        for e in 0..nvec {
+            let a = k[row + e];
+            #[unroll]
+            for x in 0..vs {
+                let kx = f32::cast_from(a.extract(x));
+                #[unroll]
+                for hh in 0..group {
+                    d[2 * hh + e % 2] += qs[hh * head_dim + e * vs + x] * kx;
+                }
+            }
+        }
+        #[unroll]
+        for hh in 0..group {
+            dots[hh] = d[2 * hh] + d[2 * hh + 1];
         }
     }
 }
@@ -169,42 +215,47 @@ pub(super) fn value_kernel<F: Float, N: Size>(
     #[comptime] chunk: usize,
     #[comptime] head_dim: usize,
     #[comptime] block: usize,
+    #[comptime] group: usize,
     #[define(F)] _dtype: ElemType,
 ) {
-    let bh = CUBE_POS_X as usize;
     let c = CUBE_POS_Y as usize;
     let chunks = CUBE_COUNT_Y as usize;
     let unit = UNIT_POS_X as usize;
     let heads = heads as usize;
     let kv_heads = v.shape(1);
-    let b = bh / heads;
-    let h = bh % heads;
-    let g = h / (heads / kv_heads);
+    // One cube per (batch, kv head g, chunk), as in `chunk_kernel`.
+    let b = CUBE_POS_X as usize / kv_heads;
+    let g = CUBE_POS_X as usize % kv_heads;
+    let bh0 = b * heads + g * group;
     let n_keys = key_count(past, state, lens, b, past_from_state, paged);
     let start = c * chunk;
     if start < n_keys {
         let used = n_keys.div_ceil(chunk);
-        let mut mx = f32::new(f32::MIN);
-        for cc in 0..used {
-            mx = max(mx, m_in[bh * chunks + cc]);
-        }
-        let mut total = 0.0f32;
-        for cc in 0..used {
-            total += l_in[bh * chunks + cc] * (m_in[bh * chunks + cc] - mx).exp();
-        }
-        let inv = 1.0f32 / total;
-        let mut p = Shared::<[f32]>::new_slice(chunk);
-        if unit < chunk {
-            let j = start + unit;
-            let mut w = 0.0f32;
-            if j < n_keys {
-                w = f32::cast_from(F::cast_from((s_in[bh * chunks * chunk + j] - mx).exp() * inv));
+        let mut p = Shared::<[f32]>::new_slice(comptime!(group * chunk));
+        #[unroll]
+        for hh in 0..group {
+            let bh = bh0 + hh;
+            let mut mx = f32::new(f32::MIN);
+            for cc in 0..used {
+                mx = max(mx, m_in[bh * chunks + cc]);
             }
-            p[unit] = w;
+            let mut total = 0.0f32;
+            for cc in 0..used {
+                total += l_in[bh * chunks + cc] * (m_in[bh * chunks + cc] - mx).exp();
+            }
+            let inv = 1.0f32 / total;
+            if unit < chunk {
+                let j = start + unit;
+                let mut w = 0.0f32;
+                if j < n_keys {
+                    w = f32::cast_from(F::cast_from((s_in[bh * chunks * chunk + j] - mx).exp() * inv));
+                }
+                p[hh * chunk + unit] = w;
+            }
         }
         sync_cube();
         let (v_first, v_step) = chunk_rows(v, table, b, g, c, start, chunk, paged);
-        chunk_values::<F, N>(v, &p, o_out, bh * chunks + c, v_first, v_step, min(chunk, n_keys - start), head_dim, block);
+        chunk_values::<F, N>(v, &p, o_out, bh0 * chunks + c, chunks, v_first, v_step, min(chunk, n_keys - start), chunk, head_dim, block, group);
     }
 }
 
@@ -243,8 +294,9 @@ fn chunk_rows<F: Float, N: Size>(
     }
 }
 
-/// `o_out[slot] = sum_u p[u] v[first + u * step]` over the chunk's `count` keys, in f32:
-/// `parts` groups of `head_dim / vs` units over the keys, summed through shared memory.
+/// `o_out[slot + h * slot_step] = sum_u p[h * p_step + u] v[first + u * step]` for the group's
+/// heads `h` over the chunk's `count` keys, in f32, each value row read once: `parts` groups of
+/// `head_dim / vs` units over the keys, summed through shared memory.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn chunk_values<F: Float, N: Size>(
@@ -252,11 +304,14 @@ fn chunk_values<F: Float, N: Size>(
     p: &Shared<[f32]>,
     o_out: &mut Tensor<f32>,
     slot: usize,
+    slot_step: usize,
     first: usize,
     step: usize,
     count: usize,
+    #[comptime] p_step: usize,
     #[comptime] head_dim: usize,
     #[comptime] block: usize,
+    #[comptime] group: usize,
 ) {
     let unit = UNIT_POS_X as usize;
     let vs = v.vector_size().comptime();
@@ -264,38 +319,47 @@ fn chunk_values<F: Float, N: Size>(
     let parts = comptime!(block / nvec);
     let part = unit / nvec;
     let cv = unit % nvec;
-    let mut partial = Shared::<[f32]>::new_slice(comptime!(block / nvec * head_dim));
+    let mut partial = Shared::<[f32]>::new_slice(comptime!(group * (block / nvec) * head_dim));
     if part < parts {
-        let mut acc = Array::<f32>::new(vs);
+        let mut acc = Array::<f32>::new(comptime!(group * vs));
         #[unroll]
-        for x in 0..vs {
+        for x in 0..comptime!(group * vs) {
             acc[x] = 0.0;
         }
         let vrow = step / vs;
         let base = first / vs + cv;
         let mut u = part;
         while u < count {
-            let w = p[u];
             let row = v[base + u * vrow];
             #[unroll]
-            for x in 0..vs {
-                acc[x] += w * f32::cast_from(row.extract(x));
+            for hh in 0..group {
+                let w = p[hh * p_step + u];
+                #[unroll]
+                for x in 0..vs {
+                    acc[hh * vs + x] += w * f32::cast_from(row.extract(x));
+                }
             }
             u += parts;
         }
         #[unroll]
-        for x in 0..vs {
-            partial[part * head_dim + cv * vs + x] = acc[x];
+        for hh in 0..group {
+            #[unroll]
+            for x in 0..vs {
+                partial[(hh * parts + part) * head_dim + cv * vs + x] = acc[hh * vs + x];
+            }
         }
     }
     sync_cube();
-    let mut d = unit;
-    while d < head_dim {
-        let mut acc = 0.0f32;
-        for pp in 0..parts {
-            acc += partial[pp * head_dim + d];
+    #[unroll]
+    for hh in 0..group {
+        let mut d = unit;
+        while d < head_dim {
+            let mut acc = 0.0f32;
+            for pp in 0..parts {
+                acc += partial[(hh * parts + pp) * head_dim + d];
+            }
+            o_out[(slot + hh * slot_step) * head_dim + d] = acc;
+            d += block;
         }
-        o_out[slot * head_dim + d] = acc;
-        d += block;
     }
 }

@@ -8,29 +8,25 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 
+use super::gemv_rows::{GemvOp, gemv_max_rows};
 use super::{FusedOps, Precision, QkShape};
 
-/// The GEMV kernels' row limit: `$BRAID_GEMV_MAX_ROWS` when set (to measure the crossover
-/// against Burn's matmul), else [`GEMV_KERNEL_MAX_ROWS`].
-fn gemv_max_rows() -> usize {
-    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| std::env::var("BRAID_GEMV_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_KERNEL_MAX_ROWS))
-}
-
-/// Above this many rows, `linear` and `gate_up_silu` (torch mode) run Burn's matmul (and the
-/// `silu_mul` kernel), and `rms_norm_qkv` in torch mode the fused RMSNorm kernel and Burn's
-/// matmul (same rounding points), except in f32 compute: the GEMV kernel reads each weight once
-/// per 8 rows and suits decode. f32 mode keeps the kernel at every size (its normalised rows
-/// never leave f32), and so does f32 compute: Burn's f32 matmul on CUDA is TF32-accurate
-/// (2.8e-4 from an f64 truth on an H200, 2026-11-25), the kernel 1e-7. 128 rather than 64:
-/// on the throughput workload the GEMV beat Burn's matmul for decode batches of 65-128 rows
-/// (5,226 and 5,224 output tok/s against 5,117 and 5,175 at 64, alternating runs in one call,
-/// H200, 2026-11-26). 256 rows was not tried.
-pub const GEMV_KERNEL_MAX_ROWS: usize = 128;
+// Past an op's GEMV row limit (`super::gemv_rows`), `linear` and `gate_up_silu` (torch mode)
+// run Burn's matmul (and the `silu_mul` kernel), and `rms_norm_qkv` in torch mode the fused
+// RMSNorm kernel and Burn's matmul (same rounding points), except in f32 compute: the GEMV
+// kernel reads each weight once per 8 rows and suits decode. f32 mode keeps the kernel at every
+// size (its normalised rows never leave f32), and so does f32 compute: Burn's f32 matmul on
+// CUDA is TF32-accurate (2.8e-4 from an f64 truth on an H200, 2026-11-25), the kernel 1e-7.
 
 /// Whether a prefill-sized call may leave the kernel for Burn's matmul (see the constants).
 fn matmul_allowed(precision: Precision, dtype: burn::tensor::DType) -> bool {
     precision == Precision::Torch && dtype != burn::tensor::DType::F32
+}
+
+/// `[n @ wq^T | n @ wk^T | n @ wv^T]` through Burn's matmul.
+fn qkv_matmul(n: CubeTensor, wq: CubeTensor, wk: CubeTensor, wv: CubeTensor) -> CubeTensor {
+    let parts = [wq, wk, wv].map(|w| Cube::float_matmul(n.clone(), Cube::float_transpose(w))).to_vec();
+    Cube::float_cat(parts, 1)
 }
 
 /// A kernel's handle from a contiguous copy of `t` (no copy when already contiguous).
@@ -85,7 +81,7 @@ impl FusedOps for Cube {
     ) -> FloatTensor<Self> {
         let (like, dtype) = (x.clone(), x.dtype);
         let rows = x.meta.shape()[0];
-        if rows > gemv_max_rows() && matmul_allowed(precision, dtype) {
+        if rows > gemv_max_rows(GemvOp::Qkv) && matmul_allowed(precision, dtype) {
             let n = launched(braid_kernels::add_rms_norm::rms_norm(
                 &like.client,
                 handle(x),
@@ -93,9 +89,7 @@ impl FusedOps for Cube {
                 eps as f32,
                 precision,
             ));
-            let n = tensor(&like, n, dtype);
-            let parts = [wq, wk, wv].map(|w| Cube::float_matmul(n.clone(), Cube::float_transpose(w))).to_vec();
-            return Cube::float_cat(parts, 1);
+            return qkv_matmul(tensor(&like, n, dtype), wq, wk, wv);
         }
         let tuning = Tuning::Autotune(like.device.clone());
         let out = launched(braid_kernels::rms_norm_qkv::rms_norm_qkv(
@@ -158,7 +152,7 @@ impl FusedOps for Cube {
     }
 
     fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        if x.meta.shape()[0] > gemv_max_rows() && x.dtype != burn::tensor::DType::F32 {
+        if x.meta.shape()[0] > gemv_max_rows(GemvOp::for_linear(w.meta.shape()[0])) && x.dtype != burn::tensor::DType::F32 {
             return Cube::float_matmul(x, Cube::float_transpose(w));
         }
         let (like, dtype) = (x.clone(), x.dtype);
@@ -173,7 +167,7 @@ impl FusedOps for Cube {
         w_up: FloatTensor<Self>,
         precision: Precision,
     ) -> FloatTensor<Self> {
-        if x.meta.shape()[0] > gemv_max_rows() && matmul_allowed(precision, x.dtype) {
+        if x.meta.shape()[0] > gemv_max_rows(GemvOp::GateUp) && matmul_allowed(precision, x.dtype) {
             let gate = Cube::float_matmul(x.clone(), Cube::float_transpose(w_gate));
             let up = Cube::float_matmul(x, Cube::float_transpose(w_up));
             return Self::silu_mul(gate, up, precision);
@@ -271,8 +265,12 @@ impl FusedOps for Cube {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (like, dtype) = (x.clone(), x.dtype);
-        if x.meta.shape()[0] > gemv_max_rows() {
-            // Prefill sizes: the two ops (the GEMV prologue suits decode).
+        if x.meta.shape()[0] > gemv_max_rows(GemvOp::Qkv) && matmul_allowed(precision, dtype) {
+            let (h, n) = Self::add_rms_norm(residual, x, gamma, eps, precision);
+            return (h, qkv_matmul(n, wq, wk, wv));
+        }
+        if x.meta.shape()[0] > gemv_max_rows(GemvOp::Qkv) {
+            // Past the GEMV's rows: the two ops (the GEMV prologue suits decode).
             let h = Cube::float_add(residual, x);
             return (h.clone(), Self::rms_norm_qkv(h, gamma, wq, wk, wv, eps, precision));
         }
@@ -302,7 +300,7 @@ impl FusedOps for Cube {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (like, dtype) = (x.clone(), x.dtype);
-        if x.meta.shape()[0] > gemv_max_rows() {
+        if x.meta.shape()[0] > gemv_max_rows(GemvOp::GateUp) {
             let (h, n) = Self::add_rms_norm(residual, x, gamma, eps, precision);
             return (h, Self::gate_up_silu(n, w_gate, w_up, precision));
         }

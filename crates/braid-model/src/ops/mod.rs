@@ -8,6 +8,7 @@
 
 mod cube;
 mod flex;
+pub mod gemv_rows;
 pub mod reference;
 pub mod verify;
 
@@ -157,6 +158,20 @@ pub fn device_memory(device: &burn::tensor::Device) -> Option<u64> {
     let probe = Tensor::<1>::zeros([1], device);
     let t = probe.try_into_primitive::<burn::backend::Cube>().ok()?;
     t.client.properties().memory.max_memory()
+}
+
+/// `x @ w^T` through Burn's matmul with its one untuned strategy (`MatmulStrategy::Cube`: what
+/// `Tensor::matmul` runs when Burn's `autotune` feature is off), for benchmarks that compare it
+/// with the autotuned matmul; `None` off the CubeCL backend.
+pub fn matmul_untuned(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
+    use burn::backend::ops::FloatTensorOps;
+    use burn_cubecl::kernel::matmul::{MatmulStrategy, matmul};
+    let dtype = x.dtype();
+    let x = x.try_into_primitive::<burn::backend::Cube>().ok()?;
+    let w = w.try_into_primitive::<burn::backend::Cube>().ok()?;
+    let wt = burn::backend::Cube::float_transpose(w);
+    let out = matmul(x, wt, None, MatmulStrategy::Cube, dtype).ok()?;
+    Some(Tensor::from_primitive::<burn::backend::Cube>(out))
 }
 
 /// Keys a prefill's query rows may attend to through the fused attention kernel; beyond, the

@@ -1,0 +1,109 @@
+//! Where the GEMV kernels hand over to Burn's matmul: a row limit per op.
+//!
+//! The GEMV kernels read each weight once per 8 rows, which wins at decode batch sizes; past
+//! the op's limit, bf16/f16 torch-mode calls run Burn's (autotuned) matmul instead. The limits
+//! differ by op because the matmul's efficiency does (the head's 151,936 outputs fill the GPU
+//! at any row count, a 1,024-wide o_proj does not). `$BRAID_GEMV_MAX_ROWS` overrides them for
+//! measurements: one number for every op, or `qkv=64,gate_up=16,linear=64,head=4`;
+//! [`set_gemv_max_rows`] does the same in-process (`braid-cli bench kernels`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// The ops with a GEMV kernel and a matmul alternative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvOp {
+    /// RMSNorm + q/k/v projections (`rms_norm_qkv`, `add_rms_norm_qkv`).
+    Qkv,
+    /// The MLP's gate/up projections + SiLU (`gate_up_silu`, `add_rms_norm_gate_up`).
+    GateUp,
+    /// `linear` with fewer than [`HEAD_MIN_OUT`] outputs: o_proj, down_proj.
+    Linear,
+    /// `linear` with at least [`HEAD_MIN_OUT`] outputs: the lm_head.
+    Head,
+}
+
+/// Output features from which a `linear` counts as the head (above every Qwen3 MLP width).
+pub const HEAD_MIN_OUT: usize = 32_768;
+
+impl GemvOp {
+    pub const ALL: [GemvOp; 4] = [GemvOp::Qkv, GemvOp::GateUp, GemvOp::Linear, GemvOp::Head];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GemvOp::Qkv => "qkv",
+            GemvOp::GateUp => "gate_up",
+            GemvOp::Linear => "linear",
+            GemvOp::Head => "head",
+        }
+    }
+
+    /// The default limit (see `docs/performance.md` for the measurements behind it).
+    pub fn default_limit(self) -> usize {
+        match self {
+            GemvOp::Qkv => 64,
+            GemvOp::GateUp => 32,
+            GemvOp::Linear => 64,
+            GemvOp::Head => 8,
+        }
+    }
+
+    /// Which limit a `linear` of `out` output features follows.
+    pub fn for_linear(out: usize) -> GemvOp {
+        if out >= HEAD_MIN_OUT { GemvOp::Head } else { GemvOp::Linear }
+    }
+}
+
+fn limits() -> &'static [AtomicUsize; 4] {
+    static LIMITS: OnceLock<[AtomicUsize; 4]> = OnceLock::new();
+    LIMITS.get_or_init(|| {
+        let mut v = GemvOp::ALL.map(GemvOp::default_limit);
+        if let Ok(s) = std::env::var("BRAID_GEMV_MAX_ROWS") {
+            match parse(&s) {
+                Some(parsed) => v = parsed,
+                None => eprintln!("warning: BRAID_GEMV_MAX_ROWS={s:?} ignored (a number, or e.g. qkv=64,gate_up=16,linear=64,head=4)"),
+            }
+        }
+        v.map(AtomicUsize::new)
+    })
+}
+
+/// One number for every op, or `op=rows` pairs (unnamed ops keep their default).
+fn parse(s: &str) -> Option<[usize; 4]> {
+    if let Ok(n) = s.trim().parse() {
+        return Some([n; 4]);
+    }
+    let mut v = GemvOp::ALL.map(GemvOp::default_limit);
+    for part in s.split(',') {
+        let (name, rows) = part.split_once('=')?;
+        let i = GemvOp::ALL.iter().position(|o| o.name() == name.trim())?;
+        v[i] = rows.trim().parse().ok()?;
+    }
+    Some(v)
+}
+
+/// Rows up to which `op` runs on its GEMV kernel.
+pub fn gemv_max_rows(op: GemvOp) -> usize {
+    limits()[op as usize].load(Ordering::Relaxed)
+}
+
+/// Sets `op`'s limit for this process (benchmarks compare the two paths this way).
+pub fn set_gemv_max_rows(op: GemvOp, rows: usize) {
+    limits()[op as usize].store(rows, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_one_number_or_pairs() {
+        assert_eq!(parse("128"), Some([128; 4]));
+        let d = GemvOp::ALL.map(GemvOp::default_limit);
+        assert_eq!(parse("head=2, qkv=16"), Some([16, d[1], d[2], 2]));
+        assert_eq!(parse("nope=3"), None);
+        assert_eq!(parse("qkv=x"), None);
+        assert_eq!(GemvOp::for_linear(151_936), GemvOp::Head);
+        assert_eq!(GemvOp::for_linear(1024), GemvOp::Linear);
+    }
+}
