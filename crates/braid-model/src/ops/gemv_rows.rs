@@ -38,13 +38,18 @@ impl GemvOp {
         }
     }
 
-    /// The default limit (see `docs/performance.md` for the measurements behind it).
+    /// The default limit: the last row count (of 1, 2, 4, ..., 256) at which the GEMV kernel
+    /// beat (or tied) the matmul path in `braid-cli bench kernels` (H200, bf16, 2026-11-26;
+    /// graph-replayed device us, GEMV vs matmul): qkv 44.2 vs 61.3 at 64 rows, 81.0 vs 66.8 at
+    /// 128; gate_up 16.0 vs 26.4 at 8, 27.0 vs 26.5 at 16 (a tie), 43.3 vs 26.9 at 32; o_proj 27.5 vs 34.0 and down 41.7 vs 50.3 at
+    /// 64, 51.2 vs 37.7 and 77.9 vs 55.8 at 128; the head 114.5 vs 164.8 at 4, 197.1 vs 166.8
+    /// at 8.
     pub fn default_limit(self) -> usize {
         match self {
             GemvOp::Qkv => 64,
-            GemvOp::GateUp => 32,
+            GemvOp::GateUp => 16,
             GemvOp::Linear => 64,
-            GemvOp::Head => 8,
+            GemvOp::Head => 4,
         }
     }
 
