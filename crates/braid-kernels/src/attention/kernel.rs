@@ -32,19 +32,18 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] block: usize,
     #[comptime] partial_len: usize,
-    #[comptime] group: usize,
     #[define(F)] _dtype: ElemType,
 ) {
+    let bh = CUBE_POS_X as usize;
     let i = CUBE_POS_Y as usize;
     let unit = UNIT_POS_X as usize;
     let heads = q.shape(1);
     let seq = q.shape(2);
     let hd = head_dim;
     let kv_heads = k.shape(1);
-    // One cube per (batch, kv head g, query row): the `group` query heads h0.. that share g.
-    let b = CUBE_POS_X as usize / kv_heads;
-    let g = CUBE_POS_X as usize % kv_heads;
-    let h0 = g * (heads / kv_heads) + CUBE_POS_Z as usize * group;
+    let b = bh / heads;
+    let h = bh % heads;
+    let g = h / (heads / kv_heads);
     let past = if past_from_state { state[1] } else { past };
     let n_keys = past as usize + i + 1;
     // K and V rows are read in vectors of `vs` elements (16 bytes where hd allows); strides and
@@ -53,137 +52,122 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     let vs = k.vector_size().comptime();
     let nvec = comptime!(head_dim / vs);
 
-    let mut qs = Shared::<[f32]>::new_slice(comptime!(group * head_dim));
-    let mut scores = Shared::<[f32]>::new_slice(comptime!(group * max_keys));
+    let mut qs = Shared::<[f32]>::new_slice(head_dim);
+    let mut scores = Shared::<[f32]>::new_slice(max_keys);
 
-    // 1. The query rows, in f32.
-    #[unroll]
-    for hh in 0..group {
-        let q_base = ((b * heads + h0 + hh) * seq + i) * hd;
-        let mut d = unit;
-        while d < hd {
-            qs[hh * hd + d] = f32::cast_from(q[q_base + d]);
-            d += block;
-        }
+    // 1. The query row, in f32.
+    let q_base = ((b * heads + h) * seq + i) * hd;
+    let mut d = unit;
+    while d < hd {
+        qs[d] = f32::cast_from(q[q_base + d]);
+        d += block;
     }
     sync_cube();
 
-    // 2. Scores, one key per unit in turn (its row read once for the group's heads), and each
-    // unit's maxima.
+    // 2. Scores, one key per unit in turn, and each unit's maximum.
     let k_base = b * k.stride(0) + g * k.stride(1);
-    let mut local_max = Array::<f32>::new(group);
-    let mut dots = Array::<f32>::new(group);
-    #[unroll]
-    for hh in 0..group {
-        local_max[hh] = f32::new(f32::MIN);
-    }
+    let mut local_max = f32::new(f32::MIN);
     let mut j = unit;
     while j < n_keys {
         let row = (k_base + j * k.stride(2)) / vs;
-        key_dots::<F, N>(k, row, &qs, &mut dots, head_dim, group);
-        #[unroll]
-        for hh in 0..group {
-            let s = if f32_internal {
-                dots[hh] * scale
-            } else {
-                round::<F>(round::<F>(dots[hh]) * scale)
-            };
-            scores[hh * max_keys + j] = s;
-            local_max[hh] = max(local_max[hh], s);
-        }
+        let dot = key_dot::<F, N>(k, row, &qs, head_dim);
+        let s = if f32_internal {
+            dot * scale
+        } else {
+            round::<F>(round::<F>(dot) * scale)
+        };
+        scores[j] = s;
+        local_max = max(local_max, s);
         j += block;
     }
+    let m = block_max(local_max, block);
 
-    // 3. Softmax in f32, head by head.
-    #[unroll]
-    for hh in 0..group {
-        let m = block_max(local_max[hh], block);
-        let mut local_sum = 0.0f32;
-        let mut j = unit;
-        while j < n_keys {
-            let p = (scores[hh * max_keys + j] - m).exp();
-            scores[hh * max_keys + j] = p;
-            local_sum += p;
-            j += block;
-        }
-        let total = block_sum(local_sum, block);
-        let inv = 1.0f32 / total;
-        let mut j = unit;
-        while j < n_keys {
-            let p = scores[hh * max_keys + j] * inv;
-            scores[hh * max_keys + j] = if f32_internal { p } else { round::<F>(p) };
-            j += block;
-        }
+    // 3. Softmax in f32.
+    let mut local_sum = 0.0f32;
+    let mut j = unit;
+    while j < n_keys {
+        let p = (scores[j] - m).exp();
+        scores[j] = p;
+        local_sum += p;
+        j += block;
+    }
+    let total = block_sum(local_sum, block);
+    let inv = 1.0f32 / total;
+    let mut j = unit;
+    while j < n_keys {
+        let p = scores[j] * inv;
+        scores[j] = if f32_internal { p } else { round::<F>(p) };
+        j += block;
     }
     sync_cube();
 
     // 4. Weighted values: `parts` groups of `nvec` units, unit `(part, c)` accumulating the
-    // `vs` channels of vector `c` for every head of the group over every `parts`-th key (two
-    // keys per step), then the parts are summed through shared memory (`partial_len` f32: what
-    // the device's shared memory leaves, which bounds `parts`).
+    // `vs` channels of vector `c` over every `parts`-th key (four keys per step), then the parts
+    // are summed through shared memory (`partial_len` f32: what the device's shared memory
+    // leaves, which bounds `parts`).
     let v_base = b * v.stride(0) + g * v.stride(1);
     let vrow = v.stride(2) / vs;
-    let parts = min(block / nvec, partial_len / (group * hd));
+    let out_base = (b * seq + i) * heads * hd + h * hd;
+    let parts = min(block / nvec, partial_len / hd);
     let part = unit / nvec;
     let c = unit % nvec;
     let mut partial = Shared::<[f32]>::new_slice(partial_len);
     if part < parts {
-        let mut a0 = Array::<f32>::new(comptime!(group * vs));
-        let mut a1 = Array::<f32>::new(comptime!(group * vs));
+        // Four keys per step (four loads in flight), then the rest one by one.
+        let mut a0 = Array::<f32>::new(vs);
+        let mut a1 = Array::<f32>::new(vs);
+        let mut a2 = Array::<f32>::new(vs);
+        let mut a3 = Array::<f32>::new(vs);
         #[unroll]
-        for x in 0..comptime!(group * vs) {
+        for x in 0..vs {
             a0[x] = 0.0;
             a1[x] = 0.0;
+            a2[x] = 0.0;
+            a3[x] = 0.0;
         }
         let base = v_base / vs + c;
         let mut j = part;
-        while j + parts < n_keys {
+        while j + 3 * parts < n_keys {
             let x0 = v[base + j * vrow];
             let x1 = v[base + (j + parts) * vrow];
-            #[unroll]
-            for hh in 0..group {
-                let p0 = scores[hh * max_keys + j];
-                let p1 = scores[hh * max_keys + j + parts];
-                #[unroll]
-                for x in 0..vs {
-                    a0[hh * vs + x] += p0 * f32::cast_from(x0.extract(x));
-                    a1[hh * vs + x] += p1 * f32::cast_from(x1.extract(x));
-                }
-            }
-            j += 2 * parts;
-        }
-        if j < n_keys {
-            let x0 = v[base + j * vrow];
-            #[unroll]
-            for hh in 0..group {
-                let p0 = scores[hh * max_keys + j];
-                #[unroll]
-                for x in 0..vs {
-                    a0[hh * vs + x] += p0 * f32::cast_from(x0.extract(x));
-                }
-            }
-        }
-        #[unroll]
-        for hh in 0..group {
+            let x2 = v[base + (j + 2 * parts) * vrow];
+            let x3 = v[base + (j + 3 * parts) * vrow];
+            let p0 = scores[j];
+            let p1 = scores[j + parts];
+            let p2 = scores[j + 2 * parts];
+            let p3 = scores[j + 3 * parts];
             #[unroll]
             for x in 0..vs {
-                partial[(hh * parts + part) * hd + c * vs + x] = a0[hh * vs + x] + a1[hh * vs + x];
+                a0[x] += p0 * f32::cast_from(x0.extract(x));
+                a1[x] += p1 * f32::cast_from(x1.extract(x));
+                a2[x] += p2 * f32::cast_from(x2.extract(x));
+                a3[x] += p3 * f32::cast_from(x3.extract(x));
             }
+            j += 4 * parts;
+        }
+        while j < n_keys {
+            let x0 = v[base + j * vrow];
+            let p0 = scores[j];
+            #[unroll]
+            for x in 0..vs {
+                a0[x] += p0 * f32::cast_from(x0.extract(x));
+            }
+            j += parts;
+        }
+        #[unroll]
+        for x in 0..vs {
+            partial[part * hd + c * vs + x] = (a0[x] + a1[x]) + (a2[x] + a3[x]);
         }
     }
     sync_cube();
-    #[unroll]
-    for hh in 0..group {
-        let out_base = (b * seq + i) * heads * hd + (h0 + hh) * hd;
-        let mut d = unit;
-        while d < hd {
-            let mut acc = 0.0f32;
-            for p in 0..parts {
-                acc += partial[(hh * parts + p) * hd + d];
-            }
-            out[out_base + d] = F::cast_from(acc);
-            d += block;
+    let mut d = unit;
+    while d < hd {
+        let mut acc = 0.0f32;
+        for p in 0..parts {
+            acc += partial[p * hd + d];
         }
+        out[out_base + d] = F::cast_from(acc);
+        d += block;
     }
 }
 
@@ -208,37 +192,4 @@ pub(super) fn key_dot<F: Float, N: Size>(k: &Tensor<Vector<F, N>>, row: usize, q
         }
     }
     d0 + d1
-}
-
-/// `dots[h] += q_h . k[row..]` for the group's heads (`qs: [group * head_dim]`), the key row's
-/// vectors loaded once; the same two-accumulator order per head as [`key_dot`].
-#[cube]
-pub(super) fn key_dots<F: Float, N: Size>(k: &Tensor<Vector<F, N>>, row: usize, qs: &Shared<[f32]>, dots: &mut Array<f32>, #[comptime] head_dim: usize, #[comptime] group: usize) {
-    if comptime!(group == 1) {
-        dots[0] = key_dot::<F, N>(k, row, qs, head_dim);
-    } else {
-        let vs = k.vector_size().comptime();
-        let nvec = comptime!(head_dim / vs);
-        let mut d = Array::<f32>::new(comptime!(2 * group));
-        #[unroll]
-        for i in 0..comptime!(2 * group) {
-            d[i] = 0.0;
-        }
-        #[unroll]
-        for e in 0..nvec {
-            let a = k[row + e];
-            #[unroll]
-            for x in 0..vs {
-                let kx = f32::cast_from(a.extract(x));
-                #[unroll]
-                for hh in 0..group {
-                    d[2 * hh + e % 2] += qs[hh * head_dim + e * vs + x] * kx;
-                }
-            }
-        }
-        #[unroll]
-        for hh in 0..group {
-            dots[hh] = d[2 * hh] + d[2 * hh + 1];
-        }
-    }
 }

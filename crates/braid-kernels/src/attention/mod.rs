@@ -186,22 +186,13 @@ fn launch(
         return Ok(out);
     }
     let state = state.unwrap_or_else(|| placeholder(client));
-    // Scores live in shared memory, sized for the keys of this call (a power of two; all of
-    // `MAX_KEYS` when the position is on the device). A cube takes `group` query heads of one
-    // KV head (the largest divisor of heads / kv_heads whose scores and query rows leave room
-    // for one value partial per head), so it reads each key and value row once for all of them.
-    let keys = if from_state { MAX_KEYS } else { (past + seq).next_power_of_two().clamp(64, MAX_KEYS) };
-    let smem = client.properties().hardware.max_shared_memory_size;
-    let ratio = heads / k.shape()[1];
-    // (Each reduction call site has its own scratch: two per head.)
-    let used = |g: usize| 4 * (g * keys + g * hd + 2 * g * block) + 1024;
-    let group = (1..=ratio).rev().find(|&g| ratio % g == 0 && used(g) + 4 * g * hd <= smem).unwrap_or(1);
-    // Shared memory left for the value partials after the scores, the query rows and the
-    // reductions' scratch (f32 each), less 1 KiB; at least one part per output channel.
-    let partial_len = (smem.saturating_sub(used(group)) / 4).min(block * vector * group).max(group * hd);
+    // Shared memory left for the value partials after the scores, the query row and the
+    // two reductions' scratch (f32 each), less 1 KiB; at least one part per output channel.
+    let used = 4 * (MAX_KEYS + hd + 2 * block) + 1024;
+    let partial_len = (client.properties().hardware.max_shared_memory_size.saturating_sub(used) / 4).min(block * vector).max(hd);
     kernel::attention_kernel::launch(
         client,
-        CubeCount::new_3d((batch * k.shape()[1]) as u32, seq as u32, (ratio / group) as u32),
+        CubeCount::new_2d((batch * heads) as u32, seq as u32),
         CubeDim::new_1d(block as u32),
         vector,
         q.into_arg(),
@@ -213,11 +204,10 @@ fn launch(
         (hd as f32).powf(-0.5),
         precision.f32_internal(),
         from_state,
-        keys,
+        MAX_KEYS,
         hd,
         block,
         partial_len,
-        group,
         dtype,
     );
     Ok(out)

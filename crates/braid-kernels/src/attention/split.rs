@@ -1,6 +1,6 @@
 use cubecl::prelude::*;
 
-use super::kernel::key_dots;
+use super::kernel::key_dot;
 use crate::reduce::{block_max, block_sum};
 
 /// Decode attention split over the keys (flash-decoding): one cube per (batch x head, chunk of
@@ -108,6 +108,39 @@ pub(super) fn chunk_kernel<F: Float, N: Size>(
             sync_cube();
             let (v_first, v_step) = chunk_rows(v, table, b, g, c, start, chunk, paged);
             chunk_values::<F, N>(v, &p, o_out, bh0 * chunks + c, chunks, v_first, v_step, min(chunk, n_keys - start), chunk, head_dim, block, group);
+        }
+    }
+}
+
+/// `dots[h] += q_h . k[row..]` for the group's heads (`qs: [group * head_dim]`), the key row's
+/// vectors loaded once; the same two-accumulator order per head as [`key_dot`].
+#[cube]
+fn key_dots<F: Float, N: Size>(k: &Tensor<Vector<F, N>>, row: usize, qs: &Shared<[f32]>, dots: &mut Array<f32>, #[comptime] head_dim: usize, #[comptime] group: usize) {
+    if comptime!(group == 1) {
+        dots[0] = key_dot::<F, N>(k, row, qs, head_dim);
+    } else {
+        let vs = k.vector_size().comptime();
+        let nvec = comptime!(head_dim / vs);
+        let mut d = Array::<f32>::new(comptime!(2 * group));
+        #[unroll]
+        for i in 0..comptime!(2 * group) {
+            d[i] = 0.0;
+        }
+        #[unroll]
+        for e in 0..nvec {
+            let a = k[row + e];
+            #[unroll]
+            for x in 0..vs {
+                let kx = f32::cast_from(a.extract(x));
+                #[unroll]
+                for hh in 0..group {
+                    d[2 * hh + e % 2] += qs[hh * head_dim + e * vs + x] * kx;
+                }
+            }
+        }
+        #[unroll]
+        for hh in 0..group {
+            dots[hh] = d[2 * hh] + d[2 * hh + 1];
         }
     }
 }
