@@ -24,10 +24,13 @@ if has check; then
 fi
 if has kernels; then
   ROWS=${ROWS:-1,64,128,256,4096}
-  # PyTorch first: its cuBLAS rate is the compute floor of Braid's table.
-  timeout 120 python3 scripts/torch_kernels.py --rows $ROWS --iters 20 --json $OUT/torch-kernels.json 2>&1 | tee $OUT/torch-kernels.txt
-  TF=$(python3 -c "import json; print(json.load(open('$OUT/torch-kernels.json'))['matmul_tflops'])" 2>/dev/null)
-  timeout 400 $BIN bench kernels --device cuda --dtype bf16 --rows $ROWS --iters 20 ${TF:+--matmul-tflops $TF} --json $OUT/kernels.json 2>&1 | tee $OUT/kernels.txt
+  # PyTorch first (TORCH=0 skips it): its cuBLAS rate is the compute floor of Braid's table.
+  if [ "${TORCH:-1}" != 0 ]; then
+    timeout 120 python3 scripts/torch_kernels.py --rows $ROWS --iters 20 --json $OUT/torch-kernels.json 2>&1 | tee $OUT/torch-kernels.txt
+    TF=$(python3 -c "import json; print(json.load(open('$OUT/torch-kernels.json'))['matmul_tflops'])" 2>/dev/null)
+  fi
+  # KERNEL_ARGS: more flags for bench kernels (e.g. --no-matmul).
+  timeout 400 $BIN bench kernels --device cuda --dtype bf16 --rows $ROWS --iters 20 ${TF:+--matmul-tflops $TF} ${KERNEL_ARGS:-} --json $OUT/kernels.json 2>&1 | tee $OUT/kernels.txt
 fi
 if has latency; then
   python3 scripts/hf_bench.py $M --prompt-len 128 --new-tokens 256 --runs 3 2>&1 | grep -v Loading | tee $OUT/hf-latency.json
