@@ -299,9 +299,12 @@ fn split_decode(
     let l = output_like(client, &[rows, chunks], f32_t);
     let o = output_like(client, &[rows, chunks, hd], f32_t);
     let split_block = SPLIT_BLOCK.max((hd / vector).next_power_of_two()).min(block);
-    // One cube per (query row, kv head, chunk): the query heads sharing a kv head read its
-    // keys and values once.
-    let group = heads / k.shape()[1];
+    // From two query rows on, one cube per (query row, kv head, chunk): the query heads sharing
+    // a kv head read its keys and values once. A single row keeps one cube per query head: at
+    // 512 keys its fewer cubes were slower (H200, 2026-11-26, `bench kernels`, graph-replayed:
+    // 13.1 us grouped vs 9.8 ungrouped at 1 row; 133.7 vs 149.6 at 64 paged rows, 464.7 vs
+    // 545.3 at 256).
+    let group = if rows / heads >= 2 { heads / k.shape()[1] } else { 1 };
     let grid = CubeCount::new_2d((rows / group) as u32, chunks as u32);
     let scale = (hd as f32).powf(-0.5);
     let f32_mode = precision == Precision::F32;

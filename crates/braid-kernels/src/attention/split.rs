@@ -44,17 +44,19 @@ pub(super) fn chunk_kernel<F: Float, N: Size>(
     let unit = UNIT_POS_X as usize;
     let heads = q.shape(1);
     let kv_heads = k.shape(1);
-    // One cube per (batch, kv head g, chunk): the `group` query heads that share head g.
-    let b = CUBE_POS_X as usize / kv_heads;
-    let g = CUBE_POS_X as usize % kv_heads;
-    let bh0 = b * heads + g * group;
+    // One cube per (batch, `group` query heads h0.. of one kv head g, chunk).
+    let per_batch = heads / group;
+    let b = CUBE_POS_X as usize / per_batch;
+    let h0 = (CUBE_POS_X as usize % per_batch) * group;
+    let g = h0 / (heads / kv_heads);
+    let bh0 = b * heads + h0;
     let n_keys = key_count(past, state, lens, b, past_from_state, paged);
     let start = c * chunk;
     if start < n_keys {
         let vs = k.vector_size().comptime();
         let mut qs = Shared::<[f32]>::new_slice(comptime!(group * head_dim));
         let mut p = Shared::<[f32]>::new_slice(comptime!(group * chunk));
-        let q_base = if paged { g * group * q.stride(1) + b * q.stride(2) } else { b * q.stride(0) + g * group * q.stride(1) };
+        let q_base = if paged { h0 * q.stride(1) + b * q.stride(2) } else { b * q.stride(0) + h0 * q.stride(1) };
         #[unroll]
         for hh in 0..group {
             let mut d = unit;
@@ -223,10 +225,12 @@ pub(super) fn value_kernel<F: Float, N: Size>(
     let unit = UNIT_POS_X as usize;
     let heads = heads as usize;
     let kv_heads = v.shape(1);
-    // One cube per (batch, kv head g, chunk), as in `chunk_kernel`.
-    let b = CUBE_POS_X as usize / kv_heads;
-    let g = CUBE_POS_X as usize % kv_heads;
-    let bh0 = b * heads + g * group;
+    // One cube per (batch, `group` query heads h0.. of one kv head g, chunk), as in `chunk_kernel`.
+    let per_batch = heads / group;
+    let b = CUBE_POS_X as usize / per_batch;
+    let h0 = (CUBE_POS_X as usize % per_batch) * group;
+    let g = h0 / (heads / kv_heads);
+    let bh0 = b * heads + h0;
     let n_keys = key_count(past, state, lens, b, past_from_state, paged);
     let start = c * chunk;
     if start < n_keys {
