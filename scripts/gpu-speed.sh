@@ -8,7 +8,8 @@ BIN=/tmp/braid-cli
 xz -dc dist/braid-cli.xz > $BIN && chmod +x $BIN
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } | tee $OUT/gpu.txt
 $BIN check-kernels --device cuda --dtype f32 2>&1 | tee $OUT/check-kernels-f32.log | tail -3
-$BIN check-kernels --device cuda --dtype bf16 --bench --iters 100 2>&1 | tee $OUT/check-kernels-bf16.log
+$BIN check-kernels --device cuda --dtype bf16 2>&1 | tee $OUT/check-kernels-bf16.log | tail -3
+$BIN bench kernels --device cuda --dtype bf16 --iters 100 2>&1 | tee $OUT/bench-kernels-bf16.log
 M=/tmp/q06
 python3 scripts/accuracy.py make $M > $OUT/make.log 2>&1
 PROMPT="It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife."

@@ -15,9 +15,10 @@ M=/tmp/q06
 [ -f $M/config.json ] || python3 scripts/accuracy.py make $M > $OUT/make.log 2>&1
 if [ -z "${SKIP_CHECK:-}" ]; then
   # The checks, then each op's device time at decode batch sizes (paged attention at 1,024 keys).
-  $BIN check-kernels --device cuda --dtype bf16 --bench --bench-rows ${BENCH_ROWS:-1,64,256} --iters 20 > $OUT/check-kernels.txt 2>&1
+  $BIN check-kernels --device cuda --dtype bf16 > $OUT/check-kernels.txt 2>&1
   echo "check-kernels exit $?" >> $OUT/check-kernels.txt
-  grep -cE " ok$" $OUT/check-kernels.txt; grep -E "FAIL|exit" $OUT/check-kernels.txt; sed -n '/^bench:/,$p' $OUT/check-kernels.txt
+  grep -cE " ok$" $OUT/check-kernels.txt; grep -E "FAIL|exit" $OUT/check-kernels.txt
+  $BIN bench kernels --device cuda --dtype bf16 --rows ${BENCH_ROWS:-1,64,256} --iters 20 --no-matmul 2>&1 | tee $OUT/bench-kernels.txt
 fi
 # Each run: PLAN or PLAN:EXTRA-FLAG (e.g. fused:--no-graphs, every decode step eager).
 for run in ${RUNS:-fused fused:--no-graphs fused-f32}; do

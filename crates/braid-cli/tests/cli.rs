@@ -375,3 +375,27 @@ fn plan_auto_calibrates_once_then_loads_the_cached_plan() {
     assert!(stderr.contains("from") && !stderr.contains("calibrating"), "{stderr}");
     assert_eq!(first.stdout, second.stdout);
 }
+
+#[test]
+fn bench_kernels_prints_a_table_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("kernels.json");
+    let out = braid(&["bench", "kernels", "--rows", "2", "--iters", "1", "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("rms_norm_qkv") && stdout.contains("tuned us"), "{stdout}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ops: Vec<&str> = report["ops"].as_array().unwrap().iter().map(|o| o["op"].as_str().unwrap()).collect();
+    for op in ["rms_norm_qkv", "qk_norm_rope", "attention", "paged_attention", "add_rms_norm", "linear o_proj", "gate_up_silu", "linear lm_head", "silu_mul"] {
+        assert!(ops.contains(&op), "{op} missing from {ops:?}");
+    }
+    for o in report["ops"].as_array().unwrap() {
+        assert!(o["graph_us"].as_f64().unwrap() > 0.0 && o["floor_us"].as_f64().unwrap() > 0.0, "{o}");
+        assert_eq!(o["rows"], 2);
+    }
+    // The CPU has no untuned-matmul alternative; the matmul rows are still timed.
+    let mm = report["matmuls"].as_array().unwrap();
+    assert_eq!(mm.len(), 6);
+    assert!(mm.iter().all(|m| m["tuned_us"].as_f64().unwrap() > 0.0 && m["untuned_us"].is_null()));
+    assert!(report["bandwidth_gb_s"].as_f64().unwrap() > 0.0 && report["matmul_tflops"].as_f64().unwrap() > 0.0);
+}

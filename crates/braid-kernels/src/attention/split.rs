@@ -3,8 +3,10 @@ use cubecl::prelude::*;
 use super::kernel::key_dot;
 use crate::reduce::{block_max, block_sum};
 
-/// Decode attention split over the keys (flash-decoding): one cube per (batch x head, chunk of
-/// `chunk` keys) computes its chunk's scores, their maximum `m` and the sum of `exp(s - m)`.
+/// Decode attention split over the keys (flash-decoding): one cube per (batch, `group` query
+/// heads sharing one KV head, chunk of `chunk` keys) computes, for each of those heads, its
+/// chunk's scores, their maximum `m` and the sum of `exp(s - m)`, reading each key row once for
+/// the group (`group = 1`: a cube per query head).
 /// f32 mode (`torch = false`) also accumulates the unnormalised output `sum exp(s - m) v` in
 /// f32, and [`combine_kernel`] merges the chunks. Torch mode rounds the scores where PyTorch does
 /// (`q @ k^T` to F, the scaling to F) and writes them to `s_out` for [`value_kernel`], since

@@ -18,7 +18,7 @@ use super::{FusedOps, Precision, QkShape};
 // size (its normalised rows never leave f32), and so does f32 compute: Burn's f32 matmul on
 // CUDA is TF32-accurate (2.8e-4 from an f64 truth on an H200, 2026-11-25), the kernel 1e-7.
 
-/// Whether a prefill-sized call may leave the kernel for Burn's matmul (see the constants).
+/// Whether a call past the GEMV row limit may leave the kernel for Burn's matmul (see above).
 fn matmul_allowed(precision: Precision, dtype: burn::tensor::DType) -> bool {
     precision == Precision::Torch && dtype != burn::tensor::DType::F32
 }
