@@ -7,17 +7,9 @@
 #   latency     batch-1 decode: HF eager generate vs `bench latency` (prompt 128, 256 new)
 #   throughput  nano-vllm's workload: `bench throughput` vs HF static batches (first HF_SEQS)
 # PARTS picks them (default: all); results in $OUT/results.tar.gz, the table in ratios.txt.
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-FINAL=$OUT; OUT=/tmp/results; mkdir -p $OUT
-trap 'tar -C /tmp -czf $FINAL/results.tar.gz results' EXIT
-BIN=/tmp/braid-cli
-xz -dc dist/braid-cli.xz > $BIN && chmod +x $BIN
+source scripts/gpu-setup.sh
 PARTS=${PARTS:-check kernels latency throughput}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } | tee $OUT/gpu.txt
-M=/tmp/q06
-[ -f $M/config.json ] || python3 scripts/accuracy.py make $M > $OUT/make.log 2>&1
 if has check; then
   $BIN check-kernels --device cuda --dtype bf16 > $OUT/check-kernels.txt 2>&1; echo "check-kernels exit $?" >> $OUT/check-kernels.txt
   echo "check-kernels: $(grep -cE ' ok$' $OUT/check-kernels.txt) ok"; grep -E "FAIL|exit" $OUT/check-kernels.txt

@@ -4,14 +4,7 @@
 # `bench throughput` runs nano-vllm's workload under each row-limit setting in LIMITS
 # (BRAID_GEMV_MAX_ROWS values; "default" = the built-in limits). check-kernels first.
 # Builds nothing: carry dist/ (CUDA braid-cli).
-set -uo pipefail
-FINAL=$OUT; OUT=/tmp/results; mkdir -p $OUT
-trap 'tar -C /tmp -czf $FINAL/results.tar.gz results' EXIT
-BIN=/tmp/braid-cli
-xz -dc dist/braid-cli.xz > $BIN && chmod +x $BIN
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } | tee $OUT/gpu.txt
-M=/tmp/q06
-[ -f $M/config.json ] || python3 scripts/accuracy.py make $M > $OUT/make.log 2>&1
+source scripts/gpu-setup.sh
 $BIN check-kernels --device cuda --dtype bf16 > $OUT/check-kernels.txt 2>&1; echo "check-kernels exit $?" >> $OUT/check-kernels.txt
 echo "check-kernels: $(grep -cE ' ok$' $OUT/check-kernels.txt) ok"; grep -E "FAIL|exit" $OUT/check-kernels.txt
 timeout 300 $BIN bench kernels --device cuda --dtype bf16 --rows ${ROWS:-1,2,4,8,16,32,64,128,256} --iters 20 --no-matmul \

@@ -4,15 +4,7 @@
 # nano-vllm's workload (256 sequences, lengths uniform in 100..1024, seeded, eos ignored),
 # HF transformers' static-batch throughput on the first sequences of the same workload, and
 # batch-1 latency as a regression check. Builds nothing: carry dist/ (CUDA braid-cli).
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-FINAL=$OUT; OUT=/tmp/results; mkdir -p $OUT
-trap 'tar -C /tmp -czf $FINAL/results.tar.gz results' EXIT
-BIN=/tmp/braid-cli
-xz -dc dist/braid-cli.xz > $BIN && chmod +x $BIN
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } | tee $OUT/gpu.txt
-M=/tmp/q06
-[ -f $M/config.json ] || python3 scripts/accuracy.py make $M > $OUT/make.log 2>&1
+source scripts/gpu-setup.sh
 if [ -z "${SKIP_CHECK:-}" ]; then
   # The checks, then each op's device time at decode batch sizes (paged attention at 1,024 keys).
   $BIN check-kernels --device cuda --dtype bf16 > $OUT/check-kernels.txt 2>&1

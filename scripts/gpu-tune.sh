@@ -3,15 +3,7 @@
 # first run tunes and compiles and fills CubeCL's persistent cache, the second finds it), then
 # `generate` and `bench throughput` in fresh processes on the filled cache. Builds nothing:
 # carry dist/ (CUDA braid-cli).
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-FINAL=$OUT; OUT=/tmp/results; mkdir -p $OUT
-trap 'tar -C /tmp -czf $FINAL/results.tar.gz results' EXIT
-BIN=/tmp/braid-cli
-xz -dc dist/braid-cli.xz > $BIN && chmod +x $BIN
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } | tee $OUT/gpu.txt
-M=/tmp/q06
-[ -f $M/config.json ] || python3 scripts/accuracy.py make $M > $OUT/make.log 2>&1
+source scripts/gpu-setup.sh
 for i in 1 2; do
   echo "== tune, run $i" | tee -a $OUT/tune.txt
   /usr/bin/time -f "wall %e s" timeout 300 $BIN tune --model $M --device cuda --dtype bf16 --plan fused 2>&1 | tee -a $OUT/tune.txt

@@ -1,0 +1,14 @@
+# Sourced by the gpu-*.sh scripts that run on the device machine (repository root; $OUT is
+# the folder that comes back): results go to /tmp/results and come back as
+# $OUT/results.tar.gz (even when the script fails part-way), the carried CUDA braid-cli is
+# unpacked to $BIN, the card is recorded, and the random Qwen3-0.6B-shaped bf16 model of
+# scripts/accuracy.py is made at $M (once per machine).
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+FINAL=$OUT; OUT=/tmp/results; mkdir -p $OUT
+trap 'tar -C /tmp -czf $FINAL/results.tar.gz results' EXIT
+BIN=/tmp/braid-cli
+xz -dc dist/braid-cli.xz > $BIN && chmod +x $BIN
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } | tee $OUT/gpu.txt
+M=/tmp/q06
+[ -f $M/config.json ] || python3 scripts/accuracy.py make $M > $OUT/make.log 2>&1
