@@ -1,7 +1,8 @@
 //! `braid-cli tune`: runs every kernel shape a model needs once, so that autotuning (Braid's
 //! GEMV candidates, Burn's matmul) and kernel compilation happen now rather than in the first
 //! requests: batch-1 decode (the replayed graph of `generate`), every captured decode batch size
-//! of the batch engine, and prefills of several lengths. With the `cuda` feature CubeCL keeps
+//! of the batch engine, prefills of several lengths and batched prefill steps of 4,096 and 16,384
+//! tokens (the large matmul shapes). With the `cuda` feature CubeCL keeps
 //! the results in its persistent cache (`target/environment` of the enclosing Cargo workspace,
 //! else the user cache directory, `~/.cache/cubecl` on Linux), so later processes skip the
 //! tuning; the command times itself, and a second run shows what the cache saves.
@@ -36,6 +37,10 @@ pub struct TuneArgs {
     /// Prompt lengths whose prefills to run.
     #[arg(long, value_delimiter = ',', default_value = "16,128,1024")]
     prefill_lens: Vec<usize>,
+    /// Batched prefill steps to run, in total tokens (several prompts of up to 1,024 tokens in
+    /// one step, as the batch engine schedules them): the matmul shapes of large prefills.
+    #[arg(long, value_delimiter = ',', default_value = "4096,16384")]
+    prefill_batch_tokens: Vec<usize>,
     #[arg(long, default_value_t = 0.9)]
     gpu_memory_fraction: f64,
 }
@@ -76,6 +81,21 @@ pub fn run(a: TuneArgs) -> Result<()> {
         batch.add(&prompt(n), &req)?;
         batch.run(&mut |_| {})?;
         println!("prefill {n:>6} tokens     {:8.2} s", t.elapsed().as_secs_f64());
+    }
+    let max_batched = 16384.max(max_len);
+    for &total in &a.prefill_batch_tokens {
+        let total = total.clamp(1, max_batched);
+        let each = 1024.min(max_len - 2).max(1);
+        let t = Instant::now();
+        let req = Request { max_tokens: 2, sampling: SamplingParams::default(), ignore_eos: true };
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(each);
+            batch.add(&prompt(n), &req)?;
+            left -= n;
+        }
+        batch.run(&mut |_| {})?;
+        println!("prefill batch {total:>6} tokens {:8.2} s", t.elapsed().as_secs_f64());
     }
     println!(
         "tuned {} ({:?} {dtype:?}, plan {}) in {:.2} s; CubeCL keeps the results in its persistent cache (cuda builds)",

@@ -399,3 +399,13 @@ fn bench_kernels_prints_a_table_and_writes_json() {
     assert!(mm.iter().all(|m| m["tuned_us"].as_f64().unwrap() > 0.0 && m["untuned_us"].is_null()));
     assert!(report["bandwidth_gb_s"].as_f64().unwrap() > 0.0 && report["matmul_tflops"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn tune_runs_decode_sizes_and_prefills() {
+    let out = braid(&["tune", "--max-seqs", "4", "--max-len", "256", "--prefill-lens", "8", "--prefill-batch-tokens", "300"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for line in ["decode batch sizes", "prefill      8 tokens", "prefill batch    300 tokens", "tuned "] {
+        assert!(stdout.contains(line), "{line:?} missing from {stdout}");
+    }
+}
