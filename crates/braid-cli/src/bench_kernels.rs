@@ -109,6 +109,9 @@ pub fn run(args: KernelsArgs) -> Result<()> {
     if !device.supports_dtype(dtype) {
         bail!("{:?} does not support {dtype:?}", args.device);
     }
+    if args.rows.is_empty() || args.rows.contains(&0) || args.context == 0 {
+        bail!("--rows takes row counts of at least 1, --context at least 1 key");
+    }
     // The compute reference: a square matmul large enough to be compute-bound on a GPU
     // (smaller on the CPU, where that one would take minutes).
     let mm_n = if args.device == DeviceArg::Cpu { 512 } else { 8192 };
