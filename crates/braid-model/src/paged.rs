@@ -202,17 +202,9 @@ impl Qwen3 {
         let prefix = if batch.decode { "decode/" } else { "prefill/" };
         let mut mark = crate::profile::Mark::new(&device, prefix);
         // [rows, hidden]
-        let mut x = self.model.embed_tokens.val().select(0, ints(ids, &device));
+        let x = self.model.embed_tokens.val().select(0, ints(ids, &device));
         mark.phase("inputs");
-        let mut pending = None;
-        for ((layer, pools), plan) in self.model.layers.iter().zip(cache.layers.iter_mut()).zip(&self.plan().layers) {
-            let (nx, down) = layer.paged_step(x, pending, &rope, pools, &batch, plan);
-            x = nx;
-            pending = Some(down);
-        }
-        if let Some(down) = pending {
-            x = x + down;
-        }
+        let x = self.paged_layers(x, &rope, cache, &batch);
         // [seqs, hidden] -> f32 [seqs, vocab]
         let mut mark = crate::profile::Mark::new(&device, prefix);
         let last = x.select(0, ints(last_rows, &device));
@@ -288,17 +280,24 @@ impl Qwen3 {
             decode: true,
             seqs: Vec::new(),
         };
-        let (mut x, cos, sin) = ops::batch_inputs(self.model.embed_tokens.val(), cache.cos.clone(), cache.sin.clone(), view(0), view(1));
-        let rope = Rope { cos, sin };
+        let (x, cos, sin) = ops::batch_inputs(self.model.embed_tokens.val(), cache.cos.clone(), cache.sin.clone(), view(0), view(1));
+        let x = self.paged_layers(x, &Rope { cos, sin }, cache, &batch);
+        ops::argmax_device(self.head(self.model.norm.forward(x)))
+    }
+
+    /// Every decoder layer over the paged cache, each layer's last residual add carried into
+    /// the next layer's first op (`DecoderLayer::paged_step`) and the last one added at the end:
+    /// `[rows, hidden]` -> `[rows, hidden]`.
+    fn paged_layers(&self, mut x: Tensor<2>, rope: &Rope, cache: &mut PagedKvCache, batch: &BatchMeta) -> Tensor<2> {
         let mut pending = None;
         for ((layer, pools), plan) in self.model.layers.iter().zip(cache.layers.iter_mut()).zip(&self.plan().layers) {
-            let (nx, down) = layer.paged_step(x, pending, &rope, pools, &batch, plan);
+            let (nx, down) = layer.paged_step(x, pending, rope, pools, batch, plan);
             x = nx;
             pending = Some(down);
         }
-        if let Some(down) = pending {
-            x = x + down;
+        match pending {
+            Some(down) => x + down,
+            None => x,
         }
-        ops::argmax_device(self.head(self.model.norm.forward(x)))
     }
 }
