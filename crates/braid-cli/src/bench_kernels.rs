@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use braid_model::ops::{PrefillTiles, last_prefill_tiles, set_prefill_tiles};
 use braid_model::ops::gemv_rows::{GemvOp, gemv_max_rows, set_gemv_max_rows};
 use braid_model::ops::{self, Precision, QkShape, reference};
 use braid_model::timing::{per_call, per_call_graph};
@@ -38,6 +39,10 @@ pub struct KernelsArgs {
     /// card by scripts/torch_kernels.py); default: the large Burn matmul measured here.
     #[arg(long)]
     matmul_tflops: Option<f64>,
+    /// Also time the prefill attention with these tile shapes (`ROWSxKEYSxGROUPS`, e.g.
+    /// `64x64x16,64x32x8`; default: only the shape the kernel picks).
+    #[arg(long, value_delimiter = ',')]
+    prefill_tiles: Vec<String>,
     /// Skip the matmul section (autotuned vs untuned Burn matmul at the projection shapes).
     #[arg(long)]
     no_matmul: bool,
@@ -112,6 +117,7 @@ pub fn run(args: KernelsArgs) -> Result<()> {
     if args.rows.is_empty() || args.rows.contains(&0) || args.context == 0 {
         bail!("--rows takes row counts of at least 1, --context at least 1 key");
     }
+    let tiles = args.prefill_tiles.iter().map(|t| parse_tiles(t)).collect::<Result<Vec<_>>>()?;
     // The compute reference: a square matmul large enough to be compute-bound on a GPU
     // (smaller on the CPU, where that one would take minutes).
     let mm_n = if args.device == DeviceArg::Cpu { 512 } else { 8192 };
@@ -132,7 +138,7 @@ pub fn run(args: KernelsArgs) -> Result<()> {
     println!("{:<15} {:>6} {:>11} {:>11} {:>11} {:>8} {:>10} {:>9}", "op", "rows", "fused us", "graph us", "twin us", "speedup", "floor us", "of floor");
     let mut ops_rows = Vec::new();
     for &rows in &args.rows {
-        bench.ops(rows, args.context, &mut ops_rows)?;
+        bench.ops(rows, args.context, &tiles, &mut ops_rows)?;
     }
     let mut path_rows = Vec::new();
     if dtype != DType::F32 {
@@ -165,6 +171,15 @@ pub fn run(args: KernelsArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// `64x64x16` -> rows 64, keys 64, groups 16.
+fn parse_tiles(s: &str) -> Result<PrefillTiles> {
+    let v: Vec<usize> = s.split('x').map(|x| x.trim().parse::<usize>()).collect::<Result<_, _>>().with_context(|| format!("--prefill-tiles: {s:?} is not ROWSxKEYSxGROUPS"))?;
+    match v[..] {
+        [rows, keys, groups] => Ok(PrefillTiles { rows, keys, groups }),
+        _ => bail!("--prefill-tiles: {s:?} is not ROWSxKEYSxGROUPS"),
+    }
 }
 
 fn rand2(rows: usize, cols: usize, scale: f32, device: &Device, dtype: DType) -> Tensor<2> {
@@ -242,7 +257,7 @@ impl<'d> Bench<'d> {
         Ok(())
     }
 
-    fn ops(&self, rows: usize, context: usize, out: &mut Vec<OpRow>) -> Result<()> {
+    fn ops(&self, rows: usize, context: usize, tiles: &[PrefillTiles], out: &mut Vec<OpRow>) -> Result<()> {
         let (device, dtype, size) = (self.device, self.dtype, self.dtype.size());
         let p = Precision::Torch;
         let x = rand2(rows, HIDDEN, 1.0, device, dtype);
@@ -308,6 +323,45 @@ impl<'d> Bench<'d> {
                     let _ = reference::attention(q4.clone(), kc.clone(), vc.clone(), past, p);
                 },
             )?;
+        }
+        // Tiled prefill attention over the paged pool: one fresh prompt of `rows` tokens (the
+        // `attention` row above at rows >= 512 is the per-row kernel on the same work), in the
+        // kernel's default tile shape and any asked for.
+        if rows > 1 {
+            let blocks = rows.div_ceil(ops::PAGE_SIZE);
+            let slots = blocks * ops::PAGE_SIZE;
+            let kp = rand2(slots * KV, HD, 1.0, device, dtype).reshape([slots, KV, HD]);
+            let vp = rand2(slots * KV, HD, 1.0, device, dtype).reshape([slots, KV, HD]);
+            let qp = rand2(HEADS * rows, HD, 1.0, device, dtype).reshape([1, HEADS, rows, HD]);
+            let table = Tensor::<2, Int>::from_data(TensorData::new((0..blocks as u32).collect::<Vec<_>>(), [1, blocks]), (device, DType::U32));
+            let spans = [ops::PrefillSpan { len: rows, start: 0 }];
+            let keys = rows * (rows + 1) / 2;
+            for t in std::iter::once(None).chain(tiles.iter().map(|t| Some(*t))) {
+                set_prefill_tiles(t);
+                let name = match t {
+                    None => "prefill_attn",
+                    Some(t) => Box::leak(format!("prefill {}x{}x{}", t.rows, t.keys, t.groups).into_boxed_str()),
+                };
+                self.row(
+                    out,
+                    name,
+                    rows,
+                    (2 * slots * KV * HD + 2 * HEADS * rows * HD) * size,
+                    4 * HEADS * HD * keys,
+                    &mut || {
+                        let _ = ops::paged_prefill_attention(qp.clone(), kp.clone(), vp.clone(), table.clone(), &spans, p);
+                    },
+                    &mut || {
+                        let _ = reference::paged_prefill_attention(qp.clone(), kp.clone(), vp.clone(), table.clone(), &spans, p);
+                    },
+                )?;
+                if let (Some(asked), Some(ran)) = (t, last_prefill_tiles())
+                    && asked != ran
+                {
+                    println!("  ({asked:?} does not fit this device: {ran:?} ran)");
+                }
+            }
+            set_prefill_tiles(None);
         }
         // Paged decode attention: `rows` sequences of `context` keys each in their own blocks
         // (decode batch sizes only).

@@ -104,17 +104,23 @@ fn ints(v: Vec<i64>, device: &Device) -> Tensor<1, Int> {
 }
 
 /// Attention of a batch step: `q: [1, heads, rows, hd]`, this step's `k, v: [1, kv, rows, hd]`
-/// (already written to the pools) -> `[rows, heads * hd]`. A decode batch runs one split launch
-/// over the pools through the block tables (the reference twin gathers per sequence). A batch
-/// with prefills runs each sequence alone: a fresh prompt attends to its own new keys, a
-/// sequence with cached positions to the keys gathered from its blocks.
+/// (already written to the pools) -> `[rows, heads * hd]`. Fused, a decode batch runs the
+/// split decode attention and a batch with prefills the tiled prefill attention, both over
+/// the pools through the block tables. The reference twin runs each sequence alone: a fresh
+/// prompt attends to its own new keys, a sequence with cached positions to the keys gathered
+/// from its blocks.
 pub(crate) fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, pools: &PagedLayer, batch: &BatchMeta, c: OpChoice) -> Tensor<2> {
-    if batch.decode {
-        let (table, lens) = (batch.table.clone(), batch.lens.clone());
-        return match c {
-            OpChoice::Fused(p) => ops::paged_attention(q, pools.k.clone(), pools.v.clone(), table, lens, p),
-            OpChoice::Reference => reference::paged_attention(q, pools.k.clone(), pools.v.clone(), table, lens, ops::Precision::Torch),
+    if let OpChoice::Fused(p) = c {
+        let table = batch.table.clone();
+        return if batch.decode {
+            ops::paged_attention(q, pools.k.clone(), pools.v.clone(), table, batch.lens.clone(), p)
+        } else {
+            let spans: Vec<ops::PrefillSpan> = batch.seqs.iter().map(|(_, n, start, _)| ops::PrefillSpan { len: *n, start: *start }).collect();
+            ops::paged_prefill_attention(q, pools.k.clone(), pools.v.clone(), table, &spans, p)
         };
+    }
+    if batch.decode {
+        return reference::paged_attention(q, pools.k.clone(), pools.v.clone(), batch.table.clone(), batch.lens.clone(), ops::Precision::Torch);
     }
     let parts: Vec<Tensor<2>> = batch
         .seqs
@@ -130,10 +136,7 @@ pub(crate) fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, pools: &PagedL
                     reference::paged_gather(pools.v.clone(), blocks, len, PAGE_SIZE),
                 )
             };
-            match c {
-                OpChoice::Fused(p) if *n == 1 || start + n <= ops::ATTENTION_MAX_KEYS => ops::attention(qs, ks, vs, *start, p),
-                _ => reference::attention(qs, ks, vs, *start, ops::Precision::Torch),
-            }
+            reference::attention(qs, ks, vs, *start, ops::Precision::Torch)
         })
         .collect();
     Tensor::cat(parts, 0)

@@ -5,7 +5,10 @@
 //! reference path.
 
 mod kernel;
+mod prefill;
 mod split;
+
+use std::sync::Mutex;
 
 use cubecl::prelude::*;
 use cubecl::std::tensor::TensorHandle;
@@ -127,6 +130,178 @@ pub fn paged_attention(
     }
     let keys = Keys::Paged { table, lens };
     split_decode(client, q, k_pool, v_pool, out.clone(), keys, rows * heads, ts[1], heads, precision, block, vector);
+    Ok(out)
+}
+
+/// One sequence of a prefill batch: its next `len` query rows (consecutive in `q`, after the
+/// previous span's) at positions `start..start + len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefillSpan {
+    pub len: usize,
+    pub start: usize,
+}
+
+/// Tile shape of [`paged_prefill_attention`]: `rows` query rows and `keys` keys per step
+/// (a divisor of [`PAGE_SIZE`]), `rows / 4 x groups` units (`groups` dividing `keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefillTiles {
+    pub rows: usize,
+    pub keys: usize,
+    pub groups: usize,
+}
+
+impl PrefillTiles {
+    /// Shared memory of one cube: the query, key and value tiles and the probabilities in f32,
+    /// two reduction buffers.
+    pub fn shared_bytes(&self, hd: usize, vector: usize) -> usize {
+        let padded = hd + vector;
+        4 * (self.rows * padded + self.keys * padded + self.keys * hd + self.rows * (self.keys + 1) + 2 * self.rows * self.groups)
+    }
+
+    fn valid(&self) -> bool {
+        self.rows >= 4 && self.rows.is_multiple_of(4) && self.keys > 0 && PAGE_SIZE.is_multiple_of(self.keys) && self.groups > 0 && self.keys.is_multiple_of(self.groups)
+    }
+}
+
+/// Tried in order, the first that fits the device: 64x64 tiles first.
+pub const PREFILL_TILES: [PrefillTiles; 4] = [
+    PrefillTiles { rows: 64, keys: 64, groups: 16 },
+    PrefillTiles { rows: 64, keys: 32, groups: 8 },
+    PrefillTiles { rows: 32, keys: 32, groups: 8 },
+    PrefillTiles { rows: 16, keys: 16, groups: 4 },
+];
+
+static PREFILL_FORCED: Mutex<Option<PrefillTiles>> = Mutex::new(None);
+static PREFILL_USED: Mutex<Option<PrefillTiles>> = Mutex::new(None);
+
+/// Asks the process's later prefill launches for a tile shape (`None`: the first of
+/// [`PREFILL_TILES`] that fits), for measuring or checking the shapes against each other
+/// (process-wide: Burn may launch on another thread than the caller's). A shape the device
+/// cannot run falls back to the default; [`last_prefill_tiles`] tells which one ran.
+pub fn set_prefill_tiles(tiles: Option<PrefillTiles>) {
+    *PREFILL_FORCED.lock().unwrap_or_else(|e| e.into_inner()) = tiles;
+    *PREFILL_USED.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// The tile shape of the process's last prefill launch since [`set_prefill_tiles`].
+pub fn last_prefill_tiles() -> Option<PrefillTiles> {
+    *PREFILL_USED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn prefill_tiles(client: &Client, hd: usize, vector: usize) -> Result<PrefillTiles, KernelError> {
+    let hw = &client.properties().hardware;
+    let fits = |t: &PrefillTiles| {
+        let units = t.rows / 4 * t.groups;
+        t.valid() && units <= hw.max_units_per_cube as usize && units <= hw.max_cube_dim.0 as usize && t.shared_bytes(hd, vector) <= hw.max_shared_memory_size
+    };
+    let forced = PREFILL_FORCED.lock().unwrap_or_else(|e| e.into_inner()).filter(|t| fits(t));
+    let tiles = forced.or_else(|| PREFILL_TILES.iter().copied().find(fits)).ok_or_else(|| KernelError::Unsupported {
+        kernel: "paged_prefill_attention",
+        what: format!("head_dim {hd}"),
+        why: format!("no tile shape fits {} bytes of shared memory", hw.max_shared_memory_size),
+    })?;
+    *PREFILL_USED.lock().unwrap_or_else(|e| e.into_inner()) = Some(tiles);
+    Ok(tiles)
+}
+
+/// Causal attention of a prefill batch over a paged KV cache (tiled: each key row is read once
+/// per tile of query rows). The rows of `q: [1, heads, rows, hd]` (contiguous) belong to
+/// `spans` in order; span `s`'s rows attend to their positions' keys, which (this step's
+/// included) are already in the blocks `table[s, ..]` of `k_pool, v_pool:
+/// [blocks * PAGE_SIZE, kv_heads, hd]` -> `[rows, heads * hd]`. `table: [spans, max_blocks]`
+/// u32 with every block id in range is the caller's invariant (the kernel does not check
+/// device data); each span must fit its table row.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_prefill_attention(
+    client: &Client,
+    q: TensorHandle,
+    k_pool: TensorHandle,
+    v_pool: TensorHandle,
+    table: TensorHandle,
+    spans: &[PrefillSpan],
+    precision: Precision,
+) -> Result<TensorHandle, KernelError> {
+    let name = "paged_prefill_attention";
+    let c = Check::new(name);
+    let qs = q.shape().to_vec();
+    if qs.len() != 4 || qs[0] != 1 {
+        return Err(c.shape_err("q", &q, "[1, heads, rows, head_dim]".into()));
+    }
+    let [_, heads, rows, hd] = [qs[0], qs[1], qs[2], qs[3]];
+    c.shape("q", &q, &qs)?;
+    let ks = k_pool.shape().to_vec();
+    for (tname, t) in [("k_pool", &k_pool), ("v_pool", &v_pool)] {
+        let s = t.shape();
+        if s.len() != 3 || s.to_vec() != ks || s[0] % PAGE_SIZE != 0 || s[2] != hd || s[1] == 0 || heads % s[1] != 0 {
+            return Err(c.shape_err(tname, t, format!("[blocks * {PAGE_SIZE}, kv_heads dividing {heads}, {hd}], as k_pool")));
+        }
+        if hd > 1 && t.strides()[2] != 1 {
+            return Err(KernelError::Layout { kernel: name, tensor: tname, strides: t.strides().to_vec() });
+        }
+        c.same_dtype(tname, t, q.dtype)?;
+    }
+    let ts = table.shape().to_vec();
+    if ts.len() != 2 || ts[0] != spans.len() || ts[1] == 0 {
+        return Err(c.shape_err("table", &table, format!("[{}, max_blocks >= 1]", spans.len())));
+    }
+    c.shape("table", &table, &ts)?;
+    if table.dtype != u32_type() {
+        return Err(KernelError::DType { kernel: name, tensor: "table", got: format!("{}", table.dtype), expected: "u32".into() });
+    }
+    let covered: usize = spans.iter().map(|s| s.len).sum();
+    if covered != rows || spans.iter().any(|s| s.len == 0 || s.start + s.len > ts[1] * PAGE_SIZE) {
+        return Err(KernelError::Unsupported {
+            kernel: name,
+            what: format!("spans {spans:?} over {rows} rows and {} blocks per sequence", ts[1]),
+            why: "the spans must cover the rows in order, each non-empty and within its table row".into(),
+        });
+    }
+    // Vectors of up to 4 elements (the staged tiles are f32 vectors of the same width).
+    let mut vector = 4;
+    while !hd.is_multiple_of(vector) || [&k_pool, &v_pool].iter().any(|t| t.strides()[..2].iter().any(|s| s % vector != 0)) {
+        vector /= 2;
+    }
+    let tiles = prefill_tiles(client, hd, vector)?;
+    let out = output_like(client, &[rows, heads * hd], q.dtype);
+    if rows * heads == 0 {
+        return Ok(out);
+    }
+    // (span, first row, rows, first position) per tile, the most keys first (they run longest).
+    let mut list = Vec::new();
+    let mut row = 0;
+    for (i, s) in spans.iter().enumerate() {
+        let mut t = 0;
+        while t < s.len {
+            let n = tiles.rows.min(s.len - t);
+            list.push([i as u32, (row + t) as u32, n as u32, (s.start + t) as u32]);
+            t += n;
+        }
+        row += s.len;
+    }
+    list.sort_by_key(|t| std::cmp::Reverse(t[2] + t[3]));
+    let bytes: Vec<u8> = list.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+    let tiles_t = TensorHandle::new_contiguous(vec![list.len(), 4], client.create_from_slice(&bytes), u32_type());
+    let dtype = q.dtype;
+    prefill::prefill_kernel::launch(
+        client,
+        CubeCount::new_2d(list.len() as u32, heads as u32),
+        CubeDim::new_1d((tiles.rows / 4 * tiles.groups) as u32),
+        vector,
+        q.into_arg(),
+        k_pool.into_arg(),
+        v_pool.into_arg(),
+        table.into_arg(),
+        tiles_t.into_arg(),
+        out.clone().into_arg(),
+        (hd as f32).powf(-0.5),
+        precision != Precision::F32,
+        PAGE_SIZE,
+        hd,
+        tiles.rows,
+        tiles.keys,
+        tiles.groups,
+        dtype,
+    );
     Ok(out)
 }
 

@@ -9,7 +9,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::gemv_rows::{GemvOp, gemv_max_rows};
-use super::{FusedOps, Precision, QkShape};
+use super::{FusedOps, Precision, PrefillSpan, QkShape};
 
 // Past an op's GEMV row limit (`super::gemv_rows`), `linear` and `gate_up_silu` (torch mode)
 // run Burn's matmul (and the `silu_mul` kernel), and `rms_norm_qkv` in torch mode the fused
@@ -348,6 +348,27 @@ impl FusedOps for Cube {
             view(v_pool),
             TensorHandle::from(into_contiguous(table)),
             TensorHandle::from(into_contiguous(lens)),
+            precision,
+        ));
+        tensor(&like, out, dtype)
+    }
+
+    fn paged_prefill_attention(
+        q: FloatTensor<Self>,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        table: IntTensor<Self>,
+        spans: Vec<PrefillSpan>,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        let (like, dtype) = (q.clone(), q.dtype);
+        let out = launched(braid_kernels::attention::paged_prefill_attention(
+            &like.client,
+            handle(q),
+            view(k_pool),
+            view(v_pool),
+            TensorHandle::from(into_contiguous(table)),
+            &spans,
             precision,
         ));
         tensor(&like, out, dtype)

@@ -4,7 +4,7 @@ use burn::backend::Flex;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor};
 
-use super::{FusedOps, Precision, QkShape, reference};
+use super::{FusedOps, Precision, PrefillSpan, QkShape, reference};
 
 fn wrap<const D: usize>(p: FloatTensor<Flex>) -> Tensor<D> {
     Tensor::from_primitive::<Flex>(p)
@@ -194,6 +194,18 @@ impl FusedOps for Flex {
     ) -> FloatTensor<Self> {
         let table = Tensor::<2, Int>::from_primitive::<Flex>(table);
         unwrap(reference::paged_attention(wrap(q), wrap(k_pool), wrap(v_pool), table, iwrap(lens), precision))
+    }
+
+    fn paged_prefill_attention(
+        q: FloatTensor<Self>,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        table: IntTensor<Self>,
+        spans: Vec<PrefillSpan>,
+        precision: Precision,
+    ) -> FloatTensor<Self> {
+        let table = Tensor::<2, Int>::from_primitive::<Flex>(table);
+        unwrap(reference::paged_prefill_attention(wrap(q), wrap(k_pool), wrap(v_pool), table, &spans, precision))
     }
 
     fn batch_inputs(

@@ -17,6 +17,7 @@ use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::{Int, Tensor};
 
 pub use braid_kernels::Precision;
+pub use braid_kernels::attention::{PrefillSpan, PrefillTiles, last_prefill_tiles, set_prefill_tiles};
 pub use braid_kernels::qk_norm_rope::QkShape;
 
 /// One method per fused op; see the free functions of this module for shapes.
@@ -137,6 +138,15 @@ pub trait FusedOps: Backend {
         v_pool: FloatTensor<Self>,
         table: IntTensor<Self>,
         lens: IntTensor<Self>,
+        precision: Precision,
+    ) -> FloatTensor<Self>;
+
+    fn paged_prefill_attention(
+        q: FloatTensor<Self>,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        table: IntTensor<Self>,
+        spans: Vec<PrefillSpan>,
         precision: Precision,
     ) -> FloatTensor<Self>;
 
@@ -437,6 +447,28 @@ pub fn paged_attention(
         v_pool.into_dispatch(),
         table.into_dispatch(),
         lens.into_dispatch(),
+        precision,
+    ))
+}
+
+/// Causal attention of a prefill batch over the paged cache: the rows of `q: [1, heads, rows,
+/// hd]` belong to `spans` in order, span `s`'s rows at positions `start..start + len` of the
+/// sequence whose blocks are `table[s, ..]` (`table: [spans, max_blocks]`); this step's keys are
+/// already in the pools -> `[rows, heads * hd]`.
+pub fn paged_prefill_attention(
+    q: Tensor<4>,
+    k_pool: Tensor<3>,
+    v_pool: Tensor<3>,
+    table: Tensor<2, Int>,
+    spans: &[PrefillSpan],
+    precision: Precision,
+) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::paged_prefill_attention(
+        q.into_dispatch(),
+        k_pool.into_dispatch(),
+        v_pool.into_dispatch(),
+        table.into_dispatch(),
+        spans.to_vec(),
         precision,
     ))
 }

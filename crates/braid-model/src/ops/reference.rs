@@ -5,7 +5,7 @@
 
 use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorData, activation::{silu, softmax}};
 
-use super::{Precision, QkShape};
+use super::{Precision, PrefillSpan, QkShape};
 
 fn f32_of<const D: usize>(t: Tensor<D>) -> Tensor<D> {
     t.cast(FloatDType::F32)
@@ -351,6 +351,36 @@ pub fn paged_attention(
             let k = paged_gather(k_pool.clone(), blocks, n, page);
             let v = paged_gather(v_pool.clone(), blocks, n, page);
             attention(q.clone().narrow(2, r, 1), k, v, n - 1, precision)
+        })
+        .collect();
+    Tensor::cat(out, 0)
+}
+
+/// Each span's rows of `q: [1, heads, rows, hd]` over their sequence's keys `0..start + len`,
+/// gathered through its row of `table: [spans, max_blocks]`, causally -> `[rows, heads * hd]`.
+pub fn paged_prefill_attention(
+    q: Tensor<4>,
+    k_pool: Tensor<3>,
+    v_pool: Tensor<3>,
+    table: Tensor<2, Int>,
+    spans: &[PrefillSpan],
+    precision: Precision,
+) -> Tensor<2> {
+    let cols = table.dims()[1];
+    let table = host_ints(table);
+    let page = super::PAGE_SIZE;
+    let mut row = 0;
+    let out: Vec<Tensor<2>> = spans
+        .iter()
+        .enumerate()
+        .map(|(s, span)| {
+            let blocks = &table[s * cols..(s + 1) * cols];
+            let n = span.start + span.len;
+            let k = paged_gather(k_pool.clone(), blocks, n, page);
+            let v = paged_gather(v_pool.clone(), blocks, n, page);
+            let out = attention(q.clone().narrow(2, row, span.len), k, v, span.start, precision);
+            row += span.len;
+            out
         })
         .collect();
     Tensor::cat(out, 0)

@@ -158,6 +158,7 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
         }
         out.push(check_argmax(&ctx, &mut rng, case));
         out.extend(check_paged(&ctx, &mut rng, case));
+        out.extend(check_paged_prefill(&ctx, &mut rng, case));
         out.push(check_decode_state(&ctx, &mut rng, case));
     }
     out
@@ -529,6 +530,115 @@ fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<Op
     let twin = reference::attention_at(q1, k1, v1, state, p);
     let truth_at = &truth[(t - 1) * nh * hd..t * nh * hd];
     vec![main, record("attention_at", case.name, p, &host(fused), &host(twin), truth_at)]
+}
+
+/// The tiled prefill attention over a paged pool, in both modes and every tile shape the device
+/// fits: four sequences in one batch (a prompt longer than a 64-row tile, a one-token prompt,
+/// rows after a cached prefix that cross blocks, one row deep into its sequence) in shuffled
+/// blocks of a pool whose unused slots are NaN. head_dim 40 (vectors of 4), 42 for
+/// `prefill-odd` (vectors of 2), 8 for `decode` (small enough for the larger tiles to fit a
+/// 32 KiB device) and Qwen3's 128 for `prefill-long`.
+fn check_paged_prefill(ctx: &Ctx, rng: &mut Rng, case: Case) -> Vec<OpCheck> {
+    use braid_kernels::attention::{PREFILL_TILES, last_prefill_tiles, set_prefill_tiles};
+    use burn::tensor::Int;
+    let page = super::PAGE_SIZE;
+    let hd = match case.name {
+        "decode" => 8,
+        "prefill-odd" => 42,
+        "prefill-long" => 128,
+        _ => 40,
+    };
+    let (nh, nkv) = (6, 2);
+    let spans = [
+        super::PrefillSpan { len: case.rows.max(70 + case.rows % 5), start: 0 },
+        super::PrefillSpan { len: 1, start: 0 },
+        super::PrefillSpan { len: 45 + case.rows % 3, start: 83 },
+        super::PrefillSpan { len: 1, start: 130 + case.rows % 4 },
+    ];
+    let rows: usize = spans.iter().map(|s| s.len).sum();
+    let needed: Vec<usize> = spans.iter().map(|s| (s.start + s.len).div_ceil(page)).collect();
+    let n_blocks = needed.iter().sum::<usize>() + 3;
+    let mut ids: Vec<usize> = (0..n_blocks).collect();
+    for i in (1..n_blocks).rev() {
+        let j = ((rng.unit() + 1.0) * 0.5 * (i + 1) as f32) as usize % (i + 1);
+        ids.swap(i, j);
+    }
+    // Table rows padded with a block that holds NaN (never to be read).
+    let max_blocks = *needed.iter().max().unwrap_or(&1) + 1;
+    let spare = ids[n_blocks - 1] as u32;
+    let mut table = vec![spare; spans.len() * max_blocks];
+    let mut next = 0;
+    for (r, &n) in needed.iter().enumerate() {
+        for b in 0..n {
+            table[r * max_blocks + b] = ids[next] as u32;
+            next += 1;
+        }
+    }
+    let slot = |r: usize, j: usize| table[r * max_blocks + j / page] as usize * page + j % page;
+    let (scale, peak) = if case.peak != 0.0 { (2.0, 96.0) } else { (1.0, 1.0) };
+    let n_slots = n_blocks * page;
+    let mut pool = |s: f32, peak: f32| {
+        let mut v = vec![f32::NAN; n_slots * nkv * hd];
+        for (r, span) in spans.iter().enumerate() {
+            for j in 0..span.start + span.len {
+                let o = slot(r, j) * nkv * hd;
+                v[o..o + nkv * hd].copy_from_slice(&rng.vec(nkv * hd, s));
+                v[o..o + nkv * hd].iter_mut().skip(3).step_by(hd).for_each(|x| *x *= peak);
+            }
+        }
+        v
+    };
+    let (kp, vp) = (pool(scale, peak), pool(case.scale.min(1e3), 1.0));
+    let mut qv = rng.vec(nh * rows * hd, scale);
+    qv.iter_mut().skip(3).step_by(hd).for_each(|x| *x /= peak);
+    let k_pool = ctx.t(kp, [n_slots, nkv, hd]);
+    let v_pool = ctx.t(vp, [n_slots, nkv, hd]);
+    let q = ctx.t(qv, [1, nh, rows, hd]);
+    let table_t = Tensor::<2, Int>::from_data(TensorData::new(table.clone(), [spans.len(), max_blocks]), (ctx.device, DType::U32));
+
+    let (qh, kh, vh) = (host(q.clone()), host(k_pool.clone()), host(v_pool.clone()));
+    let mut truth = vec![0.0; rows * nh * hd];
+    let mut row = 0;
+    for (s, span) in spans.iter().enumerate() {
+        for i in 0..span.len {
+            let r = row + i;
+            for h in 0..nh {
+                let g = h / (nh / nkv);
+                let qr = &qh[(h * rows + r) * hd..][..hd];
+                let o = (r * nh + h) * hd;
+                host_attend(qr, &kh, &vh, span.start + i + 1, |j| (slot(s, j) * nkv + g) * hd, &mut truth[o..o + hd]);
+            }
+        }
+        row += span.len;
+    }
+    // The default tile shape and every other the device fits (a GPU may default to one this
+    // device cannot run); a shape that does not fit falls back to the default, run once.
+    let mut out = Vec::new();
+    for p in [Precision::Torch, Precision::F32] {
+        let twin = host(reference::paged_prefill_attention(q.clone(), k_pool.clone(), v_pool.clone(), table_t.clone(), &spans, p));
+        let mut seen = Vec::new();
+        for tiles in std::iter::once(None).chain(PREFILL_TILES.iter().map(|t| Some(*t))) {
+            set_prefill_tiles(tiles);
+            ctx.poison(rows * nh * hd);
+            let fused = host(super::paged_prefill_attention(q.clone(), k_pool.clone(), v_pool.clone(), table_t.clone(), &spans, p));
+            // The Flex twin has no tiles: its one run is the check.
+            let used = last_prefill_tiles();
+            set_prefill_tiles(None);
+            if seen.contains(&used) {
+                continue;
+            }
+            seen.push(used);
+            let mut c = record("prefill_attn", case.name, p, &fused, &twin, &truth);
+            if let (Some(t), Some(_)) = (used, tiles) {
+                c.case = format!("{}/{}x{}", case.name, t.rows, t.keys);
+            }
+            out.push(c);
+            if used.is_none() {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// One query row's attention in f64: `qr` over the `n` keys whose rows start at `row(j)` in
