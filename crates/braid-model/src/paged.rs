@@ -293,8 +293,8 @@ impl Qwen3 {
     /// `[rows, hidden]` -> `[rows, hidden]`.
     fn paged_layers(&self, mut x: Tensor<2>, rope: &Rope, cache: &mut PagedKvCache, batch: &BatchMeta) -> Tensor<2> {
         let mut pending = None;
-        for ((layer, pools), plan) in self.model.layers.iter().zip(cache.layers.iter_mut()).zip(&self.plan().layers) {
-            let (nx, down) = layer.paged_step(x, pending, rope, pools, batch, plan);
+        for (i, ((layer, pools), plan)) in self.model.layers.iter().zip(cache.layers.iter_mut()).zip(&self.plan().layers).enumerate() {
+            let (nx, down) = layer.paged_step(i, x, pending, rope, pools, batch, plan);
             x = nx;
             pending = Some(down);
         }

@@ -1,6 +1,7 @@
 //! Opt-in per-phase timing of the batch step (`BRAID_PROFILE=1`): after each phase the device
 //! is synchronised and the wall time since the previous mark is added to the phase's total.
 //! The syncs slow the run down; the totals show where a step's time goes, not its speed.
+//! `BRAID_PROFILE=layers` charges each decoder layer's phases separately (`prefill/L03/...`).
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -8,21 +9,33 @@ use std::time::Instant;
 use burn::tensor::Device;
 
 static ENABLED: OnceLock<bool> = OnceLock::new();
+static LAYERS: OnceLock<bool> = OnceLock::new();
 static TOTALS: Mutex<Vec<(String, f64, usize)>> = Mutex::new(Vec::new());
 
 pub fn enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var_os("BRAID_PROFILE").is_some_and(|v| v != "0"))
 }
 
+/// The phase prefix of decoder layer `layer`: `base` (e.g. `prefill/`), or `base` + `Lnn/`
+/// under `BRAID_PROFILE=layers`.
+pub fn layer_prefix(base: &str, layer: usize) -> String {
+    if *LAYERS.get_or_init(|| std::env::var("BRAID_PROFILE").is_ok_and(|v| v == "layers")) {
+        format!("{base}L{layer:02}/")
+    } else {
+        base.to_string()
+    }
+}
+
 /// A running mark: [`Mark::phase`] charges the time since the last mark to `name`.
 pub struct Mark<'a> {
     device: &'a Device,
-    prefix: &'static str,
+    prefix: String,
     at: Option<Instant>,
 }
 
 impl<'a> Mark<'a> {
-    pub fn new(device: &'a Device, prefix: &'static str) -> Self {
+    pub fn new(device: &'a Device, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
         let at = enabled().then(|| {
             let _ = device.sync();
             Instant::now()

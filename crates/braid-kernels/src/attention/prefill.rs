@@ -212,7 +212,7 @@ pub(super) fn prefill_kernel<F: Float, N: Size>(
             if !torch {
                 #[unroll]
                 for x in 0..dm {
-                    o[i * dm + x] = o[i * dm + x] * Vector::<f32, N>::new(scale_o);
+                    o[i * dm + x] *= Vector::<f32, N>::new(scale_o);
                 }
             }
         }
@@ -265,7 +265,7 @@ pub(super) fn prefill_kernel<F: Float, N: Size>(
                 if dl < hdl {
                     let mut val = o[i * dm + x];
                     if !torch {
-                        val = val * Vector::<f32, N>::new(l[i]);
+                        val *= Vector::<f32, N>::new(l[i]);
                     }
                     out[out_base + dl] = Vector::<F, N>::cast_from(val);
                 }

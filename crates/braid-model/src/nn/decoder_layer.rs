@@ -277,8 +277,10 @@ impl DecoderLayer {
     /// [`Self::decode_step`]. Keys and values go to their slots in the pools; attention reads
     /// each sequence's keys through its block table (one split launch when every sequence has
     /// one new row, else per sequence). Returns the stream and the pending MLP output.
+    #[allow(clippy::too_many_arguments)]
     pub fn paged_step(
         &self,
+        index: usize,
         x: Tensor<2>,
         pending: Option<Tensor<2>>,
         rope: &Rope,
@@ -289,7 +291,8 @@ impl DecoderLayer {
         let rows = x.dims()[0];
         let shape = self.self_attn.shape(1, rows);
         let device = x.device();
-        let mut mark = crate::profile::Mark::new(&device, if batch.decode { "decode/" } else { "prefill/" });
+        let base = if batch.decode { "decode/" } else { "prefill/" };
+        let mut mark = crate::profile::Mark::new(&device, crate::profile::layer_prefix(base, index));
         let (x, q, k, v) = self.add_qkv(x, pending, plan.rms_norm_qkv);
         mark.phase("add+norm+qkv");
         // [1, heads|kv, rows, hd]

@@ -629,7 +629,7 @@ fn check_paged_prefill(ctx: &Ctx, rng: &mut Rng, case: Case) -> Vec<OpCheck> {
             }
             seen.push(used);
             let mut c = record("prefill_attn", case.name, p, &fused, &twin, &truth);
-            if let (Some(t), Some(_)) = (used, tiles) {
+            if let Some(t) = used {
                 c.case = format!("{}/{}x{}", case.name, t.rows, t.keys);
             }
             out.push(c);
