@@ -5,8 +5,11 @@
 #   kernels     `bench kernels` (each op vs twin vs floor; Burn's matmul tuned vs untuned) and
 #               PyTorch's cuBLAS matmuls / HF's RMSNorm+QKV at the same shapes
 #   latency     batch-1 decode: HF eager generate vs `bench latency` (prompt 128, 256 new)
-#   throughput  nano-vllm's workload: `bench throughput` vs HF static batches (first HF_SEQS)
-# PARTS picks them (default: all); results in $OUT/results.tar.gz, the table in ratios.txt.
+#   throughput  nano-vllm's workload: `bench throughput` vs HF static batches (first HF_SEQS;
+#               HF=0 skips them)
+#   profile     the same workload under BRAID_PROFILE=layers (per-layer phase totals; slower)
+# PARTS picks them (default: all but profile); results in $OUT/results.tar.gz, the table in
+# ratios.txt.
 source scripts/gpu-setup.sh
 PARTS=${PARTS:-check kernels latency throughput}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
@@ -31,8 +34,13 @@ fi
 if has throughput; then
   timeout 300 $BIN bench throughput --model $M --device cuda --dtype bf16 --plan fused ${TP_ARGS:-} \
     --save-workload $OUT/workload.json --json $OUT/throughput.json 2>&1 | grep -v "^\s*$" | tail -30 | tee $OUT/throughput.txt
-  timeout ${HF_TIMEOUT:-200} python3 scripts/hf_throughput.py $M $OUT/workload.json --seqs ${HF_SEQS:-32} --batch 32 2>&1 | grep -v Loading | tail -2 | tee $OUT/hf-throughput.json
+  [ "${HF:-1}" != 0 ] && timeout ${HF_TIMEOUT:-200} python3 scripts/hf_throughput.py $M $OUT/workload.json --seqs ${HF_SEQS:-32} --batch 32 2>&1 | grep -v Loading | tail -2 | tee $OUT/hf-throughput.json
   rm -f $OUT/workload.json
+fi
+if has profile; then
+  BRAID_PROFILE=layers timeout 300 $BIN bench throughput --model $M --device cuda --dtype bf16 --plan fused ${TP_ARGS:-} \
+    > $OUT/profile.txt 2>&1; echo "profile exit $?" >> $OUT/profile.txt
+  grep "^profile" $OUT/profile.txt | sort -k3 -g -r | head -30
 fi
 python3 - <<'PY' | tee $OUT/ratios.txt
 import json, os
