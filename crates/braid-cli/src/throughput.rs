@@ -185,8 +185,16 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
     }
     if braid_model::profile::enabled() {
         // Per-phase totals (synchronised after each phase: slower than the run above).
-        for (name, secs, n) in braid_model::profile::totals() {
-            eprintln!("profile {name:<28} {secs:9.3} s  {n:7} times  {:9.1} us each", secs * 1e6 / n as f64);
+        for p in braid_model::profile::totals() {
+            eprintln!(
+                "profile {:<28} {:9.3} s  {:7} times  {:9.1} us each (min {:.1}, max {:.1})",
+                p.name,
+                p.secs,
+                p.times,
+                p.secs * 1e6 / p.times as f64,
+                p.min * 1e6,
+                p.max * 1e6
+            );
         }
     }
     match a.format {

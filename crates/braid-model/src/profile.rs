@@ -10,7 +10,17 @@ use burn::tensor::Device;
 
 static ENABLED: OnceLock<bool> = OnceLock::new();
 static LAYERS: OnceLock<bool> = OnceLock::new();
-static TOTALS: Mutex<Vec<(String, f64, usize)>> = Mutex::new(Vec::new());
+static TOTALS: Mutex<Vec<Phase>> = Mutex::new(Vec::new());
+
+/// One phase's totals: name, seconds, times, and the shortest and longest time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phase {
+    pub name: String,
+    pub secs: f64,
+    pub times: usize,
+    pub min: f64,
+    pub max: f64,
+}
 
 pub fn enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var_os("BRAID_PROFILE").is_some_and(|v| v != "0"))
@@ -48,20 +58,23 @@ impl<'a> Mark<'a> {
         let _ = self.device.sync();
         let now = Instant::now();
         let key = format!("{}{}", self.prefix, name);
+        let dt = (now - at).as_secs_f64();
         let mut t = TOTALS.lock().expect("profile lock");
-        match t.iter_mut().find(|(k, _, _)| *k == key) {
-            Some(e) => {
-                e.1 += (now - at).as_secs_f64();
-                e.2 += 1;
+        match t.iter_mut().find(|p| p.name == key) {
+            Some(p) => {
+                p.secs += dt;
+                p.times += 1;
+                p.min = p.min.min(dt);
+                p.max = p.max.max(dt);
             }
-            None => t.push((key, (now - at).as_secs_f64(), 1)),
+            None => t.push(Phase { name: key, secs: dt, times: 1, min: dt, max: dt }),
         }
         self.at = Some(now);
     }
 }
 
-/// `(phase, seconds, times)` so far, in first-seen order.
-pub fn totals() -> Vec<(String, f64, usize)> {
+/// Every phase so far, in first-seen order.
+pub fn totals() -> Vec<Phase> {
     TOTALS.lock().expect("profile lock").clone()
 }
 
