@@ -3,7 +3,8 @@
 # ~200 ms (BRAID_PROFILE=layers, 2026-11-26). `bench throughput` on nano-vllm's workload, each
 # run in its own folder with its own cubecl.toml: CubeCL's memory and autotune logs under the
 # per-layer profile, then CUDA's synchronous and stream-ordered allocators. Builds nothing:
-# carry dist/ (CUDA braid-cli).
+# carry dist/ (CUDA braid-cli). RUNS picks the runs (logs, sync, async, async-profile, profile);
+# TP_ARGS adds flags to every run, TAG names the profile run's files.
 source scripts/gpu-setup.sh
 run() { # name, cubecl.toml body, BRAID_PROFILE value
   local d=/tmp/run-$1; mkdir -p $d; printf '%s\n' "$2" > $d/cubecl.toml
@@ -26,5 +27,6 @@ for r in ${RUNS:-logs sync async async-profile}; do
     sync) run sync "" ;;
     async) run async "$ASYNC" ;;
     async-profile) run async-profile "$ASYNC" layers ;;
+    profile) run profile${TAG:-} "" layers ;;
   esac
 done
