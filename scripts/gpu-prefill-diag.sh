@@ -3,7 +3,7 @@
 # ~200 ms (BRAID_PROFILE=layers, 2026-11-26). `bench throughput` on nano-vllm's workload, each
 # run in its own folder with its own cubecl.toml: CubeCL's memory and autotune logs under the
 # per-layer profile, then CUDA's synchronous and stream-ordered allocators. Builds nothing:
-# carry dist/ (CUDA braid-cli). RUNS picks the runs (logs, sync, async, async-profile, profile);
+# carry dist/ (CUDA braid-cli). RUNS picks the runs (logs, sync, async, async-profile, profile, trace);
 # TP_ARGS adds flags to every run, TAG names the profile run's files.
 source scripts/gpu-setup.sh
 run() { # name, cubecl.toml body, BRAID_PROFILE value
@@ -19,6 +19,13 @@ file = "/tmp/results/memory.log"
 [autotune.logger]
 level = "full"
 file = "/tmp/results/autotune.log"'
+# Compiled kernels and tuned keys on stderr, in order with the profile's slow phases.
+TRACE='[compilation.logger]
+level = "basic"
+stderr = true
+[autotune.logger]
+level = "minimal"
+stderr = true'
 ASYNC='[memory.cuda]
 allocator = "async"'
 for r in ${RUNS:-logs sync async async-profile}; do
@@ -28,5 +35,6 @@ for r in ${RUNS:-logs sync async async-profile}; do
     async) run async "$ASYNC" ;;
     async-profile) run async-profile "$ASYNC" layers ;;
     profile) run profile${TAG:-} "" layers ;;
+    trace) run trace "$TRACE" layers; grep -B3 "slow phase" $OUT/tp-trace.txt | cut -c1-200 | head -60 ;;
   esac
 done

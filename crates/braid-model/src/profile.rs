@@ -1,7 +1,8 @@
 //! Opt-in per-phase timing of the batch step (`BRAID_PROFILE=1`): after each phase the device
 //! is synchronised and the wall time since the previous mark is added to the phase's total.
 //! The syncs slow the run down; the totals show where a step's time goes, not its speed.
-//! `BRAID_PROFILE=layers` charges each decoder layer's phases separately (`prefill/L03/...`).
+//! `BRAID_PROFILE=layers` charges each decoder layer's phases separately (`prefill/L03/...`) and
+//! reports any phase over 50 ms on stderr as it happens.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -29,11 +30,15 @@ pub fn enabled() -> bool {
 /// The phase prefix of decoder layer `layer`: `base` (e.g. `prefill/`), or `base` + `Lnn/`
 /// under `BRAID_PROFILE=layers`.
 pub fn layer_prefix(base: &str, layer: usize) -> String {
-    if *LAYERS.get_or_init(|| std::env::var("BRAID_PROFILE").is_ok_and(|v| v == "layers")) {
+    if layers() {
         format!("{base}L{layer:02}/")
     } else {
         base.to_string()
     }
+}
+
+fn layers() -> bool {
+    *LAYERS.get_or_init(|| std::env::var("BRAID_PROFILE").is_ok_and(|v| v == "layers"))
 }
 
 /// A running mark: [`Mark::phase`] charges the time since the last mark to `name`.
@@ -59,6 +64,10 @@ impl<'a> Mark<'a> {
         let now = Instant::now();
         let key = format!("{}{}", self.prefix, name);
         let dt = (now - at).as_secs_f64();
+        if dt > 0.05 && layers() {
+            // As it happens, between whatever else goes to stderr (e.g. CubeCL's logs).
+            eprintln!("profile: slow phase {key}: {:.1} ms", dt * 1e3);
+        }
         let mut t = TOTALS.lock().expect("profile lock");
         match t.iter_mut().find(|p| p.name == key) {
             Some(p) => {
