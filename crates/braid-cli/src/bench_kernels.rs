@@ -174,7 +174,7 @@ pub fn run(args: KernelsArgs) -> Result<()> {
 }
 
 /// `64x64x16` -> rows 64, keys 64, groups 16.
-fn parse_tiles(s: &str) -> Result<PrefillTiles> {
+pub(crate) fn parse_tiles(s: &str) -> Result<PrefillTiles> {
     let v: Vec<usize> = s.split('x').map(|x| x.trim().parse::<usize>()).collect::<Result<_, _>>().with_context(|| format!("--prefill-tiles: {s:?} is not ROWSxKEYSxGROUPS"))?;
     match v[..] {
         [rows, keys, groups] => Ok(PrefillTiles { rows, keys, groups }),
@@ -336,11 +336,15 @@ impl<'d> Bench<'d> {
             let table = Tensor::<2, Int>::from_data(TensorData::new((0..blocks as u32).collect::<Vec<_>>(), [1, blocks]), (device, DType::U32));
             let spans = [ops::PrefillSpan { len: rows, start: 0 }];
             let keys = rows * (rows + 1) / 2;
-            for t in std::iter::once(None).chain(tiles.iter().map(|t| Some(*t))) {
+            // The default shape in both modes (f32: one pass), then each asked-for shape in
+            // torch mode.
+            let runs = [(None, p), (None, Precision::F32)].into_iter().chain(tiles.iter().map(|t| (Some(*t), p)));
+            for (t, p) in runs {
                 set_prefill_tiles(t);
-                let name = match t {
-                    None => "prefill_attn",
-                    Some(t) => Box::leak(format!("prefill {}x{}x{}", t.rows, t.keys, t.groups).into_boxed_str()),
+                let name = match (t, p) {
+                    (None, Precision::F32) => "prefill_attn f32",
+                    (None, _) => "prefill_attn",
+                    (Some(t), _) => Box::leak(format!("prefill {}x{}x{}", t.rows, t.keys, t.groups).into_boxed_str()),
                 };
                 self.row(
                     out,
@@ -374,19 +378,21 @@ impl<'d> Bench<'d> {
             let table: Vec<u32> = (0..(rows * per_seq) as u32).collect();
             let table = Tensor::<2, Int>::from_data(TensorData::new(table, [rows, per_seq]), (device, DType::U32));
             let lens = Tensor::<1, Int>::from_data(TensorData::new(vec![context as u32; rows], [rows]), (device, DType::U32));
-            self.row(
-                out,
-                "paged_attention",
-                rows,
-                (2 * rows * context * KV * HD + 2 * HEADS * rows * HD) * size,
-                4 * rows * HEADS * HD * context,
-                &mut || {
-                    let _ = ops::paged_attention(qp.clone(), kp.clone(), vp.clone(), table.clone(), lens.clone(), p);
-                },
-                &mut || {
-                    let _ = reference::paged_attention(qp.clone(), kp.clone(), vp.clone(), table.clone(), lens.clone(), p);
-                },
-            )?;
+            for (name, p) in [("paged_attention", p), ("paged_attn f32", Precision::F32)] {
+                self.row(
+                    out,
+                    name,
+                    rows,
+                    (2 * rows * context * KV * HD + 2 * HEADS * rows * HD) * size,
+                    4 * rows * HEADS * HD * context,
+                    &mut || {
+                        let _ = ops::paged_attention(qp.clone(), kp.clone(), vp.clone(), table.clone(), lens.clone(), p);
+                    },
+                    &mut || {
+                        let _ = reference::paged_attention(qp.clone(), kp.clone(), vp.clone(), table.clone(), lens.clone(), p);
+                    },
+                )?;
+            }
         }
         let r = rand2(rows, HIDDEN, 1.0, device, dtype);
         self.row(

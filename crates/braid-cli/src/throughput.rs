@@ -54,6 +54,10 @@ pub struct ThroughputArgs {
     /// Run every decode step eagerly (no captured graphs), to measure what the graphs save.
     #[arg(long)]
     no_graphs: bool,
+    /// Tile shape of the prefill attention (`ROWSxKEYSxGROUPS`, e.g. `128x64x16`; default: the
+    /// kernel's pick for the device), to compare shapes on the whole workload.
+    #[arg(long)]
+    prefill_tiles: Option<String>,
     /// Write the workload (prompt ids and output lengths) here as JSON, for other engines
     /// (`scripts/hf_bench.py throughput`).
     #[arg(long)]
@@ -87,6 +91,9 @@ struct Report {
     prefill_tok_per_s: f64,
     decode_tok_per_s: f64,
     warmup_secs: f64,
+    /// The prefill attention's tile shape in the last prefill (`ROWSxKEYSxGROUPS`; none on the
+    /// CPU).
+    prefill_tiles: Option<String>,
     stats: BatchStats,
 }
 
@@ -130,15 +137,21 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
         gpu_memory_fraction: a.gpu_memory_fraction,
         graphs: !a.no_graphs,
     };
+    if let Some(t) = &a.prefill_tiles {
+        braid_model::ops::set_prefill_tiles(Some(crate::bench_kernels::parse_tiles(t)?));
+    }
     let req = |n: usize| Request { max_tokens: n, sampling: SamplingParams::default(), ignore_eos: true };
 
     // Warm-up: a few sequences through prefill and decode at several batch sizes (compiles,
-    // autotunes); not timed.
+    // autotunes); not timed. The first prompt is one token short, so the prefill's row count is
+    // not a multiple of a matmul tile: Burn's matmul compiles a bounds-checked variant of each
+    // kernel for such counts (~1 s each on an H100, 2026-11-26), which every real prefill needs.
     let warm = Instant::now();
     {
         let mut b = BatchEngine::new(&engine, bc)?;
-        for (p, _) in prompts.iter().zip(&outs).take(a.max_seqs.min(a.num_seqs)) {
-            b.add(&p[..p.len().min(64)], &req(8))?;
+        for (i, (p, _)) in prompts.iter().zip(&outs).take(a.max_seqs.min(a.num_seqs)).enumerate() {
+            let n = p.len().min(64) - usize::from(i == 0 && p.len() > 1);
+            b.add(&p[..n], &req(8))?;
         }
         b.run(&mut |_| {})?;
     }
@@ -175,6 +188,7 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
         prefill_tok_per_s: stats.prefill_tokens as f64 / stats.prefill_secs.max(1e-9),
         decode_tok_per_s: (stats.decode_tokens.saturating_sub(stats.prefill_steps)) as f64 / stats.decode_secs.max(1e-9),
         warmup_secs,
+        prefill_tiles: braid_model::ops::last_prefill_tiles().map(|t| format!("{}x{}x{}", t.rows, t.keys, t.groups)),
         stats,
     };
     if report.output_tokens != total {
@@ -223,6 +237,9 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
                 s.blocks,
                 report.warmup_secs
             );
+            if let Some(t) = &report.prefill_tiles {
+                println!("  prefill attention tiles {t}");
+            }
         }
     }
     Ok(())

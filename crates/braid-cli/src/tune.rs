@@ -34,11 +34,12 @@ pub struct TuneArgs {
     /// Longest sequence to prepare for (prompt + output).
     #[arg(long, default_value_t = 2048)]
     max_len: usize,
-    /// Prompt lengths whose prefills to run.
+    /// Prompt lengths whose prefills to run (each also one token short).
     #[arg(long, value_delimiter = ',', default_value = "16,128,1024")]
     prefill_lens: Vec<usize>,
     /// Batched prefill steps to run, in total tokens (several prompts of up to 1,024 tokens in
-    /// one step, as the batch engine schedules them): the matmul shapes of large prefills.
+    /// one step, as the batch engine schedules them): the matmul shapes of large prefills. Each
+    /// also runs one token short (the bounds-checked matmul variants).
     #[arg(long, value_delimiter = ',', default_value = "4096,16384")]
     prefill_batch_tokens: Vec<usize>,
     #[arg(long, default_value_t = 0.9)]
@@ -51,7 +52,13 @@ pub fn run(a: TuneArgs) -> Result<()> {
     let mut engine = Engine::load(&dir, &device, dtype, &mut |_, _| {}).with_context(|| format!("loading {}", dir.display()))?;
     engine.model.set_plan(KernelPlan::parse(&a.plan, &config).context("--plan")?)?;
     let vocab = config.vocab_size as u32;
-    let prompt = |n: usize| (0..n as u32).map(|i| (i * 7919 + 13) % vocab).collect::<Vec<u32>>();
+    // Every prompt different (a shared prefix would be served from the prefix cache and shrink
+    // the step's shapes).
+    let salt = std::cell::Cell::new(0u32);
+    let prompt = |n: usize| {
+        salt.set(salt.get() + 1);
+        (0..n as u32).map(|i| (i.wrapping_mul(7919).wrapping_add(13).wrapping_add(salt.get().wrapping_mul(104_729))) % vocab).collect::<Vec<u32>>()
+    };
     let start = Instant::now();
 
     // 1. Batch-1 greedy decode: `generate`'s replayed graph.
@@ -74,7 +81,8 @@ pub fn run(a: TuneArgs) -> Result<()> {
     let mut batch = BatchEngine::new(&engine, bc)?;
     batch.capture_graphs()?;
     println!("decode batch sizes        {:8.2} s ({} graphs)", t.elapsed().as_secs_f64(), batch.stats.graphs);
-    for &n in &a.prefill_lens {
+    // Each length as given and one token short (see below).
+    for n in a.prefill_lens.iter().flat_map(|&n| [n, n.saturating_sub(1)]).filter(|&n| n > 0) {
         let n = n.clamp(1, max_len - 2);
         let t = Instant::now();
         let req = Request { max_tokens: 2, sampling: SamplingParams::default(), ignore_eos: true };
@@ -83,7 +91,10 @@ pub fn run(a: TuneArgs) -> Result<()> {
         println!("prefill {n:>6} tokens     {:8.2} s", t.elapsed().as_secs_f64());
     }
     let max_batched = 16384.max(max_len);
-    for &total in &a.prefill_batch_tokens {
+    // Each total as given and one token short: a row count that is not a multiple of a matmul
+    // tile runs (and compiles) a bounds-checked variant of Burn's matmul kernels.
+    let totals = a.prefill_batch_tokens.iter().flat_map(|&t| [t, t.saturating_sub(1)]).filter(|&t| t > 0);
+    for total in totals {
         let total = total.clamp(1, max_batched);
         let each = 1024.min(max_len - 2).max(1);
         let t = Instant::now();
