@@ -8,6 +8,8 @@
 #   throughput  nano-vllm's workload: `bench throughput` vs HF static batches (first HF_SEQS;
 #               HF=0 skips them)
 #   profile     the same workload under BRAID_PROFILE=layers (per-layer phase totals; slower)
+#   variants    the workload once more per `;`-separated flag set in VARIANTS (default: the
+#               prefill attention in 128x64x16 tiles; the fused plan with f32-mode attention)
 # PARTS picks them (default: all but profile); results in $OUT/results.tar.gz, the table in
 # ratios.txt.
 source scripts/gpu-setup.sh
@@ -36,6 +38,21 @@ if has throughput; then
     --save-workload $OUT/workload.json --json $OUT/throughput.json 2>&1 | grep -v "^\s*$" | tail -30 | tee $OUT/throughput.txt
   [ "${HF:-1}" != 0 ] && timeout ${HF_TIMEOUT:-200} python3 scripts/hf_throughput.py $M $OUT/workload.json --seqs ${HF_SEQS:-32} --batch 32 2>&1 | grep -v Loading | tail -2 | tee $OUT/hf-throughput.json
   rm -f $OUT/workload.json
+fi
+if has variants; then
+  # The fused plan with attention in f32 mode (one pass; the other ops as `fused`).
+  cat > /tmp/attn-f32.json <<'JSON'
+{"all": {"rms_norm_qkv": "fused", "qk_norm_rope": "fused", "attention": "fused-f32", "add_rms_norm": "fused", "silu_mul": "fused", "linear": "fused"}, "lm_head": "fused"}
+JSON
+  IFS=';' read -ra vs <<< "${VARIANTS:---prefill-tiles 128x64x16;--plan /tmp/attn-f32.json}"
+  i=0
+  for v in "${vs[@]}"; do
+    i=$((i+1))
+    echo "== variant $i: $v" | tee $OUT/variant-$i.txt
+    plan="--plan fused"; [[ "$v" == *--plan* ]] && plan=""
+    timeout 240 $BIN bench throughput --model $M --device cuda --dtype bf16 $plan $v --json $OUT/variant-$i.json 2>&1 \
+      | grep -v "^\s*$" | tail -4 | tee -a $OUT/variant-$i.txt
+  done
 fi
 if has profile; then
   BRAID_PROFILE=layers timeout 300 $BIN bench throughput --model $M --device cuda --dtype bf16 --plan fused ${TP_ARGS:-} \
