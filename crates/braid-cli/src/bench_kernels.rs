@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use braid_model::ops::{PrefillTiles, last_prefill_tiles, set_prefill_tiles};
+use braid_model::ops::{PrefillTiles, decode_row_max_keys, set_decode_row_max_keys};
 use braid_model::ops::gemv_rows::{GemvOp, gemv_max_rows, set_gemv_max_rows};
 use braid_model::ops::{self, Precision, QkShape, reference};
 use braid_model::timing::{per_call, per_call_graph};
@@ -323,6 +323,26 @@ impl<'d> Bench<'d> {
                     let _ = reference::attention(q4.clone(), kc.clone(), vc.clone(), past, p);
                 },
             )?;
+            if rows == 1 {
+                // The same decode row on the one-pass row kernel instead of the split one.
+                let before = decode_row_max_keys();
+                set_decode_row_max_keys(cache);
+                let r = self.row(
+                    out,
+                    "attention row",
+                    rows,
+                    (2 * KV * cache * HD + 2 * HEADS * rows * HD) * size,
+                    4 * HEADS * HD * keys,
+                    &mut || {
+                        let _ = ops::attention(q4.clone(), kc.clone(), vc.clone(), past, p);
+                    },
+                    &mut || {
+                        let _ = reference::attention(q4.clone(), kc.clone(), vc.clone(), past, p);
+                    },
+                );
+                set_decode_row_max_keys(before);
+                r?;
+            }
         }
         // Tiled prefill attention over the paged pool: one fresh prompt of `rows` tokens (the
         // `attention` row above at rows >= 512 is the per-row kernel on the same work), in the
@@ -340,7 +360,12 @@ impl<'d> Bench<'d> {
             // torch mode.
             let runs = [(None, p), (None, Precision::F32)].into_iter().chain(tiles.iter().map(|t| (Some(*t), p)));
             for (t, p) in runs {
-                set_prefill_tiles(t);
+                if let Some(t) = t
+                    && !ops::prefill_tiles_fit(device, &t, HD)
+                {
+                    println!("  ({t:?} does not fit this device)");
+                    continue;
+                }
                 let name = match (t, p) {
                     (None, Precision::F32) => "prefill_attn f32",
                     (None, _) => "prefill_attn",
@@ -353,19 +378,13 @@ impl<'d> Bench<'d> {
                     (2 * slots * KV * HD + 2 * HEADS * rows * HD) * size,
                     4 * HEADS * HD * keys,
                     &mut || {
-                        let _ = ops::paged_prefill_attention(qp.clone(), kp.clone(), vp.clone(), table.clone(), &spans, p);
+                        let _ = ops::paged_prefill_attention_tiled(qp.clone(), kp.clone(), vp.clone(), table.clone(), &spans, p, t);
                     },
                     &mut || {
                         let _ = reference::paged_prefill_attention(qp.clone(), kp.clone(), vp.clone(), table.clone(), &spans, p);
                     },
                 )?;
-                if let (Some(asked), Some(ran)) = (t, last_prefill_tiles())
-                    && asked != ran
-                {
-                    println!("  ({asked:?} does not fit this device: {ran:?} ran)");
-                }
             }
-            set_prefill_tiles(None);
         }
         // Paged decode attention: `rows` sequences of `context` keys each in their own blocks
         // (decode batch sizes only).

@@ -91,8 +91,7 @@ struct Report {
     prefill_tok_per_s: f64,
     decode_tok_per_s: f64,
     warmup_secs: f64,
-    /// The prefill attention's tile shape in the last prefill (`ROWSxKEYSxGROUPS`; none on the
-    /// CPU).
+    /// The prefill attention's tile shape (`ROWSxKEYSxGROUPS`; none off the CubeCL backend).
     prefill_tiles: Option<String>,
     stats: BatchStats,
 }
@@ -188,7 +187,7 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
         prefill_tok_per_s: stats.prefill_tokens as f64 / stats.prefill_secs.max(1e-9),
         decode_tok_per_s: (stats.decode_tokens.saturating_sub(stats.prefill_steps)) as f64 / stats.decode_secs.max(1e-9),
         warmup_secs,
-        prefill_tiles: braid_model::ops::last_prefill_tiles().map(|t| format!("{}x{}x{}", t.rows, t.keys, t.groups)),
+        prefill_tiles: braid_model::ops::prefill_tiles(&device, config.head_dim()).map(|t| format!("{}x{}x{}", t.rows, t.keys, t.groups)),
         stats,
     };
     if report.output_tokens != total {

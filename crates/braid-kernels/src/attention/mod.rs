@@ -9,6 +9,7 @@ mod prefill;
 mod split;
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cubecl::prelude::*;
 use cubecl::std::tensor::TensorHandle;
@@ -171,37 +172,74 @@ pub const PREFILL_TILES: [PrefillTiles; 4] = [
     PrefillTiles { rows: 16, keys: 16, groups: 4 },
 ];
 
-static PREFILL_FORCED: Mutex<Option<PrefillTiles>> = Mutex::new(None);
-static PREFILL_USED: Mutex<Option<PrefillTiles>> = Mutex::new(None);
+/// Unset: read `$BRAID_DECODE_ROW_KEYS` (default [`DECODE_ROW_KEYS`]) at first use.
+static DECODE_ROW_MAX_KEYS: AtomicUsize = AtomicUsize::new(usize::MAX);
 
-/// Asks the process's later prefill launches for a tile shape (`None`: the first of
-/// [`PREFILL_TILES`] that fits), for measuring or checking the shapes against each other
-/// (process-wide: Burn may launch on another thread than the caller's). A shape the device
-/// cannot run falls back to the default; [`last_prefill_tiles`] tells which one ran.
+/// Decode rows (one query per sequence, contiguous cache) whose cache holds at most this many
+/// positions run the row kernel (one cube per head, all keys in one pass: one launch) instead
+/// of the split kernel (two or three launches); longer caches are split over the keys.
+pub const DECODE_ROW_KEYS: usize = 0;
+
+/// See [`DECODE_ROW_KEYS`]; `$BRAID_DECODE_ROW_KEYS` sets it per process (for measurements).
+pub fn decode_row_max_keys() -> usize {
+    let v = DECODE_ROW_MAX_KEYS.load(Ordering::Relaxed);
+    if v != usize::MAX {
+        return v;
+    }
+    let v = std::env::var("BRAID_DECODE_ROW_KEYS").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(DECODE_ROW_KEYS);
+    DECODE_ROW_MAX_KEYS.store(v, Ordering::Relaxed);
+    v
+}
+
+/// Sets [`decode_row_max_keys`] for this process.
+pub fn set_decode_row_max_keys(keys: usize) {
+    DECODE_ROW_MAX_KEYS.store(keys.min(usize::MAX - 1), Ordering::Relaxed);
+}
+
+static PREFILL_DEFAULT: Mutex<Option<PrefillTiles>> = Mutex::new(None);
+
+/// Replaces the default tile shape of this process's prefill launches (`None`: the first of
+/// [`PREFILL_TILES`] that fits), to compare shapes on a whole workload; a shape the device cannot
+/// run is ignored. Single calls take a shape of their own (`paged_prefill_attention`'s `tiles`).
 pub fn set_prefill_tiles(tiles: Option<PrefillTiles>) {
-    *PREFILL_FORCED.lock().unwrap_or_else(|e| e.into_inner()) = tiles;
-    *PREFILL_USED.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    *PREFILL_DEFAULT.lock().unwrap_or_else(|e| e.into_inner()) = tiles;
 }
 
-/// The tile shape of the process's last prefill launch since [`set_prefill_tiles`].
-pub fn last_prefill_tiles() -> Option<PrefillTiles> {
-    *PREFILL_USED.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn prefill_tiles(client: &Client, hd: usize, vector: usize) -> Result<PrefillTiles, KernelError> {
+/// Whether `tiles` fit the device (shared memory, units per cube) for rows of `hd` elements in
+/// vectors of `vector`.
+pub fn prefill_tiles_fit(client: &Client, tiles: &PrefillTiles, hd: usize, vector: usize) -> bool {
     let hw = &client.properties().hardware;
-    let fits = |t: &PrefillTiles| {
-        let units = t.rows / 4 * t.groups;
-        t.valid() && units <= hw.max_units_per_cube as usize && units <= hw.max_cube_dim.0 as usize && t.shared_bytes(hd, vector) <= hw.max_shared_memory_size
-    };
-    let forced = PREFILL_FORCED.lock().unwrap_or_else(|e| e.into_inner()).filter(|t| fits(t));
-    let tiles = forced.or_else(|| PREFILL_TILES.iter().copied().find(fits)).ok_or_else(|| KernelError::Unsupported {
+    let units = tiles.rows / 4 * tiles.groups;
+    tiles.valid() && units <= hw.max_units_per_cube as usize && units <= hw.max_cube_dim.0 as usize && tiles.shared_bytes(hd, vector) <= hw.max_shared_memory_size
+}
+
+/// The tile shape a launch with `request` runs: the request itself (an error when it does not
+/// fit), else the process default ([`set_prefill_tiles`]) when it fits, else the first of
+/// [`PREFILL_TILES`] that fits.
+pub fn prefill_tiles(client: &Client, hd: usize, vector: usize, request: Option<PrefillTiles>) -> Result<PrefillTiles, KernelError> {
+    let fits = |t: &PrefillTiles| prefill_tiles_fit(client, t, hd, vector);
+    if let Some(t) = request {
+        return if fits(&t) {
+            Ok(t)
+        } else {
+            Err(KernelError::Unsupported {
+                kernel: "paged_prefill_attention",
+                what: format!("tiles {t:?} with head_dim {hd}"),
+                why: format!("{} bytes of shared memory of {}, or an invalid shape", t.shared_bytes(hd, vector), client.properties().hardware.max_shared_memory_size),
+            })
+        };
+    }
+    let default = PREFILL_DEFAULT.lock().unwrap_or_else(|e| e.into_inner()).filter(|t| fits(t));
+    default.or_else(|| PREFILL_TILES.iter().copied().find(fits)).ok_or_else(|| KernelError::Unsupported {
         kernel: "paged_prefill_attention",
         what: format!("head_dim {hd}"),
-        why: format!("no tile shape fits {} bytes of shared memory", hw.max_shared_memory_size),
-    })?;
-    *PREFILL_USED.lock().unwrap_or_else(|e| e.into_inner()) = Some(tiles);
-    Ok(tiles)
+        why: format!("no tile shape fits {} bytes of shared memory", client.properties().hardware.max_shared_memory_size),
+    })
+}
+
+/// The vector width of the prefill kernel for rows of `hd` elements (up to 4, dividing hd).
+pub fn prefill_vector(hd: usize) -> usize {
+    [4, 2, 1].into_iter().find(|v| hd.is_multiple_of(*v)).unwrap_or(1)
 }
 
 /// Causal attention of a prefill batch over a paged KV cache (tiled: each key row is read once
@@ -210,7 +248,8 @@ fn prefill_tiles(client: &Client, hd: usize, vector: usize) -> Result<PrefillTil
 /// included) are already in the blocks `table[s, ..]` of `k_pool, v_pool:
 /// [blocks * PAGE_SIZE, kv_heads, hd]` -> `[rows, heads * hd]`. `table: [spans, max_blocks]`
 /// u32 with every block id in range is the caller's invariant (the kernel does not check
-/// device data); each span must fit its table row.
+/// device data); each span must fit its table row. `tiles`: a tile shape for this call (it must
+/// fit the device), else [`prefill_tiles`]'s default.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_prefill_attention(
     client: &Client,
@@ -220,6 +259,7 @@ pub fn paged_prefill_attention(
     table: TensorHandle,
     spans: &[PrefillSpan],
     precision: Precision,
+    tiles: Option<PrefillTiles>,
 ) -> Result<TensorHandle, KernelError> {
     let name = "paged_prefill_attention";
     let c = Check::new(name);
@@ -257,11 +297,11 @@ pub fn paged_prefill_attention(
         });
     }
     // Vectors of up to 4 elements (the staged tiles are f32 vectors of the same width).
-    let mut vector = 4;
-    while !hd.is_multiple_of(vector) || [&k_pool, &v_pool].iter().any(|t| t.strides()[..2].iter().any(|s| s % vector != 0)) {
-        vector /= 2;
+    let vector = prefill_vector(hd);
+    if [&k_pool, &v_pool].iter().any(|t| t.strides()[..2].iter().any(|s| s % vector != 0)) {
+        return Err(KernelError::Layout { kernel: name, tensor: "k_pool", strides: k_pool.strides().to_vec() });
     }
-    let tiles = prefill_tiles(client, hd, vector)?;
+    let tiles = prefill_tiles(client, hd, vector, tiles)?;
     let out = output_like(client, &[rows, heads * hd], q.dtype);
     if rows * heads == 0 {
         return Ok(out);
@@ -350,7 +390,9 @@ fn launch(
     }
     let from_state = state.is_some();
     let vector = vector_width(&k, &v, hd)?;
-    if seq == 1 {
+    // A decode row over a short cache runs the one-pass row kernel (one launch); otherwise it
+    // is split over the keys (two or three launches, any length).
+    if seq == 1 && k.shape()[2] > decode_row_max_keys().min(MAX_KEYS) {
         let keys = match state {
             Some(state) => Keys::State(state),
             None => Keys::Past(past),

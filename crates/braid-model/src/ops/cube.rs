@@ -9,7 +9,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::gemv_rows::{GemvOp, gemv_max_rows};
-use super::{FusedOps, Precision, PrefillSpan, QkShape};
+use super::{FusedOps, Precision, PrefillSpan, PrefillTiles, QkShape};
 
 // Past an op's GEMV row limit (`super::gemv_rows`), `linear` and `gate_up_silu` (torch mode)
 // run Burn's matmul (and the `silu_mul` kernel), and `rms_norm_qkv` in torch mode the fused
@@ -360,6 +360,7 @@ impl FusedOps for Cube {
         table: IntTensor<Self>,
         spans: Vec<PrefillSpan>,
         precision: Precision,
+        tiles: Option<PrefillTiles>,
     ) -> FloatTensor<Self> {
         let (like, dtype) = (q.clone(), q.dtype);
         let out = launched(braid_kernels::attention::paged_prefill_attention(
@@ -370,6 +371,7 @@ impl FusedOps for Cube {
             TensorHandle::from(into_contiguous(table)),
             &spans,
             precision,
+            tiles,
         ));
         tensor(&like, out, dtype)
     }

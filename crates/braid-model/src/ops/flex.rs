@@ -4,7 +4,7 @@ use burn::backend::Flex;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor};
 
-use super::{FusedOps, Precision, PrefillSpan, QkShape, reference};
+use super::{FusedOps, Precision, PrefillSpan, PrefillTiles, QkShape, reference};
 
 fn wrap<const D: usize>(p: FloatTensor<Flex>) -> Tensor<D> {
     Tensor::from_primitive::<Flex>(p)
@@ -203,6 +203,7 @@ impl FusedOps for Flex {
         table: IntTensor<Self>,
         spans: Vec<PrefillSpan>,
         precision: Precision,
+        _tiles: Option<PrefillTiles>,
     ) -> FloatTensor<Self> {
         let table = Tensor::<2, Int>::from_primitive::<Flex>(table);
         unwrap(reference::paged_prefill_attention(wrap(q), wrap(k_pool), wrap(v_pool), table, &spans, precision))

@@ -17,7 +17,7 @@ use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::{Int, Tensor};
 
 pub use braid_kernels::Precision;
-pub use braid_kernels::attention::{PrefillSpan, PrefillTiles, last_prefill_tiles, set_prefill_tiles};
+pub use braid_kernels::attention::{PREFILL_TILES, PrefillSpan, PrefillTiles, decode_row_max_keys, set_decode_row_max_keys, set_prefill_tiles};
 pub use braid_kernels::qk_norm_rope::QkShape;
 
 /// One method per fused op; see the free functions of this module for shapes.
@@ -148,6 +148,7 @@ pub trait FusedOps: Backend {
         table: IntTensor<Self>,
         spans: Vec<PrefillSpan>,
         precision: Precision,
+        tiles: Option<PrefillTiles>,
     ) -> FloatTensor<Self>;
 
     #[allow(clippy::too_many_arguments)]
@@ -463,6 +464,20 @@ pub fn paged_prefill_attention(
     spans: &[PrefillSpan],
     precision: Precision,
 ) -> Tensor<2> {
+    paged_prefill_attention_tiled(q, k_pool, v_pool, table, spans, precision, None)
+}
+
+/// [`paged_prefill_attention`] in the tile shape `tiles` where the kernel runs (it must fit the
+/// device: [`prefill_tiles_fit`]); `None`: the kernel's default. The twin has no tiles.
+pub fn paged_prefill_attention_tiled(
+    q: Tensor<4>,
+    k_pool: Tensor<3>,
+    v_pool: Tensor<3>,
+    table: Tensor<2, Int>,
+    spans: &[PrefillSpan],
+    precision: Precision,
+    tiles: Option<PrefillTiles>,
+) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::paged_prefill_attention(
         q.into_dispatch(),
         k_pool.into_dispatch(),
@@ -470,7 +485,22 @@ pub fn paged_prefill_attention(
         table.into_dispatch(),
         spans.to_vec(),
         precision,
+        tiles,
     ))
+}
+
+/// The prefill attention's tile shape on `device` for `hd`-wide heads when no call asks for one
+/// (`None` off the CubeCL backend, or when none fits).
+pub fn prefill_tiles(device: &burn::tensor::Device, hd: usize) -> Option<PrefillTiles> {
+    let t = Tensor::<1>::zeros([1], device).try_into_primitive::<burn::backend::Cube>().ok()?;
+    braid_kernels::attention::prefill_tiles(&t.client, hd, braid_kernels::attention::prefill_vector(hd), None).ok()
+}
+
+/// Whether the prefill attention can run in `tiles` on `device` for `hd`-wide heads (false off
+/// the CubeCL backend).
+pub fn prefill_tiles_fit(device: &burn::tensor::Device, tiles: &PrefillTiles, hd: usize) -> bool {
+    let Ok(t) = Tensor::<1>::zeros([1], device).try_into_primitive::<burn::backend::Cube>() else { return false };
+    braid_kernels::attention::prefill_tiles_fit(&t.client, tiles, hd, braid_kernels::attention::prefill_vector(hd))
 }
 
 /// The inputs of a batched decode step from device buffers: `embed: [vocab, hidden]`, f32

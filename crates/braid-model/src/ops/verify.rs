@@ -524,12 +524,42 @@ fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<Op
     let pos = past + t - 1;
     let state = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(vec![0u32, pos as u32], [2]), (ctx.device, DType::U32));
     let q1 = q.narrow(0, 0, 1).narrow(2, t - 1, 1);
+    let q1 = q1.clone() + 0.0;
     let (k1, v1) = (kc.narrow(0, 0, 1), vc.narrow(0, 0, 1));
     ctx.poison(nh * hd);
     let fused = super::attention_at(q1.clone(), k1.clone(), v1.clone(), state.clone(), p);
-    let twin = reference::attention_at(q1, k1, v1, state, p);
+    let twin = reference::attention_at(q1.clone(), k1, v1, state, p);
     let truth_at = &truth[(t - 1) * nh * hd..t * nh * hd];
-    vec![main, record("attention_at", case.name, p, &host(fused), &host(twin), truth_at)]
+    let at = record("attention_at", case.name, p, &host(fused), &host(twin), truth_at);
+    // The same graph-ready decode row on a short cache, which the one-pass row kernel serves
+    // (`decode_row_max_keys` raised to its capacity for the call): positions past the row's
+    // are NaN.
+    let cap_s = 200 + case.rows % 7;
+    let pos_s = cap_s - 4;
+    let mut short = |s: f32, peak: f32| {
+        let mut v = rng.vec(nkv * cap_s * hd, s);
+        v.iter_mut().skip(3).step_by(hd).for_each(|x| *x *= peak);
+        for h in 0..nkv {
+            v[(h * cap_s + pos_s + 1) * hd..(h + 1) * cap_s * hd].iter_mut().for_each(|x| *x = f32::NAN);
+        }
+        ctx.t(v, [1, nkv, cap_s, hd])
+    };
+    let (ks, vs) = (short(scale, peak), short(case.scale.min(1e3), 1.0));
+    let (ksh, vsh) = (host(ks.clone()), host(vs.clone()));
+    let mut truth_s = vec![0.0; nh * hd];
+    for h in 0..nh {
+        let g = h / (nh / nkv);
+        let qr = &qh[(h * t + t - 1) * hd..][..hd];
+        host_attend(qr, &ksh, &vsh, pos_s + 1, |j| (g * cap_s + j) * hd, &mut truth_s[h * hd..(h + 1) * hd]);
+    }
+    let state_s = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(vec![0u32, pos_s as u32], [2]), (ctx.device, DType::U32));
+    let before = super::decode_row_max_keys();
+    super::set_decode_row_max_keys(cap_s);
+    ctx.poison(nh * hd);
+    let fused = host(super::attention_at(q1.clone(), ks.clone(), vs.clone(), state_s.clone(), p));
+    super::set_decode_row_max_keys(before);
+    let twin = host(reference::attention_at(q1, ks, vs, state_s, p));
+    vec![main, at, record("attention_row", case.name, p, &fused, &twin, &truth_s)]
 }
 
 /// The tiled prefill attention over a paged pool, in both modes and every tile shape the device
@@ -539,7 +569,7 @@ fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<Op
 /// `prefill-odd` (vectors of 2), 8 for `decode` (small enough for the larger tiles to fit a
 /// 32 KiB device) and Qwen3's 128 for `prefill-long`.
 fn check_paged_prefill(ctx: &Ctx, rng: &mut Rng, case: Case) -> Vec<OpCheck> {
-    use braid_kernels::attention::{PREFILL_TILES, last_prefill_tiles, set_prefill_tiles};
+    use super::{PREFILL_TILES, PrefillTiles};
     use burn::tensor::Int;
     let page = super::PAGE_SIZE;
     let hd = match case.name {
@@ -611,31 +641,22 @@ fn check_paged_prefill(ctx: &Ctx, rng: &mut Rng, case: Case) -> Vec<OpCheck> {
         }
         row += span.len;
     }
-    // The default tile shape and every other the device fits (a GPU may default to one this
-    // device cannot run); a shape that does not fit falls back to the default, run once.
+    // The default tile shape, then every other one the device fits (a GPU may default to one
+    // this device cannot run). Each record names the shape that ran.
+    let default = super::prefill_tiles(ctx.device, hd);
+    let shapes: Vec<Option<PrefillTiles>> =
+        std::iter::once(None).chain(PREFILL_TILES.iter().filter(|t| Some(**t) != default && super::prefill_tiles_fit(ctx.device, t, hd)).map(|t| Some(*t))).collect();
     let mut out = Vec::new();
     for p in [Precision::Torch, Precision::F32] {
         let twin = host(reference::paged_prefill_attention(q.clone(), k_pool.clone(), v_pool.clone(), table_t.clone(), &spans, p));
-        let mut seen = Vec::new();
-        for tiles in std::iter::once(None).chain(PREFILL_TILES.iter().map(|t| Some(*t))) {
-            set_prefill_tiles(tiles);
+        for tiles in &shapes {
             ctx.poison(rows * nh * hd);
-            let fused = host(super::paged_prefill_attention(q.clone(), k_pool.clone(), v_pool.clone(), table_t.clone(), &spans, p));
-            // The Flex twin has no tiles: its one run is the check.
-            let used = last_prefill_tiles();
-            set_prefill_tiles(None);
-            if seen.contains(&used) {
-                continue;
-            }
-            seen.push(used);
+            let fused = host(super::paged_prefill_attention_tiled(q.clone(), k_pool.clone(), v_pool.clone(), table_t.clone(), &spans, p, *tiles));
             let mut c = record("prefill_attn", case.name, p, &fused, &twin, &truth);
-            if let Some(t) = used {
+            if let Some(t) = tiles.or(default) {
                 c.case = format!("{}/{}x{}", case.name, t.rows, t.keys);
             }
             out.push(c);
-            if used.is_none() {
-                break;
-            }
         }
     }
     out
