@@ -30,8 +30,9 @@ if has kernels; then
   timeout 400 $BIN bench kernels --device cuda --dtype bf16 --rows $ROWS --iters 20 ${TF:+--matmul-tflops $TF} ${KERNEL_ARGS:-} --json $OUT/kernels.json 2>&1 | tee $OUT/kernels.txt
 fi
 if has latency; then
-  python3 scripts/hf_bench.py $M --prompt-len 128 --new-tokens 256 --runs 3 2>&1 | grep -v Loading | tee $OUT/hf-latency.json
-  timeout 240 $BIN bench latency --model $M --device cuda --dtype bf16 --plan fused --runs 3 --json $OUT/latency.json 2>&1 | tail -8 | tee $OUT/latency.txt
+  # HF=0 skips HF's run; TAG names this run's files (several runs in one call).
+  [ "${HF:-1}" != 0 ] && python3 scripts/hf_bench.py $M --prompt-len 128 --new-tokens 256 --runs 3 2>&1 | grep -v Loading | tee $OUT/hf-latency.json
+  timeout 240 $BIN bench latency --model $M --device cuda --dtype bf16 --plan ${LAT_PLAN:-fused} --runs 3 --json $OUT/latency${TAG:-}.json 2>&1 | tail -8 | tee $OUT/latency${TAG:-}.txt
 fi
 if has throughput; then
   timeout 300 $BIN bench throughput --model $M --device cuda --dtype bf16 --plan fused ${TP_ARGS:-} \
