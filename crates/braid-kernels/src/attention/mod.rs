@@ -50,8 +50,9 @@ pub fn attention(
 /// Decode attention at the position held in the device-side step state (see
 /// [`crate::decode`]): `q: [batch, heads, 1, hd]` at position `state[1]` over keys
 /// `0..=state[1]` of `k_cache, v_cache: [batch, kv_heads, capacity, hd]` ->
-/// `[batch, 1, heads * hd]` (split over the keys: any capacity); `state[1] < capacity` is
-/// the caller's invariant.
+/// `[batch, 1, heads * hd]` (a cache of up to [`decode_row_max_keys`] positions on the one-pass
+/// row kernel, longer ones split over the keys: any capacity); `state[1] < capacity` is the
+/// caller's invariant.
 pub fn attention_at(
     client: &Client,
     q: TensorHandle,
@@ -177,8 +178,13 @@ static DECODE_ROW_MAX_KEYS: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// Decode rows (one query per sequence, contiguous cache) whose cache holds at most this many
 /// positions run the row kernel (one cube per head, all keys in one pass: one launch) instead
-/// of the split kernel (two or three launches); longer caches are split over the keys.
-pub const DECODE_ROW_KEYS: usize = 0;
+/// of the split kernel (two or three launches); longer caches are split over the keys. Measured
+/// on an H100 (2026-11-26, `bench kernels` and `bench latency`): at 512 keys the row kernel
+/// took 11.4 us of device time against the split kernel's 10.0, but batch-1 graph-replayed
+/// decode (cache of 385 positions) ran at 736-737 tok/s against 674-676: in a graph, launches
+/// cost more than that difference. The row kernel's one cube per head falls behind the split
+/// kernel as the keys grow, hence a short limit.
+pub const DECODE_ROW_KEYS: usize = 512;
 
 /// See [`DECODE_ROW_KEYS`]; `$BRAID_DECODE_ROW_KEYS` sets it per process (for measurements).
 pub fn decode_row_max_keys() -> usize {
