@@ -89,23 +89,7 @@ pub fn paged_attention(
     precision: Precision,
 ) -> Result<TensorHandle, KernelError> {
     let c = Check::new("paged_attention");
-    let qs = q.shape().to_vec();
-    if qs.len() != 4 || qs[0] != 1 {
-        return Err(c.shape_err("q", &q, "[1, heads, rows, head_dim]".into()));
-    }
-    let [_, heads, rows, hd] = [qs[0], qs[1], qs[2], qs[3]];
-    c.shape("q", &q, &qs)?;
-    let ks = k_pool.shape().to_vec();
-    for (name, t) in [("k_pool", &k_pool), ("v_pool", &v_pool)] {
-        let s = t.shape();
-        if s.len() != 3 || s.to_vec() != ks || s[0] % PAGE_SIZE != 0 || s[2] != hd || s[1] == 0 || heads % s[1] != 0 {
-            return Err(c.shape_err(name, t, format!("[blocks * {PAGE_SIZE}, kv_heads dividing {heads}, {hd}], as k_pool")));
-        }
-        if hd > 1 && t.strides()[2] != 1 {
-            return Err(KernelError::Layout { kernel: "paged_attention", tensor: name, strides: t.strides().to_vec() });
-        }
-        c.same_dtype(name, t, q.dtype)?;
-    }
+    let [heads, rows, hd] = check_paged_inputs(&c, "paged_attention", &q, &k_pool, &v_pool)?;
     let ts = table.shape().to_vec();
     if ts.len() != 2 || ts[0] != rows || ts[1] == 0 {
         return Err(c.shape_err("table", &table, format!("[{rows}, max_blocks >= 1]")));
@@ -269,23 +253,7 @@ pub fn paged_prefill_attention(
 ) -> Result<TensorHandle, KernelError> {
     let name = "paged_prefill_attention";
     let c = Check::new(name);
-    let qs = q.shape().to_vec();
-    if qs.len() != 4 || qs[0] != 1 {
-        return Err(c.shape_err("q", &q, "[1, heads, rows, head_dim]".into()));
-    }
-    let [_, heads, rows, hd] = [qs[0], qs[1], qs[2], qs[3]];
-    c.shape("q", &q, &qs)?;
-    let ks = k_pool.shape().to_vec();
-    for (tname, t) in [("k_pool", &k_pool), ("v_pool", &v_pool)] {
-        let s = t.shape();
-        if s.len() != 3 || s.to_vec() != ks || s[0] % PAGE_SIZE != 0 || s[2] != hd || s[1] == 0 || heads % s[1] != 0 {
-            return Err(c.shape_err(tname, t, format!("[blocks * {PAGE_SIZE}, kv_heads dividing {heads}, {hd}], as k_pool")));
-        }
-        if hd > 1 && t.strides()[2] != 1 {
-            return Err(KernelError::Layout { kernel: name, tensor: tname, strides: t.strides().to_vec() });
-        }
-        c.same_dtype(tname, t, q.dtype)?;
-    }
+    let [heads, rows, hd] = check_paged_inputs(&c, name, &q, &k_pool, &v_pool)?;
     let ts = table.shape().to_vec();
     if ts.len() != 2 || ts[0] != spans.len() || ts[1] == 0 {
         return Err(c.shape_err("table", &table, format!("[{}, max_blocks >= 1]", spans.len())));
@@ -349,6 +317,30 @@ pub fn paged_prefill_attention(
         dtype,
     );
     Ok(out)
+}
+
+/// The query rows `q: [1, heads, rows, hd]` (contiguous) and the pools `k_pool, v_pool:
+/// [blocks * PAGE_SIZE, kv_heads dividing heads, hd]` (last dim contiguous, q's dtype) of the
+/// paged attentions -> `[heads, rows, hd]`.
+fn check_paged_inputs(c: &Check, kernel: &'static str, q: &TensorHandle, k_pool: &TensorHandle, v_pool: &TensorHandle) -> Result<[usize; 3], KernelError> {
+    let qs = q.shape().to_vec();
+    if qs.len() != 4 || qs[0] != 1 {
+        return Err(c.shape_err("q", q, "[1, heads, rows, head_dim]".into()));
+    }
+    let [_, heads, rows, hd] = [qs[0], qs[1], qs[2], qs[3]];
+    c.shape("q", q, &qs)?;
+    let ks = k_pool.shape().to_vec();
+    for (name, t) in [("k_pool", k_pool), ("v_pool", v_pool)] {
+        let s = t.shape();
+        if s.len() != 3 || s.to_vec() != ks || s[0] % PAGE_SIZE != 0 || s[2] != hd || s[1] == 0 || heads % s[1] != 0 {
+            return Err(c.shape_err(name, t, format!("[blocks * {PAGE_SIZE}, kv_heads dividing {heads}, {hd}], as k_pool")));
+        }
+        if hd > 1 && t.strides()[2] != 1 {
+            return Err(KernelError::Layout { kernel, tensor: name, strides: t.strides().to_vec() });
+        }
+        c.same_dtype(name, t, q.dtype)?;
+    }
+    Ok([heads, rows, hd])
 }
 
 fn launch(

@@ -119,13 +119,7 @@ pub(super) fn prefill_kernel<F: Float, N: Size>(
             tile_scores::<F, N>(&qs, &ks, &mut s, rg, ci, scale, torch, stride, hdl, groups, cg, cn, vs);
             #[unroll]
             for i in 0..4 {
-                let mut tmax = f32::new(f32::MIN);
-                #[unroll]
-                for j in 0..cn {
-                    if kt * bc + ci + cg * j <= pos[i] {
-                        tmax = max(tmax, s[i * cn + j]);
-                    }
-                }
+                let tmax = row_max(&s, i, pos[i], kt * bc + ci, cg, cn);
                 let mnew = max(m[i], tmax);
                 let mut sum = l[i] * (m[i] - mnew).exp();
                 #[unroll]
@@ -171,14 +165,7 @@ pub(super) fn prefill_kernel<F: Float, N: Size>(
         if !torch {
             #[unroll]
             for i in 0..4 {
-                let mut tmax = f32::new(f32::MIN);
-                #[unroll]
-                for j in 0..cn {
-                    if kt * bc + ci + cg * j <= pos[i] {
-                        tmax = max(tmax, s[i * cn + j]);
-                    }
-                }
-                red[(rg + groups * i) * cg + ci] = tmax;
+                red[(rg + groups * i) * cg + ci] = row_max(&s, i, pos[i], kt * bc + ci, cg, cn);
             }
             sync_cube();
         }
@@ -272,6 +259,20 @@ pub(super) fn prefill_kernel<F: Float, N: Size>(
             }
         }
     }
+}
+
+/// The largest of the unit's scores of owned row `i` (at position `pos`) whose keys
+/// (`first + cg * j`) it may attend to; `f32::MIN` when none.
+#[cube]
+fn row_max(s: &Array<f32>, #[comptime] i: usize, pos: usize, first: usize, #[comptime] cg: usize, #[comptime] cn: usize) -> f32 {
+    let mut m = f32::new(f32::MIN);
+    #[unroll]
+    for j in 0..cn {
+        if first + cg * j <= pos {
+            m = max(m, s[i * cn + j]);
+        }
+    }
+    m
 }
 
 /// Stages key tile `kt` (`bc` keys of head `g`) of the pool `src` in `dst` (f32, rows
