@@ -90,6 +90,9 @@ pub struct BatchMeta {
     pub lens: Tensor<1, Int>,
     /// Every sequence has one new row (a decode batch): row `i` is sequence `i`.
     pub decode: bool,
+    /// A fused prefill can run the tiled prefill kernel (some tile shape fits the device; else
+    /// the reference path runs it).
+    pub prefill_kernel: bool,
     /// Per sequence: first row, rows, start position, block ids.
     pub seqs: Vec<(usize, usize, usize, Vec<usize>)>,
 }
@@ -112,12 +115,13 @@ fn ints(v: Vec<i64>, device: &Device) -> Tensor<1, Int> {
 pub(crate) fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, pools: &PagedLayer, batch: &BatchMeta, c: OpChoice) -> Tensor<2> {
     if let OpChoice::Fused(p) = c {
         let table = batch.table.clone();
-        return if batch.decode {
-            ops::paged_attention(q, pools.k.clone(), pools.v.clone(), table, batch.lens.clone(), p)
-        } else {
+        if batch.decode {
+            return ops::paged_attention(q, pools.k.clone(), pools.v.clone(), table, batch.lens.clone(), p);
+        }
+        if batch.prefill_kernel {
             let spans: Vec<ops::PrefillSpan> = batch.seqs.iter().map(|(_, n, start, _)| ops::PrefillSpan { len: *n, start: *start }).collect();
-            ops::paged_prefill_attention(q, pools.k.clone(), pools.v.clone(), table, &spans, p)
-        };
+            return ops::paged_prefill_attention(q, pools.k.clone(), pools.v.clone(), table, &spans, p);
+        }
     }
     if batch.decode {
         return reference::paged_attention(q, pools.k.clone(), pools.v.clone(), batch.table.clone(), batch.lens.clone(), ops::Precision::Torch);
@@ -197,6 +201,7 @@ impl Qwen3 {
             table: u32s(table, [seqs.len(), max_blocks], &device),
             lens: u32s(lens, [seqs.len()], &device),
             decode: seqs.iter().all(|s| s.tokens.len() == 1),
+            prefill_kernel: ops::prefill_kernel_runs(&device, self.config.head_dim()),
             seqs: meta,
         };
         let pos = ints(positions, &device);
@@ -281,6 +286,7 @@ impl Qwen3 {
             table: meta.clone().narrow(0, 4 * r, r * layout.max_blocks).reshape([r, layout.max_blocks]),
             lens: view(3),
             decode: true,
+            prefill_kernel: false,
             seqs: Vec::new(),
         };
         let (x, cos, sin) = ops::batch_inputs(self.model.embed_tokens.val(), cache.cos.clone(), cache.sin.clone(), view(0), view(1));

@@ -496,6 +496,15 @@ pub fn prefill_tiles(device: &burn::tensor::Device, hd: usize) -> Option<Prefill
     braid_kernels::attention::prefill_tiles(&t.client, hd, braid_kernels::attention::prefill_vector(hd), None).ok()
 }
 
+/// Whether [`paged_prefill_attention`] can run on `device` for `hd`-wide heads: off the CubeCL
+/// backend always (the twin runs), on it when some tile shape fits the device.
+pub fn prefill_kernel_runs(device: &burn::tensor::Device, hd: usize) -> bool {
+    match Tensor::<1>::zeros([1], device).try_into_primitive::<burn::backend::Cube>() {
+        Ok(t) => braid_kernels::attention::prefill_tiles(&t.client, hd, braid_kernels::attention::prefill_vector(hd), None).is_ok(),
+        Err(_) => true,
+    }
+}
+
 /// Whether the prefill attention can run in `tiles` on `device` for `hd`-wide heads (false off
 /// the CubeCL backend).
 pub fn prefill_tiles_fit(device: &burn::tensor::Device, tiles: &PrefillTiles, hd: usize) -> bool {
