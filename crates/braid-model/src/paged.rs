@@ -39,6 +39,9 @@ pub struct PagedKvCache {
     cos: Tensor<2>,
     /// `[max_len, head_dim]` f32
     sin: Tensor<2>,
+    /// Fused prefills can run the tiled prefill kernel (some tile shape fits the device; else
+    /// their attention takes the reference path). Probed once, here.
+    prefill_kernel: bool,
 }
 
 impl PagedKvCache {
@@ -57,7 +60,8 @@ impl PagedKvCache {
             .map(|_| PagedLayer { k: Tensor::zeros(shape, (&device, dtype)), v: Tensor::zeros(shape, (&device, dtype)) })
             .collect();
         let rope = model.rotary.tables(0, max_len, &device);
-        Self { layers, blocks, max_len, cos: rope.cos, sin: rope.sin }
+        let prefill_kernel = ops::prefill_kernel_runs(&device, c.head_dim());
+        Self { layers, blocks, max_len, cos: rope.cos, sin: rope.sin, prefill_kernel }
     }
 
     pub fn blocks(&self) -> usize {
@@ -90,8 +94,7 @@ pub struct BatchMeta {
     pub lens: Tensor<1, Int>,
     /// Every sequence has one new row (a decode batch): row `i` is sequence `i`.
     pub decode: bool,
-    /// A fused prefill can run the tiled prefill kernel (some tile shape fits the device; else
-    /// the reference path runs it).
+    /// A fused prefill can run the tiled prefill kernel ([`PagedKvCache`]'s probe).
     pub prefill_kernel: bool,
     /// Per sequence: first row, rows, start position, block ids.
     pub seqs: Vec<(usize, usize, usize, Vec<usize>)>,
@@ -201,7 +204,7 @@ impl Qwen3 {
             table: u32s(table, [seqs.len(), max_blocks], &device),
             lens: u32s(lens, [seqs.len()], &device),
             decode: seqs.iter().all(|s| s.tokens.len() == 1),
-            prefill_kernel: ops::prefill_kernel_runs(&device, self.config.head_dim()),
+            prefill_kernel: cache.prefill_kernel,
             seqs: meta,
         };
         let pos = ints(positions, &device);

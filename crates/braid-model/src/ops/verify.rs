@@ -524,7 +524,6 @@ fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<Op
     let pos = past + t - 1;
     let state = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(vec![0u32, pos as u32], [2]), (ctx.device, DType::U32));
     let q1 = q.narrow(0, 0, 1).narrow(2, t - 1, 1);
-    let q1 = q1.clone() + 0.0;
     let (k1, v1) = (kc.narrow(0, 0, 1), vc.narrow(0, 0, 1));
     ctx.poison(nh * hd);
     let fused = super::attention_at(q1.clone(), k1.clone(), v1.clone(), state.clone(), p);
@@ -562,6 +561,30 @@ fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<Op
     vec![main, at, record("attention_row", case.name, p, &fused, &twin, &truth_s)]
 }
 
+/// A block table for sequences of `needed[r]` blocks each, drawn in a shuffled order
+/// (Fisher-Yates on the generator) from a pool of their sum plus `spare` blocks: `(table: [rows,
+/// max_blocks], max_blocks, pool blocks)`. Unused entries are block 0, or with `pad_unused` an
+/// unused block in one more column than the longest row needs.
+fn shuffled_table(rng: &mut Rng, needed: &[usize], spare: usize, pad_unused: bool) -> (Vec<u32>, usize, usize) {
+    let n_blocks = needed.iter().sum::<usize>() + spare;
+    let mut ids: Vec<usize> = (0..n_blocks).collect();
+    for i in (1..n_blocks).rev() {
+        let j = ((rng.unit() + 1.0) * 0.5 * (i + 1) as f32) as usize % (i + 1);
+        ids.swap(i, j);
+    }
+    let max_blocks = needed.iter().max().copied().unwrap_or(1).max(1) + usize::from(pad_unused);
+    let pad = if pad_unused { ids[n_blocks - 1] as u32 } else { 0 };
+    let mut table = vec![pad; needed.len() * max_blocks];
+    let mut next = 0;
+    for (r, &n) in needed.iter().enumerate() {
+        for b in 0..n {
+            table[r * max_blocks + b] = ids[next] as u32;
+            next += 1;
+        }
+    }
+    (table, max_blocks, n_blocks)
+}
+
 /// The tiled prefill attention over a paged pool, in both modes and every tile shape the device
 /// fits: four sequences in one batch (a prompt longer than a 64-row tile, a one-token prompt,
 /// rows after a cached prefix that cross blocks, one row deep into its sequence) in shuffled
@@ -587,23 +610,8 @@ fn check_paged_prefill(ctx: &Ctx, rng: &mut Rng, case: Case) -> Vec<OpCheck> {
     ];
     let rows: usize = spans.iter().map(|s| s.len).sum();
     let needed: Vec<usize> = spans.iter().map(|s| (s.start + s.len).div_ceil(page)).collect();
-    let n_blocks = needed.iter().sum::<usize>() + 3;
-    let mut ids: Vec<usize> = (0..n_blocks).collect();
-    for i in (1..n_blocks).rev() {
-        let j = ((rng.unit() + 1.0) * 0.5 * (i + 1) as f32) as usize % (i + 1);
-        ids.swap(i, j);
-    }
-    // Table rows padded with a block that holds NaN (never to be read).
-    let max_blocks = *needed.iter().max().unwrap_or(&1) + 1;
-    let spare = ids[n_blocks - 1] as u32;
-    let mut table = vec![spare; spans.len() * max_blocks];
-    let mut next = 0;
-    for (r, &n) in needed.iter().enumerate() {
-        for b in 0..n {
-            table[r * max_blocks + b] = ids[next] as u32;
-            next += 1;
-        }
-    }
+    // Table rows padded with an unused block (NaN, never to be read) in one more column.
+    let (table, max_blocks, n_blocks) = shuffled_table(rng, &needed, 3, true);
     let slot = |r: usize, j: usize| table[r * max_blocks + j / page] as usize * page + j % page;
     let (scale, peak) = if case.peak != 0.0 { (2.0, 96.0) } else { (1.0, 1.0) };
     let n_slots = n_blocks * page;
@@ -781,22 +789,7 @@ fn check_paged(ctx: &Ctx, rng: &mut Rng, case: Case) -> Vec<OpCheck> {
     let lens = [1, page, 2 * page + 37 + case.rows % 5];
     let rows = lens.len();
     let needed: Vec<usize> = lens.iter().map(|n| n.div_ceil(page)).collect();
-    let n_blocks = needed.iter().sum::<usize>() + 2;
-    // A shuffled assignment of blocks to sequences (Fisher-Yates on the generator).
-    let mut ids: Vec<usize> = (0..n_blocks).collect();
-    for i in (1..n_blocks).rev() {
-        let j = ((rng.unit() + 1.0) * 0.5 * (i + 1) as f32) as usize % (i + 1);
-        ids.swap(i, j);
-    }
-    let max_blocks = *needed.iter().max().unwrap_or(&1);
-    let mut table = vec![0u32; rows * max_blocks];
-    let mut next = 0;
-    for (r, &n) in needed.iter().enumerate() {
-        for b in 0..n {
-            table[r * max_blocks + b] = ids[next] as u32;
-            next += 1;
-        }
-    }
+    let (table, max_blocks, n_blocks) = shuffled_table(rng, &needed, 2, false);
     let slot = |r: usize, j: usize| table[r * max_blocks + j / page] as usize * page + j % page;
     let slots: Vec<u32> = (0..rows).map(|r| slot(r, lens[r] - 1) as u32).collect();
     // Scores keep their scale under the adversarial case (see `check_attention`).
