@@ -41,6 +41,33 @@ fn block_reduce(value: f32, #[comptime] is_max: bool, #[comptime] block: usize) 
     total
 }
 
+/// [`block_sum`] or [`block_max`], through plane (warp) reductions where `planes` (the device
+/// has plane operations): one reduction per plane, then the planes' results through shared
+/// memory, two cube barriers instead of `2 + log2(block)`. The order of the f32 additions
+/// differs from the shared-memory tree's, so the two paths may differ in the last bits.
+#[cube]
+pub fn cube_reduce(value: f32, #[comptime] is_max: bool, #[comptime] planes: bool, #[comptime] block: usize) -> f32 {
+    if planes {
+        let v = if is_max { plane_max(value) } else { plane_sum(value) };
+        let mut scratch = Shared::<[f32]>::new_slice(block);
+        let unit = UNIT_POS_X as usize;
+        let plane = PLANE_DIM as usize;
+        if unit % plane == 0 {
+            scratch[unit / plane] = v;
+        }
+        sync_cube();
+        let mut total = scratch[0];
+        let n = (CUBE_DIM_X / PLANE_DIM) as usize;
+        for i in 1..n {
+            total = if is_max { max(total, scratch[i]) } else { total + scratch[i] };
+        }
+        sync_cube();
+        total
+    } else {
+        block_reduce(value, is_max, block)
+    }
+}
+
 /// `value` rounded to F and back: where PyTorch would store an intermediate in F.
 #[cube]
 pub fn round<F: Float>(value: f32) -> f32 {

@@ -174,7 +174,7 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
 /// `q . k_row` in f32 over one key row of `head_dim / vs` vectors starting at vector index
 /// `row`, the loads unrolled (all in flight), two partial sums.
 #[cube]
-pub(super) fn key_dot<F: Float, N: Size>(k: &Tensor<Vector<F, N>>, row: usize, qs: &Shared<[f32]>, #[comptime] head_dim: usize) -> f32 {
+fn key_dot<F: Float, N: Size>(k: &Tensor<Vector<F, N>>, row: usize, qs: &Shared<[f32]>, #[comptime] head_dim: usize) -> f32 {
     let vs = k.vector_size().comptime();
     let nvec = comptime!(head_dim / vs);
     let mut d0 = 0.0f32;

@@ -469,6 +469,37 @@ enum Keys {
     Paged { table: TensorHandle, lens: TensorHandle },
 }
 
+/// Unset: read `$BRAID_SPLIT_STAGE` (default on) at first use.
+static SPLIT_STAGE: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Whether the split decode attention stages each chunk's key rows in shared memory (coalesced
+/// loads) where they fit; `$BRAID_SPLIT_STAGE=0` reads them straight from the cache, one row
+/// per unit (the earlier kernel, for comparisons).
+pub fn split_stage_keys() -> bool {
+    let v = SPLIT_STAGE.load(Ordering::Relaxed);
+    if v != usize::MAX {
+        return v != 0;
+    }
+    let on = std::env::var("BRAID_SPLIT_STAGE").map_or(true, |s| s.trim() != "0");
+    SPLIT_STAGE.store(on as usize, Ordering::Relaxed);
+    on
+}
+
+/// Sets [`split_stage_keys`] for this process.
+pub fn set_split_stage_keys(on: bool) {
+    SPLIT_STAGE.store(on as usize, Ordering::Relaxed);
+}
+
+/// Shared memory of one split-attention chunk cube: the query rows, probabilities, value
+/// partials and reduction scratch (f32), and with `stage` the padded key tile (activation
+/// dtype of `elem` bytes).
+fn split_shared_bytes(hd: usize, vector: usize, elem: usize, group: usize, block: usize, stage: bool) -> usize {
+    let nvec = hd / vector;
+    let parts = block / nvec;
+    let tile = if stage { SPLIT_CHUNK * (nvec + 1) * vector * elem } else { 0 };
+    tile + 4 * (group * hd + group * SPLIT_CHUNK + group * parts * hd + 4 * block) + 1024
+}
+
 /// A u32 buffer a kernel never reads (its comptime mode ignores it).
 fn placeholder(client: &Client) -> TensorHandle {
     output_like(client, &[2], u32_type())
@@ -523,6 +554,8 @@ fn split_decode(
     let grid = CubeCount::new_2d((rows / group) as u32, chunks as u32);
     let scale = (hd as f32).powf(-0.5);
     let f32_mode = precision == Precision::F32;
+    let planes = client.properties().features.plane.contains(cubecl::features::Plane::Ops);
+    let stage_keys = split_stage_keys() && split_shared_bytes(hd, vector, k.dtype.size(), group, split_block, true) <= client.properties().hardware.max_shared_memory_size;
     // Torch mode's rounded scores (f32 mode: a placeholder the kernel never writes).
     let scores = output_like(client, &[rows, if f32_mode { 1 } else { chunks * SPLIT_CHUNK }], f32_t);
     split::chunk_kernel::launch(
@@ -549,6 +582,8 @@ fn split_decode(
         hd,
         split_block,
         group,
+        stage_keys,
+        planes,
         dtype,
     );
     if !f32_mode {
