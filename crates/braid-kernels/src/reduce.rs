@@ -52,7 +52,7 @@ pub fn cube_reduce(value: f32, #[comptime] is_max: bool, #[comptime] planes: boo
         let mut scratch = Shared::<[f32]>::new_slice(block);
         let unit = UNIT_POS_X as usize;
         let plane = PLANE_DIM as usize;
-        if unit % plane == 0 {
+        if UNIT_POS_PLANE == 0 {
             scratch[unit / plane] = v;
         }
         sync_cube();
