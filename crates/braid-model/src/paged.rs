@@ -110,12 +110,13 @@ fn ints(v: Vec<i64>, device: &Device) -> Tensor<1, Int> {
 }
 
 /// Attention of a batch step: `q: [1, heads, rows, hd]`, this step's `k, v: [1, kv, rows, hd]`
-/// (already written to the pools) -> `[rows, heads * hd]`. Fused, a decode batch runs the
-/// split decode attention and a batch with prefills the tiled prefill attention, both over
+/// (already written to the pools; `None` where only the pools hold them: the reference path
+/// then gathers a fresh prompt's keys from its blocks too) -> `[rows, heads * hd]`. Fused, a
+/// decode batch runs the split decode attention and a batch with prefills the tiled prefill attention, both over
 /// the pools through the block tables. The reference twin runs each sequence alone: a fresh
 /// prompt attends to its own new keys, a sequence with cached positions to the keys gathered
 /// from its blocks.
-pub(crate) fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, pools: &PagedLayer, batch: &BatchMeta, c: OpChoice) -> Tensor<2> {
+pub(crate) fn attention(q: Tensor<4>, k: Option<Tensor<4>>, v: Option<Tensor<4>>, pools: &PagedLayer, batch: &BatchMeta, c: OpChoice) -> Tensor<2> {
     if let OpChoice::Fused(p) = c {
         let table = batch.table.clone();
         if batch.decode {
@@ -134,7 +135,7 @@ pub(crate) fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, pools: &PagedL
         .iter()
         .map(|(row, n, start, blocks)| {
             let qs = q.clone().narrow(2, *row, *n);
-            let (ks, vs) = if *start == 0 {
+            let (ks, vs) = if let (0, Some(k), Some(v)) = (*start, &k, &v) {
                 (k.clone().narrow(2, *row, *n), v.clone().narrow(2, *row, *n))
             } else {
                 let len = start + n;

@@ -30,12 +30,12 @@ fn run(device: Option<Device>, dtype: DType) {
             failures.push(format!("{op}/{case}/{}: {e}", precision.name()));
         }
     }
-    // Per case: 7 ops, attention_at, the row-kernel decode and the two residual-add fusions in
-    // both modes; argmax and the decode-state ops once; the paged write once and paged
+    // Per case: 7 ops, attention_at, the row-kernel decode, the two residual-add fusions and
+    // QK-norm+RoPE writing into a cache and into a pool in both modes; argmax and the decode-state ops once; the paged write once and paged
     // attention in both modes; the prefill attention in both modes for each tile shape the
     // device fits (one on Flex).
     let prefill = checks.iter().filter(|c| c.op == "prefill_attn").count();
-    assert_eq!(checks.len() - prefill, 4 * (2 * (7 + 1 + 1 + 2) + 2 + 3), "every op, case and precision ran");
+    assert_eq!(checks.len() - prefill, 4 * (2 * (7 + 1 + 1 + 2 + 2) + 2 + 3), "every op, case and precision ran");
     for case in ["decode", "prefill-odd", "adversarial", "prefill-long"] {
         let n = checks.iter().filter(|c| c.op == "prefill_attn" && c.case.split('/').next() == Some(case)).count();
         assert!(n >= 2 && n % 2 == 0, "prefill attention in both modes for {case}: {n} checks");

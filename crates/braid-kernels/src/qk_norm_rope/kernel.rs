@@ -4,6 +4,10 @@ use crate::reduce::round;
 use crate::reduce::block_sum;
 
 /// Per-head RMSNorm of q and k over head_dim followed by NeoX RoPE, and the head-major copy of v.
+/// Keys and values go to new tensors `[batch, kv_heads, seq, hd]`, or in place into the cache
+/// `[batch, kv_heads, capacity, hd]` at positions `state[1] + t` (`into_cache`: the graph-ready
+/// decode step) or into the block pools `[slots, kv_heads, hd]` at `slots[row]` (`into_pool`):
+/// one launch instead of this one and a KV write.
 ///
 /// Grid: x over token rows (`batch * seq`), y over `heads + 2 * kv_heads` (q heads, k heads,
 /// v heads). Unit `i < half` owns the rotary pair `(i, i + half)`.
@@ -22,10 +26,14 @@ pub(super) fn qk_norm_rope_kernel<F: Float>(
     cos: &Tensor<f32>,        // [seq, hd]
     sin: &Tensor<f32>,        // [seq, hd]
     q_out: &mut Tensor<F>,    // [batch, heads, seq, hd]
-    k_out: &mut Tensor<F>,    // [batch, kv_heads, seq, hd]
-    v_out: &mut Tensor<F>,    // [batch, kv_heads, seq, hd]
+    k_out: &mut Tensor<F>,    // [batch, kv_heads, seq, hd] (the cache or a pool, see above)
+    v_out: &mut Tensor<F>,    // like k_out
+    state: &Tensor<u32>,      // [2] (token, position) when `into_cache`
+    slots: &Tensor<u32>,      // [rows] when `into_pool`
     eps: f32,
     #[comptime] f32_internal: bool,
+    #[comptime] into_cache: bool,
+    #[comptime] into_pool: bool,
     #[comptime] half: usize,
     #[comptime] block: usize,
     #[define(F)] _dtype: ElemType,
@@ -46,7 +54,7 @@ pub(super) fn qk_norm_rope_kernel<F: Float>(
         let h = slot - heads - kv_heads;
         if active {
             let src = row * v.stride(0) + h * hd;
-            let dst = ((b * kv_heads + h) * seq + t) * hd;
+            let dst = kv_offset::<F>(v_out, state, slots, b, h, t, row, seq, into_cache, into_pool);
             v_out[dst + i] = v[src + i];
             v_out[dst + i + half] = v[src + i + half];
         }
@@ -97,7 +105,7 @@ pub(super) fn qk_norm_rope_kernel<F: Float>(
                 q_out[dst + i] = F::cast_from(o1);
                 q_out[dst + i + half] = F::cast_from(o2);
             } else {
-                let dst = ((b * kv_heads + h) * seq + t) * hd;
+                let dst = kv_offset::<F>(k_out, state, slots, b, h, t, row, seq, into_cache, into_pool);
                 k_out[dst + i] = F::cast_from(o1);
                 k_out[dst + i + half] = F::cast_from(o2);
             }
@@ -105,3 +113,27 @@ pub(super) fn qk_norm_rope_kernel<F: Float>(
     }
 }
 
+
+/// Where row `row` (sequence `b`, step `t`) of kv head `h` starts in `out`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn kv_offset<F: Float>(
+    out: &mut Tensor<F>,
+    state: &Tensor<u32>,
+    slots: &Tensor<u32>,
+    b: usize,
+    h: usize,
+    t: usize,
+    row: usize,
+    seq: usize,
+    #[comptime] into_cache: bool,
+    #[comptime] into_pool: bool,
+) -> usize {
+    if into_pool {
+        slots[row] as usize * out.stride(0) + h * out.stride(1)
+    } else if into_cache {
+        b * out.stride(0) + h * out.stride(1) + (state[1] as usize + t) * out.stride(2)
+    } else {
+        ((b * out.shape(1) + h) * seq + t) * out.shape(3)
+    }
+}

@@ -21,6 +21,20 @@ pub struct QkShape {
     pub head_dim: usize,
 }
 
+/// Where [`qk_norm_rope_into`] puts the keys and values.
+#[derive(Debug, Clone, Copy)]
+pub enum KvOut<'a> {
+    /// New tensors `[batch, kv_heads, seq, hd]`, returned.
+    New,
+    /// In place into the cache `k, v: [batch, kv_heads, capacity, hd]` (last dim contiguous) at
+    /// positions `state[1] + t` (`state: [2]` u32, the graph-ready decode state);
+    /// `state[1] + seq <= capacity` is the caller's invariant.
+    Cache { k: &'a TensorHandle, v: &'a TensorHandle, state: &'a TensorHandle },
+    /// In place into the block pools `k, v: [slots, kv_heads, hd]` (last dim contiguous) at
+    /// `slots[row]` (`slots: [batch * seq]` u32, in range and distinct: the caller's invariant).
+    Pool { k: &'a TensorHandle, v: &'a TensorHandle, slots: &'a TensorHandle },
+}
+
 /// `q: [batch * seq, heads * hd]`, `k, v: [batch * seq, kv_heads * hd]` (rows may be strided,
 /// columns contiguous), `q_weight, k_weight: [hd]`, `cos, sin: [seq, hd]` f32 ->
 /// `(q: [batch, heads, seq, hd], k, v: [batch, kv_heads, seq, hd])`.
@@ -38,6 +52,28 @@ pub fn qk_norm_rope(
     eps: f32,
     precision: Precision,
 ) -> Result<(TensorHandle, TensorHandle, TensorHandle), KernelError> {
+    let (q, kv) = qk_norm_rope_into(client, q, k, v, q_weight, k_weight, cos, sin, shape, eps, precision, KvOut::New)?;
+    let (k, v) = kv.expect("new keys and values");
+    Ok((q, k, v))
+}
+
+/// [`qk_norm_rope`] with the keys and values written where `into` says: returns `q` and, for
+/// [`KvOut::New`], the new `(k, v)`.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope_into(
+    client: &Client,
+    q: TensorHandle,
+    k: TensorHandle,
+    v: TensorHandle,
+    q_weight: TensorHandle,
+    k_weight: TensorHandle,
+    cos: TensorHandle,
+    sin: TensorHandle,
+    shape: QkShape,
+    eps: f32,
+    precision: Precision,
+    into: KvOut<'_>,
+) -> Result<(TensorHandle, Option<(TensorHandle, TensorHandle)>), KernelError> {
     let c = Check::new(NAME);
     let QkShape { batch, seq, heads, kv_heads, head_dim: hd } = shape;
     let rows = batch * seq;
@@ -64,11 +100,41 @@ pub fn qk_norm_rope(
     }
     let half = hd / 2;
     let block = half.next_power_of_two();
+    let u32_t = ElemType::UInt(cubecl::ir::UIntKind::U32);
     let q_out = output_like(client, &[batch, heads, seq, hd], dtype);
-    let k_out = output_like(client, &[batch, kv_heads, seq, hd], dtype);
-    let v_out = output_like(client, &[batch, kv_heads, seq, hd], dtype);
+    let placeholder = || output_like(client, &[2], u32_t);
+    let (k_out, v_out, state, slots, fresh) = match into {
+        KvOut::New => (output_like(client, &[batch, kv_heads, seq, hd], dtype), output_like(client, &[batch, kv_heads, seq, hd], dtype), placeholder(), placeholder(), true),
+        KvOut::Cache { k: kc, v: vc, state } => {
+            for (name, t) in [("k_cache", kc), ("v_cache", vc)] {
+                let s = t.shape();
+                if s.len() != 4 || s[0] != batch || s[1] != kv_heads || s[2] < seq || s[3] != hd {
+                    return Err(c.shape_err(name, t, format!("[{batch}, {kv_heads}, >= {seq}, {hd}]")));
+                }
+                in_place_target(&c, name, t, dtype)?;
+            }
+            c.shape("state", state, &[2])?;
+            c.same_dtype("state", state, u32_t)?;
+            (kc.clone(), vc.clone(), state.clone(), placeholder(), false)
+        }
+        KvOut::Pool { k: kp, v: vp, slots } => {
+            for (name, t) in [("k_pool", kp), ("v_pool", vp)] {
+                let s = t.shape();
+                if s.len() != 3 || s[0] == 0 || s[1] != kv_heads || s[2] != hd {
+                    return Err(c.shape_err(name, t, format!("[slots, {kv_heads}, {hd}]")));
+                }
+                in_place_target(&c, name, t, dtype)?;
+            }
+            c.shape("slots", slots, &[rows])?;
+            c.same_dtype("slots", slots, u32_t)?;
+            (kp.clone(), vp.clone(), placeholder(), slots.clone(), false)
+        }
+    };
+    let into_cache = matches!(into, KvOut::Cache { .. });
+    let into_pool = matches!(into, KvOut::Pool { .. });
+    let kv = fresh.then(|| (k_out.clone(), v_out.clone()));
     if rows == 0 {
-        return Ok((q_out, k_out, v_out));
+        return Ok((q_out, kv));
     }
     kernel::qk_norm_rope_kernel::launch(
         client,
@@ -82,13 +148,26 @@ pub fn qk_norm_rope(
         cos.into_arg(),
         sin.into_arg(),
         q_out.clone().into_arg(),
-        k_out.clone().into_arg(),
-        v_out.clone().into_arg(),
+        k_out.into_arg(),
+        v_out.into_arg(),
+        state.into_arg(),
+        slots.into_arg(),
         eps,
         precision.f32_internal(),
+        into_cache,
+        into_pool,
         half,
         block,
         dtype,
     );
-    Ok((q_out, k_out, v_out))
+    Ok((q_out, kv))
+}
+
+/// A cache or pool written in place: the activation dtype, the last dim contiguous.
+fn in_place_target(c: &Check, name: &'static str, t: &TensorHandle, dtype: ElemType) -> Result<(), KernelError> {
+    c.same_dtype(name, t, dtype)?;
+    if t.shape().last().copied().unwrap_or(0) > 1 && t.strides().last() != Some(&1) {
+        return Err(KernelError::Layout { kernel: NAME, tensor: name, strides: t.strides().to_vec() });
+    }
+    Ok(())
 }

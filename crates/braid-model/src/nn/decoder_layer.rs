@@ -211,10 +211,34 @@ impl DecoderLayer {
     ) -> (Tensor<2>, Tensor<2>) {
         let shape = self.self_attn.shape(1, 1);
         let (x, q, k, v) = self.add_qkv(x, pending, plan.rms_norm_qkv);
-        let (q, k, v) = self.norm_rope(q, k, v, rope, shape, plan.qk_norm_rope);
-        let (kc, vc) = ops::kv_write(cache.k.clone(), cache.v.clone(), k, v, state.clone());
-        cache.k = kc;
-        cache.v = vc;
+        let a = &self.self_attn;
+        // Fused: the keys and values go straight into the cache (one launch, not two).
+        let q = match plan.qk_norm_rope {
+            OpChoice::Fused(p) if ops::kv_write_fused() => {
+                let (q, kc, vc) = ops::qk_norm_rope_cache(
+                    q,
+                    k,
+                    v,
+                    a.q_norm.weight.val(),
+                    a.k_norm.weight.val(),
+                    rope.cos.clone(),
+                    rope.sin.clone(),
+                    shape,
+                    a.q_norm.eps,
+                    p,
+                    cache.k.clone(),
+                    cache.v.clone(),
+                    state.clone(),
+                );
+                (cache.k, cache.v) = (kc, vc);
+                q
+            }
+            c => {
+                let (q, k, v) = self.norm_rope(q, k, v, rope, shape, c);
+                (cache.k, cache.v) = ops::kv_write(cache.k.clone(), cache.v.clone(), k, v, state.clone());
+                q
+            }
+        };
         let p = match plan.attention {
             OpChoice::Fused(p) => p,
             OpChoice::Reference => ops::Precision::Torch,
@@ -295,13 +319,40 @@ impl DecoderLayer {
         let mut mark = crate::profile::Mark::new(&device, crate::profile::layer_prefix(base, index));
         let (x, q, k, v) = self.add_qkv(x, pending, plan.rms_norm_qkv);
         mark.phase("add+norm+qkv");
-        // [1, heads|kv, rows, hd]
-        let (q, k, v) = self.norm_rope(q, k, v, rope, shape, plan.qk_norm_rope);
-        mark.phase("qk_norm_rope");
-        let (kp, vp) = ops::paged_kv_write(pools.k.clone(), pools.v.clone(), k.clone(), v.clone(), batch.slots.clone());
-        pools.k = kp;
-        pools.v = vp;
-        mark.phase("kv_write");
+        // Fused norm+RoPE before a fused attention that reads only the pools: the keys and values
+        // go straight into their slots (one launch, not two). Otherwise the reference attention
+        // may need this step's k and v: [1, heads|kv, rows, hd].
+        let attention_reads_pools = matches!(plan.attention, OpChoice::Fused(_)) && (batch.decode || batch.prefill_kernel) && ops::kv_write_fused();
+        let (q, k, v) = match plan.qk_norm_rope {
+            OpChoice::Fused(p) if attention_reads_pools => {
+                let a = &self.self_attn;
+                let (q, kp, vp) = ops::qk_norm_rope_pool(
+                    q,
+                    k,
+                    v,
+                    a.q_norm.weight.val(),
+                    a.k_norm.weight.val(),
+                    rope.cos.clone(),
+                    rope.sin.clone(),
+                    shape,
+                    a.q_norm.eps,
+                    p,
+                    pools.k.clone(),
+                    pools.v.clone(),
+                    batch.slots.clone(),
+                );
+                (pools.k, pools.v) = (kp, vp);
+                mark.phase("qk_norm_rope+kv_write");
+                (q, None, None)
+            }
+            c => {
+                let (q, k, v) = self.norm_rope(q, k, v, rope, shape, c);
+                mark.phase("qk_norm_rope");
+                (pools.k, pools.v) = ops::paged_kv_write(pools.k.clone(), pools.v.clone(), k.clone(), v.clone(), batch.slots.clone());
+                mark.phase("kv_write");
+                (q, Some(k), Some(v))
+            }
+        };
         let attn = crate::paged::attention(q, k, v, pools, batch, plan.attention);
         mark.phase("attention");
         let attn = self.o_proj(attn, plan.linear);

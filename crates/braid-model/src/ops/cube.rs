@@ -191,6 +191,78 @@ impl FusedOps for Cube {
         tensor(&like, out, burn::tensor::DType::U32)
     }
 
+    fn qk_norm_rope_cache(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps: f64,
+        precision: Precision,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (like, dtype) = (q.clone(), q.dtype);
+        let (kh, vh) = (view(k_cache.clone()), view(v_cache.clone()));
+        let state = TensorHandle::from(state);
+        let into = braid_kernels::qk_norm_rope::KvOut::Cache { k: &kh, v: &vh, state: &state };
+        let (q, _) = launched(braid_kernels::qk_norm_rope::qk_norm_rope_into(
+            &like.client,
+            view(q),
+            view(k),
+            view(v),
+            handle(q_weight),
+            handle(k_weight),
+            handle(cos),
+            handle(sin),
+            shape,
+            eps as f32,
+            precision,
+            into,
+        ));
+        (tensor(&like, q, dtype), k_cache, v_cache)
+    }
+
+    fn qk_norm_rope_pool(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps: f64,
+        precision: Precision,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        slots: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (like, dtype) = (q.clone(), q.dtype);
+        let (kh, vh) = (view(k_pool.clone()), view(v_pool.clone()));
+        let slots = TensorHandle::from(into_contiguous(slots));
+        let into = braid_kernels::qk_norm_rope::KvOut::Pool { k: &kh, v: &vh, slots: &slots };
+        let (q, _) = launched(braid_kernels::qk_norm_rope::qk_norm_rope_into(
+            &like.client,
+            view(q),
+            view(k),
+            view(v),
+            handle(q_weight),
+            handle(k_weight),
+            handle(cos),
+            handle(sin),
+            shape,
+            eps as f32,
+            precision,
+            into,
+        ));
+        (tensor(&like, q, dtype), k_pool, v_pool)
+    }
+
     fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self> {
         let (like, dtype) = (gate.clone(), gate.dtype);
         let out = launched(braid_kernels::silu_mul::silu_mul(&like.client, handle(gate), handle(up), precision));

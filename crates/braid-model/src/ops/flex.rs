@@ -73,6 +73,72 @@ impl FusedOps for Flex {
         (unwrap(q), unwrap(k), unwrap(v))
     }
 
+    fn qk_norm_rope_cache(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps: f64,
+        precision: Precision,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (q, k, v) = reference::qk_norm_rope_cache(
+            wrap(q),
+            wrap(k),
+            wrap(v),
+            wrap(q_weight),
+            wrap(k_weight),
+            wrap(cos),
+            wrap(sin),
+            shape,
+            eps,
+            precision,
+            wrap(k_cache),
+            wrap(v_cache),
+            iwrap(state),
+        );
+        (unwrap(q), unwrap(k), unwrap(v))
+    }
+
+    fn qk_norm_rope_pool(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps: f64,
+        precision: Precision,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        slots: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (q, k, v) = reference::qk_norm_rope_pool(
+            wrap(q),
+            wrap(k),
+            wrap(v),
+            wrap(q_weight),
+            wrap(k_weight),
+            wrap(cos),
+            wrap(sin),
+            shape,
+            eps,
+            precision,
+            wrap(k_pool),
+            wrap(v_pool),
+            iwrap(slots),
+        );
+        (unwrap(q), unwrap(k), unwrap(v))
+    }
+
     fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self> {
         unwrap(reference::silu_mul(wrap(gate), wrap(up), precision))
     }

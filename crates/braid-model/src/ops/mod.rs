@@ -56,6 +56,40 @@ pub trait FusedOps: Backend {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope_cache(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps: f64,
+        precision: Precision,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope_pool(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps: f64,
+        precision: Precision,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        slots: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
     fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self>;
 
     fn argmax(logits: FloatTensor<Self>) -> IntTensor<Self>;
@@ -161,6 +195,15 @@ pub trait FusedOps: Backend {
         eps: f64,
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// Whether a fused QK-norm+RoPE writes the new keys and values straight into the KV cache
+/// (`qk_norm_rope_cache` / `qk_norm_rope_pool`: one launch per layer fewer) instead of
+/// returning them for a separate KV write. On unless `$BRAID_KV_WRITE_FUSED=0` (for
+/// comparisons; read once per process).
+pub fn kv_write_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_KV_WRITE_FUSED").map_or(true, |s| s.trim() != "0"))
 }
 
 /// The device's memory capacity in bytes, where its runtime reports one (CUDA does; the CPU
@@ -274,6 +317,80 @@ pub fn qk_norm_rope(
         shape,
         eps,
         precision,
+    );
+    (Tensor::from_dispatch(q), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
+}
+
+/// What [`qk_norm_rope`] and [`kv_write`] do, in one launch on the CubeCL backend: the keys and
+/// values go straight into `k_cache, v_cache: [b, kv_heads, capacity, hd]` at position
+/// `state[1]` (+ t). Returns `(q, k_cache, v_cache)`.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope_cache(
+    q: Tensor<2>,
+    k: Tensor<2>,
+    v: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps: f64,
+    precision: Precision,
+    k_cache: Tensor<4>,
+    v_cache: Tensor<4>,
+    state: Tensor<1, Int>,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let (q, k, v) = <Dispatch as FusedOps>::qk_norm_rope_cache(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        q_weight.into_dispatch(),
+        k_weight.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+        shape,
+        eps,
+        precision,
+        k_cache.into_dispatch(),
+        v_cache.into_dispatch(),
+        state.into_dispatch(),
+    );
+    (Tensor::from_dispatch(q), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
+}
+
+/// What [`qk_norm_rope`] and [`paged_kv_write`] do, in one launch on the CubeCL backend: the
+/// keys and values of row `r` go straight into the pools `[slots, kv_heads, hd]` at
+/// `slots[r]`. Returns `(q, k_pool, v_pool)`.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope_pool(
+    q: Tensor<2>,
+    k: Tensor<2>,
+    v: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps: f64,
+    precision: Precision,
+    k_pool: Tensor<3>,
+    v_pool: Tensor<3>,
+    slots: Tensor<1, Int>,
+) -> (Tensor<4>, Tensor<3>, Tensor<3>) {
+    let (q, k, v) = <Dispatch as FusedOps>::qk_norm_rope_pool(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        q_weight.into_dispatch(),
+        k_weight.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+        shape,
+        eps,
+        precision,
+        k_pool.into_dispatch(),
+        v_pool.into_dispatch(),
+        slots.into_dispatch(),
     );
     (Tensor::from_dispatch(q), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
 }

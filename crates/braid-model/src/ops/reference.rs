@@ -254,6 +254,53 @@ pub fn kv_write(k_cache: Tensor<4>, v_cache: Tensor<4>, k: Tensor<4>, v: Tensor<
     )
 }
 
+/// Twin of `ops::qk_norm_rope_cache`: [`qk_norm_rope`], then the keys and values written to
+/// the caches at positions `state[1]..state[1] + t` -> `(q, k_cache, v_cache)`.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope_cache(
+    q: Tensor<2>,
+    k: Tensor<2>,
+    v: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps: f64,
+    precision: Precision,
+    k_cache: Tensor<4>,
+    v_cache: Tensor<4>,
+    state: Tensor<1, Int>,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let (q, k, v) = qk_norm_rope(q, k, v, q_weight, k_weight, cos, sin, shape, eps, precision);
+    let (_, pos) = state_of(&state);
+    let [b, h, t, d] = k.dims();
+    (q, k_cache.slice_assign([0..b, 0..h, pos..pos + t, 0..d], k), v_cache.slice_assign([0..b, 0..h, pos..pos + t, 0..d], v))
+}
+
+/// Twin of `ops::qk_norm_rope_pool`: [`qk_norm_rope`] (`batch` 1), then [`paged_kv_write`] ->
+/// `(q, k_pool, v_pool)`.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope_pool(
+    q: Tensor<2>,
+    k: Tensor<2>,
+    v: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps: f64,
+    precision: Precision,
+    k_pool: Tensor<3>,
+    v_pool: Tensor<3>,
+    slots: Tensor<1, Int>,
+) -> (Tensor<4>, Tensor<3>, Tensor<3>) {
+    let (q, k, v) = qk_norm_rope(q, k, v, q_weight, k_weight, cos, sin, shape, eps, precision);
+    let (k_pool, v_pool) = paged_kv_write(k_pool, v_pool, k, v, slots);
+    (q, k_pool, v_pool)
+}
+
 /// Decode attention at position `state[1]` over keys `0..=state[1]` of the caches
 /// (`q: [b, heads, 1, hd]`) -> `[b, heads*hd]`.
 pub fn attention_at(q: Tensor<4>, k_cache: Tensor<4>, v_cache: Tensor<4>, state: Tensor<1, Int>, precision: Precision) -> Tensor<2> {

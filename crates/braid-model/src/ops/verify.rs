@@ -149,6 +149,7 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
             out.push(check_add_rms_norm(&ctx, &mut rng, case, p));
             out.push(check_rms_norm_qkv(&ctx, &mut rng, case, p));
             out.push(check_qk_norm_rope(&ctx, &mut rng, case, p));
+            out.extend(check_qk_rope_into(&ctx, &mut rng, case, p));
             out.push(check_silu_mul(&ctx, &mut rng, case, p));
             out.extend(check_attention(&ctx, &mut rng, case, p));
             out.push(check_linear(&ctx, &mut rng, case, p));
@@ -361,30 +362,7 @@ fn check_qk_norm_rope(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpC
     let past = 1000 + 17 * case.rows; // positions well past 256 (bf16 angles would fail there)
     let rope = RotaryEmbedding::new(hd, 1.0e6).tables(past, seq, ctx.device);
     let (cos, sin) = (rope.cos, rope.sin);
-    let all = host(qkv.clone());
-    let (qwh, kwh) = (host(qw.clone()), host(kw.clone()));
-    let (cosh, sinh) = (host(cos.clone()), host(sin.clone()));
-    // Truth: [q | k | v] flattened in the output layouts.
-    let mut truth = Vec::new();
-    for (off, heads, w) in [(0, shape.heads, Some(&qwh)), (nq, shape.kv_heads, Some(&kwh)), (nq + nk, shape.kv_heads, None)] {
-        for b in 0..batch {
-            for h in 0..heads {
-                for t in 0..seq {
-                    let row = &all[(b * seq + t) * (nq + 2 * nk) + off + h * hd..][..hd];
-                    let Some(w) = w else {
-                        truth.extend_from_slice(row);
-                        continue;
-                    };
-                    let n = rms_rows(row, w, 1, hd, eps);
-                    let half = hd / 2;
-                    for i in 0..hd {
-                        let rot = if i < half { -n[i + half] } else { n[i - half] };
-                        truth.push(n[i] * cosh[t * hd + i] + rot * sinh[t * hd + i]);
-                    }
-                }
-            }
-        }
-    }
+    let truth = qk_truth(&host(qkv.clone()), &host(qw.clone()), &host(kw.clone()), &host(cos.clone()), &host(sin.clone()), shape, eps).concat();
     let views = |t: &Tensor<2>| (t.clone().narrow(1, 0, nq), t.clone().narrow(1, nq, nk), t.clone().narrow(1, nq + nk, nk));
     let flat = |(q, k, v): (Tensor<4>, Tensor<4>, Tensor<4>)| {
         let mut out = host(q);
@@ -398,6 +376,112 @@ fn check_qk_norm_rope(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpC
     let (q, k, v) = views(&qkv);
     let twin = flat(reference::qk_norm_rope(q, k, v, qw, kw, cos, sin, shape, eps, p));
     record("qk_norm_rope", case.name, p, &fused, &twin, &truth)
+}
+
+/// The f64 truth of `qk_norm_rope` from the `[rows, q | k | v]` buffer: `[q, k, v]` in the
+/// output layouts `[batch, heads | kv_heads, seq, hd]`.
+fn qk_truth(all: &[f64], qwh: &[f64], kwh: &[f64], cosh: &[f64], sinh: &[f64], shape: QkShape, eps: f64) -> [Vec<f64>; 3] {
+    let QkShape { batch, seq, heads, kv_heads, head_dim: hd } = shape;
+    let (nq, nk) = (heads * hd, kv_heads * hd);
+    [(0, heads, Some(qwh)), (nq, kv_heads, Some(kwh)), (nq + nk, kv_heads, None)].map(|(off, heads, w)| {
+        let mut out = Vec::new();
+        for b in 0..batch {
+            for h in 0..heads {
+                for t in 0..seq {
+                    let row = &all[(b * seq + t) * (nq + 2 * nk) + off + h * hd..][..hd];
+                    let Some(w) = w else {
+                        out.extend_from_slice(row);
+                        continue;
+                    };
+                    let n = rms_rows(row, w, 1, hd, eps);
+                    let half = hd / 2;
+                    for i in 0..hd {
+                        let rot = if i < half { -n[i + half] } else { n[i - half] };
+                        out.push(n[i] * cosh[t * hd + i] + rot * sinh[t * hd + i]);
+                    }
+                }
+            }
+        }
+        out
+    })
+}
+
+/// `qk_norm_rope` writing its keys and values in place: into a cache at the decode state's
+/// position (`qk_rope_cache`: two sequences, or one decode row) and into shuffled pool slots
+/// (`qk_rope_pool`: one batch of rows). The truth is q and the whole cache or pool, random
+/// beforehand: the rows not written must keep their values.
+fn check_qk_rope_into(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpCheck> {
+    use burn::tensor::Int;
+    let (heads, kv_heads, hd, eps) = (4, 2, 48, 1e-6);
+    let u32s = |v: Vec<u32>| {
+        let n = v.len();
+        Tensor::<1, Int>::from_data(TensorData::new(v, [n]), (ctx.device, DType::U32))
+    };
+    let mut out = Vec::new();
+    for pool in [false, true] {
+        let (batch, seq) = if pool || case.rows == 1 { (1, case.rows) } else { (2, case.rows.div_ceil(2)) };
+        let shape = QkShape { batch, seq, heads, kv_heads, head_dim: hd };
+        let rows = batch * seq;
+        let (nq, nk) = (heads * hd, kv_heads * hd);
+        let qkv = ctx.t(input(rng, rows, nq + 2 * nk, case), [rows, nq + 2 * nk]);
+        let qw = ctx.t(rng.norm_weights(hd, 1.0, 0.2, 0.0), [hd]);
+        let kw = ctx.t(rng.norm_weights(hd, 1.0, 0.2, case.peak), [hd]);
+        let pos = 5 + case.rows % 4;
+        let rope = RotaryEmbedding::new(hd, 1.0e6).tables(pos, seq, ctx.device);
+        let (cos, sin) = (rope.cos, rope.sin);
+        let [tq, tk, tv] = qk_truth(&host(qkv.clone()), &host(qw.clone()), &host(kw.clone()), &host(cos.clone()), &host(sin.clone()), shape, eps);
+        // Cache [batch, kv, cap, hd] or pool [slots, kv, hd] (as [slots, kv, 1, hd] here).
+        let (cap, n_slots) = (pos + seq + 3, 2 * rows + 3);
+        let dims = if pool { [n_slots, kv_heads, 1, hd] } else { [batch, kv_heads, cap, hd] };
+        let len = dims.iter().product();
+        let (k_dev, v_dev) = (ctx.t(rng.vec(len, 1.0), dims), ctx.t(rng.vec(len, 1.0), dims));
+        let mut slots: Vec<u32> = (0..n_slots as u32).collect();
+        for i in (1..slots.len()).rev() {
+            let j = ((rng.unit() + 1.0) * 0.5 * (i + 1) as f32) as usize % (i + 1);
+            slots.swap(i, j);
+        }
+        slots.truncate(rows);
+        let (mut kt, mut vt) = (host(k_dev.clone()), host(v_dev.clone()));
+        for b in 0..batch {
+            for h in 0..kv_heads {
+                for t in 0..seq {
+                    let src = ((b * kv_heads + h) * seq + t) * hd;
+                    let dst = if pool { (slots[b * seq + t] as usize * kv_heads + h) * hd } else { ((b * kv_heads + h) * cap + pos + t) * hd };
+                    kt[dst..dst + hd].copy_from_slice(&tk[src..src + hd]);
+                    vt[dst..dst + hd].copy_from_slice(&tv[src..src + hd]);
+                }
+            }
+        }
+        let truth = [tq, kt, vt].concat();
+        let run = |fused: bool| -> Vec<f64> {
+            let (q, k, v) = (qkv.clone().narrow(1, 0, nq), qkv.clone().narrow(1, nq, nk), qkv.clone().narrow(1, nq + nk, nk));
+            // Fresh copies: the fused op writes in place.
+            let (k2, v2) = (k_dev.clone() + 0.0, v_dev.clone() + 0.0);
+            let (qw, kw, cos, sin) = (qw.clone(), kw.clone(), cos.clone(), sin.clone());
+            let (q, k2, v2) = if pool {
+                let (k2, v2, st) = (k2.reshape([n_slots, kv_heads, hd]), v2.reshape([n_slots, kv_heads, hd]), u32s(slots.clone()));
+                let (q, k2, v2) = if fused {
+                    super::qk_norm_rope_pool(q, k, v, qw, kw, cos, sin, shape, eps, p, k2, v2, st)
+                } else {
+                    reference::qk_norm_rope_pool(q, k, v, qw, kw, cos, sin, shape, eps, p, k2, v2, st)
+                };
+                (q, host(k2), host(v2))
+            } else {
+                let st = u32s(vec![1, pos as u32]);
+                let (q, k2, v2) = if fused {
+                    super::qk_norm_rope_cache(q, k, v, qw, kw, cos, sin, shape, eps, p, k2, v2, st)
+                } else {
+                    reference::qk_norm_rope_cache(q, k, v, qw, kw, cos, sin, shape, eps, p, k2, v2, st)
+                };
+                (q, host(k2), host(v2))
+            };
+            [host(q), k2, v2].concat()
+        };
+        ctx.poison(rows * nq);
+        let (fused, twin) = (run(true), run(false));
+        out.push(record(if pool { "qk_rope_pool" } else { "qk_rope_cache" }, case.name, p, &fused, &twin, &truth));
+    }
+    out
 }
 
 fn check_silu_mul(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
@@ -785,7 +869,8 @@ fn check_gate_up_silu(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpC
 fn check_paged(ctx: &Ctx, rng: &mut Rng, case: Case) -> Vec<OpCheck> {
     use burn::tensor::Int;
     let page = super::PAGE_SIZE;
-    let (nh, nkv, hd) = (6, 2, 40);
+    // head_dim 40 (vectors that do not divide the cube) and, for the decode case, Qwen3's 128.
+    let (nh, nkv, hd) = (6, 2, if case.rows == 1 { 128 } else { 40 });
     let lens = [1, page, 2 * page + 37 + case.rows % 5];
     let rows = lens.len();
     let needed: Vec<usize> = lens.iter().map(|n| n.div_ceil(page)).collect();
