@@ -78,6 +78,8 @@ struct MatmulRow {
     /// untuned (Burn's single default strategy).
     tuned_us: f64,
     untuned_us: Option<f64>,
+    /// Braid's tensor-core kernel (`tc_linear`), where the device runs it.
+    tc_us: Option<f64>,
     floor_us: f64,
     of_floor: f64,
 }
@@ -150,8 +152,8 @@ pub fn run(args: KernelsArgs) -> Result<()> {
     }
     let mut mm_rows = Vec::new();
     if !args.no_matmul {
-        println!("\nBurn's matmul at the projection shapes (graph-replayed device time): autotuned vs untuned (Burn's default strategy)");
-        println!("{:<10} {:>6} {:>7} {:>6} {:>10} {:>11} {:>10} {:>9}", "matmul", "rows", "n", "k", "tuned us", "untuned us", "floor us", "of floor");
+        println!("\nmatmuls at the projection shapes (graph-replayed device time): Burn's autotuned and untuned (its default strategy), Braid's tensor-core tc_linear; of floor: Burn's autotuned");
+        println!("{:<10} {:>6} {:>7} {:>6} {:>10} {:>11} {:>8} {:>10} {:>9}", "matmul", "rows", "n", "k", "tuned us", "untuned us", "tc us", "floor us", "of floor");
         for &rows in &args.rows {
             bench.matmuls(rows, &mut mm_rows)?;
         }
@@ -565,15 +567,36 @@ impl<'d> Bench<'d> {
                 ),
                 None => None,
             };
+            let tc = match ops::linear_tc(xk.clone(), w.clone()) {
+                Some(_) => Some(
+                    self.graph(&mut || {
+                        let _ = ops::linear_tc(xk.clone(), w.clone());
+                    })?
+                    .0,
+                ),
+                None => None,
+            };
             let floor = self.floor((n * k + rows * (n + k)) * size, 2 * rows * n * k);
+            let us = |t: Option<f64>| t.map_or("-".to_string(), |u| format!("{:.1}", u * 1e6));
             println!(
-                "{name:<10} {rows:>6} {n:>7} {k:>6} {:>10.1} {:>11} {:>10.2} {:>8.0}%",
+                "{name:<10} {rows:>6} {n:>7} {k:>6} {:>10.1} {:>11} {:>8} {:>10.2} {:>8.0}%",
                 tuned * 1e6,
-                untuned.map_or("-".to_string(), |u| format!("{:.1}", u * 1e6)),
+                us(untuned),
+                us(tc),
                 floor * 1e6,
                 100.0 * floor / tuned
             );
-            out.push(MatmulRow { name, rows, n, k, tuned_us: tuned * 1e6, untuned_us: untuned.map(|u| u * 1e6), floor_us: floor * 1e6, of_floor: floor / tuned });
+            out.push(MatmulRow {
+                name,
+                rows,
+                n,
+                k,
+                tuned_us: tuned * 1e6,
+                untuned_us: untuned.map(|u| u * 1e6),
+                tc_us: tc.map(|u| u * 1e6),
+                floor_us: floor * 1e6,
+                of_floor: floor / tuned,
+            });
         }
         Ok(())
     }

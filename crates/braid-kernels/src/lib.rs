@@ -14,6 +14,7 @@ pub mod paged;
 pub mod qk_norm_rope;
 pub mod rms_norm_qkv;
 pub mod silu_mul;
+pub mod tc_linear;
 mod check;
 mod error;
 mod precision;

@@ -23,10 +23,24 @@ fn matmul_allowed(precision: Precision, dtype: burn::tensor::DType) -> bool {
     precision == Precision::Torch && dtype != burn::tensor::DType::F32
 }
 
-/// `[n @ wq^T | n @ wk^T | n @ wv^T]` through Burn's matmul.
+/// `[x @ w_0^T | x @ w_1^T | ...]` past the GEMV's rows: Braid's tensor-core kernel
+/// (`braid_kernels::tc_linear`) where the device has 16x16x16 cooperative matrices for the
+/// dtype and the width suits it, else Burn's (autotuned) matmul.
+fn matmul_nt(x: CubeTensor, ws: Vec<CubeTensor>) -> CubeTensor {
+    let (like, dtype) = (x.clone(), x.dtype);
+    let xh = handle(x.clone());
+    if braid_kernels::tc_linear::tc_linear_supported(&like.client, xh.dtype, x.meta.shape()[1]) {
+        let ws: Vec<TensorHandle> = ws.into_iter().map(handle).collect();
+        let out = launched(braid_kernels::tc_linear::tc_linear_cat(&like.client, xh, &ws));
+        return tensor(&like, out, dtype);
+    }
+    let parts: Vec<CubeTensor> = ws.into_iter().map(|w| Cube::float_matmul(x.clone(), Cube::float_transpose(w))).collect();
+    if parts.len() == 1 { parts.into_iter().next().expect("one part") } else { Cube::float_cat(parts, 1) }
+}
+
+/// `[n @ wq^T | n @ wk^T | n @ wv^T]` (see [`matmul_nt`]).
 fn qkv_matmul(n: CubeTensor, wq: CubeTensor, wk: CubeTensor, wv: CubeTensor) -> CubeTensor {
-    let parts = [wq, wk, wv].map(|w| Cube::float_matmul(n.clone(), Cube::float_transpose(w))).to_vec();
-    Cube::float_cat(parts, 1)
+    matmul_nt(n, vec![wq, wk, wv])
 }
 
 /// A kernel's handle from a contiguous copy of `t` (no copy when already contiguous).
@@ -153,7 +167,7 @@ impl FusedOps for Cube {
 
     fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         if x.meta.shape()[0] > gemv_max_rows(GemvOp::for_linear(w.meta.shape()[0])) && x.dtype != burn::tensor::DType::F32 {
-            return Cube::float_matmul(x, Cube::float_transpose(w));
+            return matmul_nt(x, vec![w]);
         }
         let (like, dtype) = (x.clone(), x.dtype);
         let tuning = Tuning::Autotune(like.device.clone());
@@ -168,8 +182,8 @@ impl FusedOps for Cube {
         precision: Precision,
     ) -> FloatTensor<Self> {
         if x.meta.shape()[0] > gemv_max_rows(GemvOp::GateUp) && matmul_allowed(precision, x.dtype) {
-            let gate = Cube::float_matmul(x.clone(), Cube::float_transpose(w_gate));
-            let up = Cube::float_matmul(x, Cube::float_transpose(w_up));
+            let gate = matmul_nt(x.clone(), vec![w_gate]);
+            let up = matmul_nt(x, vec![w_up]);
             return Self::silu_mul(gate, up, precision);
         }
         let (like, dtype) = (x.clone(), x.dtype);

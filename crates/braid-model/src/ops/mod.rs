@@ -228,6 +228,22 @@ pub fn matmul_untuned(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
     Some(Tensor::from_primitive::<burn::backend::Cube>(out))
 }
 
+/// `x @ w^T` on Braid's tensor-core kernel (`braid_kernels::tc_linear`), for benchmarks that
+/// compare it with Burn's matmul; `None` off the CubeCL backend or where the device has no
+/// cooperative matrices for the dtype (or the width does not suit the kernel).
+pub fn linear_tc(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
+    use braid_kernels::TensorHandle;
+    let dtype = x.dtype();
+    let x = x.try_into_primitive::<burn::backend::Cube>().ok()?;
+    let w = w.try_into_primitive::<burn::backend::Cube>().ok()?;
+    let (client, device) = (x.client.clone(), x.device.clone());
+    let xh = TensorHandle::from(burn_cubecl::kernel::into_contiguous(x));
+    let wh = TensorHandle::from(burn_cubecl::kernel::into_contiguous(w));
+    let out = braid_kernels::tc_linear::tc_linear(&client, xh, wh).ok()?;
+    let t = burn_cubecl::tensor::CubeTensor::new(client, out.handle, *out.metadata, device, dtype);
+    Some(Tensor::from_primitive::<burn::backend::Cube>(t))
+}
+
 /// Keys a prefill's query rows may attend to through the fused attention kernel; beyond, the
 /// plan's dispatch point takes the reference path. Decode rows (one per sequence) are split
 /// over the keys and have no such limit.
