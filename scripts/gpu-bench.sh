@@ -9,7 +9,7 @@
 #               HF=0 skips them)
 #   profile     the same workload under BRAID_PROFILE=layers (per-layer phase totals; slower)
 #   variants    the workload once more per `;`-separated flag set in VARIANTS (default: the
-#               prefill attention in 128x64x16 tiles; the fused plan with f32-mode attention)
+#               fused plan with f32-mode attention, `--plan fused-attn-f32`)
 # PARTS picks them (default: all but profile); results in $OUT/results.tar.gz, the table in
 # ratios.txt.
 source scripts/gpu-setup.sh
@@ -42,10 +42,7 @@ if has throughput; then
 fi
 if has variants; then
   # The fused plan with attention in f32 mode (one pass; the other ops as `fused`).
-  cat > /tmp/attn-f32.json <<'JSON'
-{"all": {"rms_norm_qkv": "fused", "qk_norm_rope": "fused", "attention": "fused-f32", "add_rms_norm": "fused", "silu_mul": "fused", "linear": "fused"}, "lm_head": "fused"}
-JSON
-  IFS=';' read -ra vs <<< "${VARIANTS:---prefill-tiles 128x64x16;--plan /tmp/attn-f32.json}"
+  IFS=';' read -ra vs <<< "${VARIANTS:---plan fused-attn-f32}"
   i=0
   for v in "${vs[@]}"; do
     i=$((i+1))

@@ -41,6 +41,7 @@ pub struct LatencyArgs {
     /// Default: the checkpoint's dtype on a GPU, f32 on the CPU.
     #[arg(long, value_enum)]
     dtype: Option<DTypeArg>,
+    /// Kernel plan, as `generate --plan` (e.g. `fused-attn-f32`).
     #[arg(long, default_value = "fused")]
     plan: String,
     /// Prompt length in tokens (synthetic ids, the same every run).

@@ -74,7 +74,8 @@ pub struct Args {
     /// Compute dtype. Default: the checkpoint's on a GPU, f32 on the CPU.
     #[arg(long, value_enum)]
     dtype: Option<DTypeArg>,
-    /// Kernel plan: `reference`, `fused` (PyTorch's rounding points), `fused-f32`, `auto` (the
+    /// Kernel plan: `reference`, `fused` (PyTorch's rounding points), `fused-f32`,
+    /// `fused-attn-f32` (`fused` with attention in f32 mode: the batch engine's fastest), `auto` (the
     /// calibrated plan for this checkpoint, device and dtype: cached, else measured now), or a
     /// JSON plan file (see docs/architecture.md).
     #[arg(long, default_value = "reference")]

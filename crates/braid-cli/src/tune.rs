@@ -26,6 +26,7 @@ pub struct TuneArgs {
     device: DeviceArg,
     #[arg(long, value_enum)]
     dtype: Option<DTypeArg>,
+    /// Kernel plan, as `generate --plan` (e.g. `fused-attn-f32`).
     #[arg(long, default_value = "fused")]
     plan: String,
     /// Largest decode batch to prepare (the batch engine's --max-seqs).

@@ -73,10 +73,10 @@ pub(super) fn tc_linear_kernel<F: Float, N: Size>(
         for kk in 0..4usize {
             let a_off = pm * 72 + kk * 16;
             let b_off = pn * 72 + kk * 16;
-            cmma::load(&mut a0, &xs.slice(a_off, a_off + A_SPAN), 72);
-            cmma::load(&mut a1, &xs.slice(a_off + 1152usize, a_off + 1152usize + A_SPAN), 72);
-            cmma::load(&mut b0, &ws.slice(b_off, b_off + A_SPAN), 72);
-            cmma::load(&mut b1, &ws.slice(b_off + 1152usize, b_off + 1152usize + A_SPAN), 72);
+            cmma::load(&mut a0, xs.slice(a_off, a_off + A_SPAN), 72);
+            cmma::load(&mut a1, xs.slice(a_off + 1152usize, a_off + 1152usize + A_SPAN), 72);
+            cmma::load(&mut b0, ws.slice(b_off, b_off + A_SPAN), 72);
+            cmma::load(&mut b1, ws.slice(b_off + 1152usize, b_off + 1152usize + A_SPAN), 72);
             cmma::execute(&a0, &b0, &c00, &c00);
             cmma::execute(&a0, &b1, &c01, &c01);
             cmma::execute(&a1, &b0, &c10, &c10);
@@ -87,10 +87,10 @@ pub(super) fn tc_linear_kernel<F: Float, N: Size>(
 
     // Accumulators through shared memory, then rounded to F and written in bounds.
     let c_off = pm * 68 + pn;
-    cmma::store(&mut cs.slice_mut(c_off, c_off + C_SPAN), &c00, 68, cmma::MatrixLayout::RowMajor);
-    cmma::store(&mut cs.slice_mut(c_off + 16, c_off + 16 + C_SPAN), &c01, 68, cmma::MatrixLayout::RowMajor);
-    cmma::store(&mut cs.slice_mut(c_off + 1088usize, c_off + 1088usize + C_SPAN), &c10, 68, cmma::MatrixLayout::RowMajor);
-    cmma::store(&mut cs.slice_mut(c_off + 1088usize + 16, c_off + 1088usize + 16 + C_SPAN), &c11, 68, cmma::MatrixLayout::RowMajor);
+    cmma::store(cs.slice_mut(c_off, c_off + C_SPAN), &c00, 68, cmma::MatrixLayout::RowMajor);
+    cmma::store(cs.slice_mut(c_off + 16, c_off + 16 + C_SPAN), &c01, 68, cmma::MatrixLayout::RowMajor);
+    cmma::store(cs.slice_mut(c_off + 1088usize, c_off + 1088usize + C_SPAN), &c10, 68, cmma::MatrixLayout::RowMajor);
+    cmma::store(cs.slice_mut(c_off + 1088usize + 16, c_off + 1088usize + 16 + C_SPAN), &c11, 68, cmma::MatrixLayout::RowMajor);
     sync_cube();
     let stride = out.stride(0);
     let col0 = col0 as usize;

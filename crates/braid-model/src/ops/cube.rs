@@ -43,6 +43,28 @@ fn qkv_matmul(n: CubeTensor, wq: CubeTensor, wk: CubeTensor, wv: CubeTensor) -> 
     matmul_nt(n, vec![wq, wk, wv])
 }
 
+/// `qk_norm_rope` with the keys and values written where `into` says; returns q.
+/// `t`: q, k, v (row views), q_weight, k_weight, cos, sin.
+fn qk_norm_rope_into(t: [CubeTensor; 7], shape: QkShape, eps: f64, precision: Precision, into: braid_kernels::qk_norm_rope::KvOut<'_>) -> CubeTensor {
+    let [q, k, v, qw, kw, cos, sin] = t;
+    let (like, dtype) = (q.clone(), q.dtype);
+    let (q, _) = launched(braid_kernels::qk_norm_rope::qk_norm_rope_into(
+        &like.client,
+        view(q),
+        view(k),
+        view(v),
+        handle(qw),
+        handle(kw),
+        handle(cos),
+        handle(sin),
+        shape,
+        eps as f32,
+        precision,
+        into,
+    ));
+    tensor(&like, q, dtype)
+}
+
 /// A kernel's handle from a contiguous copy of `t` (no copy when already contiguous).
 fn handle(t: FloatTensor<Cube>) -> TensorHandle {
     TensorHandle::from(into_contiguous(t))
@@ -220,25 +242,9 @@ impl FusedOps for Cube {
         v_cache: FloatTensor<Self>,
         state: IntTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (like, dtype) = (q.clone(), q.dtype);
-        let (kh, vh) = (view(k_cache.clone()), view(v_cache.clone()));
-        let state = TensorHandle::from(state);
+        let (kh, vh, state) = (view(k_cache.clone()), view(v_cache.clone()), TensorHandle::from(state));
         let into = braid_kernels::qk_norm_rope::KvOut::Cache { k: &kh, v: &vh, state: &state };
-        let (q, _) = launched(braid_kernels::qk_norm_rope::qk_norm_rope_into(
-            &like.client,
-            view(q),
-            view(k),
-            view(v),
-            handle(q_weight),
-            handle(k_weight),
-            handle(cos),
-            handle(sin),
-            shape,
-            eps as f32,
-            precision,
-            into,
-        ));
-        (tensor(&like, q, dtype), k_cache, v_cache)
+        (qk_norm_rope_into([q, k, v, q_weight, k_weight, cos, sin], shape, eps, precision, into), k_cache, v_cache)
     }
 
     fn qk_norm_rope_pool(
@@ -256,25 +262,9 @@ impl FusedOps for Cube {
         v_pool: FloatTensor<Self>,
         slots: IntTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (like, dtype) = (q.clone(), q.dtype);
-        let (kh, vh) = (view(k_pool.clone()), view(v_pool.clone()));
-        let slots = TensorHandle::from(into_contiguous(slots));
+        let (kh, vh, slots) = (view(k_pool.clone()), view(v_pool.clone()), TensorHandle::from(into_contiguous(slots)));
         let into = braid_kernels::qk_norm_rope::KvOut::Pool { k: &kh, v: &vh, slots: &slots };
-        let (q, _) = launched(braid_kernels::qk_norm_rope::qk_norm_rope_into(
-            &like.client,
-            view(q),
-            view(k),
-            view(v),
-            handle(q_weight),
-            handle(k_weight),
-            handle(cos),
-            handle(sin),
-            shape,
-            eps as f32,
-            precision,
-            into,
-        ));
-        (tensor(&like, q, dtype), k_pool, v_pool)
+        (qk_norm_rope_into([q, k, v, q_weight, k_weight, cos, sin], shape, eps, precision, into), k_pool, v_pool)
     }
 
     fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self> {
