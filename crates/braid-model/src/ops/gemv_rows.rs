@@ -1,10 +1,11 @@
-//! Where the GEMV kernels hand over to Burn's matmul: a row limit per op.
+//! Where the GEMV kernels hand over to a matmul: a row limit per op.
 //!
-//! The GEMV kernels read each weight once per 8 rows, which wins at decode batch sizes; past
-//! the op's limit, bf16/f16 torch-mode calls run Burn's (autotuned) matmul instead. The limits
+//! The GEMV kernels read each weight once per 8 rows, which wins at small decode batches; past
+//! the op's limit, bf16/f16 torch-mode calls run a matmul instead (Braid's tensor-core
+//! `tc_linear` where the device has one, else Burn's autotuned matmul). The limits
 //! differ by op because the matmul's efficiency does (the head's 151,936 outputs fill the GPU
 //! at any row count, a 1,024-wide o_proj does not). `$BRAID_GEMV_MAX_ROWS` overrides them for
-//! measurements: one number for every op, or `qkv=64,gate_up=16,linear=64,head=4`;
+//! measurements: one number for every op, or `qkv=32,gate_up=8,linear=32,head=4`;
 //! [`set_gemv_max_rows`] does the same in-process (`braid-cli bench kernels`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,17 +39,20 @@ impl GemvOp {
         }
     }
 
-    /// The default limit: the last row count (of 1, 2, 4, ..., 256) at which the GEMV kernel
-    /// beat (or tied) the matmul path in `braid-cli bench kernels` (H200, bf16, 2026-11-26;
-    /// graph-replayed device us, GEMV vs matmul): qkv 44.2 vs 61.3 at 64 rows, 81.0 vs 66.8 at
-    /// 128; gate_up 16.0 vs 26.4 at 8, 27.0 vs 26.5 at 16 (a tie), 43.3 vs 26.9 at 32; o_proj 27.5 vs 34.0 and down 41.7 vs 50.3 at
-    /// 64, 51.2 vs 37.7 and 77.9 vs 55.8 at 128; the head 114.5 vs 164.8 at 4, 197.1 vs 166.8
-    /// at 8.
+    /// The default limit: the last row count at which the GEMV kernel beat (or tied) the
+    /// matmul path, now Braid's tensor-core `tc_linear`, in `braid-cli bench kernels` (H100,
+    /// bf16, 2026-11-26 13:46; graph-replayed device us, GEMV vs matmul): qkv 32.3 vs 34.9 at
+    /// 32 rows, 44.2 vs 35.0 at 48; gate_up 16.0 vs 22.4 at 8, 26.9 vs 22.7 at 16; o_proj 16.6
+    /// vs 19.7 at 32, 22.4 vs 19.6 at 48; down 23.4 vs 27.8 at 32, 31.6 vs 27.6 at 48; the head
+    /// 211.2 vs 126.2 at 8 (4 kept from the H200's 114.5 vs 164.8 with Burn's matmul). On the
+    /// whole nano-vllm workload these and the earlier limits (qkv 64, gate_up 16, linear 64)
+    /// were within 1% (10,736 vs 10,726 output tok/s, same call). Devices without the tensor-core
+    /// kernel (wgpu) run Burn's matmul past the same limits.
     pub fn default_limit(self) -> usize {
         match self {
-            GemvOp::Qkv => 64,
-            GemvOp::GateUp => 16,
-            GemvOp::Linear => 64,
+            GemvOp::Qkv => 32,
+            GemvOp::GateUp => 8,
+            GemvOp::Linear => 32,
             GemvOp::Head => 4,
         }
     }
@@ -66,7 +70,7 @@ fn limits() -> &'static [AtomicUsize; 4] {
         if let Ok(s) = std::env::var("BRAID_GEMV_MAX_ROWS") {
             match parse(&s) {
                 Some(parsed) => v = parsed,
-                None => eprintln!("warning: BRAID_GEMV_MAX_ROWS={s:?} ignored (a number, or e.g. qkv=64,gate_up=16,linear=64,head=4)"),
+                None => eprintln!("warning: BRAID_GEMV_MAX_ROWS={s:?} ignored (a number, or e.g. qkv=32,gate_up=8,linear=32,head=4)"),
             }
         }
         v.map(AtomicUsize::new)
