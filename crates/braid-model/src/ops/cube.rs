@@ -12,13 +12,14 @@ use super::gemv_rows::{GemvOp, gemv_max_rows};
 use super::{FusedOps, Precision, PrefillSpan, PrefillTiles, QkShape};
 
 // Past an op's GEMV row limit (`super::gemv_rows`), `linear` and `gate_up_silu` (torch mode)
-// run Burn's matmul (and the `silu_mul` kernel), and `rms_norm_qkv` in torch mode the fused
-// RMSNorm kernel and Burn's matmul (same rounding points), except in f32 compute: the GEMV
-// kernel reads each weight once per 8 rows and suits decode. f32 mode keeps the kernel at every
+// run a matmul (and the `silu_mul` kernel), and `rms_norm_qkv` in torch mode the fused RMSNorm
+// kernel and a matmul (same rounding points), except in f32 compute: the GEMV kernel reads each
+// weight once per 8 rows and suits decode. The matmul is `matmul_nt`: Braid's tensor-core
+// kernel where the device has one, else Burn's. f32 mode keeps the kernel at every
 // size (its normalised rows never leave f32), and so does f32 compute: Burn's f32 matmul on
 // CUDA is TF32-accurate (2.8e-4 from an f64 truth on an H200, 2026-11-25), the kernel 1e-7.
 
-/// Whether a call past the GEMV row limit may leave the kernel for Burn's matmul (see above).
+/// Whether a call past the GEMV row limit may leave the kernel for a matmul (see above).
 fn matmul_allowed(precision: Precision, dtype: burn::tensor::DType) -> bool {
     precision == Precision::Torch && dtype != burn::tensor::DType::F32
 }
