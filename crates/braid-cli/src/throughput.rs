@@ -240,6 +240,14 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
             if let Some(t) = &report.prefill_tiles {
                 println!("  prefill attention tiles {t}");
             }
+            if s.graph_steps > 0 {
+                // With hardware graphs (CUDA) the wait is the device's time; elsewhere a replay
+                // relaunches every kernel from the host, which shows as host time.
+                println!(
+                    "  host: scheduling {:.2} s; replayed decode steps waited {:.2} s of {:.2} s on the device (the rest: layouts, uploads, launches)",
+                    s.schedule_secs, s.device_wait_secs, s.decode_secs
+                );
+            }
         }
     }
     Ok(())

@@ -89,6 +89,12 @@ pub struct BatchStats {
     pub graph_steps: usize,
     pub graphs: usize,
     pub capture_secs: f64,
+    /// Host seconds spent scheduling (every step; outside `prefill_secs` and `decode_secs`),
+    /// and, of `decode_secs`, the seconds the replayed decode steps waited for the device to
+    /// hand back their tokens (the rest of a replayed step is host work: the layout, its upload
+    /// and the launches, during which the device may idle).
+    pub schedule_secs: f64,
+    pub device_wait_secs: f64,
 }
 
 /// Bytes the activations of one step may need at most: the widest prefill rows, the decode
@@ -233,7 +239,10 @@ impl<'e> BatchEngine<'e> {
     /// Runs one batch; returns `(sequence, token)` for every token generated in it (an eos that
     /// ends a sequence is not returned, as in [`Generation::output_ids`]).
     pub fn step(&mut self) -> Result<Vec<(usize, u32)>, EngineError> {
-        let Some(batch) = self.scheduler.schedule(&mut self.seqs, &mut self.blocks) else {
+        let scheduling = Instant::now();
+        let scheduled = self.scheduler.schedule(&mut self.seqs, &mut self.blocks);
+        self.stats.schedule_secs += scheduling.elapsed().as_secs_f64();
+        let Some(batch) = scheduled else {
             if let Some(&id) = self.scheduler.waiting.front() {
                 return Err(EngineError::Batch(format!(
                     "sequence {id} needs {} cache blocks; the pool has {}",
@@ -324,6 +333,8 @@ impl<'e> BatchEngine<'e> {
         let max_blocks = self.max_len.div_ceil(PAGE_SIZE);
         let mut sizes: Vec<usize> = GRAPH_ROWS.iter().copied().filter(|&r| r < max_seqs).collect();
         sizes.push(graph_rows(max_seqs, max_seqs));
+        // Waits of the captures are not decode steps' waits.
+        let waited = self.stats.device_wait_secs;
         for rows in sizes {
             let layout = DecodeLayout { rows, max_blocks };
             if !self.graphs.iter().any(|g| g.layout == layout) {
@@ -331,6 +342,7 @@ impl<'e> BatchEngine<'e> {
                 self.replay(layout, host)?;
             }
         }
+        self.stats.device_wait_secs = waited;
         Ok(())
     }
 
@@ -368,7 +380,9 @@ impl<'e> BatchEngine<'e> {
             }
         };
         // A device failure (out of memory in a capture, say) is an error, not a panic.
+        let wait = Instant::now();
         let data = out.try_into_data().map_err(|e| EngineError::Batch(format!("decode step of {} rows failed on the device: {e:?}", layout.rows)))?;
+        self.stats.device_wait_secs += wait.elapsed().as_secs_f64();
         Ok(data.convert::<i64>().try_to_vec::<i64>().expect("int ids").into_iter().map(|v| v as u32).collect())
     }
 

@@ -36,8 +36,10 @@ fn key(call: &GemvCall) -> GemvKey {
     GemvKey::new(call.x.dtype, mode, call.rows, call.hidden, call.total)
 }
 
-/// The candidates, by name.
-fn candidates() -> Vec<(String, GemvConfig)> {
+/// The candidates the device can run, by name (no plane strategies without plane operations:
+/// a candidate that refuses to launch returns at once, and the tuner took that for the fastest,
+/// then panicked running it; seen on lavapipe, 2026-11-26).
+fn candidates(client: &cubecl::prelude::Client) -> Vec<(String, GemvConfig)> {
     let mut c: Vec<(String, GemvConfig)> = [1usize, 2, 4, 8, 16]
         .into_iter()
         .map(|n| {
@@ -45,6 +47,7 @@ fn candidates() -> Vec<(String, GemvConfig)> {
         })
         .collect();
     c.push(("unit".into(), GemvConfig { strategy: GemvStrategy::Unit, features_per_plane: None }));
+    c.retain(|(_, config)| config.strategy.supported(client));
     c
 }
 
@@ -67,9 +70,10 @@ pub(super) fn autotune(device: &cubecl::Device, call: GemvCall) {
     static TUNER: LocalTuner<GemvKey, TuneId> = local_tuner!("braid-gemv");
     let client = call.client.clone();
     let id = TuneId { device: device.to_id(), runtime: client.name() };
-    let set = TUNER.init(&id, || {
+    let available = candidates(&client);
+    let set = TUNER.init(&id, move || {
         let mut set: TunableSet<GemvKey, GemvCall, ()> = TunableSet::new_cloning_inputs(key);
-        for (name, config) in candidates() {
+        for (name, config) in available.iter().cloned() {
             set = set.with(Tunable::new(&name, move |call: GemvCall| launch_config(&call, config)));
         }
         set
