@@ -149,6 +149,13 @@ pub fn plan_blocks(model: &Qwen3, config: &BatchConfig) -> Result<usize, EngineE
             want.min((2usize << 30) / per_block).max(config.max_len.div_ceil(PAGE_SIZE))
         }
     };
+    // Each layer's key (and value) pool is one tensor: it must fit the device's largest
+    // allocation (lavapipe's is far below its reported memory).
+    let per_pool_block = per_block / (2 * model.config.num_hidden_layers).max(1);
+    let blocks = match braid_model::ops::device_max_allocation(&model.device()) {
+        Some(max) if per_pool_block > 0 => blocks.min((max as usize / per_pool_block).saturating_sub(1).max(1)),
+        _ => blocks,
+    };
     Ok(blocks)
 }
 

@@ -214,6 +214,14 @@ pub fn device_memory(device: &burn::tensor::Device) -> Option<u64> {
     t.client.properties().memory.max_memory()
 }
 
+/// The largest single allocation the device allows, in bytes, on the CubeCL backend (`None`
+/// elsewhere): a tensor must fit one.
+pub fn device_max_allocation(device: &burn::tensor::Device) -> Option<u64> {
+    let probe = Tensor::<1>::zeros([1], device);
+    let t = probe.try_into_primitive::<burn::backend::Cube>().ok()?;
+    Some(t.client.properties().memory.max_page_size)
+}
+
 /// `x @ w^T` through Burn's matmul with its one untuned strategy (`MatmulStrategy::Cube`: what
 /// `Tensor::matmul` runs when Burn's `autotune` feature is off), for benchmarks that compare it
 /// with the autotuned matmul; `None` off the CubeCL backend.
