@@ -2,17 +2,14 @@
 # One device call (issue 6): the same binary with a switch on and off, per benchmark, in one
 # process per run (CubeCL's caches warm from the first). Builds nothing: carry dist/.
 #   AB_RUNS   `;`-separated runs `ENV=.. ENV=..|parts|plans`: parts among kernels latency
-#             throughput, plans comma-separated (`attn-f32`: fused with f32-mode attention).
+#             throughput, plans comma-separated (presets or plan files).
 #             Default: the new decode paths on (everything, both plans), the split attention's
 #             direct key reads (kernels, throughput), the separate KV write (latency, throughput)
 #   AB_CHECK  0 skips check-kernels; AB_TORCH=1 runs PyTorch's cuBLAS matmuls at AB_ROWS first
 #   AB_KERNEL_ARGS  flags for `bench kernels` (default --no-matmul)
 # Results: $OUT/results.tar.gz (ab-*.txt, JSON), a summary table printed last.
 source scripts/gpu-setup.sh
-cat > /tmp/attn-f32.json <<'JSON'
-{"all": {"rms_norm_qkv": "fused", "qk_norm_rope": "fused", "attention": "fused-f32", "add_rms_norm": "fused", "silu_mul": "fused", "linear": "fused"}, "lm_head": "fused"}
-JSON
-DEFAULT='BRAID_SPLIT_STAGE=1|kernels latency throughput|fused,attn-f32;BRAID_SPLIT_STAGE=0|kernels throughput|fused;BRAID_KV_WRITE_FUSED=0|latency throughput|fused'
+DEFAULT='BRAID_SPLIT_STAGE=1|kernels latency throughput|fused,fused-attn-f32;BRAID_SPLIT_STAGE=0|kernels throughput|fused;BRAID_KV_WRITE_FUSED=0|latency throughput|fused'
 IFS=';' read -ra runs <<< "${AB_RUNS:-$DEFAULT}"
 if [ "${AB_CHECK:-1}" != 0 ]; then
   $BIN check-kernels --device cuda --dtype bf16 > $OUT/check-kernels.txt 2>&1; echo "check-kernels exit $?" >> $OUT/check-kernels.txt
@@ -34,7 +31,7 @@ for run in "${runs[@]}"; do
     grep -E "paged_attn|attention|qk_norm_rope|^(qkv|q|o_proj|gate|down|lm_head) " $OUT/ab-kernels-$i.txt | head -40 | tee -a $OUT/summary.txt
   fi
   for p in "${plans[@]}"; do
-    tag=$i-$p; [ "$p" = attn-f32 ] && p=/tmp/attn-f32.json
+    tag=$i-$(basename $p .json)
     if has latency; then
       env $e timeout 200 $BIN bench latency --model $M --device cuda --dtype bf16 --plan $p --runs 3 --json $OUT/ab-latency-$tag.json \
         > $OUT/ab-latency-$tag.txt 2>&1

@@ -102,9 +102,12 @@ pub fn qk_norm_rope_into(
     let block = half.next_power_of_two();
     let u32_t = ElemType::UInt(cubecl::ir::UIntKind::U32);
     let q_out = output_like(client, &[batch, heads, seq, hd], dtype);
-    let placeholder = || output_like(client, &[2], u32_t);
+    // The u32 input a mode does not read is any u32 buffer: the other one, or a small one.
     let (k_out, v_out, state, slots, fresh) = match into {
-        KvOut::New => (output_like(client, &[batch, kv_heads, seq, hd], dtype), output_like(client, &[batch, kv_heads, seq, hd], dtype), placeholder(), placeholder(), true),
+        KvOut::New => {
+            let unused = output_like(client, &[2], u32_t);
+            (output_like(client, &[batch, kv_heads, seq, hd], dtype), output_like(client, &[batch, kv_heads, seq, hd], dtype), unused.clone(), unused, true)
+        }
         KvOut::Cache { k: kc, v: vc, state } => {
             for (name, t) in [("k_cache", kc), ("v_cache", vc)] {
                 let s = t.shape();
@@ -115,7 +118,7 @@ pub fn qk_norm_rope_into(
             }
             c.shape("state", state, &[2])?;
             c.same_dtype("state", state, u32_t)?;
-            (kc.clone(), vc.clone(), state.clone(), placeholder(), false)
+            (kc.clone(), vc.clone(), state.clone(), state.clone(), false)
         }
         KvOut::Pool { k: kp, v: vp, slots } => {
             for (name, t) in [("k_pool", kp), ("v_pool", vp)] {
@@ -127,7 +130,7 @@ pub fn qk_norm_rope_into(
             }
             c.shape("slots", slots, &[rows])?;
             c.same_dtype("slots", slots, u32_t)?;
-            (kp.clone(), vp.clone(), placeholder(), slots.clone(), false)
+            (kp.clone(), vp.clone(), slots.clone(), slots.clone(), false)
         }
     };
     let into_cache = matches!(into, KvOut::Cache { .. });

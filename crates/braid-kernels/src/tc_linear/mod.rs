@@ -31,26 +31,7 @@ pub fn tc_linear_supported(client: &Client, dtype: ElemType, k: usize) -> bool {
 /// `x: [m, k] @ w^T` with `w: [n, k]` (both contiguous, f16 or bf16) -> `[m, n]`, f32
 /// accumulation, rounded once. Errors where [`tc_linear_supported`] says no.
 pub fn tc_linear(client: &Client, x: TensorHandle, w: TensorHandle) -> Result<TensorHandle, KernelError> {
-    let c = Check::new(NAME);
-    let [m, k] = c.matrix("x", &x)?;
-    let [n, kw] = c.matrix("w", &w)?;
-    if kw != k {
-        return Err(c.shape_err("w", &w, format!("[_, {k}]")));
-    }
-    c.same_dtype("w", &w, x.dtype)?;
-    if !tc_linear_supported(client, x.dtype, k) {
-        return Err(KernelError::Unsupported {
-            kernel: NAME,
-            what: format!("{} with k = {k}", x.dtype),
-            why: format!("needs 16x16x16 cooperative matrices in this dtype with f32 accumulation and k a multiple of {TILE}"),
-        });
-    }
-    let out = output_like(client, &[m, n], x.dtype);
-    if m * n == 0 {
-        return Ok(out);
-    }
-    launch(client, &x, &w, &out, 0);
-    Ok(out)
+    tc_linear_cat(client, x, &[w])
 }
 
 /// `[x @ w_0^T | x @ w_1^T | ...]` -> `[m, sum n_i]` in one output (e.g. q | k | v), one launch

@@ -44,12 +44,18 @@ fn qkv_matmul(n: CubeTensor, wq: CubeTensor, wk: CubeTensor, wv: CubeTensor) -> 
     matmul_nt(n, vec![wq, wk, wv])
 }
 
-/// `qk_norm_rope` with the keys and values written where `into` says; returns q.
-/// `t`: q, k, v (row views), q_weight, k_weight, cos, sin.
-fn qk_norm_rope_into(t: [CubeTensor; 7], shape: QkShape, eps: f64, precision: Precision, into: braid_kernels::qk_norm_rope::KvOut<'_>) -> CubeTensor {
+/// `qk_norm_rope` with the keys and values written where `into` says; returns q and, for
+/// `KvOut::New`, the new k and v. `t`: q, k, v (row views), q_weight, k_weight, cos, sin.
+fn qk_norm_rope_into(
+    t: [CubeTensor; 7],
+    shape: QkShape,
+    eps: f64,
+    precision: Precision,
+    into: braid_kernels::qk_norm_rope::KvOut<'_>,
+) -> (CubeTensor, Option<(CubeTensor, CubeTensor)>) {
     let [q, k, v, qw, kw, cos, sin] = t;
     let (like, dtype) = (q.clone(), q.dtype);
-    let (q, _) = launched(braid_kernels::qk_norm_rope::qk_norm_rope_into(
+    let (q, kv) = launched(braid_kernels::qk_norm_rope::qk_norm_rope_into(
         &like.client,
         view(q),
         view(k),
@@ -63,7 +69,7 @@ fn qk_norm_rope_into(t: [CubeTensor; 7], shape: QkShape, eps: f64, precision: Pr
         precision,
         into,
     ));
-    tensor(&like, q, dtype)
+    (tensor(&like, q, dtype), kv.map(|(k, v)| (tensor(&like, k, dtype), tensor(&like, v, dtype))))
 }
 
 /// A kernel's handle from a contiguous copy of `t` (no copy when already contiguous).
@@ -155,21 +161,9 @@ impl FusedOps for Cube {
         eps: f64,
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (like, dtype) = (q.clone(), q.dtype);
-        let (q, k, v) = launched(braid_kernels::qk_norm_rope::qk_norm_rope(
-            &like.client,
-            view(q),
-            view(k),
-            view(v),
-            handle(q_weight),
-            handle(k_weight),
-            handle(cos),
-            handle(sin),
-            shape,
-            eps as f32,
-            precision,
-        ));
-        (tensor(&like, q, dtype), tensor(&like, k, dtype), tensor(&like, v, dtype))
+        let (q, kv) = qk_norm_rope_into([q, k, v, q_weight, k_weight, cos, sin], shape, eps, precision, braid_kernels::qk_norm_rope::KvOut::New);
+        let (k, v) = kv.expect("new keys and values");
+        (q, k, v)
     }
 
     fn attention(
@@ -245,7 +239,7 @@ impl FusedOps for Cube {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (kh, vh, state) = (view(k_cache.clone()), view(v_cache.clone()), TensorHandle::from(state));
         let into = braid_kernels::qk_norm_rope::KvOut::Cache { k: &kh, v: &vh, state: &state };
-        (qk_norm_rope_into([q, k, v, q_weight, k_weight, cos, sin], shape, eps, precision, into), k_cache, v_cache)
+        (qk_norm_rope_into([q, k, v, q_weight, k_weight, cos, sin], shape, eps, precision, into).0, k_cache, v_cache)
     }
 
     fn qk_norm_rope_pool(
@@ -265,7 +259,7 @@ impl FusedOps for Cube {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (kh, vh, slots) = (view(k_pool.clone()), view(v_pool.clone()), TensorHandle::from(into_contiguous(slots)));
         let into = braid_kernels::qk_norm_rope::KvOut::Pool { k: &kh, v: &vh, slots: &slots };
-        (qk_norm_rope_into([q, k, v, q_weight, k_weight, cos, sin], shape, eps, precision, into), k_pool, v_pool)
+        (qk_norm_rope_into([q, k, v, q_weight, k_weight, cos, sin], shape, eps, precision, into).0, k_pool, v_pool)
     }
 
     fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>, precision: Precision) -> FloatTensor<Self> {
