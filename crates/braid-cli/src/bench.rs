@@ -52,6 +52,10 @@ pub struct LatencyArgs {
     /// Runs per way; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Run only these ways (comma-separated: eager, steps, graph, streamed), e.g. `--ways steps`
+    /// under a profiler. Default: all four.
+    #[arg(long, value_delimiter = ',', default_value = "eager,steps,graph,streamed")]
+    ways: Vec<String>,
     /// Write the results here as JSON too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -141,7 +145,13 @@ fn latency(a: LatencyArgs) -> Result<()> {
     let mut ways = Vec::new();
     let mut reference_tokens: Option<Vec<u32>> = None;
     let mut identical = true;
-    for name in ["eager engine loop", "device-state steps", "graph replay", "graph, streamed"] {
+    const WAYS: [(&str, &str); 4] =
+        [("eager", "eager engine loop"), ("steps", "device-state steps"), ("graph", "graph replay"), ("streamed", "graph, streamed")];
+    if let Some(w) = a.ways.iter().find(|w| !WAYS.iter().any(|(k, _)| k == w)) {
+        bail!("--ways: unknown way '{w}' (eager, steps, graph, streamed)");
+    }
+    for (_, name) in WAYS.iter().filter(|(k, _)| a.ways.iter().any(|w| w == k)) {
+        let name = *name;
         let mut tps = Vec::new();
         let mut prefill = Vec::new();
         let mut hardware = false;

@@ -64,12 +64,7 @@ impl Qwen3 {
             x = stream;
             pending = Some(down);
         }
-        let x = match pending {
-            Some(down) => x + down,
-            None => x,
-        };
-        let h = self.model.norm.forward(x);
-        let ids = ops::argmax_device(self.head(h));
+        let ids = self.greedy_ids(x, pending);
         let (state, history) = ops::advance(ids, s.state.clone(), s.history.clone());
         s.state = state;
         s.history = history;

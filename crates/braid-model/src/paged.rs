@@ -216,7 +216,10 @@ impl Qwen3 {
         // [rows, hidden]
         let x = self.model.embed_tokens.val().select(0, ints(ids, &device));
         mark.phase("inputs");
-        let x = self.paged_layers(x, &rope, cache, &batch);
+        let x = match self.paged_layers(x, &rope, cache, &batch) {
+            (x, Some(down)) => x + down,
+            (x, None) => x,
+        };
         // [seqs, hidden] -> f32 [seqs, vocab]
         let mut mark = crate::profile::Mark::new(&device, prefix);
         let last = x.select(0, ints(last_rows, &device));
@@ -294,23 +297,20 @@ impl Qwen3 {
             seqs: Vec::new(),
         };
         let (x, cos, sin) = ops::batch_inputs(self.model.embed_tokens.val(), cache.cos.clone(), cache.sin.clone(), view(0), view(1));
-        let x = self.paged_layers(x, &Rope { cos, sin }, cache, &batch);
-        ops::argmax_device(self.head(self.model.norm.forward(x)))
+        let (x, pending) = self.paged_layers(x, &Rope { cos, sin }, cache, &batch);
+        self.greedy_ids(x, pending)
     }
 
     /// Every decoder layer over the paged cache, each layer's last residual add carried into
-    /// the next layer's first op (`DecoderLayer::paged_step`) and the last one added at the end:
-    /// `[rows, hidden]` -> `[rows, hidden]`.
-    fn paged_layers(&self, mut x: Tensor<2>, rope: &Rope, cache: &mut PagedKvCache, batch: &BatchMeta) -> Tensor<2> {
+    /// the next layer's first op (`DecoderLayer::paged_step`): `[rows, hidden]` -> the last
+    /// layer's residual stream and its pending MLP output (to be added), `[rows, hidden]` each.
+    fn paged_layers(&self, mut x: Tensor<2>, rope: &Rope, cache: &mut PagedKvCache, batch: &BatchMeta) -> (Tensor<2>, Option<Tensor<2>>) {
         let mut pending = None;
         for (i, ((layer, pools), plan)) in self.model.layers.iter().zip(cache.layers.iter_mut()).zip(&self.plan().layers).enumerate() {
             let (nx, down) = layer.paged_step(i, x, pending, rope, pools, batch, plan);
             x = nx;
             pending = Some(down);
         }
-        match pending {
-            Some(down) => x + down,
-            None => x,
-        }
+        (x, pending)
     }
 }

@@ -185,15 +185,30 @@ impl Qwen3 {
 
     /// [`Self::head`] with the choice `c` instead of the plan's.
     pub fn head_with(&self, hidden: Tensor<2>, c: OpChoice) -> Tensor<2> {
+        self.head_logits(hidden, c).cast(burn::tensor::FloatDType::F32)
+    }
+
+    /// The head's logits in the model's dtype (what a greedy step's argmax reads: the f32
+    /// cast would change no ranking, only cost a launch and twice the bytes).
+    fn head_logits(&self, hidden: Tensor<2>, c: OpChoice) -> Tensor<2> {
         let weight = match &self.lm_head {
             Some(head) => head.weight.val(),
             None => self.model.embed_tokens.val(),
         };
-        let out = match c {
+        match c {
             OpChoice::Fused(_) => crate::ops::linear(hidden, weight),
             OpChoice::Reference => crate::ops::reference::linear(hidden, weight),
+        }
+    }
+
+    /// The greedy token of each row of the last layer's output `x` (`pending`: its last residual
+    /// add, not yet applied): final norm, head, argmax, all on the device -> `[rows]`.
+    pub(crate) fn greedy_ids(&self, x: Tensor<2>, pending: Option<Tensor<2>>) -> Tensor<1, burn::tensor::Int> {
+        let x = match pending {
+            Some(down) => x + down,
+            None => x,
         };
-        out.cast(burn::tensor::FloatDType::F32)
+        crate::ops::argmax_device(self.head_logits(self.model.norm.forward(x), self.plan.lm_head))
     }
 
     /// The final-normed hidden states `[batch, seq, hidden]` (cache appended).

@@ -7,6 +7,8 @@
 pub(crate) mod kernel;
 mod tune;
 
+pub use tune::named_configs;
+
 use cubecl::features::Plane;
 use cubecl::prelude::*;
 use cubecl::std::tensor::TensorHandle;
@@ -268,12 +270,22 @@ pub(crate) fn launch_config(call: &GemvCall, config: GemvConfig) -> Result<(), S
         hidden,
         BLOCK,
         config.strategy == GemvStrategy::Plane,
+        client.properties().hardware.plane_size_min.max(1) as usize,
+        prefetch(),
         dtype,
     );
     Ok(())
 }
 
 /// `x: [rows, in] @ w^T` with `w: [out, in]` -> `[rows, out]` (f32 accumulation, one rounding).
+/// Whether the plane strategy loads each lane's weight vectors into registers ahead of the
+/// staging (default); `$BRAID_GEMV_PREFETCH=0` keeps the earlier four-ahead reads (for
+/// comparisons; read once per process).
+fn prefetch() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_GEMV_PREFETCH").map_or(true, |s| s.trim() != "0"))
+}
+
 pub fn linear(client: &Client, x: TensorHandle, w: TensorHandle, tuning: Tuning) -> Result<TensorHandle, KernelError> {
     launch("linear", client, x, vec![("w", w)], Mode::Linear, Precision::Torch, tuning)
 }

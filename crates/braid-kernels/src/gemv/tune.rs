@@ -40,6 +40,14 @@ fn key(call: &GemvCall) -> GemvKey {
 /// a candidate that refuses to launch returns at once, and the tuner took that for the fastest,
 /// then panicked running it; seen on lavapipe, 2026-11-26).
 fn candidates(client: &cubecl::prelude::Client) -> Vec<(String, GemvConfig)> {
+    let mut c = named_configs();
+    c.retain(|(_, config)| config.strategy.supported(client));
+    c
+}
+
+/// Every candidate by name: `plane-1`, `plane-2`, ..., `plane-16` (output features per plane),
+/// `unit` (one unit per feature).
+pub fn named_configs() -> Vec<(String, GemvConfig)> {
     let mut c: Vec<(String, GemvConfig)> = [1usize, 2, 4, 8, 16]
         .into_iter()
         .map(|n| {
@@ -47,7 +55,6 @@ fn candidates(client: &cubecl::prelude::Client) -> Vec<(String, GemvConfig)> {
         })
         .collect();
     c.push(("unit".into(), GemvConfig { strategy: GemvStrategy::Unit, features_per_plane: None }));
-    c.retain(|(_, config)| config.strategy.supported(client));
     c
 }
 

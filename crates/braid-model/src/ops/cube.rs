@@ -1,6 +1,5 @@
 //! The CubeCL backend launches Braid's kernels.
 
-use braid_kernels::gemv::Tuning;
 use braid_kernels::{KernelError, TensorHandle};
 use burn::backend::Cube;
 use burn::backend::ops::FloatTensorOps;
@@ -8,7 +7,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::gemv_rows::{GemvOp, gemv_max_rows};
+use super::gemv_rows::{GemvOp, gemv_max_rows, gemv_tuning};
 use super::{FusedOps, Precision, PrefillSpan, PrefillTiles, QkShape};
 
 // Past an op's GEMV row limit (`super::gemv_rows`), `linear` and `gate_up_silu` (torch mode)
@@ -134,7 +133,7 @@ impl FusedOps for Cube {
             ));
             return qkv_matmul(tensor(&like, n, dtype), wq, wk, wv);
         }
-        let tuning = Tuning::Autotune(like.device.clone());
+        let tuning = gemv_tuning(&like.client, &like.device);
         let out = launched(braid_kernels::rms_norm_qkv::rms_norm_qkv(
             &like.client,
             handle(x),
@@ -187,7 +186,7 @@ impl FusedOps for Cube {
             return matmul_nt(x, vec![w]);
         }
         let (like, dtype) = (x.clone(), x.dtype);
-        let tuning = Tuning::Autotune(like.device.clone());
+        let tuning = gemv_tuning(&like.client, &like.device);
         let out = launched(braid_kernels::gemv::linear(&like.client, handle(x), handle(w), tuning));
         tensor(&like, out, dtype)
     }
@@ -204,7 +203,7 @@ impl FusedOps for Cube {
             return Self::silu_mul(gate, up, precision);
         }
         let (like, dtype) = (x.clone(), x.dtype);
-        let tuning = Tuning::Autotune(like.device.clone());
+        let tuning = gemv_tuning(&like.client, &like.device);
         let out = launched(braid_kernels::gemv::gate_up_silu(
             &like.client,
             handle(x),
@@ -345,7 +344,7 @@ impl FusedOps for Cube {
             let h = Cube::float_add(residual, x);
             return (h.clone(), Self::rms_norm_qkv(h, gamma, wq, wk, wv, eps, precision));
         }
-        let tuning = Tuning::Autotune(like.device.clone());
+        let tuning = gemv_tuning(&like.client, &like.device);
         let (h, qkv) = launched(braid_kernels::rms_norm_qkv::add_rms_norm_qkv(
             &like.client,
             handle(residual),
@@ -375,7 +374,7 @@ impl FusedOps for Cube {
             let (h, n) = Self::add_rms_norm(residual, x, gamma, eps, precision);
             return (h, Self::gate_up_silu(n, w_gate, w_up, precision));
         }
-        let tuning = Tuning::Autotune(like.device.clone());
+        let tuning = gemv_tuning(&like.client, &like.device);
         let (h, act) = launched(braid_kernels::gemv::add_rms_norm_gate_up_silu(
             &like.client,
             handle(residual),

@@ -116,3 +116,24 @@ mod tests {
         assert_eq!(GemvOp::for_linear(1024), GemvOp::Linear);
     }
 }
+
+/// The GEMV kernel's configuration for a call on `client`: autotuned, or the candidate
+/// `$BRAID_GEMV` names (`plane-1` ... `plane-16`, `unit`: A/B runs, and checking each
+/// candidate on a device with `check-kernels`). A name the device cannot run is ignored.
+pub(crate) fn gemv_tuning(client: &braid_kernels::cubecl::prelude::Client, device: &braid_kernels::cubecl::Device) -> braid_kernels::gemv::Tuning {
+    use braid_kernels::gemv::{GemvConfig, Tuning, named_configs};
+    static FORCED: OnceLock<Option<GemvConfig>> = OnceLock::new();
+    let forced = FORCED.get_or_init(|| {
+        let name = std::env::var("BRAID_GEMV").ok()?;
+        let config = named_configs().into_iter().find(|(n, _)| *n == name.trim()).map(|(_, c)| c);
+        if config.is_none() {
+            let names: Vec<String> = named_configs().into_iter().map(|(n, _)| n).collect();
+            eprintln!("warning: BRAID_GEMV={name:?} ignored (one of {})", names.join(", "));
+        }
+        config
+    });
+    match forced {
+        Some(c) if c.strategy.supported(client) => Tuning::Fixed(*c),
+        _ => Tuning::Autotune(device.clone()),
+    }
+}
