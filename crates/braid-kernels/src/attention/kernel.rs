@@ -55,6 +55,37 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     let mut qs = Shared::<[f32]>::new_slice(head_dim);
     let mut scores = Shared::<[f32]>::new_slice(max_keys);
 
+    // 0. Loads issued before anything waits: this unit's first key row and the first four
+    // value vectors it will weigh (see 4.), so the query, key and value reads (each a memory
+    // round trip at decode, where there is little else to do) overlap instead of following
+    // one another.
+    let k_base = b * k.stride(0) + g * k.stride(1);
+    let mut kr = Array::<Vector<F, N>>::new(nvec);
+    if unit < n_keys {
+        let row = (k_base + unit * k.stride(2)) / vs;
+        #[unroll]
+        for e in 0..nvec {
+            kr[e] = k[row + e];
+        }
+    }
+    let v_base = b * v.stride(0) + g * v.stride(1);
+    let vrow = v.stride(2) / vs;
+    let parts = min(block / nvec, partial_len / hd);
+    let part = unit / nvec;
+    let c = unit % nvec;
+    let vb = v_base / vs + c;
+    let zero = Vector::<F, N>::new(F::new(0.0));
+    let mut x0 = zero;
+    let mut x1 = zero;
+    let mut x2 = zero;
+    let mut x3 = zero;
+    if part < parts {
+        x0 = value_or_zero::<F, N>(v, vb, vrow, part, n_keys);
+        x1 = value_or_zero::<F, N>(v, vb, vrow, part + parts, n_keys);
+        x2 = value_or_zero::<F, N>(v, vb, vrow, part + 2 * parts, n_keys);
+        x3 = value_or_zero::<F, N>(v, vb, vrow, part + 3 * parts, n_keys);
+    }
+
     // 1. The query row, in f32.
     let q_base = ((b * heads + h) * seq + i) * hd;
     let mut d = unit;
@@ -64,13 +95,13 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     }
     sync_cube();
 
-    // 2. Scores, one key per unit in turn, and each unit's maximum.
-    let k_base = b * k.stride(0) + g * k.stride(1);
+    // 2. Scores, one key per unit in turn (the first from the registers loaded in 0.), and
+    // each unit's maximum.
     let mut local_max = f32::new(f32::MIN);
     let mut j = unit;
     while j < n_keys {
         let row = (k_base + j * k.stride(2)) / vs;
-        let dot = key_dot::<F, N>(k, row, &qs, head_dim);
+        let dot = if j == unit { regs_dot::<F, N>(&kr, &qs, head_dim, vs) } else { key_dot::<F, N>(k, row, &qs, head_dim) };
         let s = if f32_internal {
             dot * scale
         } else {
@@ -102,18 +133,13 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     sync_cube();
 
     // 4. Weighted values: `parts` groups of `nvec` units, unit `(part, c)` accumulating the
-    // `vs` channels of vector `c` over every `parts`-th key (four keys per step), then the parts
-    // are summed through shared memory (`partial_len` f32: what the device's shared memory
-    // leaves, which bounds `parts`).
-    let v_base = b * v.stride(0) + g * v.stride(1);
-    let vrow = v.stride(2) / vs;
+    // `vs` channels of vector `c` over every `parts`-th key, four keys per step (the first four
+    // loaded in 0., each step's loads issued before the next step's products; vectors past the
+    // keys are zeros with weight 0), then the parts are summed through shared memory
+    // (`partial_len` f32: what the device's shared memory leaves, which bounds `parts`).
     let out_base = (b * seq + i) * heads * hd + h * hd;
-    let parts = min(block / nvec, partial_len / hd);
-    let part = unit / nvec;
-    let c = unit % nvec;
     let mut partial = Shared::<[f32]>::new_slice(partial_len);
     if part < parts {
-        // Four keys per step (four loads in flight), then the rest one by one.
         let mut a0 = Array::<f32>::new(vs);
         let mut a1 = Array::<f32>::new(vs);
         let mut a2 = Array::<f32>::new(vs);
@@ -125,34 +151,28 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
             a2[x] = 0.0;
             a3[x] = 0.0;
         }
-        let base = v_base / vs + c;
         let mut j = part;
-        while j + 3 * parts < n_keys {
-            let x0 = v[base + j * vrow];
-            let x1 = v[base + (j + parts) * vrow];
-            let x2 = v[base + (j + 2 * parts) * vrow];
-            let x3 = v[base + (j + 3 * parts) * vrow];
-            let p0 = scores[j];
-            let p1 = scores[j + parts];
-            let p2 = scores[j + 2 * parts];
-            let p3 = scores[j + 3 * parts];
-            #[unroll]
-            for x in 0..vs {
-                a0[x] += p0 * f32::cast_from(x0.extract(x));
-                a1[x] += p1 * f32::cast_from(x1.extract(x));
-                a2[x] += p2 * f32::cast_from(x2.extract(x));
-                a3[x] += p3 * f32::cast_from(x3.extract(x));
-            }
-            j += 4 * parts;
-        }
         while j < n_keys {
-            let x0 = v[base + j * vrow];
             let p0 = scores[j];
+            let p1 = weight_or_zero(&scores, j + parts, n_keys);
+            let p2 = weight_or_zero(&scores, j + 2 * parts, n_keys);
+            let p3 = weight_or_zero(&scores, j + 3 * parts, n_keys);
+            let (y0, y1, y2, y3) = (x0, x1, x2, x3);
+            let next = j + 4 * parts;
+            if next < n_keys {
+                x0 = v[vb + next * vrow];
+                x1 = value_or_zero::<F, N>(v, vb, vrow, next + parts, n_keys);
+                x2 = value_or_zero::<F, N>(v, vb, vrow, next + 2 * parts, n_keys);
+                x3 = value_or_zero::<F, N>(v, vb, vrow, next + 3 * parts, n_keys);
+            }
             #[unroll]
             for x in 0..vs {
-                a0[x] += p0 * f32::cast_from(x0.extract(x));
+                a0[x] += p0 * f32::cast_from(y0.extract(x));
+                a1[x] += p1 * f32::cast_from(y1.extract(x));
+                a2[x] += p2 * f32::cast_from(y2.extract(x));
+                a3[x] += p3 * f32::cast_from(y3.extract(x));
             }
-            j += parts;
+            j = next;
         }
         #[unroll]
         for x in 0..vs {
@@ -192,4 +212,45 @@ fn key_dot<F: Float, N: Size>(k: &Tensor<Vector<F, N>>, row: usize, qs: &Shared<
         }
     }
     d0 + d1
+}
+
+/// `q . k_row` in f32 over a key row already in registers (as [`key_dot`] sums it).
+#[cube]
+fn regs_dot<F: Float, N: Size>(kr: &Array<Vector<F, N>>, qs: &Shared<[f32]>, #[comptime] head_dim: usize, #[comptime] vs: usize) -> f32 {
+    let nvec = comptime!(head_dim / vs);
+    let mut d0 = 0.0f32;
+    let mut d1 = 0.0f32;
+    #[unroll]
+    for e in 0..nvec {
+        let a = kr[e];
+        #[unroll]
+        for x in 0..vs {
+            if e % 2 == 0 {
+                d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+            } else {
+                d1 += qs[e * vs + x] * f32::cast_from(a.extract(x));
+            }
+        }
+    }
+    d0 + d1
+}
+
+/// Vector `vb` of key `j`'s value row (`vrow` vectors per key), or zeros past `n_keys`.
+#[cube]
+fn value_or_zero<F: Float, N: Size>(v: &Tensor<Vector<F, N>>, vb: usize, vrow: usize, j: usize, n_keys: usize) -> Vector<F, N> {
+    let mut x = Vector::<F, N>::new(F::new(0.0));
+    if j < n_keys {
+        x = v[vb + j * vrow];
+    }
+    x
+}
+
+/// `scores[j]`, or 0 past `n_keys`.
+#[cube]
+fn weight_or_zero(scores: &Shared<[f32]>, j: usize, n_keys: usize) -> f32 {
+    let mut p = 0.0f32;
+    if j < n_keys {
+        p = scores[j];
+    }
+    p
 }
