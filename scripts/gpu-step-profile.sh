@@ -30,7 +30,7 @@ timeout 200 $BIN bench latency --model $M --device cuda --dtype bf16 --plan $PLA
 if [ "${TP:-0}" != 0 ]; then  # the throughput workload once, for its host/device split
   timeout 150 $BIN bench throughput --model $M --device cuda --dtype bf16 --plan fused-attn-f32 2>&1 | grep -v "^\s*$" | tail -12 | tee $OUT/throughput.txt
 fi
-timeout ${NCU_TIMEOUT:-330} $NCU --clock-control none --csv --page raw --print-units base \
+timeout ${NCU_TIMEOUT:-330} $NCU --clock-control none --cache-control ${NCU_CACHE:-all} --csv --page raw --print-units base \
   --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__block_size \
   $BIN bench latency --model $M --device cuda --dtype bf16 --plan $PLAN --prompt-len $PROMPT --ways steps --runs 1 --new-tokens 4 \
   > $OUT/ncu-step.csv 2> $OUT/ncu-step.err

@@ -25,6 +25,11 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     out: &mut Tensor<F>,      // [batch, seq, heads * hd]
     past: u32,
     state: &Tensor<u32>, // [2] (token, position) when `past_from_state`: past = state[1]
+    pf0: &Tensor<Vector<F, N>>, // with `prefetch`: four tensors read into L2 (any shape)
+    pf1: &Tensor<Vector<F, N>>,
+    pf2: &Tensor<Vector<F, N>>,
+    pf3: &Tensor<Vector<F, N>>,
+    sink: &mut Tensor<f32>, // [1] (written only if a prefetched sum is NaN)
     scale: f32,
     #[comptime] f32_internal: bool,
     #[comptime] past_from_state: bool,
@@ -32,9 +37,29 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] block: usize,
     #[comptime] partial_len: usize,
+    #[comptime] prefetch: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let bh = CUBE_POS_X as usize;
+    // Cubes past the attention's (`prefetch`): a decode row's attention fills a few SMs and
+    // leaves the rest idle; these cubes read the next ops' weights meanwhile, so those ops find
+    // them in L2 instead of HBM.
+    if prefetch {
+        let attn_cubes = q.shape(0) * q.shape(1);
+        if bh >= attn_cubes {
+            let cube = bh - attn_cubes;
+            let cubes = CUBE_COUNT_X as usize - attn_cubes;
+            let mut acc = touch::<F, N>(pf0, cube, cubes, block);
+            acc += touch::<F, N>(pf1, cube, cubes, block);
+            acc += touch::<F, N>(pf2, cube, cubes, block);
+            acc += touch::<F, N>(pf3, cube, cubes, block);
+            // Never true for finite weights; keeps the loads (their sum is "used").
+            if acc != acc {
+                sink[0] = acc;
+            }
+            terminate!();
+        }
+    }
     let i = CUBE_POS_Y as usize;
     let unit = UNIT_POS_X as usize;
     let heads = q.shape(1);
@@ -253,4 +278,40 @@ fn weight_or_zero(scores: &Shared<[f32]>, j: usize, n_keys: usize) -> f32 {
         p = scores[j];
     }
     p
+}
+
+/// Reads cube `cube`'s share (of `cubes`) of `t`'s vectors, four loads in flight per unit;
+/// returns their sum (f32).
+#[cube]
+fn touch<F: Float, N: Size>(t: &Tensor<Vector<F, N>>, cube: usize, cubes: usize, #[comptime] block: usize) -> f32 {
+    let vs = t.vector_size();
+    let n = t.len();
+    let per = n.div_ceil(cubes);
+    let start = cube * per;
+    let end = min(start + per, n);
+    let unit = UNIT_POS_X as usize;
+    let mut acc = 0.0f32;
+    let mut i = start + unit;
+    while i < end {
+        let mut regs = Array::<Vector<F, N>>::new(4usize);
+        #[unroll]
+        for u in 0..4usize {
+            let j = i + u * block;
+            if j < end {
+                regs[u] = t[j];
+            }
+        }
+        #[unroll]
+        for u in 0..4usize {
+            if i + u * block < end {
+                let v = regs[u];
+                #[unroll]
+                for e in 0..vs {
+                    acc += f32::cast_from(v.extract(e));
+                }
+            }
+        }
+        i += 4 * block;
+    }
+    acc
 }

@@ -44,7 +44,7 @@ pub fn attention(
     past: usize,
     precision: Precision,
 ) -> Result<TensorHandle, KernelError> {
-    launch(client, q, k, v, past, None, precision)
+    launch(client, q, k, v, past, None, precision, &[])
 }
 
 /// Decode attention at the position held in the device-side step state (see
@@ -61,6 +61,22 @@ pub fn attention_at(
     state: TensorHandle,
     precision: Precision,
 ) -> Result<TensorHandle, KernelError> {
+    attention_at_prefetch(client, q, k_cache, v_cache, state, precision, &[])
+}
+
+/// [`attention_at`], and where the row kernel serves the call (a short cache) on a device that
+/// reports its SM count, the SMs the attention leaves idle read `prefetch` (up to four
+/// tensors of the query's dtype: the next ops' weights) so that those ops find them in L2.
+/// `$BRAID_L2_PREFETCH=0` turns it off (read once per process).
+pub fn attention_at_prefetch(
+    client: &Client,
+    q: TensorHandle,
+    k_cache: TensorHandle,
+    v_cache: TensorHandle,
+    state: TensorHandle,
+    precision: Precision,
+    prefetch: &[TensorHandle],
+) -> Result<TensorHandle, KernelError> {
     let c = Check::new(NAME);
     c.shape("state", &state, &[2])?;
     if state.dtype != ElemType::UInt(cubecl::ir::UIntKind::U32) {
@@ -69,7 +85,18 @@ pub fn attention_at(
     if q.shape().len() != 4 || q.shape()[2] != 1 {
         return Err(c.shape_err("q", &q, "[batch, heads, 1, head_dim]".into()));
     }
-    launch(client, q, k_cache, v_cache, 0, Some(state), precision)
+    if prefetch.len() > 4 {
+        return Err(KernelError::Unsupported { kernel: NAME, what: format!("{} prefetch tensors", prefetch.len()), why: "at most four".into() });
+    }
+    for t in prefetch {
+        c.same_dtype("prefetch", t, q.dtype)?;
+    }
+    launch(client, q, k_cache, v_cache, 0, Some(state), precision, prefetch)
+}
+
+fn l2_prefetch_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_L2_PREFETCH").map_or(true, |s| s.trim() != "0"))
 }
 
 /// Decode attention over a paged KV cache: query row `r` of `q: [1, heads, rows, hd]`
@@ -351,6 +378,7 @@ fn launch(
     past: usize,
     state: Option<TensorHandle>,
     precision: Precision,
+    prefetch: &[TensorHandle],
 ) -> Result<TensorHandle, KernelError> {
     let c = Check::new(NAME);
     let qs = q.shape().to_vec();
@@ -405,9 +433,20 @@ fn launch(
     // two reductions' scratch (f32 each), less 1 KiB; at least one part per output channel.
     let used = 4 * (MAX_KEYS + hd + 2 * block) + 1024;
     let partial_len = (client.properties().hardware.max_shared_memory_size.saturating_sub(used) / 4).min(block * vector).max(hd);
+    // Prefetch cubes: one per SM the attention leaves idle (decode rows only). Each tensor is
+    // read in vectors of the key's width (weights' lengths are multiples of it).
+    let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(0) as usize;
+    let pf_ok = !prefetch.is_empty() && seq == 1 && l2_prefetch_on() && prefetch.iter().all(|t| t.shape().iter().product::<usize>() % vector == 0);
+    let pf_cubes = if pf_ok { sms.saturating_sub(batch * heads) } else { 0 };
+    let pf: Vec<TensorHandle> = if pf_cubes > 0 {
+        (0..4).map(|i| prefetch[i.min(prefetch.len() - 1)].clone()).collect()
+    } else {
+        vec![k.clone(); 4]
+    };
+    let sink = output_like(client, &[1], ElemType::Float(cubecl::ir::FloatKind::F32));
     kernel::attention_kernel::launch(
         client,
-        CubeCount::new_2d((batch * heads) as u32, seq as u32),
+        CubeCount::new_2d((batch * heads + pf_cubes) as u32, seq as u32),
         CubeDim::new_1d(block as u32),
         vector,
         q.into_arg(),
@@ -416,6 +455,11 @@ fn launch(
         out.clone().into_arg(),
         past as u32,
         state.into_arg(),
+        pf[0].clone().into_arg(),
+        pf[1].clone().into_arg(),
+        pf[2].clone().into_arg(),
+        pf[3].clone().into_arg(),
+        sink.into_arg(),
         (hd as f32).powf(-0.5),
         precision.f32_internal(),
         from_state,
@@ -423,6 +467,7 @@ fn launch(
         hd,
         block,
         partial_len,
+        pf_cubes > 0,
         dtype,
     );
     Ok(out)

@@ -317,6 +317,30 @@ impl FusedOps for Cube {
         tensor(&like, out, dtype)
     }
 
+    fn attention_at_prefetch(
+        q: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        precision: Precision,
+        w0: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        w3: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (like, dtype) = (q.clone(), q.dtype);
+        let out = launched(braid_kernels::attention::attention_at_prefetch(
+            &like.client,
+            handle(q),
+            view(k_cache),
+            view(v_cache),
+            TensorHandle::from(state),
+            precision,
+            &[view(w0), view(w1), view(w2), view(w3)],
+        ));
+        tensor(&like, out, dtype)
+    }
+
     fn advance(ids: IntTensor<Self>, state: IntTensor<Self>, history: IntTensor<Self>) -> (IntTensor<Self>, IntTensor<Self>) {
         let client = state.client.clone();
         let (sh, hh) = (TensorHandle::from(state.clone()), TensorHandle::from(history.clone()));

@@ -207,6 +207,21 @@ impl FusedOps for Flex {
         unwrap(out.reshape([b, 1, nh * hd]))
     }
 
+    fn attention_at_prefetch(
+        q: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        precision: Precision,
+        _w0: FloatTensor<Self>,
+        _w1: FloatTensor<Self>,
+        _w2: FloatTensor<Self>,
+        _w3: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        // No L2 to fill on the CPU.
+        Self::attention_at(q, k_cache, v_cache, state, precision)
+    }
+
     fn advance(ids: IntTensor<Self>, state: IntTensor<Self>, history: IntTensor<Self>) -> (IntTensor<Self>, IntTensor<Self>) {
         let (s, h) = reference::advance(iwrap(ids), iwrap(state), iwrap(history));
         (iunwrap(s), iunwrap(h))

@@ -134,6 +134,21 @@ pub trait FusedOps: Backend {
         precision: Precision,
     ) -> FloatTensor<Self>;
 
+    /// [`FusedOps::attention_at`], reading `w0..w3` (the next ops' weights) into L2 on the SMs
+    /// the attention leaves idle where the backend can (a hint: the result is the same).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_at_prefetch(
+        q: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        precision: Precision,
+        w0: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        w3: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
     fn advance(ids: IntTensor<Self>, state: IntTensor<Self>, history: IntTensor<Self>) -> (IntTensor<Self>, IntTensor<Self>);
 
     #[allow(clippy::too_many_arguments)]
@@ -488,6 +503,32 @@ pub fn attention_at(q: Tensor<4>, k_cache: Tensor<4>, v_cache: Tensor<4>, state:
         v_cache.into_dispatch(),
         state.into_dispatch(),
         precision,
+    ));
+    out.reshape([b, nh * hd])
+}
+
+/// [`attention_at`], with the four tensors `prefetch` (the next ops' weights: o_proj, gate,
+/// up, down) read into L2 meanwhile where the backend can: same result.
+pub fn attention_at_prefetch(
+    q: Tensor<4>,
+    k_cache: Tensor<4>,
+    v_cache: Tensor<4>,
+    state: Tensor<1, Int>,
+    precision: Precision,
+    prefetch: [Tensor<2>; 4],
+) -> Tensor<2> {
+    let [b, nh, _, hd] = q.dims();
+    let [w0, w1, w2, w3] = prefetch;
+    let out: Tensor<3> = Tensor::from_dispatch(<Dispatch as FusedOps>::attention_at_prefetch(
+        q.into_dispatch(),
+        k_cache.into_dispatch(),
+        v_cache.into_dispatch(),
+        state.into_dispatch(),
+        precision,
+        w0.into_dispatch(),
+        w1.into_dispatch(),
+        w2.into_dispatch(),
+        w3.into_dispatch(),
     ));
     out.reshape([b, nh * hd])
 }
