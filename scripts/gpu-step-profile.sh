@@ -7,7 +7,8 @@
 # the sum is set against the replayed graph's ms/token from the same binary. Builds nothing:
 # carry dist/ (CUDA braid-cli). PLAN (default fused), PROMPT (128), CHECK=0 skips check-kernels,
 # TP=1 also runs the throughput workload once (`fused-attn-f32`), GEMV_CHECK=0 skips checking
-# each GEMV candidate, LAT_ENVS adds graph-latency runs under other env settings (A/B).
+# each GEMV candidate, LAT_ENVS adds graph-latency runs under other env settings (A/B),
+# NCU_CACHE=none keeps L2 between the profiled launches (default all: flushed), PROFILE=0 skips ncu.
 source scripts/gpu-setup.sh
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 PLAN=${PLAN:-fused}; PROMPT=${PROMPT:-128}
@@ -30,9 +31,11 @@ timeout 200 $BIN bench latency --model $M --device cuda --dtype bf16 --plan $PLA
 if [ "${TP:-0}" != 0 ]; then  # the throughput workload once, for its host/device split
   timeout 150 $BIN bench throughput --model $M --device cuda --dtype bf16 --plan fused-attn-f32 2>&1 | grep -v "^\s*$" | tail -12 | tee $OUT/throughput.txt
 fi
-timeout ${NCU_TIMEOUT:-330} $NCU --clock-control none --cache-control ${NCU_CACHE:-all} --csv --page raw --print-units base \
-  --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__block_size \
-  $BIN bench latency --model $M --device cuda --dtype bf16 --plan $PLAN --prompt-len $PROMPT --ways steps --runs 1 --new-tokens 4 \
-  > $OUT/ncu-step.csv 2> $OUT/ncu-step.err
-echo "ncu exit $? ($(wc -l < $OUT/ncu-step.csv) lines)"
-python3 scripts/step_profile.py $OUT/ncu-step.csv $OUT/latency.txt | tee $OUT/step-profile.txt
+if [ "${PROFILE:-1}" != 0 ]; then
+  timeout ${NCU_TIMEOUT:-330} $NCU --clock-control none --cache-control ${NCU_CACHE:-all} --csv --page raw --print-units base \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__block_size \
+    $BIN bench latency --model $M --device cuda --dtype bf16 --plan $PLAN --prompt-len $PROMPT --ways steps --runs 1 --new-tokens 4 \
+    > $OUT/ncu-step.csv 2> $OUT/ncu-step.err
+  echo "ncu exit $? ($(wc -l < $OUT/ncu-step.csv) lines)"
+  python3 scripts/step_profile.py $OUT/ncu-step.csv $OUT/latency.txt | tee $OUT/step-profile.txt
+fi

@@ -90,10 +90,13 @@ pub struct BatchStats {
     pub graphs: usize,
     pub capture_secs: f64,
     /// Host seconds spent scheduling (every step; outside `prefill_secs` and `decode_secs`),
-    /// and, of `decode_secs`, the seconds the replayed decode steps waited for the device to
-    /// hand back their tokens (the rest of a replayed step is host work: the layout, its upload
-    /// and the launches, during which the device may idle).
+    /// and, of `decode_secs`, the seconds the replayed decode steps spent in the replay call
+    /// and then waiting for the device to hand back their tokens (the rest of a replayed step
+    /// is host work: the layout and its upload, during which the device may idle). CUDA
+    /// replays returned at once while the tokens' read waited ~0 (2026-11-26, H100): Burn's
+    /// replay synchronises, so `replay_secs` holds the device time.
     pub schedule_secs: f64,
+    pub replay_secs: f64,
     pub device_wait_secs: f64,
 }
 
@@ -365,7 +368,9 @@ impl<'e> BatchEngine<'e> {
                 // batch engine), the cache and the input buffer (owned by the closure through
                 // `Rc`s, alive as long as the graph); the input was refreshed in place above,
                 // on the same stream.
+                let replay = Instant::now();
                 unsafe { g.graph.replay() };
+                self.stats.replay_secs += replay.elapsed().as_secs_f64();
                 self.stats.graph_steps += 1;
                 g.graph.output().clone()
             }

@@ -25,7 +25,7 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     out: &mut Tensor<F>,      // [batch, seq, heads * hd]
     past: u32,
     state: &Tensor<u32>, // [2] (token, position) when `past_from_state`: past = state[1]
-    pf0: &Tensor<Vector<F, N>>, // with `prefetch`: four tensors read into L2 (any shape)
+    pf0: &Tensor<Vector<F, N>>, // the first `prefetch` of these are read into L2 (any shape)
     pf1: &Tensor<Vector<F, N>>,
     pf2: &Tensor<Vector<F, N>>,
     pf3: &Tensor<Vector<F, N>>,
@@ -37,24 +37,31 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] block: usize,
     #[comptime] partial_len: usize,
-    #[comptime] prefetch: bool,
+    #[comptime] prefetch: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let bh = CUBE_POS_X as usize;
     // Cubes past the attention's (`prefetch`): a decode row's attention fills a few SMs and
     // leaves the rest idle; these cubes read the next ops' weights meanwhile, so those ops find
     // them in L2 instead of HBM.
-    if prefetch {
+    // `prefetch`: how many of `pf0..pf3` to read (0: none, no extra cubes).
+    if prefetch > 0 {
         let attn_cubes = q.shape(0) * q.shape(1);
         if bh >= attn_cubes {
             let cube = bh - attn_cubes;
             let cubes = CUBE_COUNT_X as usize - attn_cubes;
             let mut acc = touch::<F, N>(pf0, cube, cubes, block);
-            acc += touch::<F, N>(pf1, cube, cubes, block);
-            acc += touch::<F, N>(pf2, cube, cubes, block);
-            acc += touch::<F, N>(pf3, cube, cubes, block);
-            // Never true for finite weights; keeps the loads (their sum is "used").
-            if acc != acc {
+            if prefetch > 1 {
+                acc += touch::<F, N>(pf1, cube, cubes, block);
+            }
+            if prefetch > 2 {
+                acc += touch::<F, N>(pf2, cube, cubes, block);
+            }
+            if prefetch > 3 {
+                acc += touch::<F, N>(pf3, cube, cubes, block);
+            }
+            // Never true for finite weights; keeps the loads alive (their sum is "used").
+            if acc.is_nan() {
                 sink[0] = acc;
             }
             terminate!();

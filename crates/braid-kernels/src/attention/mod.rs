@@ -67,7 +67,7 @@ pub fn attention_at(
 /// [`attention_at`], and where the row kernel serves the call (a short cache) on a device that
 /// reports its SM count, the SMs the attention leaves idle read `prefetch` (up to four
 /// tensors of the query's dtype: the next ops' weights) so that those ops find them in L2.
-/// `$BRAID_L2_PREFETCH=0` turns it off (read once per process).
+/// `$BRAID_L2_PREFETCH=n` reads only the first n (0: off).
 pub fn attention_at_prefetch(
     client: &Client,
     q: TensorHandle,
@@ -94,10 +94,16 @@ pub fn attention_at_prefetch(
     launch(client, q, k_cache, v_cache, 0, Some(state), precision, prefetch)
 }
 
-fn l2_prefetch_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BRAID_L2_PREFETCH").map_or(true, |s| s.trim() != "0"))
+/// How many of the tensors given to [`attention_at_prefetch`] it reads: `$BRAID_L2_PREFETCH`
+/// (0 = off), default [`L2_PREFETCH`]; read once per process.
+fn l2_prefetch_count() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::env::var("BRAID_L2_PREFETCH").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(L2_PREFETCH).min(4))
 }
+
+/// Tensors [`attention_at_prefetch`] reads by default (the decode step passes gate, up, down,
+/// o_proj: the GEMVs that gain most from L2 first).
+pub const L2_PREFETCH: usize = 4;
 
 /// Decode attention over a paged KV cache: query row `r` of `q: [1, heads, rows, hd]`
 /// (contiguous) attends to keys `0..lens[r]` stored in the blocks `table[r, ..]` of
@@ -370,6 +376,7 @@ fn check_paged_inputs(c: &Check, kernel: &'static str, q: &TensorHandle, k_pool:
     Ok([heads, rows, hd])
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch(
     client: &Client,
     q: TensorHandle,
@@ -436,13 +443,12 @@ fn launch(
     // Prefetch cubes: one per SM the attention leaves idle (decode rows only). Each tensor is
     // read in vectors of the key's width (weights' lengths are multiples of it).
     let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(0) as usize;
-    let pf_ok = !prefetch.is_empty() && seq == 1 && l2_prefetch_on() && prefetch.iter().all(|t| t.shape().iter().product::<usize>() % vector == 0);
+    let pf_n = prefetch.len().min(l2_prefetch_count());
+    let pf_ok = pf_n > 0 && seq == 1 && prefetch.iter().all(|t| t.shape().iter().product::<usize>() % vector == 0);
     let pf_cubes = if pf_ok { sms.saturating_sub(batch * heads) } else { 0 };
-    let pf: Vec<TensorHandle> = if pf_cubes > 0 {
-        (0..4).map(|i| prefetch[i.min(prefetch.len() - 1)].clone()).collect()
-    } else {
-        vec![k.clone(); 4]
-    };
+    let pf_n = if pf_cubes > 0 { pf_n } else { 0 };
+    // (Unread slots: the key cache stands in.)
+    let pf: Vec<TensorHandle> = (0..4).map(|i| if i < pf_n { prefetch[i].clone() } else { k.clone() }).collect();
     let sink = output_like(client, &[1], ElemType::Float(cubecl::ir::FloatKind::F32));
     kernel::attention_kernel::launch(
         client,
@@ -467,7 +473,7 @@ fn launch(
         hd,
         block,
         partial_len,
-        pf_cubes > 0,
+        pf_n,
         dtype,
     );
     Ok(out)

@@ -246,7 +246,7 @@ impl DecoderLayer {
         // While the attention runs on a few SMs, the rest read this layer's remaining weights
         // into L2 for the GEMVs that follow.
         let m = &self.mlp;
-        let next = [a.o_proj.weight.val(), m.gate_proj.weight.val(), m.up_proj.weight.val(), m.down_proj.weight.val()];
+        let next = [m.gate_proj.weight.val(), m.up_proj.weight.val(), m.down_proj.weight.val(), a.o_proj.weight.val()];
         let attn = ops::attention_at_prefetch(q, cache.k.clone(), cache.v.clone(), state.clone(), p, next);
         let attn = self.o_proj(attn, plan.linear);
         let (x, act) = self.add_gate_up(x, attn, plan);

@@ -133,7 +133,7 @@ impl FusedOps for Cube {
             ));
             return qkv_matmul(tensor(&like, n, dtype), wq, wk, wv);
         }
-        let tuning = gemv_tuning(&like.client, &like.device);
+        let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
         let out = launched(braid_kernels::rms_norm_qkv::rms_norm_qkv(
             &like.client,
             handle(x),
@@ -186,7 +186,7 @@ impl FusedOps for Cube {
             return matmul_nt(x, vec![w]);
         }
         let (like, dtype) = (x.clone(), x.dtype);
-        let tuning = gemv_tuning(&like.client, &like.device);
+        let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
         let out = launched(braid_kernels::gemv::linear(&like.client, handle(x), handle(w), tuning));
         tensor(&like, out, dtype)
     }
@@ -203,7 +203,7 @@ impl FusedOps for Cube {
             return Self::silu_mul(gate, up, precision);
         }
         let (like, dtype) = (x.clone(), x.dtype);
-        let tuning = gemv_tuning(&like.client, &like.device);
+        let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
         let out = launched(braid_kernels::gemv::gate_up_silu(
             &like.client,
             handle(x),
@@ -368,7 +368,7 @@ impl FusedOps for Cube {
             let h = Cube::float_add(residual, x);
             return (h.clone(), Self::rms_norm_qkv(h, gamma, wq, wk, wv, eps, precision));
         }
-        let tuning = gemv_tuning(&like.client, &like.device);
+        let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
         let (h, qkv) = launched(braid_kernels::rms_norm_qkv::add_rms_norm_qkv(
             &like.client,
             handle(residual),
@@ -398,7 +398,7 @@ impl FusedOps for Cube {
             let (h, n) = Self::add_rms_norm(residual, x, gamma, eps, precision);
             return (h, Self::gate_up_silu(n, w_gate, w_up, precision));
         }
-        let tuning = gemv_tuning(&like.client, &like.device);
+        let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
         let (h, act) = launched(braid_kernels::gemv::add_rms_norm_gate_up_silu(
             &like.client,
             handle(residual),

@@ -101,6 +101,41 @@ pub fn set_gemv_max_rows(op: GemvOp, rows: usize) {
     limits()[op as usize].store(rows, Ordering::Relaxed);
 }
 
+/// The GEMV kernel's configuration for a call of `rows` rows on `client`: the candidate
+/// `$BRAID_GEMV` names (`plane-1` ... `plane-16`, `unit`: A/B runs, and checking each
+/// candidate on a device with `check-kernels`; a name the device cannot run is ignored), else
+/// `plane-1` at 1-2 rows where the device has plane operations, else autotuned.
+///
+/// Why not the tuner at 1-2 rows: it times each candidate on repeated calls, with the weights
+/// in L2, which favours fewer and larger cubes; a decode step reads them from HBM (or from the
+/// attention's L2 prefetch), where one feature per plane (the most cubes, every load in
+/// flight at once) was fastest. H100, whole batch-1 step replayed as a graph, 2026-11-26:
+/// plane-1 895.9 tok/s, plane-2 880.2, plane-4 809.6, the tuner's picks 874.7 (15:39 call);
+/// without the L2 prefetch plane-1 891.5 vs the tuner's 840.4 (15:49 call).
+pub(crate) fn gemv_tuning(
+    client: &braid_kernels::cubecl::prelude::Client,
+    device: &braid_kernels::cubecl::Device,
+    rows: usize,
+) -> braid_kernels::gemv::Tuning {
+    use braid_kernels::gemv::{GemvConfig, Tuning, named_configs};
+    static FORCED: OnceLock<Option<GemvConfig>> = OnceLock::new();
+    let forced = FORCED.get_or_init(|| {
+        let name = std::env::var("BRAID_GEMV").ok()?;
+        let config = named_configs().into_iter().find(|(n, _)| *n == name.trim()).map(|(_, c)| c);
+        if config.is_none() {
+            let names: Vec<String> = named_configs().into_iter().map(|(n, _)| n).collect();
+            eprintln!("warning: BRAID_GEMV={name:?} ignored (one of {})", names.join(", "));
+        }
+        config
+    });
+    let plane_1 = GemvConfig { strategy: braid_kernels::gemv::GemvStrategy::Plane, features_per_plane: Some(1) };
+    match forced {
+        Some(c) if c.strategy.supported(client) => Tuning::Fixed(*c),
+        _ if rows <= 2 && plane_1.strategy.supported(client) => Tuning::Fixed(plane_1),
+        _ => Tuning::Autotune(device.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,26 +149,5 @@ mod tests {
         assert_eq!(parse("qkv=x"), None);
         assert_eq!(GemvOp::for_linear(151_936), GemvOp::Head);
         assert_eq!(GemvOp::for_linear(1024), GemvOp::Linear);
-    }
-}
-
-/// The GEMV kernel's configuration for a call on `client`: autotuned, or the candidate
-/// `$BRAID_GEMV` names (`plane-1` ... `plane-16`, `unit`: A/B runs, and checking each
-/// candidate on a device with `check-kernels`). A name the device cannot run is ignored.
-pub(crate) fn gemv_tuning(client: &braid_kernels::cubecl::prelude::Client, device: &braid_kernels::cubecl::Device) -> braid_kernels::gemv::Tuning {
-    use braid_kernels::gemv::{GemvConfig, Tuning, named_configs};
-    static FORCED: OnceLock<Option<GemvConfig>> = OnceLock::new();
-    let forced = FORCED.get_or_init(|| {
-        let name = std::env::var("BRAID_GEMV").ok()?;
-        let config = named_configs().into_iter().find(|(n, _)| *n == name.trim()).map(|(_, c)| c);
-        if config.is_none() {
-            let names: Vec<String> = named_configs().into_iter().map(|(n, _)| n).collect();
-            eprintln!("warning: BRAID_GEMV={name:?} ignored (one of {})", names.join(", "));
-        }
-        config
-    });
-    match forced {
-        Some(c) if c.strategy.supported(client) => Tuning::Fixed(*c),
-        _ => Tuning::Autotune(device.clone()),
     }
 }

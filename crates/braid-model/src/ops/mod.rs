@@ -507,8 +507,8 @@ pub fn attention_at(q: Tensor<4>, k_cache: Tensor<4>, v_cache: Tensor<4>, state:
     out.reshape([b, nh * hd])
 }
 
-/// [`attention_at`], with the four tensors `prefetch` (the next ops' weights: o_proj, gate,
-/// up, down) read into L2 meanwhile where the backend can: same result.
+/// [`attention_at`], with the four tensors `prefetch` (the next ops' weights, most useful
+/// first) read into L2 meanwhile where the backend can: same result.
 pub fn attention_at_prefetch(
     q: Tensor<4>,
     k_cache: Tensor<4>,
