@@ -98,6 +98,10 @@ pub struct BatchStats {
     pub schedule_secs: f64,
     pub replay_secs: f64,
     pub device_wait_secs: f64,
+    /// Of `decode_secs`, the replayed steps' host layout (checks and the table, `layout_secs`)
+    /// and its upload into the graph's input buffer (`upload_secs`).
+    pub layout_secs: f64,
+    pub upload_secs: f64,
 }
 
 /// Bytes the activations of one step may need at most: the widest prefill rows, the decode
@@ -278,8 +282,10 @@ impl<'e> BatchEngine<'e> {
         let graph = !batch.prefill && self.use_graphs && batch.ids.iter().all(|&id| self.seqs[id].device_greedy());
         let tokens = if graph {
             let layout = DecodeLayout { rows: graph_rows(steps.len(), self.scheduler.config.max_seqs), max_blocks: self.max_len.div_ceil(PAGE_SIZE) };
+            let t = Instant::now();
             layout.check(&steps, &self.cache.borrow())?;
             let host = layout.host(&steps, self.scratch);
+            self.stats.layout_secs += t.elapsed().as_secs_f64();
             drop(steps);
             mark.phase("schedule");
             let ids = self.replay(layout, host)?;
@@ -359,11 +365,13 @@ impl<'e> BatchEngine<'e> {
     /// A decode step from the captured graph of `layout`'s size (capturing it on first use: the
     /// capture runs the step itself); returns every row's greedy token.
     fn replay(&mut self, layout: DecodeLayout, host: Vec<u32>) -> Result<Vec<u32>, EngineError> {
+        let upload = Instant::now();
         let src = Tensor::<1, Int>::from_data(TensorData::new(host, [layout.len()]), (&self.device, DType::U32));
         let out = match self.graphs.iter_mut().find(|g| g.layout == layout) {
             Some(g) => {
                 let dst = g.meta.borrow().clone();
                 *g.meta.borrow_mut() = braid_model::ops::copy_into(dst, src);
+                self.stats.upload_secs += upload.elapsed().as_secs_f64();
                 // SAFETY: the step reads the weights (owned by the engine, which outlives this
                 // batch engine), the cache and the input buffer (owned by the closure through
                 // `Rc`s, alive as long as the graph); the input was refreshed in place above,

@@ -103,7 +103,7 @@ fn l2_prefetch_count() -> usize {
 
 /// Tensors [`attention_at_prefetch`] reads by default (the decode step passes gate, up, down,
 /// o_proj: the GEMVs that gain most from L2 first).
-pub const L2_PREFETCH: usize = 4;
+pub const L2_PREFETCH: usize = 3;
 
 /// Decode attention over a paged KV cache: query row `r` of `q: [1, heads, rows, hd]`
 /// (contiguous) attends to keys `0..lens[r]` stored in the blocks `table[r, ..]` of
