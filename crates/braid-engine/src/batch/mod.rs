@@ -91,10 +91,9 @@ pub struct BatchStats {
     pub capture_secs: f64,
     /// Host seconds spent scheduling (every step; outside `prefill_secs` and `decode_secs`),
     /// and, of `decode_secs`, the seconds the replayed decode steps spent in the replay call
-    /// and then waiting for the device to hand back their tokens (the rest of a replayed step
-    /// is host work: the layout and its upload, during which the device may idle). CUDA
-    /// replays returned at once while the tokens' read waited ~0 (2026-11-26, H100): Burn's
-    /// replay synchronises, so `replay_secs` holds the device time.
+    /// (on CUDA it only enqueues the graph) and then waiting for the device to hand back
+    /// their tokens (`device_wait_secs`, the read and the conversion of its bytes, which may
+    /// arrive lazily: timing `try_into_data` alone showed ~0).
     pub schedule_secs: f64,
     pub replay_secs: f64,
     pub device_wait_secs: f64,
@@ -102,6 +101,8 @@ pub struct BatchStats {
     /// and its upload into the graph's input buffer (`upload_secs`).
     pub layout_secs: f64,
     pub upload_secs: f64,
+    /// The whole `replay` calls of replayed steps (upload, replay, read).
+    pub replay_call_secs: f64,
 }
 
 /// Bytes the activations of one step may need at most: the widest prefill rows, the decode
@@ -288,7 +289,9 @@ impl<'e> BatchEngine<'e> {
             self.stats.layout_secs += t.elapsed().as_secs_f64();
             drop(steps);
             mark.phase("schedule");
+            let t = Instant::now();
             let ids = self.replay(layout, host)?;
+            self.stats.replay_call_secs += t.elapsed().as_secs_f64();
             mark.phase("graph");
             ids[..batch.ids.len()].to_vec()
         } else {
@@ -400,10 +403,12 @@ impl<'e> BatchEngine<'e> {
             }
         };
         // A device failure (out of memory in a capture, say) is an error, not a panic.
+        // (The read's bytes may arrive lazily: the wait is timed through their conversion.)
         let wait = Instant::now();
         let data = out.try_into_data().map_err(|e| EngineError::Batch(format!("decode step of {} rows failed on the device: {e:?}", layout.rows)))?;
+        let ids: Vec<u32> = data.convert::<i64>().try_to_vec::<i64>().expect("int ids").into_iter().map(|v| v as u32).collect();
         self.stats.device_wait_secs += wait.elapsed().as_secs_f64();
-        Ok(data.convert::<i64>().try_to_vec::<i64>().expect("int ids").into_iter().map(|v| v as u32).collect())
+        Ok(ids)
     }
 
     /// The next token of every sequence of the batch: the argmax on the device for greedy
