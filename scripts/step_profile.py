@@ -38,7 +38,7 @@ for r in step:
     key = (r["name"], r["grid"], r["block"])
     g = groups.setdefault(key, {"n": 0, "ns": 0.0, "bytes": 0.0})
     g["n"] += 1; g["ns"] += r["ns"]; g["bytes"] += r["bytes"]
-print(f"one decode step: {len(step)} launches, kernels' sum {total/1e3:.1f} us (each timed alone, L2 flushed)")
+print(f"one decode step: {len(step)} launches, kernels' sum {total/1e3:.1f} us (each timed alone; L2 flushed unless NCU_CACHE=none)")
 print("%-44s %5s %9s %9s %8s %10s %8s %6s" % ("kernel", "n", "sum us", "each us", "MB each", "GB/s", "grid", "block"))
 for (name, grid, block), g in sorted(groups.items(), key=lambda kv: -kv[1]["ns"]):
     each = g["ns"] / g["n"]

@@ -166,8 +166,8 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
 
     // 4. Weighted values: `parts` groups of `nvec` units, unit `(part, c)` accumulating the
     // `vs` channels of vector `c` over every `parts`-th key, four keys per step (the first four
-    // loaded in 0., each step's loads issued before the next step's products; vectors past the
-    // keys are zeros with weight 0), then the parts are summed through shared memory
+    // loaded in 0.; vectors past the keys are zeros with weight 0), then the parts are summed
+    // through shared memory
     // (`partial_len` f32: what the device's shared memory leaves, which bounds `parts`).
     let out_base = (b * seq + i) * heads * hd + h * hd;
     let mut partial = Shared::<[f32]>::new_slice(partial_len);
@@ -189,20 +189,21 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
             let p1 = weight_or_zero(&scores, j + parts, n_keys);
             let p2 = weight_or_zero(&scores, j + 2 * parts, n_keys);
             let p3 = weight_or_zero(&scores, j + 3 * parts, n_keys);
-            let (y0, y1, y2, y3) = (x0, x1, x2, x3);
+            #[unroll]
+            for x in 0..vs {
+                a0[x] += p0 * f32::cast_from(x0.extract(x));
+                a1[x] += p1 * f32::cast_from(x1.extract(x));
+                a2[x] += p2 * f32::cast_from(x2.extract(x));
+                a3[x] += p3 * f32::cast_from(x3.extract(x));
+            }
+            // (Loaded after the products: `let y = x` then assigning `x` would alias in
+            // CubeCL, the products reading the next step's vectors.)
             let next = j + 4 * parts;
             if next < n_keys {
                 x0 = v[vb + next * vrow];
                 x1 = value_or_zero::<F, N>(v, vb, vrow, next + parts, n_keys);
                 x2 = value_or_zero::<F, N>(v, vb, vrow, next + 2 * parts, n_keys);
                 x3 = value_or_zero::<F, N>(v, vb, vrow, next + 3 * parts, n_keys);
-            }
-            #[unroll]
-            for x in 0..vs {
-                a0[x] += p0 * f32::cast_from(y0.extract(x));
-                a1[x] += p1 * f32::cast_from(y1.extract(x));
-                a2[x] += p2 * f32::cast_from(y2.extract(x));
-                a3[x] += p3 * f32::cast_from(y3.extract(x));
             }
             j = next;
         }

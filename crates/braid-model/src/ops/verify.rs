@@ -675,7 +675,9 @@ fn check_attention(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<Op
     // The same graph-ready decode row on a short cache, which the one-pass row kernel serves
     // (`decode_row_max_keys` raised to its capacity for the call): positions past the row's
     // are NaN.
-    let cap_s = 200 + case.rows % 7;
+    // Past four rounds of every value unit (up to 102 parts at head_dim 40: 408 keys), so the
+    // value loop runs several steps.
+    let cap_s = 900 + case.rows % 7;
     let pos_s = cap_s - 4;
     let mut short = |s: f32, peak: f32| {
         let mut v = rng.vec(nkv * cap_s * hd, s);
