@@ -225,29 +225,20 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
 }
 
 /// `q . k_row` in f32 over one key row of `head_dim / vs` vectors starting at vector index
-/// `row`, the loads unrolled (all in flight), two partial sums.
+/// `row`, the loads unrolled (all in flight), then summed as [`regs_dot`].
 #[cube]
 fn key_dot<F: Float, N: Size>(k: &Tensor<Vector<F, N>>, row: usize, qs: &Shared<[f32]>, #[comptime] head_dim: usize) -> f32 {
     let vs = k.vector_size().comptime();
     let nvec = comptime!(head_dim / vs);
-    let mut d0 = 0.0f32;
-    let mut d1 = 0.0f32;
+    let mut kr = Array::<Vector<F, N>>::new(nvec);
     #[unroll]
     for e in 0..nvec {
-        let a = k[row + e];
-        #[unroll]
-        for x in 0..vs {
-            if e % 2 == 0 {
-                d0 += qs[e * vs + x] * f32::cast_from(a.extract(x));
-            } else {
-                d1 += qs[e * vs + x] * f32::cast_from(a.extract(x));
-            }
-        }
+        kr[e] = k[row + e];
     }
-    d0 + d1
+    regs_dot::<F, N>(&kr, qs, head_dim, vs)
 }
 
-/// `q . k_row` in f32 over a key row already in registers (as [`key_dot`] sums it).
+/// `q . k_row` in f32 over a key row in registers, two partial sums.
 #[cube]
 fn regs_dot<F: Float, N: Size>(kr: &Array<Vector<F, N>>, qs: &Shared<[f32]>, #[comptime] head_dim: usize, #[comptime] vs: usize) -> f32 {
     let nvec = comptime!(head_dim / vs);
