@@ -401,6 +401,29 @@ fn bench_kernels_prints_a_table_and_writes_json() {
 }
 
 #[test]
+fn bench_latency_runs_the_chosen_ways_and_check_kernels_the_chosen_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("latency.json");
+    let out = braid(&["bench", "latency", "--ways", "steps,graph", "--runs", "1", "--new-tokens", "4", "--prompt-len", "8", "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ways: Vec<&str> = report["ways"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(ways, ["device-state steps", "graph replay"]);
+    assert_eq!(report["tokens_identical"], true);
+    let out = braid(&["bench", "latency", "--ways", "steps,nope"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("unknown way 'nope'"), "{}", text(&out.stderr));
+
+    let out = braid(&["check-kernels", "--only", "argmax,linear"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let ops: std::collections::BTreeSet<&str> =
+        stdout.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(ops.into_iter().collect::<Vec<_>>(), ["argmax", "linear"], "{stdout}");
+    let out = braid(&["check-kernels", "--only", "lm_head"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("unknown check group 'lm_head'"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn tune_runs_decode_sizes_and_prefills() {
     let out = braid(&["tune", "--max-seqs", "4", "--max-len", "256", "--prefill-lens", "8", "--prefill-batch-tokens", "300"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
