@@ -380,7 +380,7 @@ fn check_add_rms_norm(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpC
 fn check_rms_norm_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
     // Odd widths (prefill-odd: nothing is a multiple of a vector or plane width, so the kernel
     // reads scalars) and vector-friendly ones (16-byte weight vectors).
-    let hidden = if case.name == "prefill-odd" { 96 + 5 } else { 128 + 64 * (case.rows % 3) };
+    let hidden = gemv_width(case);
     let (rows, nq, nk, eps) = (case.rows, 64 + 3, 32 + 1, 1e-6);
     let x = input(rng, rows, hidden, case);
     let g = rng.norm_weights(hidden, 1.0, 0.2, case.peak);
@@ -842,8 +842,15 @@ fn host_matmul_t(x: &[f64], w: &[f64], rows: usize, inp: usize, out: usize) -> V
 }
 
 fn gemv_width(case: Case) -> usize {
-    // Vector-friendly widths, and an odd one (scalar weight reads).
-    if case.name == "prefill-odd" { 96 + 5 } else { 128 + 64 * (case.rows % 3) }
+    // An odd width (scalar weight reads); Qwen-sized rows at decode and in the adversarial case
+    // (several 16-byte vectors per lane of a plane, the last round partial: the register-loaded
+    // GEMV path); small vector-friendly ones elsewhere.
+    match case.name {
+        "prefill-odd" => 96 + 5,
+        "decode" => 1024 + 64,
+        "adversarial" => 3072 + 8,
+        _ => 128 + 64 * (case.rows % 3),
+    }
 }
 
 fn check_linear(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
@@ -862,7 +869,7 @@ fn check_linear(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
 /// `add_rms_norm_gate_up` (`gate = true`): outputs `[h = residual + x | projections]` against
 /// the f64 truth and against the twin (the two unfused ops).
 fn check_add_then(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision, gate: bool) -> OpCheck {
-    let hidden = if case.name == "prefill-odd" { 96 + 5 } else { 128 + 64 * (case.rows % 3) };
+    let hidden = gemv_width(case);
     let (rows, eps) = (case.rows, 1e-6);
     let res = ctx.t(input(rng, rows, hidden, case), [rows, hidden]);
     let x = ctx.t(rng.vec(rows * hidden, case.scale), [rows, hidden]);
