@@ -441,10 +441,14 @@ fn launch(
     let used = 4 * (MAX_KEYS + hd + 2 * block) + 1024;
     let partial_len = (client.properties().hardware.max_shared_memory_size.saturating_sub(used) / 4).min(block * vector).max(hd);
     // Prefetch cubes: one per SM the attention leaves idle (decode rows only). Each tensor is
-    // read in vectors of the key's width (weights' lengths are multiples of it).
+    // read in vectors of the key's width, so its rows must be contiguous multiples of it (the
+    // weights are); otherwise nothing is prefetched (a hint, never an error).
     let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(0) as usize;
     let pf_n = prefetch.len().min(l2_prefetch_count());
-    let pf_ok = pf_n > 0 && seq == 1 && prefetch.iter().all(|t| t.shape().iter().product::<usize>() % vector == 0);
+    let vectorisable = |t: &TensorHandle| {
+        t.shape().last().is_some_and(|n| n % vector == 0) && t.strides().last().is_none_or(|&s| s == 1)
+    };
+    let pf_ok = pf_n > 0 && seq == 1 && prefetch.iter().all(vectorisable);
     let pf_cubes = if pf_ok { sms.saturating_sub(batch * heads) } else { 0 };
     let pf_n = if pf_cubes > 0 { pf_n } else { 0 };
     // (Unread slots: the key cache stands in.)
