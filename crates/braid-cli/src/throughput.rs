@@ -244,8 +244,8 @@ pub fn throughput(a: ThroughputArgs) -> Result<()> {
                 // With hardware graphs (CUDA) the wait is the device's time; elsewhere a replay
                 // relaunches every kernel from the host, which shows as host time.
                 println!(
-                    "  host: scheduling {:.2} s; of the {:.2} s of decode, over {} replayed steps: layouts {:.2} s, step calls {:.2} s (uploads {:.2} s, replays {:.2} s, token reads {:.2} s)",
-                    s.schedule_secs, s.decode_secs, s.graph_steps, s.layout_secs, s.replay_call_secs, s.upload_secs, s.replay_secs, s.device_wait_secs
+                    "  host: scheduling {:.2} s; of the {:.2} s of decode, over {} replayed steps: layouts {:.2} s, uploads {:.2} s, replay calls {:.2} s, token reads (the device's time) {:.2} s",
+                    s.schedule_secs, s.decode_secs, s.graph_steps, s.layout_secs, s.upload_secs, s.replay_secs, s.device_wait_secs
                 );
             }
         }

@@ -101,8 +101,6 @@ pub struct BatchStats {
     /// and its upload into the graph's input buffer (`upload_secs`).
     pub layout_secs: f64,
     pub upload_secs: f64,
-    /// The whole `replay` calls of replayed steps (upload, replay, read).
-    pub replay_call_secs: f64,
 }
 
 /// Bytes the activations of one step may need at most: the widest prefill rows, the decode
@@ -289,9 +287,7 @@ impl<'e> BatchEngine<'e> {
             self.stats.layout_secs += t.elapsed().as_secs_f64();
             drop(steps);
             mark.phase("schedule");
-            let t = Instant::now();
             let ids = self.replay(layout, host)?;
-            self.stats.replay_call_secs += t.elapsed().as_secs_f64();
             mark.phase("graph");
             ids[..batch.ids.len()].to_vec()
         } else {

@@ -106,11 +106,11 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     let part = unit / nvec;
     let c = unit % nvec;
     let vb = v_base / vs + c;
-    let zero = Vector::<F, N>::new(F::new(0.0));
-    let mut x0 = zero;
-    let mut x1 = zero;
-    let mut x2 = zero;
-    let mut x3 = zero;
+    // (Each its own zero: CubeCL may alias variables initialised from one another.)
+    let mut x0 = Vector::<F, N>::new(F::new(0.0));
+    let mut x1 = Vector::<F, N>::new(F::new(0.0));
+    let mut x2 = Vector::<F, N>::new(F::new(0.0));
+    let mut x3 = Vector::<F, N>::new(F::new(0.0));
     if part < parts {
         x0 = value_or_zero::<F, N>(v, vb, vrow, part, n_keys);
         x1 = value_or_zero::<F, N>(v, vb, vrow, part + parts, n_keys);
@@ -167,8 +167,8 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     // 4. Weighted values: `parts` groups of `nvec` units, unit `(part, c)` accumulating the
     // `vs` channels of vector `c` over every `parts`-th key, four keys per step (the first four
     // loaded in 0.; vectors past the keys are zeros with weight 0), then the parts are summed
-    // through shared memory
-    // (`partial_len` f32: what the device's shared memory leaves, which bounds `parts`).
+    // through shared memory (`partial_len` f32: what the device's shared memory leaves, which
+    // bounds `parts`).
     let out_base = (b * seq + i) * heads * hd + h * hd;
     let mut partial = Shared::<[f32]>::new_slice(partial_len);
     if part < parts {

@@ -277,7 +277,6 @@ pub(crate) fn launch_config(call: &GemvCall, config: GemvConfig) -> Result<(), S
     Ok(())
 }
 
-/// `x: [rows, in] @ w^T` with `w: [out, in]` -> `[rows, out]` (f32 accumulation, one rounding).
 /// Whether the plane strategy loads each lane's weight vectors into registers ahead of the
 /// staging (default); `$BRAID_GEMV_PREFETCH=0` keeps the earlier four-ahead reads (for
 /// comparisons; read once per process).
@@ -286,6 +285,7 @@ fn prefetch() -> bool {
     *ON.get_or_init(|| std::env::var("BRAID_GEMV_PREFETCH").map_or(true, |s| s.trim() != "0"))
 }
 
+/// `x: [rows, in] @ w^T` with `w: [out, in]` -> `[rows, out]` (f32 accumulation, one rounding).
 pub fn linear(client: &Client, x: TensorHandle, w: TensorHandle, tuning: Tuning) -> Result<TensorHandle, KernelError> {
     launch("linear", client, x, vec![("w", w)], Mode::Linear, Precision::Torch, tuning)
 }

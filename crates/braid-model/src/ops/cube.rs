@@ -71,6 +71,29 @@ fn qk_norm_rope_into(
     (tensor(&like, q, dtype), kv.map(|(k, v)| (tensor(&like, k, dtype), tensor(&like, v, dtype))))
 }
 
+/// `attention_at` with `prefetch` read into L2 beside it (none: plain `attention_at`).
+fn attention_at_with(
+    q: CubeTensor,
+    k_cache: CubeTensor,
+    v_cache: CubeTensor,
+    state: CubeTensor,
+    precision: Precision,
+    prefetch: Vec<CubeTensor>,
+) -> CubeTensor {
+    let (like, dtype) = (q.clone(), q.dtype);
+    let prefetch: Vec<TensorHandle> = prefetch.into_iter().map(view).collect();
+    let out = launched(braid_kernels::attention::attention_at_prefetch(
+        &like.client,
+        handle(q),
+        view(k_cache),
+        view(v_cache),
+        TensorHandle::from(state),
+        precision,
+        &prefetch,
+    ));
+    tensor(&like, out, dtype)
+}
+
 /// A kernel's handle from a contiguous copy of `t` (no copy when already contiguous).
 fn handle(t: FloatTensor<Cube>) -> TensorHandle {
     TensorHandle::from(into_contiguous(t))
@@ -305,16 +328,7 @@ impl FusedOps for Cube {
         state: IntTensor<Self>,
         precision: Precision,
     ) -> FloatTensor<Self> {
-        let (like, dtype) = (q.clone(), q.dtype);
-        let out = launched(braid_kernels::attention::attention_at(
-            &like.client,
-            handle(q),
-            view(k_cache),
-            view(v_cache),
-            TensorHandle::from(state),
-            precision,
-        ));
-        tensor(&like, out, dtype)
+        attention_at_with(q, k_cache, v_cache, state, precision, vec![])
     }
 
     fn attention_at_prefetch(
@@ -328,17 +342,7 @@ impl FusedOps for Cube {
         w2: FloatTensor<Self>,
         w3: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let (like, dtype) = (q.clone(), q.dtype);
-        let out = launched(braid_kernels::attention::attention_at_prefetch(
-            &like.client,
-            handle(q),
-            view(k_cache),
-            view(v_cache),
-            TensorHandle::from(state),
-            precision,
-            &[view(w0), view(w1), view(w2), view(w3)],
-        ));
-        tensor(&like, out, dtype)
+        attention_at_with(q, k_cache, v_cache, state, precision, vec![w0, w1, w2, w3])
     }
 
     fn advance(ids: IntTensor<Self>, state: IntTensor<Self>, history: IntTensor<Self>) -> (IntTensor<Self>, IntTensor<Self>) {
