@@ -36,6 +36,7 @@ pub(super) fn qk_norm_rope_kernel<F: Float>(
     #[comptime] into_pool: bool,
     #[comptime] half: usize,
     #[comptime] block: usize,
+    #[comptime] late_tables: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let row = CUBE_POS_X as usize;
@@ -65,6 +66,19 @@ pub(super) fn qk_norm_rope_kernel<F: Float>(
         let mut x2 = 0.0f32;
         let mut w1 = 0.0f32;
         let mut w2 = 0.0f32;
+        // cos/sin are loaded with the row, before the reduction waits on it (one memory round
+        // trip instead of two in a chain that is all latency at decode); `late_tables`: after
+        // it (the old order, for comparisons).
+        let mut c1 = 0.0f32;
+        let mut s1 = 0.0f32;
+        let mut c2 = 0.0f32;
+        let mut s2 = 0.0f32;
+        if active && !late_tables {
+            c1 = cos[t * hd + i];
+            s1 = sin[t * hd + i];
+            c2 = cos[t * hd + i + half];
+            s2 = sin[t * hd + i + half];
+        }
         if active {
             if is_q {
                 let src = row * q.stride(0) + h * hd;
@@ -83,10 +97,12 @@ pub(super) fn qk_norm_rope_kernel<F: Float>(
         let sq = block_sum(x1 * x1 + x2 * x2, block);
         let inv = 1.0f32 / (sq / f32::cast_from(hd as u32) + eps).sqrt();
         if active {
-            let c1 = cos[t * hd + i];
-            let s1 = sin[t * hd + i];
-            let c2 = cos[t * hd + i + half];
-            let s2 = sin[t * hd + i + half];
+            if late_tables {
+                c1 = cos[t * hd + i];
+                s1 = sin[t * hd + i];
+                c2 = cos[t * hd + i + half];
+                s2 = sin[t * hd + i + half];
+            }
             let (o1, o2) = if f32_internal {
                 let n1 = x1 * inv * w1;
                 let n2 = x2 * inv * w2;

@@ -161,9 +161,17 @@ pub fn qk_norm_rope_into(
         into_pool,
         half,
         block,
+        late_tables(),
         dtype,
     );
     Ok((q_out, kv))
+}
+
+/// `$BRAID_QK_ROPE_LATE_TABLES=1`: load cos/sin after the norm's reduction, as before
+/// 2026-11-26 (for comparisons; read once per process).
+fn late_tables() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_QK_ROPE_LATE_TABLES").is_ok_and(|s| s.trim() == "1"))
 }
 
 /// A cache or pool written in place: the activation dtype, the last dim contiguous.
