@@ -1,7 +1,7 @@
 use cubecl::prelude::*;
 
 use crate::reduce::round;
-use crate::reduce::{block_max, block_sum};
+use crate::reduce::cube_reduce;
 
 /// Causal attention of one query row over the KV cache (GQA), scores kept in shared memory.
 ///
@@ -38,6 +38,7 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     #[comptime] block: usize,
     #[comptime] partial_len: usize,
     #[comptime] prefetch: usize,
+    #[comptime] planes: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let bh = CUBE_POS_X as usize;
@@ -143,7 +144,9 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
         local_max = max(local_max, s);
         j += block;
     }
-    let m = block_max(local_max, block);
+    // (Plane reductions where the device has them: two barriers instead of the 512-unit
+    // tree's eleven; `planes = false` is the shared-memory tree.)
+    let m = cube_reduce(local_max, true, planes, block);
 
     // 3. Softmax in f32.
     let mut local_sum = 0.0f32;
@@ -154,7 +157,7 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
         local_sum += p;
         j += block;
     }
-    let total = block_sum(local_sum, block);
+    let total = cube_reduce(local_sum, false, planes, block);
     let inv = 1.0f32 / total;
     let mut j = unit;
     while j < n_keys {

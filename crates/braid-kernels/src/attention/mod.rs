@@ -478,9 +478,18 @@ fn launch(
         block,
         partial_len,
         pf_n,
+        row_planes(client),
         dtype,
     );
     Ok(out)
+}
+
+/// Whether the row kernel reduces through plane operations: where the device has them, unless
+/// `$BRAID_ATTN_ROW_PLANES=0` (the shared-memory tree, for comparisons; read once per process).
+fn row_planes(client: &Client) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("BRAID_ATTN_ROW_PLANES").is_ok_and(|s| s.trim() == "0"));
+    !off && client.properties().features.plane.contains(cubecl::features::Plane::Ops)
 }
 
 /// Units per cube: [`BLOCK`] or the device's largest power of two below it; at least head_dim.

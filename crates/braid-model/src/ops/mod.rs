@@ -221,6 +221,14 @@ pub fn kv_write_fused() -> bool {
     *ON.get_or_init(|| std::env::var("BRAID_KV_WRITE_FUSED").map_or(true, |s| s.trim() != "0"))
 }
 
+/// Whether the greedy decode steps run their last residual add and the final norm as one fused
+/// `add_rms_norm` launch (torch mode) where the head is fused (`Qwen3::greedy_ids`). On unless
+/// `$BRAID_FINAL_NORM_FUSED=0` (Burn's ops: for comparisons; read once per process).
+pub fn final_norm_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_FINAL_NORM_FUSED").map_or(true, |s| s.trim() != "0"))
+}
+
 /// The device's memory capacity in bytes, where its runtime reports one (CUDA does; the CPU
 /// and some wgpu adapters do not).
 pub fn device_memory(device: &burn::tensor::Device) -> Option<u64> {
