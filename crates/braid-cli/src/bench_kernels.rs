@@ -46,6 +46,11 @@ pub struct KernelsArgs {
     /// Skip the matmul section (autotuned vs untuned Burn matmul at the projection shapes).
     #[arg(long)]
     no_matmul: bool,
+    /// Also time one grid barrier (every cube of a launch waiting for all; what fusing two
+    /// decode GEMVs into one launch would need) and check that each round sees every cube's
+    /// write: CUDA only.
+    #[arg(long)]
+    grid_barrier: bool,
     /// Write the results here as JSON too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -97,6 +102,18 @@ struct Report {
     ops: Vec<OpRow>,
     paths: Vec<PathRow>,
     matmuls: Vec<MatmulRow>,
+    /// `--grid-barrier`: graph-replayed us per barrier and wrong reads seen (0 expected).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grid_barrier: Option<GridBarrierRow>,
+}
+
+#[derive(Serialize)]
+struct GridBarrierRow {
+    cubes: u32,
+    us_per_barrier: f64,
+    one_round_us: f64,
+    rounds_65_us: f64,
+    wrong_reads: u64,
 }
 
 /// A GEMV-capable op on each path at one row count.
@@ -158,6 +175,7 @@ pub fn run(args: KernelsArgs) -> Result<()> {
             bench.matmuls(rows, &mut mm_rows)?;
         }
     }
+    let grid_barrier = if args.grid_barrier { bench.grid_barrier()? } else { None };
     if let Some(path) = &args.json {
         let report = Report {
             device: format!("{:?}", args.device),
@@ -169,6 +187,7 @@ pub fn run(args: KernelsArgs) -> Result<()> {
             ops: ops_rows,
             paths: path_rows,
             matmuls: mm_rows,
+            grid_barrier,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -225,6 +244,37 @@ impl<'d> Bench<'d> {
         .map_err(anyhow::Error::msg)?;
         let flops = 2.0 * (n as f64).powi(3) / t_mm;
         Ok(Self { device, dtype, iters, bw, flops, measured: flops, mm_name: format!("{n}x{n}x{n}") })
+    }
+
+    /// One grid barrier of `BARRIER_CUBES` cubes: graph-replayed launches of 1 and 65 rounds,
+    /// `(t65 - t1) / 64` per barrier; the wrong reads the probe counted over all its launches.
+    /// `None` (with a line saying why) where the device cannot run it.
+    fn grid_barrier(&self) -> Result<Option<GridBarrierRow>> {
+        use braid_model::ops::BARRIER_CUBES;
+        let zeros = |n: usize| Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; n], [n]), (self.device, DType::U32));
+        let (bar, slots) = (zeros(2), zeros(2 * BARRIER_CUBES as usize));
+        match ops::grid_barrier_probe(&bar, &slots, 1) {
+            None => bail!("--grid-barrier needs a CubeCL device (cuda)"),
+            Some(Err(e)) => {
+                println!("\ngrid barrier: not run: {e}");
+                return Ok(None);
+            }
+            Some(Ok(())) => {}
+        }
+        let mut t = [0.0; 2];
+        for (i, rounds) in [1u32, 65].into_iter().enumerate() {
+            t[i] = self.graph(&mut || {
+                let _ = ops::grid_barrier_probe(&bar, &slots, rounds);
+            })?
+            .0;
+        }
+        let wrong = bar.narrow(0, 1, 1).into_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as u64;
+        let row = GridBarrierRow { cubes: BARRIER_CUBES, us_per_barrier: (t[1] - t[0]) / 64.0 * 1e6, one_round_us: t[0] * 1e6, rounds_65_us: t[1] * 1e6, wrong_reads: wrong };
+        println!(
+            "\ngrid barrier ({} cubes, graph-replayed): {:.2} us per barrier (1 round {:.1} us, 65 rounds {:.1} us); wrong reads {} (0 expected)",
+            row.cubes, row.us_per_barrier, row.one_round_us, row.rounds_65_us, row.wrong_reads
+        );
+        Ok(Some(row))
     }
 
     fn floor(&self, bytes: usize, flops: usize) -> f64 {

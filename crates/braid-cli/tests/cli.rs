@@ -401,6 +401,16 @@ fn bench_kernels_prints_a_table_and_writes_json() {
 }
 
 #[test]
+fn bench_kernels_grid_barrier_needs_a_cubecl_device() {
+    // The grid barrier probe launches raw kernels: on the CPU it is a clear error, not a panic
+    // (on wgpu it prints why it did not run; CUDA runs it).
+    let out = braid(&["bench", "kernels", "--rows", "1", "--iters", "1", "--no-matmul", "--grid-barrier"]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--grid-barrier needs a CubeCL device") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn bench_latency_runs_the_chosen_ways_and_check_kernels_the_chosen_groups() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("latency.json");

@@ -10,6 +10,7 @@ pub mod argmax;
 pub mod attention;
 pub mod decode;
 pub mod gemv;
+pub mod grid;
 pub mod paged;
 pub mod qk_norm_rope;
 pub mod rms_norm_qkv;

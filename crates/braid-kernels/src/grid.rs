@@ -1,0 +1,97 @@
+//! A grid-wide barrier (every cube of a launch waits until all have arrived) and a probe that
+//! measures and checks it. The barrier is what fusing two decode GEMVs with a whole-vector
+//! dependency (o_proj -> add + norm + gate/up) into one launch would need; CubeCL 0.11 has no
+//! cooperative launch, so it is built from `sync_storage` (on CUDA `__threadfence` +
+//! `__syncthreads`: a device-scope release and acquire) and an atomic ticket counter.
+//!
+//! Every cube of the launch must be resident at once or the first to arrive waits forever:
+//! [`BARRIER_CUBES`] cubes, launched only on devices with at least that many SMs (one cube per
+//! SM always fits when the kernel fits at all; nothing else runs beside it on the stream).
+
+use cubecl::prelude::*;
+use cubecl::std::tensor::TensorHandle;
+
+use crate::KernelError;
+use crate::check::Check;
+
+const NAME: &str = "grid_barrier_probe";
+
+/// Cubes of a barrier launch: a power of two, so that the u32 ticket counter's wrap-around
+/// keeps rounds aligned (2^32 is a multiple), and at most the SM count of the GPUs served here.
+pub const BARRIER_CUBES: u32 = 128;
+
+/// Waits until all `cubes` cubes of the launch have called it (the same number of times); the
+/// storage writes each made before its call are visible to all after it. `bar[0]` is the ticket
+/// counter: zero (mod `cubes`) before the first launch, left so after each.
+#[cube]
+pub fn grid_sync(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
+    // Release: this cube's writes reach device scope before its ticket is counted.
+    sync_storage();
+    if UNIT_POS == 0 {
+        let ticket = bar[0].fetch_add(1u32);
+        // The count that releases this round (wrapping u32 arithmetic; `cubes` divides 2^32).
+        let target = (ticket / cubes + 1) * cubes;
+        // Spin until the count reaches the target (a wrap-safe `count < target`).
+        let mut count = bar[0].load();
+        while i32::cast_from(count - target) < 0 {
+            count = bar[0].load();
+        }
+    }
+    // Acquire, and the rest of the cube waits for unit 0.
+    sync_storage();
+}
+
+/// `rounds` barriers; before each, cube `c` writes `round * cubes + c` into its slot of the
+/// round's half of `slots` (two halves: a cube can be at most one round ahead of another);
+/// after it, unit `u < cubes` of every cube reads cube `(c + 1 + u) % cubes`'s slot and counts
+/// a wrong value in `bar[1]`.
+#[cube(launch)]
+fn barrier_probe_kernel(bar: &Tensor<Atomic<u32>>, slots: &mut Tensor<u32>, rounds: u32, #[comptime] cubes: u32) {
+    let cube = CUBE_POS_X;
+    let unit = UNIT_POS;
+    for r in 0..rounds {
+        let half = (r % 2) * cubes;
+        if unit == 0 {
+            slots[(half + cube) as usize] = r * cubes + cube;
+        }
+        grid_sync(bar, cubes);
+        if unit < cubes {
+            let other = (cube + 1 + unit) % cubes;
+            if slots[(half + other) as usize] != r * cubes + other {
+                bar[1].fetch_add(1u32);
+            }
+        }
+    }
+}
+
+/// Runs [`grid_sync`] `rounds` times in one launch of [`BARRIER_CUBES`] cubes, checking each
+/// round: `bar: [2]` u32 (the counter, zero mod the cube count, and the count of wrong reads,
+/// which the caller reads back), `slots: [2 * BARRIER_CUBES]` u32. Refused where the runtime
+/// does not promise device-scope visibility (wgpu) or has fewer SMs than cubes, or does not say.
+pub fn grid_barrier_probe(client: &Client, bar: &TensorHandle, slots: &TensorHandle, rounds: u32) -> Result<(), KernelError> {
+    let c = Check::new(NAME);
+    let props = client.properties();
+    let sms = props.hardware.num_streaming_multiprocessors.unwrap_or(0);
+    if !props.features.device_memory_scope || sms < BARRIER_CUBES {
+        return Err(KernelError::Unsupported {
+            kernel: NAME,
+            what: format!("a grid barrier of {BARRIER_CUBES} cubes"),
+            why: format!("needs device-scope memory ordering ({}) and at least {BARRIER_CUBES} SMs ({sms})", props.features.device_memory_scope),
+        });
+    }
+    let u32_t = ElemType::UInt(cubecl::ir::UIntKind::U32);
+    c.shape("bar", bar, &[2])?;
+    c.same_dtype("bar", bar, u32_t)?;
+    c.shape("slots", slots, &[2 * BARRIER_CUBES as usize])?;
+    c.same_dtype("slots", slots, u32_t)?;
+    barrier_probe_kernel::launch(
+        client,
+        CubeCount::new_1d(BARRIER_CUBES),
+        CubeDim::new_1d(BARRIER_CUBES),
+        bar.clone().into_arg(),
+        slots.clone().into_arg(),
+        rounds,
+        BARRIER_CUBES,
+    );
+    Ok(())
+}
