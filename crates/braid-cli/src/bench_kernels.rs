@@ -102,13 +102,15 @@ struct Report {
     ops: Vec<OpRow>,
     paths: Vec<PathRow>,
     matmuls: Vec<MatmulRow>,
-    /// `--grid-barrier`: graph-replayed us per barrier and wrong reads seen (0 expected).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    grid_barrier: Option<GridBarrierRow>,
+    /// `--grid-barrier`: graph-replayed us per barrier and wrong reads seen (0 expected), per
+    /// kind of barrier.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    grid_barrier: Vec<GridBarrierRow>,
 }
 
 #[derive(Serialize)]
 struct GridBarrierRow {
+    kind: &'static str,
     cubes: u32,
     us_per_barrier: f64,
     one_round_us: f64,
@@ -175,7 +177,7 @@ pub fn run(args: KernelsArgs) -> Result<()> {
             bench.matmuls(rows, &mut mm_rows)?;
         }
     }
-    let grid_barrier = if args.grid_barrier { bench.grid_barrier()? } else { None };
+    let grid_barrier = if args.grid_barrier { bench.grid_barrier()? } else { Vec::new() };
     if let Some(path) = &args.json {
         let report = Report {
             device: format!("{:?}", args.device),
@@ -246,35 +248,46 @@ impl<'d> Bench<'d> {
         Ok(Self { device, dtype, iters, bw, flops, measured: flops, mm_name: format!("{n}x{n}x{n}") })
     }
 
-    /// One grid barrier of `BARRIER_CUBES` cubes: graph-replayed launches of 1 and 65 rounds,
-    /// `(t65 - t1) / 64` per barrier; the wrong reads the probe counted over all its launches.
-    /// `None` (with a line saying why) where the device cannot run it.
-    fn grid_barrier(&self) -> Result<Option<GridBarrierRow>> {
-        use braid_model::ops::BARRIER_CUBES;
+    /// One grid barrier of `BARRIER_CUBES` cubes, each kind (`counter`: every cube spins on the
+    /// ticket counter; `flag`: on a flag the last arrival sets): graph-replayed launches of 1
+    /// and 65 rounds, `(t65 - t1) / 64` per barrier; the wrong reads the probe counted over all
+    /// its launches. Empty (with a line saying why) where the device cannot run it.
+    fn grid_barrier(&self) -> Result<Vec<GridBarrierRow>> {
+        use braid_model::ops::{BARRIER_CUBES, BARRIER_WORDS};
         let zeros = |n: usize| Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; n], [n]), (self.device, DType::U32));
-        let (bar, slots) = (zeros(2), zeros(2 * BARRIER_CUBES as usize));
-        match ops::grid_barrier_probe(&bar, &slots, 1) {
-            None => bail!("--grid-barrier needs a CubeCL device (cuda)"),
-            Some(Err(e)) => {
-                println!("\ngrid barrier: not run: {e}");
-                return Ok(None);
+        let mut rows = Vec::new();
+        for (kind, flag) in [("counter", false), ("flag", true)] {
+            let (bar, slots) = (zeros(BARRIER_WORDS), zeros(2 * BARRIER_CUBES as usize));
+            match ops::grid_barrier_probe(&bar, &slots, 1, flag) {
+                None => bail!("--grid-barrier needs a CubeCL device (cuda)"),
+                Some(Err(e)) => {
+                    println!("\ngrid barrier: not run: {e}");
+                    return Ok(rows);
+                }
+                Some(Ok(())) => {}
             }
-            Some(Ok(())) => {}
+            let mut t = [0.0; 2];
+            for (i, rounds) in [1u32, 65].into_iter().enumerate() {
+                t[i] = self.graph(&mut || {
+                    let _ = ops::grid_barrier_probe(&bar, &slots, rounds, flag);
+                })?
+                .0;
+            }
+            let wrong = bar.narrow(0, 1, 1).into_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as u64;
+            let row = GridBarrierRow { kind, cubes: BARRIER_CUBES, us_per_barrier: (t[1] - t[0]) / 64.0 * 1e6, one_round_us: t[0] * 1e6, rounds_65_us: t[1] * 1e6, wrong_reads: wrong };
+            println!(
+                "{}grid barrier, {} ({} cubes, graph-replayed): {:.2} us per barrier (1 round {:.1} us, 65 rounds {:.1} us); wrong reads {} (0 expected)",
+                if rows.is_empty() { "\n" } else { "" },
+                row.kind,
+                row.cubes,
+                row.us_per_barrier,
+                row.one_round_us,
+                row.rounds_65_us,
+                row.wrong_reads
+            );
+            rows.push(row);
         }
-        let mut t = [0.0; 2];
-        for (i, rounds) in [1u32, 65].into_iter().enumerate() {
-            t[i] = self.graph(&mut || {
-                let _ = ops::grid_barrier_probe(&bar, &slots, rounds);
-            })?
-            .0;
-        }
-        let wrong = bar.narrow(0, 1, 1).into_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as u64;
-        let row = GridBarrierRow { cubes: BARRIER_CUBES, us_per_barrier: (t[1] - t[0]) / 64.0 * 1e6, one_round_us: t[0] * 1e6, rounds_65_us: t[1] * 1e6, wrong_reads: wrong };
-        println!(
-            "\ngrid barrier ({} cubes, graph-replayed): {:.2} us per barrier (1 round {:.1} us, 65 rounds {:.1} us); wrong reads {} (0 expected)",
-            row.cubes, row.us_per_barrier, row.one_round_us, row.rounds_65_us, row.wrong_reads
-        );
-        Ok(Some(row))
+        Ok(rows)
     }
 
     fn floor(&self, bytes: usize, flops: usize) -> f64 {

@@ -16,6 +16,12 @@ use crate::check::Check;
 
 const NAME: &str = "grid_barrier_probe";
 
+/// Words of a barrier buffer (`bar`, u32): the ticket counter at 0, the probe's wrong-read count
+/// at 1, [`grid_sync_flag`]'s generation flag at [`FLAG`] (its own 128-byte line).
+pub const BARRIER_WORDS: usize = 64;
+/// Where [`grid_sync_flag`] keeps its generation flag in `bar`.
+pub const FLAG: usize = 32;
+
 /// Cubes of a barrier launch: a power of two, so that the u32 ticket counter's wrap-around
 /// keeps rounds aligned (2^32 is a multiple), and at most the SM count of the GPUs served here.
 pub const BARRIER_CUBES: u32 = 128;
@@ -41,12 +47,47 @@ pub fn grid_sync(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
     sync_storage();
 }
 
-/// `rounds` barriers; before each, cube `c` writes `round * cubes + c` into its slot of the
+/// [`grid_sync`] with less contention: every cube takes a ticket, but only the last of a round
+/// writes the generation flag (`bar[FLAG]`, its own cache line), and the others spin on that
+/// flag instead of on the counter that the arrivals keep modifying. Fences: each cube's writes
+/// before its ticket (release), the last cube's after reading every ticket and before its flag
+/// (so the flag carries the others' writes), and each waiter's after seeing the flag (acquire).
+#[cube]
+pub fn grid_sync_flag(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
+    let mut last = Shared::<[u32]>::new_slice(1usize);
+    let mut generation = Shared::<[u32]>::new_slice(1usize);
+    sync_storage();
+    if UNIT_POS == 0 {
+        // Read before arriving: the flag cannot move until this cube has arrived.
+        generation[0] = bar[FLAG].load();
+        let ticket = bar[0].fetch_add(1u32);
+        let mut is_last = 0u32;
+        if ticket % cubes == cubes - 1 {
+            is_last = 1u32;
+        }
+        last[0] = is_last;
+    }
+    sync_storage();
+    if UNIT_POS == 0 {
+        let g = generation[0];
+        if last[0] == 1 {
+            bar[FLAG].store(g + 1);
+        } else {
+            let mut now = bar[FLAG].load();
+            while now == g {
+                now = bar[FLAG].load();
+            }
+        }
+    }
+    sync_storage();
+}
+
+/// `rounds` barriers ([`grid_sync_flag`] with `flag`, else [`grid_sync`]); before each, cube `c` writes `round * cubes + c` into its slot of the
 /// round's half of `slots` (two halves: a cube can be at most one round ahead of another);
 /// after it, unit `u < cubes` of every cube reads cube `(c + 1 + u) % cubes`'s slot and counts
 /// a wrong value in `bar[1]`.
 #[cube(launch)]
-fn barrier_probe_kernel(bar: &Tensor<Atomic<u32>>, slots: &mut Tensor<u32>, rounds: u32, #[comptime] cubes: u32) {
+fn barrier_probe_kernel(bar: &Tensor<Atomic<u32>>, slots: &mut Tensor<u32>, rounds: u32, #[comptime] cubes: u32, #[comptime] flag: bool) {
     let cube = CUBE_POS_X;
     let unit = UNIT_POS;
     for r in 0..rounds {
@@ -54,7 +95,11 @@ fn barrier_probe_kernel(bar: &Tensor<Atomic<u32>>, slots: &mut Tensor<u32>, roun
         if unit == 0 {
             slots[(half + cube) as usize] = r * cubes + cube;
         }
-        grid_sync(bar, cubes);
+        if flag {
+            grid_sync_flag(bar, cubes);
+        } else {
+            grid_sync(bar, cubes);
+        }
         if unit < cubes {
             let other = (cube + 1 + unit) % cubes;
             if slots[(half + other) as usize] != r * cubes + other {
@@ -64,11 +109,12 @@ fn barrier_probe_kernel(bar: &Tensor<Atomic<u32>>, slots: &mut Tensor<u32>, roun
     }
 }
 
-/// Runs [`grid_sync`] `rounds` times in one launch of [`BARRIER_CUBES`] cubes, checking each
-/// round: `bar: [2]` u32 (the counter, zero mod the cube count, and the count of wrong reads,
-/// which the caller reads back), `slots: [2 * BARRIER_CUBES]` u32. Refused where the runtime
+/// Runs [`grid_sync`] (or with `flag` [`grid_sync_flag`]) `rounds` times in one launch of
+/// [`BARRIER_CUBES`] cubes, checking each round: `bar: [BARRIER_WORDS]` u32, zeros before the
+/// first launch (the counter stays zero mod the cube count; `bar[1]` counts wrong reads, which
+/// the caller reads back), `slots: [2 * BARRIER_CUBES]` u32. Refused where the runtime
 /// does not promise device-scope visibility (wgpu) or has fewer SMs than cubes, or does not say.
-pub fn grid_barrier_probe(client: &Client, bar: &TensorHandle, slots: &TensorHandle, rounds: u32) -> Result<(), KernelError> {
+pub fn grid_barrier_probe(client: &Client, bar: &TensorHandle, slots: &TensorHandle, rounds: u32, flag: bool) -> Result<(), KernelError> {
     let c = Check::new(NAME);
     let props = client.properties();
     let sms = props.hardware.num_streaming_multiprocessors.unwrap_or(0);
@@ -80,7 +126,7 @@ pub fn grid_barrier_probe(client: &Client, bar: &TensorHandle, slots: &TensorHan
         });
     }
     let u32_t = ElemType::UInt(cubecl::ir::UIntKind::U32);
-    c.shape("bar", bar, &[2])?;
+    c.shape("bar", bar, &[BARRIER_WORDS])?;
     c.same_dtype("bar", bar, u32_t)?;
     c.shape("slots", slots, &[2 * BARRIER_CUBES as usize])?;
     c.same_dtype("slots", slots, u32_t)?;
@@ -92,6 +138,7 @@ pub fn grid_barrier_probe(client: &Client, bar: &TensorHandle, slots: &TensorHan
         slots.clone().into_arg(),
         rounds,
         BARRIER_CUBES,
+        flag,
     );
     Ok(())
 }

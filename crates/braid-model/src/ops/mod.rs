@@ -18,7 +18,7 @@ use burn::tensor::{Int, Tensor};
 
 pub use braid_kernels::Precision;
 pub use braid_kernels::attention::{PREFILL_TILES, PrefillSpan, PrefillTiles, decode_row_max_keys, set_decode_row_max_keys, set_prefill_tiles};
-pub use braid_kernels::grid::BARRIER_CUBES;
+pub use braid_kernels::grid::{BARRIER_CUBES, BARRIER_WORDS};
 pub use braid_kernels::qk_norm_rope::QkShape;
 
 /// One method per fused op; see the free functions of this module for shapes.
@@ -231,14 +231,15 @@ pub fn final_norm_fused() -> bool {
 }
 
 /// One launch of [`braid_kernels::grid::grid_barrier_probe`] (`rounds` grid barriers, each
-/// checked) on tensors of the CubeCL backend: `bar: [2]` u32 (the counter, then the count of
-/// wrong reads), `slots: [2 * BARRIER_CUBES]` u32. `None` off the CubeCL backend; an error where
-/// the device cannot run a grid barrier (wgpu: no device-scope ordering).
-pub fn grid_barrier_probe(bar: &Tensor<1, Int>, slots: &Tensor<1, Int>, rounds: u32) -> Option<Result<(), braid_kernels::KernelError>> {
+/// checked; `flag`: the flag barrier) on tensors of the CubeCL backend: `bar: [BARRIER_WORDS]`
+/// u32 (`bar[1]`: the count of wrong reads), `slots: [2 * BARRIER_CUBES]` u32. `None` off the
+/// CubeCL backend; an error where the device cannot run a grid barrier (wgpu: no device-scope
+/// ordering).
+pub fn grid_barrier_probe(bar: &Tensor<1, Int>, slots: &Tensor<1, Int>, rounds: u32, flag: bool) -> Option<Result<(), braid_kernels::KernelError>> {
     let b = bar.clone().try_into_primitive::<burn::backend::Cube>().ok()?;
     let s = slots.clone().try_into_primitive::<burn::backend::Cube>().ok()?;
     let client = b.client.clone();
-    Some(braid_kernels::grid::grid_barrier_probe(&client, &braid_kernels::TensorHandle::from(b), &braid_kernels::TensorHandle::from(s), rounds))
+    Some(braid_kernels::grid::grid_barrier_probe(&client, &braid_kernels::TensorHandle::from(b), &braid_kernels::TensorHandle::from(s), rounds, flag))
 }
 
 /// The device's memory capacity in bytes, where its runtime reports one (CUDA does; the CPU
