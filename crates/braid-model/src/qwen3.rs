@@ -204,8 +204,10 @@ impl Qwen3 {
     /// The greedy token of each row of the last layer's output `x` (`pending`: its last residual
     /// add, not yet applied): final norm, head, argmax, all on the device -> `[rows]`. With a
     /// fused head, the last add and the final norm are one `add_rms_norm` launch in torch mode
-    /// (`RmsNorm::forward`'s rounding points: the reference it twins is `x + down` then that norm,
-    /// and on CUDA it matches that twin bit for bit) instead of ~10 Burn launches.
+    /// (`RmsNorm::forward`'s rounding points: the reference it twins is `x + down` then that norm)
+    /// instead of ~10 Burn launches. Its sum of squares runs in another order than Burn's mean,
+    /// so the eager loop's final norm may differ in a last bit; its bf16 output matched the
+    /// twin's exactly in every H100 check (2026-11-26).
     pub(crate) fn greedy_ids(&self, x: Tensor<2>, pending: Option<Tensor<2>>) -> Tensor<1, burn::tensor::Int> {
         let norm = &self.model.norm;
         let normed = match pending {
