@@ -195,7 +195,8 @@ impl DecoderLayer {
     /// `x: [1, hidden]` is the residual stream and `pending` the previous layer's MLP output
     /// not yet added to it: the add runs inside this layer's fused input norm + QKV
     /// (`ops::add_rms_norm_qkv`), and this layer's post-attention add + norm inside the gate/up
-    /// projection (`ops::add_rms_norm_gate_up`), so a layer is 7 kernels. Returns the stream
+    /// projection (`ops::add_rms_norm_gate_up`), and the KV write inside the QK-norm + RoPE
+    /// (`ops::qk_norm_rope_cache`), so a layer is 6 kernels with every op fused. Returns the stream
     /// and this layer's pending MLP output. Bit for bit the eager path: the fused ops have its
     /// rounding points and reduction order. Attention always runs the fused kernel (it reads
     /// the position from the device); a `reference` attention choice takes its torch mode,
