@@ -9,7 +9,8 @@
 # TP=1 also runs the throughput workload once (`fused-attn-f32`), GEMV_CHECK=0 skips checking
 # each GEMV candidate, LAT_ENVS adds graph-latency runs under other env settings (A/B),
 # NCU_CACHE=none keeps L2 between the profiled launches (default all: flushed), PROFILE=0 skips ncu,
-# LAT=0 the main latency run.
+# LAT=0 the main latency run, WAYS its ways (default steps,graph; eager,steps,graph also checks
+# the graph step's tokens against the eager forward).
 source scripts/gpu-setup.sh
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 PLAN=${PLAN:-fused}; PROMPT=${PROMPT:-128}
@@ -28,7 +29,7 @@ IFS=';' read -ra envs <<< "${LAT_ENVS:-}"
 for e in "${envs[@]}"; do
   echo "== $e"; env $e timeout 120 $BIN bench latency --model $M --device cuda --dtype bf16 --plan $PLAN --prompt-len $PROMPT --ways graph --runs 3 2>&1 | tail -2 | head -1
 done
-[ "${LAT:-1}" != 0 ] && timeout 200 $BIN bench latency --model $M --device cuda --dtype bf16 --plan $PLAN --prompt-len $PROMPT --ways steps,graph --runs 3 2>&1 | tail -5 | tee $OUT/latency.txt
+[ "${LAT:-1}" != 0 ] && timeout 200 $BIN bench latency --model $M --device cuda --dtype bf16 --plan $PLAN --prompt-len $PROMPT --ways ${WAYS:-steps,graph} --runs 3 2>&1 | tail -6 | tee $OUT/latency.txt
 if [ "${TP:-0}" != 0 ]; then  # the throughput workload once, for its host/device split
   timeout 150 $BIN bench throughput --model $M --device cuda --dtype bf16 --plan fused-attn-f32 2>&1 | grep -v "^\s*$" | tail -12 | tee $OUT/throughput.txt
 fi

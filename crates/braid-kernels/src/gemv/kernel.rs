@@ -1,5 +1,6 @@
 use cubecl::prelude::*;
 
+use crate::l2::touch;
 use crate::reduce::round;
 use crate::reduce::block_sum;
 
@@ -29,6 +30,9 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     w1: &Tensor<Vector<F, N>>, // [n1, hidden / N]
     w2: &Tensor<Vector<F, N>>, // [n2, hidden / N]
     out: &mut Tensor<F>,       // [rows, n0 + n1 + n2] or, with `silu`, [rows, n0]
+    pf0: &Tensor<Vector<F, N>>, // the first `prefetch` of these are read into L2 (any shape)
+    pf1: &Tensor<Vector<F, N>>,
+    sink: &mut Tensor<f32>,    // [1] (written only if a prefetched sum is NaN)
     eps: f32,
     features: u32,
     #[comptime] f32_internal: bool,
@@ -42,6 +46,7 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     #[comptime] use_plane: bool,
     #[comptime] plane_min: usize,
     #[comptime] prefetch: bool,
+    #[comptime] l2_reads: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let rows = x.shape(0);
@@ -52,6 +57,28 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     let row0 = CUBE_POS_Y as usize * rows_per_cube;
     let features = features as usize;
     let f0 = CUBE_POS_X as usize * features;
+
+    // Cubes past the GEMV's (`l2_reads` > 0, first row of cubes): they read the first
+    // `l2_reads` of `pf0, pf1` (the next ops' weights) into L2 while the GEMV runs; a GEMV whose
+    // own weights are in L2 leaves the DRAM idle.
+    if l2_reads > 0 {
+        let mains = total.div_ceil(features);
+        let cube = CUBE_POS_X as usize;
+        if cube >= mains {
+            if CUBE_POS_Y == 0 {
+                let cubes = CUBE_COUNT_X as usize - mains;
+                let mut acc = touch::<F, N>(pf0, cube - mains, cubes, block);
+                if l2_reads > 1 {
+                    acc += touch::<F, N>(pf1, cube - mains, cubes, block);
+                }
+                // Never true for finite weights; keeps the loads alive (their sum is "used").
+                if acc.is_nan() {
+                    sink[0] = acc;
+                }
+            }
+            terminate!();
+        }
+    }
 
     // Staged rows, element `k * vs + e` of row r at `r * hidden + e * nvec + k`: lanes reading
     // consecutive weight vectors then read consecutive shared words (no bank conflicts).
@@ -80,67 +107,13 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
         }
     }
 
-    // 1. Stage (and normalise) this cube's rows in shared memory. With `add_residual`, the input
-    // is `residual + x`, written rounded to `sum_out` (the residual stream) and normalised from
-    // the rounded sum (`rms_norm_qkv` after a residual add) or, with `add_norm_semantics` in f32
-    // mode, from the f32 sum with the normalised value rounded (as `add_rms_norm` feeds the
-    // next op).
-    // Each unit holds its elements `unit + i * block` of the row in registers: the loads are
-    // unrolled (all in flight at once) and the normalising pass reuses them.
+    // 1. Stage (and normalise) this cube's rows in shared memory (the first column of cubes
+    // writes the residual sum).
     let first_column = CUBE_POS_X == 0;
-    let per = comptime!(hidden.div_ceil(block));
-    let keep_f32 = comptime!(add_norm_semantics && f32_internal);
-    for r in 0..rows_per_cube {
-        let row = row0 + r;
-        let valid = row < rows;
-        let mut vals = Array::<f32>::new(per);
-        #[unroll]
-        for i in 0..per {
-            let k = unit + i * block;
-            vals[i] = 0.0f32;
-            if valid && k < hidden {
-                vals[i] = input::<F>(x, residual, row * hidden + k, add_residual, keep_f32);
-            }
-        }
-        let mut inv = 1.0f32;
-        if normalize {
-            // The same order as a strided loop (`add_rms_norm`'s): bit-identical sums.
-            let mut sq = 0.0f32;
-            #[unroll]
-            for i in 0..per {
-                sq += vals[i] * vals[i];
-            }
-            let total_sq = block_sum(sq, block);
-            inv = 1.0f32 / (total_sq / f32::cast_from(hidden as u32) + eps).sqrt();
-        }
-        #[unroll]
-        for i in 0..per {
-            let k = unit + i * block;
-            if k < hidden {
-                let v = vals[i];
-                let mut n = 0.0f32;
-                if valid {
-                    if add_residual && first_column {
-                        sum_out[row * hidden + k] = F::cast_from(v);
-                    }
-                    if normalize {
-                        let g = f32::cast_from(gamma[k]);
-                        if f32_internal {
-                            n = v * inv * g;
-                            if add_norm_semantics {
-                                n = round::<F>(n);
-                            }
-                        } else {
-                            n = round::<F>(round::<F>(v * inv) * g);
-                        }
-                    } else {
-                        n = v;
-                    }
-                }
-                staged[r * hidden + (k % vs) * nvec + k / vs] = n;
-            }
-        }
-    }
+    stage_rows::<F>(
+        x, residual, sum_out, gamma, &mut staged, eps, row0, rows, first_column, vs, f32_internal, normalize, add_residual,
+        add_norm_semantics, rows_per_cube, hidden, block, block,
+    );
     sync_cube();
 
     // 2. Dot products: one plane per feature (lanes over the row, from the registers loaded
@@ -206,6 +179,99 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
             }
         }
         f += stride;
+    }
+}
+
+/// Step 1 of [`gemv_kernel`]: stages (and normalises) rows `row0..row0 + rows_per_cube` of the
+/// input in `staged` (f32; element `k * vs + e` of row r at `r * hidden + e * nvec + k`, so lanes
+/// reading consecutive weight vectors read consecutive shared words). With `add_residual`, the
+/// input is `residual + x`, written rounded to `sum_out` (the residual stream) where
+/// `write_sum`, and normalised from the rounded sum (`rms_norm_qkv` after a residual add) or,
+/// with `add_norm_semantics` in f32 mode, from the f32 sum with the normalised value rounded (as
+/// `add_rms_norm` feeds the next op).
+///
+/// Units `0..block` each hold elements `unit + i * block` of the row in registers (the loads
+/// unrolled, all in flight at once; the normalising pass reuses them); units past `block` (a
+/// larger cube of `cube` units, a power of two) add zeros to the reduction's tree, which leaves
+/// the sum of squares bit for bit that of a `block`-unit cube. Ends before the
+/// barrier that publishes `staged`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_rows<F: Float>(
+    x: &Tensor<F>,
+    residual: &Tensor<F>,
+    sum_out: &mut Tensor<F>,
+    gamma: &Tensor<F>,
+    staged: &mut Shared<[f32]>,
+    eps: f32,
+    row0: usize,
+    rows: usize,
+    write_sum: bool,
+    #[comptime] vs: usize,
+    #[comptime] f32_internal: bool,
+    #[comptime] normalize: bool,
+    #[comptime] add_residual: bool,
+    #[comptime] add_norm_semantics: bool,
+    #[comptime] rows_per_cube: usize,
+    #[comptime] hidden: usize,
+    #[comptime] block: usize,
+    #[comptime] cube: usize,
+) {
+    let unit = UNIT_POS_X as usize;
+    let nvec = hidden / vs;
+    let stager = unit < block;
+    let per = comptime!(hidden.div_ceil(block));
+    let keep_f32 = comptime!(add_norm_semantics && f32_internal);
+    for r in 0..rows_per_cube {
+        let row = row0 + r;
+        let valid = row < rows && stager;
+        let mut vals = Array::<f32>::new(per);
+        #[unroll]
+        for i in 0..per {
+            let k = unit + i * block;
+            vals[i] = 0.0f32;
+            if valid && k < hidden {
+                vals[i] = input::<F>(x, residual, row * hidden + k, add_residual, keep_f32);
+            }
+        }
+        let mut inv = 1.0f32;
+        if normalize {
+            // The same order as a strided loop (`add_rms_norm`'s): bit-identical sums.
+            let mut sq = 0.0f32;
+            #[unroll]
+            for i in 0..per {
+                sq += vals[i] * vals[i];
+            }
+            let total_sq = block_sum(sq, cube);
+            inv = 1.0f32 / (total_sq / f32::cast_from(hidden as u32) + eps).sqrt();
+        }
+        #[unroll]
+        for i in 0..per {
+            let k = unit + i * block;
+            if stager && k < hidden {
+                let v = vals[i];
+                let mut n = 0.0f32;
+                if valid {
+                    if add_residual && write_sum {
+                        sum_out[row * hidden + k] = F::cast_from(v);
+                    }
+                    if normalize {
+                        let g = f32::cast_from(gamma[k]);
+                        if f32_internal {
+                            n = v * inv * g;
+                            if add_norm_semantics {
+                                n = round::<F>(n);
+                            }
+                        } else {
+                            n = round::<F>(round::<F>(v * inv) * g);
+                        }
+                    } else {
+                        n = v;
+                    }
+                }
+                staged[r * hidden + (k % vs) * nvec + k / vs] = n;
+            }
+        }
     }
 }
 
@@ -308,7 +374,7 @@ fn load_feature<F: Float, N: Size>(
 }
 
 #[cube]
-fn load_row<F: Float, N: Size>(
+pub(crate) fn load_row<F: Float, N: Size>(
     w: &Tensor<Vector<F, N>>,
     base: usize,
     regs: &mut Array<Vector<F, N>>,
@@ -331,7 +397,7 @@ fn load_row<F: Float, N: Size>(
 /// `acc[r] += regs . staged[r]` over lane `lane`'s vectors (as loaded by [`load_row`]).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn dot_regs<F: Float, N: Size>(
+pub(crate) fn dot_regs<F: Float, N: Size>(
     regs: &Array<Vector<F, N>>,
     staged: &Shared<[f32]>,
     acc: &mut Array<f32>,

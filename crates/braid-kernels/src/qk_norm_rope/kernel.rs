@@ -103,19 +103,7 @@ pub(super) fn qk_norm_rope_kernel<F: Float>(
                 c2 = cos[t * hd + i + half];
                 s2 = sin[t * hd + i + half];
             }
-            let (o1, o2) = if f32_internal {
-                let n1 = x1 * inv * w1;
-                let n2 = x2 * inv * w2;
-                (n1 * c1 - n2 * s1, n2 * c2 + n1 * s2)
-            } else {
-                let n1 = round::<F>(round::<F>(x1 * inv) * w1);
-                let n2 = round::<F>(round::<F>(x2 * inv) * w2);
-                // HF: q * cos + rotate_half(q) * sin, each op in F.
-                (
-                    round::<F>(n1 * round::<F>(c1)) + round::<F>(-n2 * round::<F>(s1)),
-                    round::<F>(n2 * round::<F>(c2)) + round::<F>(n1 * round::<F>(s2)),
-                )
-            };
+            let (o1, o2) = norm_rope_pair::<F>(x1, x2, w1, w2, c1, s1, c2, s2, inv, f32_internal);
             if is_q {
                 let dst = ((b * heads + h) * seq + t) * hd;
                 q_out[dst + i] = F::cast_from(o1);
@@ -129,6 +117,39 @@ pub(super) fn qk_norm_rope_kernel<F: Float>(
     }
 }
 
+
+/// QK-norm and RoPE of one rotary pair `(x1, x2)` = channels `(i, i + hd / 2)` of a head:
+/// `inv` is the head's inverse RMS, `w1, w2` the norm weights of the two channels, `(c1, s1)`
+/// and `(c2, s2)` their cos/sin. Returns the pair's two outputs with the mode's rounding points.
+/// Every kernel that applies QK-norm + RoPE calls this one function, so they give the same bits.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn norm_rope_pair<F: Float>(
+    x1: f32,
+    x2: f32,
+    w1: f32,
+    w2: f32,
+    c1: f32,
+    s1: f32,
+    c2: f32,
+    s2: f32,
+    inv: f32,
+    #[comptime] f32_internal: bool,
+) -> (f32, f32) {
+    if f32_internal {
+        let n1 = x1 * inv * w1;
+        let n2 = x2 * inv * w2;
+        (n1 * c1 - n2 * s1, n2 * c2 + n1 * s2)
+    } else {
+        let n1 = round::<F>(round::<F>(x1 * inv) * w1);
+        let n2 = round::<F>(round::<F>(x2 * inv) * w2);
+        // HF: q * cos + rotate_half(q) * sin, each op in F.
+        (
+            round::<F>(n1 * round::<F>(c1)) + round::<F>(-n2 * round::<F>(s1)),
+            round::<F>(n2 * round::<F>(c2)) + round::<F>(n1 * round::<F>(s2)),
+        )
+    }
+}
 
 /// Where row `row` (sequence `b`, step `t`) of kv head `h` starts in `out`.
 #[cube]

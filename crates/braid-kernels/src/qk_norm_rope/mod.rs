@@ -1,7 +1,7 @@
 //! Fused QK-norm + RoPE: per-head RMSNorm of q and k (weights over head_dim), NeoX rotary
 //! embedding with f32 cos/sin tables, and the head-major layout of q, k and v for attention.
 
-mod kernel;
+pub(crate) mod kernel;
 
 use cubecl::prelude::*;
 use cubecl::std::tensor::TensorHandle;

@@ -63,6 +63,7 @@ pub fn add_rms_norm_qkv(
         Mode::NormQkv { gamma, eps },
         precision,
         tuning,
+        &[],
     )?;
     Ok((sum.expect("a residual sum"), qkv))
 }

@@ -196,9 +196,11 @@ impl DecoderLayer {
     /// not yet added to it: the add runs inside this layer's fused input norm + QKV
     /// (`ops::add_rms_norm_qkv`), and this layer's post-attention add + norm inside the gate/up
     /// projection (`ops::add_rms_norm_gate_up`), and the KV write inside the QK-norm + RoPE
-    /// (`ops::qk_norm_rope_cache`), so a layer is 6 kernels with every op fused. Returns the stream
+    /// (`ops::qk_norm_rope_cache`), so a layer is 6 kernels with every op fused; on devices with
+    /// plane operations the first two of those are one (`ops::qkv_rope_cache`: 5). Returns the stream
     /// and this layer's pending MLP output. Bit for bit the eager path: the fused ops have its
-    /// rounding points and reduction order. Attention always runs the fused kernel (it reads
+    /// rounding points and reduction order. `next_layer`: the layer after this one, whose q/k/v
+    /// weights this step's MLP GEMVs read into L2. Attention always runs the fused kernel (it reads
     /// the position from the device); a `reference` attention choice takes its torch mode,
     /// which has the reference's rounding points. The other ops follow the plan.
     pub fn decode_step(
@@ -209,35 +211,73 @@ impl DecoderLayer {
         cache: &mut LayerCache,
         state: &Tensor<1, Int>,
         plan: &LayerPlan,
+        next_layer: Option<&DecoderLayer>,
     ) -> (Tensor<2>, Tensor<2>) {
         let shape = self.self_attn.shape(1, 1);
-        let (x, q, k, v) = self.add_qkv(x, pending, plan.rms_norm_qkv);
         let a = &self.self_attn;
-        // Fused: the keys and values go straight into the cache (one launch, not two).
-        let q = match plan.qk_norm_rope {
-            OpChoice::Fused(p) if ops::kv_write_fused() => {
-                let (q, kc, vc) = ops::qk_norm_rope_cache(
-                    q,
-                    k,
-                    v,
+        let (x, q) = match (plan.rms_norm_qkv, plan.qk_norm_rope) {
+            // One launch from the stream to the cache: (add +) norm + QKV + QK-norm + RoPE + KV write.
+            (OpChoice::Fused(p1), OpChoice::Fused(p2))
+                if p1 == p2 && ops::kv_write_fused() && ops::qkv_rope_fused() && ops::qkv_rope_supported(&x) =>
+            {
+                let add = pending.is_some();
+                let (residual, input) = match pending {
+                    Some(down) => (x, down),
+                    None => (x.clone(), x),
+                };
+                let (x, q, kc, vc) = ops::qkv_rope_cache(
+                    input,
+                    residual,
+                    add,
+                    self.input_layernorm.weight.val(),
+                    a.q_proj.weight.val(),
+                    a.k_proj.weight.val(),
+                    a.v_proj.weight.val(),
                     a.q_norm.weight.val(),
                     a.k_norm.weight.val(),
                     rope.cos.clone(),
                     rope.sin.clone(),
                     shape,
+                    self.input_layernorm.eps,
                     a.q_norm.eps,
-                    p,
+                    p1,
                     cache.k.clone(),
                     cache.v.clone(),
                     state.clone(),
                 );
                 (cache.k, cache.v) = (kc, vc);
-                q
+                (x, q)
             }
-            c => {
-                let (q, k, v) = self.norm_rope(q, k, v, rope, shape, c);
-                (cache.k, cache.v) = ops::kv_write(cache.k.clone(), cache.v.clone(), k, v, state.clone());
-                q
+            _ => {
+                let (x, q, k, v) = self.add_qkv(x, pending, plan.rms_norm_qkv);
+                // Fused: the keys and values go straight into the cache (one launch, not two).
+                let q = match plan.qk_norm_rope {
+                    OpChoice::Fused(p) if ops::kv_write_fused() => {
+                        let (q, kc, vc) = ops::qk_norm_rope_cache(
+                            q,
+                            k,
+                            v,
+                            a.q_norm.weight.val(),
+                            a.k_norm.weight.val(),
+                            rope.cos.clone(),
+                            rope.sin.clone(),
+                            shape,
+                            a.q_norm.eps,
+                            p,
+                            cache.k.clone(),
+                            cache.v.clone(),
+                            state.clone(),
+                        );
+                        (cache.k, cache.v) = (kc, vc);
+                        q
+                    }
+                    c => {
+                        let (q, k, v) = self.norm_rope(q, k, v, rope, shape, c);
+                        (cache.k, cache.v) = ops::kv_write(cache.k.clone(), cache.v.clone(), k, v, state.clone());
+                        q
+                    }
+                };
+                (x, q)
             }
         };
         let p = match plan.attention {
@@ -250,8 +290,31 @@ impl DecoderLayer {
         let next = [m.gate_proj.weight.val(), m.up_proj.weight.val(), m.down_proj.weight.val(), a.o_proj.weight.val()];
         let attn = ops::attention_at_prefetch(q, cache.k.clone(), cache.v.clone(), state.clone(), p, next);
         let attn = self.o_proj(attn, plan.linear);
-        let (x, act) = self.add_gate_up(x, attn, plan);
-        (x, self.down(act, plan.linear))
+        // The gate/up and down GEMVs read their weights from L2 (see above), leaving the DRAM
+        // idle: their spare cubes read the next layer's q/k/v weights into L2 meanwhile.
+        let l2 = next_layer.filter(|_| ops::next_qkv_l2()).map(|n| {
+            let a = &n.self_attn;
+            [a.q_proj.weight.val(), a.k_proj.weight.val(), a.v_proj.weight.val()]
+        });
+        let norm = &self.post_attention_layernorm;
+        let (x, act) = match (&l2, plan.add_rms_norm, plan.silu_mul) {
+            (Some([wq, _, _]), OpChoice::Fused(p1), OpChoice::Fused(p2)) if p1 == p2 => ops::add_rms_norm_gate_up_l2(
+                x,
+                attn,
+                norm.weight.val(),
+                m.gate_proj.weight.val(),
+                m.up_proj.weight.val(),
+                norm.eps,
+                p1,
+                wq.clone(),
+            ),
+            _ => self.add_gate_up(x, attn, plan),
+        };
+        let down = match (l2, plan.linear) {
+            (Some([_, wk, wv]), OpChoice::Fused(_)) => ops::linear_l2(act, m.down_proj.weight.val(), [wk, wv]),
+            _ => self.down(act, plan.linear),
+        };
+        (x, down)
     }
 
     /// The previous layer's pending MLP output added to the stream `x: [rows, hidden]` and this

@@ -205,13 +205,11 @@ impl FusedOps for Cube {
     }
 
     fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        if x.meta.shape()[0] > gemv_max_rows(GemvOp::for_linear(w.meta.shape()[0])) && x.dtype != burn::tensor::DType::F32 {
-            return matmul_nt(x, vec![w]);
-        }
-        let (like, dtype) = (x.clone(), x.dtype);
-        let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
-        let out = launched(braid_kernels::gemv::linear(&like.client, handle(x), handle(w), tuning));
-        tensor(&like, out, dtype)
+        linear_with(x, w, &[])
+    }
+
+    fn linear_l2(x: FloatTensor<Self>, w: FloatTensor<Self>, l2a: FloatTensor<Self>, l2b: FloatTensor<Self>) -> FloatTensor<Self> {
+        linear_with(x, w, &[view(l2a), view(l2b)])
     }
 
     fn gate_up_silu(
@@ -262,6 +260,56 @@ impl FusedOps for Cube {
         let (kh, vh, state) = (view(k_cache.clone()), view(v_cache.clone()), TensorHandle::from(state));
         let into = braid_kernels::qk_norm_rope::KvOut::Cache { k: &kh, v: &vh, state: &state };
         (qk_norm_rope_into([q, k, v, q_weight, k_weight, cos, sin], shape, eps, precision, into).0, k_cache, v_cache)
+    }
+
+    fn qkv_rope_cache(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        add_residual: bool,
+        gamma: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps: f64,
+        qk_eps: f64,
+        precision: Precision,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (like, dtype) = (x.clone(), x.dtype);
+        let args = braid_kernels::qkv_rope::QkvRopeArgs {
+            x: handle(x.clone()),
+            residual: add_residual.then(|| handle(residual)),
+            gamma: handle(gamma),
+            wq: handle(wq),
+            wk: handle(wk),
+            wv: handle(wv),
+            q_weight: handle(q_weight),
+            k_weight: handle(k_weight),
+            cos: handle(cos),
+            sin: handle(sin),
+            k_cache: view(k_cache.clone()),
+            v_cache: view(v_cache.clone()),
+            state: TensorHandle::from(state),
+        };
+        let (sum, q) = launched(braid_kernels::qkv_rope::qkv_rope_cache(
+            &like.client,
+            args,
+            shape,
+            eps as f32,
+            qk_eps as f32,
+            precision,
+            qkv_rope_block(),
+            qkv_rope_ahead(),
+        ));
+        let h = sum.map_or(x, |s| tensor(&like, s, dtype));
+        (h, tensor(&like, q, dtype), k_cache, v_cache)
     }
 
     fn qk_norm_rope_pool(
@@ -397,24 +445,20 @@ impl FusedOps for Cube {
         eps: f64,
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (like, dtype) = (x.clone(), x.dtype);
-        if x.meta.shape()[0] > gemv_max_rows(GemvOp::GateUp) {
-            let (h, n) = Self::add_rms_norm(residual, x, gamma, eps, precision);
-            return (h, Self::gate_up_silu(n, w_gate, w_up, precision));
-        }
-        let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
-        let (h, act) = launched(braid_kernels::gemv::add_rms_norm_gate_up_silu(
-            &like.client,
-            handle(residual),
-            handle(x),
-            handle(gamma),
-            handle(w_gate),
-            handle(w_up),
-            eps as f32,
-            precision,
-            tuning,
-        ));
-        (tensor(&like, h, dtype), tensor(&like, act, dtype))
+        add_rms_norm_gate_up_with(residual, x, gamma, w_gate, w_up, eps, precision, &[])
+    }
+
+    fn add_rms_norm_gate_up_l2(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        l2: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        add_rms_norm_gate_up_with(residual, x, gamma, w_gate, w_up, eps, precision, &[view(l2)])
     }
 
     fn paged_kv_write(
@@ -499,4 +543,63 @@ impl FusedOps for Cube {
         launched(braid_kernels::decode::copy_into(&client, &TensorHandle::from(dst.clone()), TensorHandle::from(into_contiguous(src))));
         dst
     }
+}
+
+/// Units per cube of the one-launch QKV + RoPE kernel: `$BRAID_QKV_ROPE_BLOCK` (256, 512 or
+/// 1,024; read once per process), else 512.
+fn qkv_rope_block() -> usize {
+    static BLOCK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| std::env::var("BRAID_QKV_ROPE_BLOCK").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(512))
+}
+
+/// Features a plane of that kernel has in flight: `$BRAID_QKV_ROPE_AHEAD` (2 or 4; read once
+/// per process), else 2.
+fn qkv_rope_ahead() -> usize {
+    static AHEAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *AHEAD.get_or_init(|| std::env::var("BRAID_QKV_ROPE_AHEAD").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(2))
+}
+
+/// [`FusedOps::linear`] on the CubeCL backend, the GEMV's spare cubes reading `l2` into L2.
+fn linear_with(x: FloatTensor<Cube>, w: FloatTensor<Cube>, l2: &[TensorHandle]) -> FloatTensor<Cube> {
+    if x.meta.shape()[0] > gemv_max_rows(GemvOp::for_linear(w.meta.shape()[0])) && x.dtype != burn::tensor::DType::F32 {
+        return matmul_nt(x, vec![w]);
+    }
+    let (like, dtype) = (x.clone(), x.dtype);
+    let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
+    let out = launched(braid_kernels::gemv::linear_l2(&like.client, handle(x), handle(w), tuning, l2));
+    tensor(&like, out, dtype)
+}
+
+/// [`FusedOps::add_rms_norm_gate_up`] on the CubeCL backend, the GEMV's spare cubes reading
+/// `l2` into L2.
+#[allow(clippy::too_many_arguments)]
+fn add_rms_norm_gate_up_with(
+    residual: FloatTensor<Cube>,
+    x: FloatTensor<Cube>,
+    gamma: FloatTensor<Cube>,
+    w_gate: FloatTensor<Cube>,
+    w_up: FloatTensor<Cube>,
+    eps: f64,
+    precision: Precision,
+    l2: &[TensorHandle],
+) -> (FloatTensor<Cube>, FloatTensor<Cube>) {
+    let (like, dtype) = (x.clone(), x.dtype);
+    if x.meta.shape()[0] > gemv_max_rows(GemvOp::GateUp) {
+        let (h, n) = Cube::add_rms_norm(residual, x, gamma, eps, precision);
+        return (h, Cube::gate_up_silu(n, w_gate, w_up, precision));
+    }
+    let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
+    let (h, act) = launched(braid_kernels::gemv::add_rms_norm_gate_up_silu(
+        &like.client,
+        handle(residual),
+        handle(x),
+        handle(gamma),
+        handle(w_gate),
+        handle(w_up),
+        eps as f32,
+        precision,
+        tuning,
+        l2,
+    ));
+    (tensor(&like, h, dtype), tensor(&like, act, dtype))
 }

@@ -106,6 +106,49 @@ impl FusedOps for Flex {
         (unwrap(q), unwrap(k), unwrap(v))
     }
 
+    fn qkv_rope_cache(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        add_residual: bool,
+        gamma: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps: f64,
+        qk_eps: f64,
+        precision: Precision,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (h, q, k, v) = reference::qkv_rope_cache(
+            wrap(x),
+            wrap(residual),
+            add_residual,
+            wrap(gamma),
+            wrap(wq),
+            wrap(wk),
+            wrap(wv),
+            wrap(q_weight),
+            wrap(k_weight),
+            wrap(cos),
+            wrap(sin),
+            shape,
+            eps,
+            qk_eps,
+            precision,
+            wrap(k_cache),
+            wrap(v_cache),
+            iwrap(state),
+        );
+        (unwrap(h), unwrap(q), unwrap(k), unwrap(v))
+    }
+
     fn qk_norm_rope_pool(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -225,6 +268,23 @@ impl FusedOps for Flex {
     fn advance(ids: IntTensor<Self>, state: IntTensor<Self>, history: IntTensor<Self>) -> (IntTensor<Self>, IntTensor<Self>) {
         let (s, h) = reference::advance(iwrap(ids), iwrap(state), iwrap(history));
         (iunwrap(s), iunwrap(h))
+    }
+
+    fn linear_l2(x: FloatTensor<Self>, w: FloatTensor<Self>, _l2a: FloatTensor<Self>, _l2b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::linear(x, w)
+    }
+
+    fn add_rms_norm_gate_up_l2(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        _l2: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        Self::add_rms_norm_gate_up(residual, x, gamma, w_gate, w_up, eps, precision)
     }
 
     fn add_rms_norm_qkv(

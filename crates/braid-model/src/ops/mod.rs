@@ -74,6 +74,29 @@ pub trait FusedOps: Backend {
         state: IntTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
+    /// See [`qkv_rope_cache`].
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_rope_cache(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        add_residual: bool,
+        gamma: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps: f64,
+        qk_eps: f64,
+        precision: Precision,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
     #[allow(clippy::too_many_arguments)]
     fn qk_norm_rope_pool(
         q: FloatTensor<Self>,
@@ -164,6 +187,22 @@ pub trait FusedOps: Backend {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
+    /// [`FusedOps::linear`], reading `l2a, l2b` into L2 meanwhile where the backend can (a hint).
+    fn linear_l2(x: FloatTensor<Self>, w: FloatTensor<Self>, l2a: FloatTensor<Self>, l2b: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// [`FusedOps::add_rms_norm_gate_up`], reading `l2` into L2 meanwhile where the backend can.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm_gate_up_l2(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        l2: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
     fn batch_inputs(
         embed: FloatTensor<Self>,
         cos_table: FloatTensor<Self>,
@@ -220,6 +259,29 @@ pub trait FusedOps: Backend {
 pub fn kv_write_fused() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("BRAID_KV_WRITE_FUSED").map_or(true, |s| s.trim() != "0"))
+}
+
+/// Whether the batch-1 decode step runs its (residual add +) input norm, q/k/v projections,
+/// QK-norm + RoPE and KV write as one launch ([`qkv_rope_cache`]) where the device can. On
+/// unless `$BRAID_QKV_ROPE_FUSED=0` (the two launches: for comparisons; read once per process).
+pub fn qkv_rope_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_QKV_ROPE_FUSED").map_or(true, |s| s.trim() != "0"))
+}
+
+/// Whether `x`'s device runs [`qkv_rope_cache`] as its one-launch kernel (the CubeCL backend on a
+/// device with plane operations); elsewhere the model keeps the two ops it replaces.
+pub fn qkv_rope_supported(x: &Tensor<2>) -> bool {
+    x.clone().try_into_primitive::<burn::backend::Cube>().is_ok_and(|t| braid_kernels::qkv_rope::supported(&t.client))
+}
+
+/// Whether the batch-1 decode step reads the next layer's q/k/v weights into L2 during this
+/// layer's gate/up and down GEMVs (whose own weights the attention put in L2, so the DRAM is
+/// idle), for the next layer's QKV launch. On unless `$BRAID_NEXT_QKV_L2=0` (for comparisons;
+/// read once per process).
+pub fn next_qkv_l2() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_NEXT_QKV_L2").map_or(true, |s| s.trim() != "0"))
 }
 
 /// Whether the greedy decode steps run their last residual add and the final norm as one fused
@@ -567,6 +629,57 @@ pub fn argmax_device(logits: Tensor<2>) -> Tensor<1, Int> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::argmax(logits.into_dispatch()))
 }
 
+/// The batch-1 decode step's attention inputs in one launch: `h = residual + x` (when
+/// `add_residual`; else `h = x`, `residual` unread), the input RMSNorm and q/k/v projections of
+/// `h`, QK-norm + RoPE, the new key and value written into `k_cache, v_cache:
+/// [1, kv_heads, capacity, hd]` at position `state[1]`. `x, residual: [1, hidden]`, `cos, sin:
+/// [1, hd]` f32 -> `(h, q: [1, heads, 1, hd], k_cache, v_cache)`. Bit for bit what
+/// [`add_rms_norm_qkv`] (or [`rms_norm_qkv`]) then [`qk_norm_rope_cache`] give
+/// (`reference::qkv_rope_cache`); only where [`qkv_rope_supported`].
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope_cache(
+    x: Tensor<2>,
+    residual: Tensor<2>,
+    add_residual: bool,
+    gamma: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps: f64,
+    qk_eps: f64,
+    precision: Precision,
+    k_cache: Tensor<4>,
+    v_cache: Tensor<4>,
+    state: Tensor<1, Int>,
+) -> (Tensor<2>, Tensor<4>, Tensor<4>, Tensor<4>) {
+    let (h, q, k, v) = <Dispatch as FusedOps>::qkv_rope_cache(
+        x.into_dispatch(),
+        residual.into_dispatch(),
+        add_residual,
+        gamma.into_dispatch(),
+        wq.into_dispatch(),
+        wk.into_dispatch(),
+        wv.into_dispatch(),
+        q_weight.into_dispatch(),
+        k_weight.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+        shape,
+        eps,
+        qk_eps,
+        precision,
+        k_cache.into_dispatch(),
+        v_cache.into_dispatch(),
+        state.into_dispatch(),
+    );
+    (Tensor::from_dispatch(h), Tensor::from_dispatch(q), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
+}
+
 /// `(h = residual + x, rms_norm_qkv(h, ...))` in one launch at decode shapes: a layer's last
 /// residual add fused into the next layer's input norm and QKV projection. Bit for bit the two
 /// ops (`reference::add_rms_norm_qkv`).
@@ -592,6 +705,39 @@ pub fn add_rms_norm_qkv(
         precision,
     );
     (Tensor::from_dispatch(h), Tensor::from_dispatch(qkv))
+}
+
+/// [`linear`], with spare cubes reading `l2` (the next ops' weights) into L2 meanwhile on the
+/// CubeCL backend (a hint: the same result).
+pub fn linear_l2(x: Tensor<2>, w: Tensor<2>, l2: [Tensor<2>; 2]) -> Tensor<2> {
+    let [a, b] = l2;
+    Tensor::from_dispatch(<Dispatch as FusedOps>::linear_l2(x.into_dispatch(), w.into_dispatch(), a.into_dispatch(), b.into_dispatch()))
+}
+
+/// [`add_rms_norm_gate_up`], with spare cubes reading `l2` into L2 meanwhile on the CubeCL
+/// backend (a hint: the same result).
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm_gate_up_l2(
+    residual: Tensor<2>,
+    x: Tensor<2>,
+    gamma: Tensor<1>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+    l2: Tensor<2>,
+) -> (Tensor<2>, Tensor<2>) {
+    let (h, act) = <Dispatch as FusedOps>::add_rms_norm_gate_up_l2(
+        residual.into_dispatch(),
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        w_gate.into_dispatch(),
+        w_up.into_dispatch(),
+        eps,
+        precision,
+        l2.into_dispatch(),
+    );
+    (Tensor::from_dispatch(h), Tensor::from_dispatch(act))
 }
 
 /// `add_rms_norm` then `gate_up_silu` in one launch at decode shapes: `(h, act)`. Bit for bit

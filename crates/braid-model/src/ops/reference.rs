@@ -278,6 +278,40 @@ pub fn qk_norm_rope_cache(
     (q, k_cache.slice_assign([0..b, 0..h, pos..pos + t, 0..d], k), v_cache.slice_assign([0..b, 0..h, pos..pos + t, 0..d], v))
 }
 
+/// Twin of `ops::qkv_rope_cache`: the residual add (when `add_residual`; else `h = x`),
+/// [`rms_norm_qkv`], then [`qk_norm_rope_cache`] on its q, k and v -> `(h, q, k_cache, v_cache)`.
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope_cache(
+    x: Tensor<2>,
+    residual: Tensor<2>,
+    add_residual: bool,
+    gamma: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps: f64,
+    qk_eps: f64,
+    precision: Precision,
+    k_cache: Tensor<4>,
+    v_cache: Tensor<4>,
+    state: Tensor<1, Int>,
+) -> (Tensor<2>, Tensor<4>, Tensor<4>, Tensor<4>) {
+    let (nq, nkv) = (wq.dims()[0], wk.dims()[0]);
+    let (h, qkv) = if add_residual {
+        add_rms_norm_qkv(residual, x, gamma, wq, wk, wv, eps, precision)
+    } else {
+        (x.clone(), rms_norm_qkv(x, gamma, wq, wk, wv, eps, precision))
+    };
+    let (q, k, v) = (qkv.clone().narrow(1, 0, nq), qkv.clone().narrow(1, nq, nkv), qkv.narrow(1, nq + nkv, nkv));
+    let (q, k_cache, v_cache) = qk_norm_rope_cache(q, k, v, q_weight, k_weight, cos, sin, shape, qk_eps, precision, k_cache, v_cache, state);
+    (h, q, k_cache, v_cache)
+}
+
 /// Twin of `ops::qk_norm_rope_pool`: [`qk_norm_rope`] (`batch` 1), then [`paged_kv_write`] ->
 /// `(q, k_pool, v_pool)`.
 #[allow(clippy::too_many_arguments)]

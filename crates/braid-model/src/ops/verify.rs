@@ -145,7 +145,7 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
 }
 
 /// The check groups [`verify_some`] filters on (each names the op, or ops, it checks).
-pub const CHECK_GROUPS: [&str; 14] = [
+pub const CHECK_GROUPS: [&str; 15] = [
     "add_rms_norm",
     "rms_norm_qkv",
     "qk_norm_rope",
@@ -156,6 +156,7 @@ pub const CHECK_GROUPS: [&str; 14] = [
     "gate_up_silu",
     "add_rms_norm_qkv",
     "add_rms_norm_gate_up",
+    "qkv_rope_cache",
     "argmax",
     "paged",
     "paged_prefill",
@@ -203,6 +204,9 @@ pub fn verify_some(device: &Device, dtype: DType, seed: u64, want: &dyn Fn(&str)
             }
             if want("add_rms_norm_gate_up") {
                 out.push(check_add_then(&ctx, &mut rng, case, p, true));
+            }
+            if want("qkv_rope_cache") {
+                out.extend(check_qkv_rope(&ctx, &mut rng, case, p));
             }
         }
         if want("argmax") {
@@ -573,6 +577,9 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
     }
 }
 
+/// Checks whose "twin" is the launches a fused op replaces: they must agree bit for bit.
+pub const BITWISE_OPS: [&str; 1] = ["qkv_rope_bits"];
+
 /// Ops that only move data, checked for exact equality.
 pub const EXACT_OPS: [&str; 2] = ["decode_state", "paged_io"];
 
@@ -584,7 +591,8 @@ pub const EXACT_OPS: [&str; 2] = ["decode_state", "paged_io"];
 ///   order only);
 /// - f32 mode within `2 u` of the truth: one rounding at the output;
 /// - argmax: exactly the truth's index (the first on ties) in every row; the data-movement ops
-///   ([`EXACT_OPS`]): every value exact.
+///   ([`EXACT_OPS`]): every value exact; [`BITWISE_OPS`]: the fused op equal, every bit, to the
+///   launches it replaces (its accuracy is checked under its own name).
 pub fn passes(c: &OpCheck, dtype: DType) -> Result<(), String> {
     let u = unit_roundoff(dtype).max(if dtype == DType::F32 { 1e-6 } else { 0.0 });
     if !c.finite {
@@ -593,6 +601,9 @@ pub fn passes(c: &OpCheck, dtype: DType) -> Result<(), String> {
     if c.op == "argmax" {
         // Exact: the first index of the maximum, in every row.
         return if c.fused_err == 0.0 { Ok(()) } else { Err(format!("{:.0}% of rows wrong", 100.0 * c.fused_err)) };
+    }
+    if BITWISE_OPS.contains(&c.op) {
+        return if c.fused_vs_twin == 0.0 { Ok(()) } else { Err(format!("differs from the launches it replaces: {:.3e} normwise", c.fused_vs_twin)) };
     }
     if EXACT_OPS.contains(&c.op) {
         // Data movement: every value exactly where it belongs (the error is a fraction of wrong
@@ -859,6 +870,90 @@ fn gemv_width(case: Case) -> usize {
     }
 }
 
+/// The batch-1 decode step's one-launch (add +) norm + QKV + QK-norm + RoPE + KV write, where
+/// the device runs it (`ops::qkv_rope_supported`; nothing elsewhere), with and without the
+/// residual add: `qkv_rope_cache` = outputs `[h | q | k_cache | v_cache]` against the f64 truth
+/// and the twin; `qkv_rope_bits` = the same outputs against the two fused launches it replaces
+/// (`add_rms_norm_qkv` or `rms_norm_qkv`, then `qk_norm_rope_cache`), which must be bit for bit
+/// equal. One row whatever the case (its sizes and magnitudes are the case's).
+fn check_qkv_rope(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpCheck> {
+    use burn::tensor::Int;
+    let hidden = gemv_width(case);
+    let (heads, kv_heads, eps) = (4, 2, 1e-6);
+    // Qwen3's head_dim at decode; a head smaller than a cube's planes x 2 elsewhere.
+    let hd = if case.rows == 1 || case.rows > 64 { 128 } else { 40 };
+    let probe = ctx.t(vec![0.0; hidden], [1, hidden]);
+    if !super::qkv_rope_supported(&probe) {
+        return Vec::new();
+    }
+    let shape = QkShape { batch: 1, seq: 1, heads, kv_heads, head_dim: hd };
+    let (nq, nk) = (heads * hd, kv_heads * hd);
+    let pos = 3 + case.rows % 5;
+    let cap = pos + 4;
+    let rope = RotaryEmbedding::new(hd, 1.0e6).tables(pos, 1, ctx.device);
+    let (cos, sin) = (rope.cos, rope.sin);
+    let state = Tensor::<1, Int>::from_data(TensorData::new(vec![1u32, pos as u32], [2]), (ctx.device, DType::U32));
+    let mut out = Vec::new();
+    for add in [true, false] {
+        let res = ctx.t(input(rng, 1, hidden, case), [1, hidden]);
+        let x = ctx.t(rng.vec(hidden, case.scale), [1, hidden]);
+        let g = ctx.t(rng.norm_weights(hidden, 1.0, 0.2, case.peak), [hidden]);
+        let ws: Vec<Tensor<2>> = [nq, nk, nk].iter().map(|&n| ctx.t(rng.vec(n * hidden, 0.1), [n, hidden])).collect();
+        let qw = ctx.t(rng.norm_weights(hd, 1.0, 0.2, 0.0), [hd]);
+        let kw = ctx.t(rng.norm_weights(hd, 1.0, 0.2, case.peak), [hd]);
+        let dims = [1, kv_heads, cap, hd];
+        let len = kv_heads * cap * hd;
+        let (k_dev, v_dev) = (ctx.t(rng.vec(len, 1.0), dims), ctx.t(rng.vec(len, 1.0), dims));
+        // Truth: h, its norm and projections in f64, then the per-head norm + RoPE.
+        let h: Vec<f64> = if add { host(res.clone()).iter().zip(host(x.clone())).map(|(a, b)| a + b).collect() } else { host(x.clone()) };
+        let normed = rms_rows(&h, &host(g.clone()), 1, hidden, eps);
+        let mut proj = Vec::with_capacity(nq + 2 * nk);
+        for w in &ws {
+            proj.extend(host_matmul_t(&normed, &host(w.clone()), 1, hidden, w.dims()[0]));
+        }
+        // The projections are stored in the dtype in both modes (the op's rounding point, which
+        // the two launches it replaces share): the truth rounds them too.
+        let proj = host(ctx.t(proj.iter().map(|&v| v as f32).collect(), [1, nq + 2 * nk]));
+        let [tq, tk, tv] = qk_truth(&proj, &host(qw.clone()), &host(kw.clone()), &host(cos.clone()), &host(sin.clone()), shape, eps);
+        let (mut kt, mut vt) = (host(k_dev.clone()), host(v_dev.clone()));
+        for hh in 0..kv_heads {
+            let dst = (hh * cap + pos) * hd;
+            kt[dst..dst + hd].copy_from_slice(&tk[hh * hd..(hh + 1) * hd]);
+            vt[dst..dst + hd].copy_from_slice(&tv[hh * hd..(hh + 1) * hd]);
+        }
+        let truth = [h, tq, kt, vt].concat();
+        // 0: the one launch; 1: the reference twin; 2: the two fused launches it replaces.
+        let run = |way: usize| -> Vec<f64> {
+            // Fresh copies: the ops write the caches in place.
+            let (k2, v2) = (k_dev.clone() + 0.0, v_dev.clone() + 0.0);
+            let (x, res, g, qw, kw, cos, sin, st) = (x.clone(), res.clone(), g.clone(), qw.clone(), kw.clone(), cos.clone(), sin.clone(), state.clone());
+            let [wq, wk, wv] = [ws[0].clone(), ws[1].clone(), ws[2].clone()];
+            let (h, q, k2, v2) = match way {
+                0 => super::qkv_rope_cache(x, res, add, g, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, p, k2, v2, st),
+                1 => reference::qkv_rope_cache(x, res, add, g, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, p, k2, v2, st),
+                _ => {
+                    let (h, qkv) = if add {
+                        super::add_rms_norm_qkv(res, x, g, wq, wk, wv, eps, p)
+                    } else {
+                        (x.clone(), super::rms_norm_qkv(x, g, wq, wk, wv, eps, p))
+                    };
+                    let (q, k, v) = (qkv.clone().narrow(1, 0, nq), qkv.clone().narrow(1, nq, nk), qkv.narrow(1, nq + nk, nk));
+                    let (q, k2, v2) = super::qk_norm_rope_cache(q, k, v, qw, kw, cos, sin, shape, eps, p, k2, v2, st);
+                    (h, q, k2, v2)
+                }
+            };
+            [host(h), host(q), host(k2), host(v2)].concat()
+        };
+        ctx.poison(nq);
+        let fused = run(0);
+        let (twin, two) = (run(1), run(2));
+        let name = if add { format!("{}+add", case.name) } else { case.name.to_string() };
+        out.push(record("qkv_rope_cache", &name, p, &fused, &twin, &truth));
+        out.push(record("qkv_rope_bits", &name, p, &fused, &two, &truth));
+    }
+    out
+}
+
 fn check_linear(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
     // (The op has one rounding whatever the mode; both modes run it.)
     let (rows, inp, out) = (case.rows, gemv_width(case), 72 + 3);
@@ -866,9 +961,14 @@ fn check_linear(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
     let w = ctx.t(rng.vec(out * inp, 0.1), [out, inp]);
     let truth = host_matmul_t(&host(x.clone()), &host(w.clone()), rows, inp, out);
     ctx.poison(rows * out);
-    let fused = super::linear(x.clone(), w.clone());
-    let twin = reference::linear(x, w);
-    record("linear", case.name, p, &host(fused), &host(twin), &truth)
+    let fused = host(super::linear(x.clone(), w.clone()));
+    // The same op with spare cubes reading tensors into L2 (the decode step's `linear_l2`):
+    // checked as a second copy of the output.
+    ctx.poison(rows * out);
+    let fused_l2 = host(super::linear_l2(x.clone(), w.clone(), [w.clone(), w.clone()]));
+    let twin = host(reference::linear(x, w));
+    let twice = |v: &[f64]| [v, v].concat();
+    record("linear", case.name, p, &[fused, fused_l2].concat(), &twice(&twin), &twice(&truth))
 }
 
 /// The residual-add fusions of the decode step: `add_rms_norm_qkv` (`gate = false`) and
@@ -883,6 +983,7 @@ fn check_add_then(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision, gate: bool
     let h: Vec<f64> = host(res.clone()).iter().zip(host(x.clone())).map(|(a, b)| a + b).collect();
     let normed = rms_rows(&h, &host(g.clone()), rows, hidden, eps);
     let mut truth = h.clone();
+    let flat = |(a, b): (Tensor<2>, Tensor<2>)| -> Vec<f64> { host(a).into_iter().chain(host(b)).collect() };
     let (fused, twin) = if gate {
         let inter = 96 + 1;
         let wg = ctx.t(rng.vec(inter * hidden, 0.1), [inter, hidden]);
@@ -891,9 +992,14 @@ fn check_add_then(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision, gate: bool
         let uu = host_matmul_t(&normed, &host(wu.clone()), rows, hidden, inter);
         truth.extend(gg.iter().zip(&uu).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
         ctx.poison(rows * inter);
-        let f = super::add_rms_norm_gate_up(res.clone(), x.clone(), g.clone(), wg.clone(), wu.clone(), eps, p);
-        let t = reference::add_rms_norm_gate_up(res, x, g, wg, wu, eps, p);
-        (f, t)
+        let f = flat(super::add_rms_norm_gate_up(res.clone(), x.clone(), g.clone(), wg.clone(), wu.clone(), eps, p));
+        // The same op with spare cubes reading a tensor into L2 (the decode step's): checked as
+        // a second copy of the outputs.
+        ctx.poison(rows * inter);
+        let f_l2 = flat(super::add_rms_norm_gate_up_l2(res.clone(), x.clone(), g.clone(), wg.clone(), wu.clone(), eps, p, wg.clone()));
+        let t = flat(reference::add_rms_norm_gate_up(res, x, g, wg, wu, eps, p));
+        truth = [truth.clone(), truth].concat();
+        ([f, f_l2].concat(), [t.clone(), t].concat())
     } else {
         let (nq, nk) = (64 + 3, 32 + 1);
         let ws: Vec<Tensor<2>> = [nq, nk, nk].iter().map(|&n| ctx.t(rng.vec(n * hidden, 0.1), [n, hidden])).collect();
@@ -914,11 +1020,10 @@ fn check_add_then(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision, gate: bool
         ctx.poison(rows * total);
         let f = super::add_rms_norm_qkv(res.clone(), x.clone(), g.clone(), ws[0].clone(), ws[1].clone(), ws[2].clone(), eps, p);
         let t = reference::add_rms_norm_qkv(res, x, g, ws[0].clone(), ws[1].clone(), ws[2].clone(), eps, p);
-        (f, t)
+        (flat(f), flat(t))
     };
-    let flat = |(a, b): (Tensor<2>, Tensor<2>)| -> Vec<f64> { host(a).into_iter().chain(host(b)).collect() };
     let name = if gate { "add_rms_norm_gate_up" } else { "add_rms_norm_qkv" };
-    record(name, case.name, p, &flat(fused), &flat(twin), &truth)
+    record(name, case.name, p, &fused, &twin, &truth)
 }
 
 fn check_gate_up_silu(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
