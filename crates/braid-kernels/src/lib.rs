@@ -11,7 +11,6 @@ pub mod attention;
 pub mod decode;
 pub mod gemv;
 pub mod grid;
-mod l2;
 pub mod paged;
 pub mod qk_norm_rope;
 pub mod qkv_rope;

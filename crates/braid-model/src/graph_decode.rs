@@ -59,9 +59,8 @@ impl Qwen3 {
             ops::decode_inputs(self.model.embed_tokens.val(), s.rope.cos.clone(), s.rope.sin.clone(), s.state.clone());
         let rope = Rope { cos, sin };
         let mut pending = None;
-        let layers = &self.model.layers;
-        for (i, ((layer, kv), plan)) in layers.iter().zip(s.cache.layers.iter_mut()).zip(&self.plan().layers).enumerate() {
-            let (stream, down) = layer.decode_step(x, pending, &rope, kv, &s.state, plan, layers.get(i + 1));
+        for ((layer, kv), plan) in self.model.layers.iter().zip(s.cache.layers.iter_mut()).zip(&self.plan().layers) {
+            let (stream, down) = layer.decode_step(x, pending, &rope, kv, &s.state, plan);
             x = stream;
             pending = Some(down);
         }

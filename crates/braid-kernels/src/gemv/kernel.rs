@@ -1,6 +1,5 @@
 use cubecl::prelude::*;
 
-use crate::l2::touch;
 use crate::reduce::round;
 use crate::reduce::block_sum;
 
@@ -30,9 +29,6 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     w1: &Tensor<Vector<F, N>>, // [n1, hidden / N]
     w2: &Tensor<Vector<F, N>>, // [n2, hidden / N]
     out: &mut Tensor<F>,       // [rows, n0 + n1 + n2] or, with `silu`, [rows, n0]
-    pf0: &Tensor<Vector<F, N>>, // the first `prefetch` of these are read into L2 (any shape)
-    pf1: &Tensor<Vector<F, N>>,
-    sink: &mut Tensor<f32>,    // [1] (written only if a prefetched sum is NaN)
     eps: f32,
     features: u32,
     #[comptime] f32_internal: bool,
@@ -46,7 +42,6 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     #[comptime] use_plane: bool,
     #[comptime] plane_min: usize,
     #[comptime] prefetch: bool,
-    #[comptime] l2_reads: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let rows = x.shape(0);
@@ -57,28 +52,6 @@ pub(crate) fn gemv_kernel<F: Float, N: Size>(
     let row0 = CUBE_POS_Y as usize * rows_per_cube;
     let features = features as usize;
     let f0 = CUBE_POS_X as usize * features;
-
-    // Cubes past the GEMV's (`l2_reads` > 0, first row of cubes): they read the first
-    // `l2_reads` of `pf0, pf1` (the next ops' weights) into L2 while the GEMV runs; a GEMV whose
-    // own weights are in L2 leaves the DRAM idle.
-    if l2_reads > 0 {
-        let mains = total.div_ceil(features);
-        let cube = CUBE_POS_X as usize;
-        if cube >= mains {
-            if CUBE_POS_Y == 0 {
-                let cubes = CUBE_COUNT_X as usize - mains;
-                let mut acc = touch::<F, N>(pf0, cube - mains, cubes, block);
-                if l2_reads > 1 {
-                    acc += touch::<F, N>(pf1, cube - mains, cubes, block);
-                }
-                // Never true for finite weights; keeps the loads alive (their sum is "used").
-                if acc.is_nan() {
-                    sink[0] = acc;
-                }
-            }
-            terminate!();
-        }
-    }
 
     // Staged rows, element `k * vs + e` of row r at `r * hidden + e * nvec + k`: lanes reading
     // consecutive weight vectors then read consecutive shared words (no bank conflicts).

@@ -104,8 +104,6 @@ pub(crate) struct GemvCall {
     pub(crate) rows: usize,
     pub(crate) hidden: usize,
     pub(crate) total: usize,
-    /// Up to two tensors the spare cubes read into L2 (see [`launch_with`]).
-    pub(crate) l2: Vec<TensorHandle>,
 }
 
 /// Validates, allocates the output and launches with `tuning`; `ws` are 1 to 3 weights
@@ -119,14 +117,11 @@ pub(crate) fn launch(
     precision: Precision,
     tuning: Tuning,
 ) -> Result<TensorHandle, KernelError> {
-    launch_with(name, client, x, None, ws, mode, precision, tuning, &[]).map(|(out, _)| out)
+    launch_with(name, client, x, None, ws, mode, precision, tuning).map(|(out, _)| out)
 }
 
 /// [`launch`] with an optional residual add before the prologue (`(residual, add_norm_semantics)`);
-/// returns `(out, sum)` (`sum` = `residual + x` rounded, when asked). `l2`: up to two tensors
-/// (the next ops' weights) that one extra cube per SM reads into L2 while the GEMV runs, on
-/// devices that report their SM count, when the tensors' rows are whole weight vectors (a hint:
-/// the result is the same; otherwise nothing is read).
+/// returns `(out, sum)` (`sum` = `residual + x` rounded, when asked).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_with(
     name: &'static str,
@@ -137,7 +132,6 @@ pub(crate) fn launch_with(
     mode: Mode,
     precision: Precision,
     tuning: Tuning,
-    l2: &[TensorHandle],
 ) -> Result<(TensorHandle, Option<TensorHandle>), KernelError> {
     let c = Check::new(name);
     let [rows, hidden] = c.matrix("x", &x)?;
@@ -165,12 +159,6 @@ pub(crate) fn launch_with(
     }
     if matches!(mode, Mode::GateUpSilu { .. }) && outs[0] != outs[1] {
         return Err(c.shape_err("w_up", &ws[1].1, format!("[{}, {hidden}] like w_gate", outs[0])));
-    }
-    if l2.len() > 2 {
-        return Err(KernelError::Unsupported { kernel: name, what: format!("{} tensors to read into L2", l2.len()), why: "at most two".into() });
-    }
-    for t in l2 {
-        c.same_dtype("l2", t, dtype)?;
     }
     if hidden > SHARED_F32 {
         return Err(KernelError::Unsupported {
@@ -208,7 +196,7 @@ pub(crate) fn launch_with(
         ws.push(TensorHandle::new_contiguous(vec![0, hidden], ws[0].handle.clone(), dtype));
     }
     let ws: [TensorHandle; 3] = ws.try_into().expect("three weights");
-    let call = GemvCall { client: client.clone(), x, ws, mode, residual, precision, out: out.clone(), rows, hidden, total, l2: l2.to_vec() };
+    let call = GemvCall { client: client.clone(), x, ws, mode, residual, precision, out: out.clone(), rows, hidden, total };
     match tuning {
         Tuning::Fixed(config) => launch_config(&call, config).map_err(|why| KernelError::Unsupported {
             kernel: name,
@@ -258,17 +246,9 @@ pub(crate) fn launch_config(call: &GemvCall, config: GemvConfig) -> Result<(), S
         Some(r) => (r.residual.clone(), r.sum.clone(), true, r.add_norm_semantics),
         None => (call.x.clone(), output_like(client, &[1], dtype), false, false),
     };
-    // L2 reads: one extra cube per SM, where every tensor is read in whole weight vectors.
-    let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(0) as usize;
-    let whole = |t: &TensorHandle| t.shape().last().is_some_and(|n| n % vector == 0) && t.strides().last().is_none_or(|&s| s == 1);
-    let l2_cubes = if !call.l2.is_empty() && call.l2.iter().all(whole) { sms } else { 0 };
-    let l2_reads = if l2_cubes > 0 { call.l2.len() } else { 0 };
-    // (Unread slots: the first weight stands in.)
-    let pf: Vec<TensorHandle> = (0..2).map(|i| if i < l2_reads { call.l2[i].clone() } else { w0.clone() }).collect();
-    let sink = output_like(client, &[1], ElemType::Float(cubecl::ir::FloatKind::F32));
     kernel::gemv_kernel::launch(
         client,
-        CubeCount::new_2d((total.div_ceil(features) + l2_cubes) as u32, rows.div_ceil(rpc) as u32),
+        CubeCount::new_2d(total.div_ceil(features) as u32, rows.div_ceil(rpc) as u32),
         CubeDim::new_1d(BLOCK as u32),
         vector,
         call.x.clone().into_arg(),
@@ -279,9 +259,6 @@ pub(crate) fn launch_config(call: &GemvCall, config: GemvConfig) -> Result<(), S
         w1.into_arg(),
         w2.into_arg(),
         call.out.clone().into_arg(),
-        pf[0].clone().into_arg(),
-        pf[1].clone().into_arg(),
-        sink.into_arg(),
         eps,
         features as u32,
         call.precision.f32_internal(),
@@ -295,7 +272,6 @@ pub(crate) fn launch_config(call: &GemvCall, config: GemvConfig) -> Result<(), S
         config.strategy == GemvStrategy::Plane,
         client.properties().hardware.plane_size_min.max(1) as usize,
         prefetch(),
-        l2_reads,
         dtype,
     );
     Ok(())
@@ -314,12 +290,6 @@ pub fn linear(client: &Client, x: TensorHandle, w: TensorHandle, tuning: Tuning)
     launch("linear", client, x, vec![("w", w)], Mode::Linear, Precision::Torch, tuning)
 }
 
-/// [`linear`], with spare cubes reading `l2` (up to two tensors: the next ops' weights) into L2
-/// meanwhile (see [`launch_with`]). The same result.
-pub fn linear_l2(client: &Client, x: TensorHandle, w: TensorHandle, tuning: Tuning, l2: &[TensorHandle]) -> Result<TensorHandle, KernelError> {
-    launch_with("linear", client, x, None, vec![("w", w)], Mode::Linear, Precision::Torch, tuning, l2).map(|(out, _)| out)
-}
-
 /// `silu(x @ w_gate^T) * (x @ w_up^T)`: `x: [rows, hidden]`, `w_gate, w_up: [inter, hidden]` ->
 /// `[rows, inter]`. Torch mode rounds each projection, SiLU's output and the product.
 pub fn gate_up_silu(
@@ -336,7 +306,6 @@ pub fn gate_up_silu(
 /// `add_rms_norm` then `gate_up_silu` in one launch: `h = residual + x` (rounded; returned),
 /// `n = rmsnorm(h) * gamma` with `add_rms_norm`'s rounding points, then
 /// `silu(n @ w_gate^T) * (n @ w_up^T)`. Returns `(h, act)`, bit for bit what the two ops give.
-/// `l2`: up to two tensors read into L2 meanwhile (see [`launch_with`]; none: `&[]`).
 #[allow(clippy::too_many_arguments)]
 pub fn add_rms_norm_gate_up_silu(
     client: &Client,
@@ -348,7 +317,6 @@ pub fn add_rms_norm_gate_up_silu(
     eps: f32,
     precision: Precision,
     tuning: Tuning,
-    l2: &[TensorHandle],
 ) -> Result<(TensorHandle, TensorHandle), KernelError> {
     let (act, sum) = launch_with(
         "add_rms_norm_gate_up_silu",
@@ -359,7 +327,6 @@ pub fn add_rms_norm_gate_up_silu(
         Mode::GateUpSilu { norm: Some((gamma, eps)) },
         precision,
         tuning,
-        l2,
     )?;
     Ok((sum.expect("a residual sum"), act))
 }

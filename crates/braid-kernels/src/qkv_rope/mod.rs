@@ -49,6 +49,7 @@ pub fn supported(client: &Client) -> bool {
 /// Runs the fused step; returns `(sum, q)`: the residual sum `[1, hidden]` when `residual` was
 /// given, and `q: [1, heads, 1, hd]`. `block`: units per cube (256, 512 or 1,024); `ahead`:
 /// features whose weights a plane has in flight at once (2 or 4).
+#[allow(clippy::too_many_arguments)]
 pub fn qkv_rope_cache(
     client: &Client,
     args: QkvRopeArgs,

@@ -63,7 +63,6 @@ pub fn add_rms_norm_qkv(
         Mode::NormQkv { gamma, eps },
         precision,
         tuning,
-        &[],
     )?;
     Ok((sum.expect("a residual sum"), qkv))
 }

@@ -199,8 +199,7 @@ impl DecoderLayer {
     /// (`ops::qk_norm_rope_cache`), so a layer is 6 kernels with every op fused; on devices with
     /// plane operations the first two of those are one (`ops::qkv_rope_cache`: 5). Returns the stream
     /// and this layer's pending MLP output. Bit for bit the eager path: the fused ops have its
-    /// rounding points and reduction order. `next_layer`: the layer after this one, whose q/k/v
-    /// weights this step's MLP GEMVs read into L2. Attention always runs the fused kernel (it reads
+    /// rounding points and reduction order. Attention always runs the fused kernel (it reads
     /// the position from the device); a `reference` attention choice takes its torch mode,
     /// which has the reference's rounding points. The other ops follow the plan.
     pub fn decode_step(
@@ -211,7 +210,6 @@ impl DecoderLayer {
         cache: &mut LayerCache,
         state: &Tensor<1, Int>,
         plan: &LayerPlan,
-        next_layer: Option<&DecoderLayer>,
     ) -> (Tensor<2>, Tensor<2>) {
         let shape = self.self_attn.shape(1, 1);
         let a = &self.self_attn;
@@ -290,31 +288,8 @@ impl DecoderLayer {
         let next = [m.gate_proj.weight.val(), m.up_proj.weight.val(), m.down_proj.weight.val(), a.o_proj.weight.val()];
         let attn = ops::attention_at_prefetch(q, cache.k.clone(), cache.v.clone(), state.clone(), p, next);
         let attn = self.o_proj(attn, plan.linear);
-        // The gate/up and down GEMVs read their weights from L2 (see above), leaving the DRAM
-        // idle: their spare cubes read the next layer's q/k/v weights into L2 meanwhile.
-        let l2 = next_layer.filter(|_| ops::next_qkv_l2()).map(|n| {
-            let a = &n.self_attn;
-            [a.q_proj.weight.val(), a.k_proj.weight.val(), a.v_proj.weight.val()]
-        });
-        let norm = &self.post_attention_layernorm;
-        let (x, act) = match (&l2, plan.add_rms_norm, plan.silu_mul) {
-            (Some([wq, _, _]), OpChoice::Fused(p1), OpChoice::Fused(p2)) if p1 == p2 => ops::add_rms_norm_gate_up_l2(
-                x,
-                attn,
-                norm.weight.val(),
-                m.gate_proj.weight.val(),
-                m.up_proj.weight.val(),
-                norm.eps,
-                p1,
-                wq.clone(),
-            ),
-            _ => self.add_gate_up(x, attn, plan),
-        };
-        let down = match (l2, plan.linear) {
-            (Some([_, wk, wv]), OpChoice::Fused(_)) => ops::linear_l2(act, m.down_proj.weight.val(), [wk, wv]),
-            _ => self.down(act, plan.linear),
-        };
-        (x, down)
+        let (x, act) = self.add_gate_up(x, attn, plan);
+        (x, self.down(act, plan.linear))
     }
 
     /// The previous layer's pending MLP output added to the stream `x: [rows, hidden]` and this

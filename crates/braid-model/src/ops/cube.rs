@@ -205,11 +205,13 @@ impl FusedOps for Cube {
     }
 
     fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        linear_with(x, w, &[])
-    }
-
-    fn linear_l2(x: FloatTensor<Self>, w: FloatTensor<Self>, l2a: FloatTensor<Self>, l2b: FloatTensor<Self>) -> FloatTensor<Self> {
-        linear_with(x, w, &[view(l2a), view(l2b)])
+        if x.meta.shape()[0] > gemv_max_rows(GemvOp::for_linear(w.meta.shape()[0])) && x.dtype != burn::tensor::DType::F32 {
+            return matmul_nt(x, vec![w]);
+        }
+        let (like, dtype) = (x.clone(), x.dtype);
+        let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
+        let out = launched(braid_kernels::gemv::linear(&like.client, handle(x), handle(w), tuning));
+        tensor(&like, out, dtype)
     }
 
     fn gate_up_silu(
@@ -445,20 +447,24 @@ impl FusedOps for Cube {
         eps: f64,
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        add_rms_norm_gate_up_with(residual, x, gamma, w_gate, w_up, eps, precision, &[])
-    }
-
-    fn add_rms_norm_gate_up_l2(
-        residual: FloatTensor<Self>,
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        w_gate: FloatTensor<Self>,
-        w_up: FloatTensor<Self>,
-        eps: f64,
-        precision: Precision,
-        l2: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        add_rms_norm_gate_up_with(residual, x, gamma, w_gate, w_up, eps, precision, &[view(l2)])
+        let (like, dtype) = (x.clone(), x.dtype);
+        if x.meta.shape()[0] > gemv_max_rows(GemvOp::GateUp) {
+            let (h, n) = Self::add_rms_norm(residual, x, gamma, eps, precision);
+            return (h, Self::gate_up_silu(n, w_gate, w_up, precision));
+        }
+        let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
+        let (h, act) = launched(braid_kernels::gemv::add_rms_norm_gate_up_silu(
+            &like.client,
+            handle(residual),
+            handle(x),
+            handle(gamma),
+            handle(w_gate),
+            handle(w_up),
+            eps as f32,
+            precision,
+            tuning,
+        ));
+        (tensor(&like, h, dtype), tensor(&like, act, dtype))
     }
 
     fn paged_kv_write(
@@ -557,49 +563,4 @@ fn qkv_rope_block() -> usize {
 fn qkv_rope_ahead() -> usize {
     static AHEAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *AHEAD.get_or_init(|| std::env::var("BRAID_QKV_ROPE_AHEAD").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(2))
-}
-
-/// [`FusedOps::linear`] on the CubeCL backend, the GEMV's spare cubes reading `l2` into L2.
-fn linear_with(x: FloatTensor<Cube>, w: FloatTensor<Cube>, l2: &[TensorHandle]) -> FloatTensor<Cube> {
-    if x.meta.shape()[0] > gemv_max_rows(GemvOp::for_linear(w.meta.shape()[0])) && x.dtype != burn::tensor::DType::F32 {
-        return matmul_nt(x, vec![w]);
-    }
-    let (like, dtype) = (x.clone(), x.dtype);
-    let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
-    let out = launched(braid_kernels::gemv::linear_l2(&like.client, handle(x), handle(w), tuning, l2));
-    tensor(&like, out, dtype)
-}
-
-/// [`FusedOps::add_rms_norm_gate_up`] on the CubeCL backend, the GEMV's spare cubes reading
-/// `l2` into L2.
-#[allow(clippy::too_many_arguments)]
-fn add_rms_norm_gate_up_with(
-    residual: FloatTensor<Cube>,
-    x: FloatTensor<Cube>,
-    gamma: FloatTensor<Cube>,
-    w_gate: FloatTensor<Cube>,
-    w_up: FloatTensor<Cube>,
-    eps: f64,
-    precision: Precision,
-    l2: &[TensorHandle],
-) -> (FloatTensor<Cube>, FloatTensor<Cube>) {
-    let (like, dtype) = (x.clone(), x.dtype);
-    if x.meta.shape()[0] > gemv_max_rows(GemvOp::GateUp) {
-        let (h, n) = Cube::add_rms_norm(residual, x, gamma, eps, precision);
-        return (h, Cube::gate_up_silu(n, w_gate, w_up, precision));
-    }
-    let tuning = gemv_tuning(&like.client, &like.device, like.meta.shape()[0]);
-    let (h, act) = launched(braid_kernels::gemv::add_rms_norm_gate_up_silu(
-        &like.client,
-        handle(residual),
-        handle(x),
-        handle(gamma),
-        handle(w_gate),
-        handle(w_up),
-        eps as f32,
-        precision,
-        tuning,
-        l2,
-    ));
-    (tensor(&like, h, dtype), tensor(&like, act, dtype))
 }

@@ -270,23 +270,6 @@ impl FusedOps for Flex {
         (iunwrap(s), iunwrap(h))
     }
 
-    fn linear_l2(x: FloatTensor<Self>, w: FloatTensor<Self>, _l2a: FloatTensor<Self>, _l2b: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::linear(x, w)
-    }
-
-    fn add_rms_norm_gate_up_l2(
-        residual: FloatTensor<Self>,
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        w_gate: FloatTensor<Self>,
-        w_up: FloatTensor<Self>,
-        eps: f64,
-        precision: Precision,
-        _l2: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        Self::add_rms_norm_gate_up(residual, x, gamma, w_gate, w_up, eps, precision)
-    }
-
     fn add_rms_norm_qkv(
         residual: FloatTensor<Self>,
         x: FloatTensor<Self>,

@@ -187,22 +187,6 @@ pub trait FusedOps: Backend {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// [`FusedOps::linear`], reading `l2a, l2b` into L2 meanwhile where the backend can (a hint).
-    fn linear_l2(x: FloatTensor<Self>, w: FloatTensor<Self>, l2a: FloatTensor<Self>, l2b: FloatTensor<Self>) -> FloatTensor<Self>;
-
-    /// [`FusedOps::add_rms_norm_gate_up`], reading `l2` into L2 meanwhile where the backend can.
-    #[allow(clippy::too_many_arguments)]
-    fn add_rms_norm_gate_up_l2(
-        residual: FloatTensor<Self>,
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        w_gate: FloatTensor<Self>,
-        w_up: FloatTensor<Self>,
-        eps: f64,
-        precision: Precision,
-        l2: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
-
     fn batch_inputs(
         embed: FloatTensor<Self>,
         cos_table: FloatTensor<Self>,
@@ -273,15 +257,6 @@ pub fn qkv_rope_fused() -> bool {
 /// device with plane operations); elsewhere the model keeps the two ops it replaces.
 pub fn qkv_rope_supported(x: &Tensor<2>) -> bool {
     x.clone().try_into_primitive::<burn::backend::Cube>().is_ok_and(|t| braid_kernels::qkv_rope::supported(&t.client))
-}
-
-/// Whether the batch-1 decode step reads the next layer's q/k/v weights into L2 during this
-/// layer's gate/up and down GEMVs (whose own weights the attention put in L2, so the DRAM is
-/// idle), for the next layer's QKV launch. On unless `$BRAID_NEXT_QKV_L2=0` (for comparisons;
-/// read once per process).
-pub fn next_qkv_l2() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BRAID_NEXT_QKV_L2").map_or(true, |s| s.trim() != "0"))
 }
 
 /// Whether the greedy decode steps run their last residual add and the final norm as one fused
@@ -705,39 +680,6 @@ pub fn add_rms_norm_qkv(
         precision,
     );
     (Tensor::from_dispatch(h), Tensor::from_dispatch(qkv))
-}
-
-/// [`linear`], with spare cubes reading `l2` (the next ops' weights) into L2 meanwhile on the
-/// CubeCL backend (a hint: the same result).
-pub fn linear_l2(x: Tensor<2>, w: Tensor<2>, l2: [Tensor<2>; 2]) -> Tensor<2> {
-    let [a, b] = l2;
-    Tensor::from_dispatch(<Dispatch as FusedOps>::linear_l2(x.into_dispatch(), w.into_dispatch(), a.into_dispatch(), b.into_dispatch()))
-}
-
-/// [`add_rms_norm_gate_up`], with spare cubes reading `l2` into L2 meanwhile on the CubeCL
-/// backend (a hint: the same result).
-#[allow(clippy::too_many_arguments)]
-pub fn add_rms_norm_gate_up_l2(
-    residual: Tensor<2>,
-    x: Tensor<2>,
-    gamma: Tensor<1>,
-    w_gate: Tensor<2>,
-    w_up: Tensor<2>,
-    eps: f64,
-    precision: Precision,
-    l2: Tensor<2>,
-) -> (Tensor<2>, Tensor<2>) {
-    let (h, act) = <Dispatch as FusedOps>::add_rms_norm_gate_up_l2(
-        residual.into_dispatch(),
-        x.into_dispatch(),
-        gamma.into_dispatch(),
-        w_gate.into_dispatch(),
-        w_up.into_dispatch(),
-        eps,
-        precision,
-        l2.into_dispatch(),
-    );
-    (Tensor::from_dispatch(h), Tensor::from_dispatch(act))
 }
 
 /// `add_rms_norm` then `gate_up_silu` in one launch at decode shapes: `(h, act)`. Bit for bit
