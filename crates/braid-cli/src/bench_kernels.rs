@@ -46,6 +46,9 @@ pub struct KernelsArgs {
     /// Skip the matmul section (autotuned vs untuned Burn matmul at the projection shapes).
     #[arg(long)]
     no_matmul: bool,
+    /// Only the matmul section (skips the fused ops and the GEMV-vs-matmul paths).
+    #[arg(long, conflicts_with = "no_matmul")]
+    matmul_only: bool,
     /// Also time one grid barrier (every cube of a launch waiting for all; what fusing two
     /// decode GEMVs into one launch would need) and check that each round sees every cube's
     /// write: CUDA only.
@@ -158,11 +161,11 @@ pub fn run(args: KernelsArgs) -> Result<()> {
     println!("fused us: host-driven (launches included); graph us: replayed as one graph (device time; * = no hardware graph); of floor: floor / graph us");
     println!("{:<15} {:>6} {:>11} {:>11} {:>11} {:>8} {:>10} {:>9}", "op", "rows", "fused us", "graph us", "twin us", "speedup", "floor us", "of floor");
     let mut ops_rows = Vec::new();
-    for &rows in &args.rows {
+    for &rows in args.rows.iter().filter(|_| !args.matmul_only) {
         bench.ops(rows, args.context, &tiles, &mut ops_rows)?;
     }
     let mut path_rows = Vec::new();
-    if dtype != DType::F32 {
+    if dtype != DType::F32 && !args.matmul_only {
         println!("\nGEMV kernel vs matmul path for the GEMV-capable ops (graph-replayed device us); `default` is the path the op's row limit picks");
         println!("{:<15} {:>6} {:>10} {:>10} {:>8}", "op", "rows", "gemv us", "matmul us", "default");
         for &rows in args.rows.iter().filter(|&&r| r <= 512) {
@@ -171,8 +174,8 @@ pub fn run(args: KernelsArgs) -> Result<()> {
     }
     let mut mm_rows = Vec::new();
     if !args.no_matmul {
-        println!("\nmatmuls at the projection shapes (graph-replayed device time): Burn's autotuned and untuned (its default strategy), Braid's tensor-core tc_linear; of floor: Burn's autotuned");
-        println!("{:<10} {:>6} {:>7} {:>6} {:>10} {:>11} {:>8} {:>10} {:>9}", "matmul", "rows", "n", "k", "tuned us", "untuned us", "tc us", "floor us", "of floor");
+        println!("\nmatmuls at the projection shapes (graph-replayed device time): Burn's autotuned and untuned (its default strategy), Braid's tensor-core tc_linear; of floor: Burn's autotuned; tc TFLOP/s: tc_linear's rate");
+        println!("{:<10} {:>6} {:>7} {:>6} {:>10} {:>11} {:>8} {:>10} {:>9} {:>9}", "matmul", "rows", "n", "k", "tuned us", "untuned us", "tc us", "floor us", "of floor", "tc TFLOP/s");
         for &rows in &args.rows {
             bench.matmuls(rows, &mut mm_rows)?;
         }
@@ -642,12 +645,13 @@ impl<'d> Bench<'d> {
             let floor = self.floor((n * k + rows * (n + k)) * size, 2 * rows * n * k);
             let us = |t: Option<f64>| t.map_or("-".to_string(), |u| format!("{:.1}", u * 1e6));
             println!(
-                "{name:<10} {rows:>6} {n:>7} {k:>6} {:>10.1} {:>11} {:>8} {:>10.2} {:>8.0}%",
+                "{name:<10} {rows:>6} {n:>7} {k:>6} {:>10.1} {:>11} {:>8} {:>10.2} {:>8.0}% {:>9}",
                 tuned * 1e6,
                 us(untuned),
                 us(tc),
                 floor * 1e6,
-                100.0 * floor / tuned
+                100.0 * floor / tuned,
+                tc.map_or("-".to_string(), |t| format!("{:.0}", 2.0 * (rows * n * k) as f64 / t / 1e12))
             );
             out.push(MatmulRow {
                 name,

@@ -3,8 +3,10 @@
 //! 13-29% of cuBLAS on the H100 (2026-11-26).
 
 mod kernel;
+mod mma;
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use cubecl::features::MmaConfig;
 use cubecl::prelude::*;
@@ -66,9 +68,93 @@ pub fn tc_linear_cat(client: &Client, x: TensorHandle, ws: &[TensorHandle]) -> R
     Ok(out)
 }
 
+/// Forces the `mma` kernel on (`Some(true)`: wherever the device runs it) or off
+/// (`Some(false)`), or leaves the choice to the row and tile thresholds (`None`), for this
+/// process; overrides `$BRAID_TC_MMA` (`1` / `0`). For checks and comparisons: both kernels
+/// compute the same product with f32 accumulation.
+pub fn force_mma(force: Option<bool>) {
+    FORCE.store(
+        match force {
+            None => POLICY,
+            Some(true) => ALWAYS,
+            Some(false) => NEVER,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+const UNSET: u8 = 0;
+const POLICY: u8 = 1;
+const ALWAYS: u8 = 2;
+const NEVER: u8 = 3;
+static FORCE: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Whether the `mma.sync` kernel ([`mma`]) takes `[m, k] @ [n, k]^T` on this device in `dtype`:
+/// m16n8k16 with f32 accumulation and `ldmatrix`, and (unless forced, [`force_mma`]) at least
+/// `$BRAID_TC_MMA_ROWS` rows (default 256; read once per process) and at least
+/// [`MMA_MIN_CUBES`] of its 128x128 tiles. Elsewhere the cooperative-matrix kernel, whose 64x64
+/// tiles give four times the cubes.
+fn mma_takes(client: &Client, dtype: ElemType, m: usize, n: usize) -> bool {
+    static ROWS: OnceLock<usize> = OnceLock::new();
+    let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);
+    let config = MmaConfig { a_type: dtype, b_type: dtype, cd_type: f32_t, m: 16, n: 8, k: 16 };
+    let features = &client.properties().features.matmul;
+    if !features.mma.contains(&config) || !features.ldmatrix.contains(&dtype) {
+        return false;
+    }
+    let mut mode = FORCE.load(Ordering::Relaxed);
+    if mode == UNSET {
+        mode = match std::env::var("BRAID_TC_MMA").map(|s| s.trim().to_string()).as_deref() {
+            Ok("1") => ALWAYS,
+            Ok("0") => NEVER,
+            _ => POLICY,
+        };
+        // (A racing force_mma wins: only an unset mode is replaced.)
+        let _ = FORCE.compare_exchange(UNSET, mode, Ordering::Relaxed, Ordering::Relaxed);
+        mode = FORCE.load(Ordering::Relaxed);
+    }
+    match mode {
+        ALWAYS => true,
+        NEVER => false,
+        _ => {
+            let rows = *ROWS.get_or_init(|| std::env::var("BRAID_TC_MMA_ROWS").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(256));
+            m >= rows && m.div_ceil(mma::ROWS) * n.div_ceil(mma::BN) >= MMA_MIN_CUBES
+        }
+    }
+}
+
+/// The fewest 128x128 tiles for which the `mma` kernel beats the 64x64 cooperative-matrix one.
+/// H100, graph-replayed us (2026-11-26, docs/performance.md), mma against wmma: 64 tiles slower
+/// (o_proj 1024 x 2048 at 1,024 rows 41.9 / 30.2, down 59.3 / 42.6), 128 even (qkv 4096 x 1024
+/// at 512 rows 28.1 / 28.9, q 2048 x 1024 at 1,024 rows 29.2 / 28.9), 192 faster (gate 3072 x
+/// 1024 at 1,024 rows 45.2 / 54.2), 256 and more faster (qkv at 1,024 rows 48.6 / 56.0; every
+/// projection at 4,096 rows, 1.1-1.45x; lm_head at 256 rows 496.5 / 516.0).
+const MMA_MIN_CUBES: usize = 192;
+
 fn launch(client: &Client, x: &TensorHandle, w: &TensorHandle, out: &TensorHandle, col0: usize) {
     let (m, n) = (x.shape()[0], w.shape()[0]);
     let vector = 16 / x.dtype.size();
+    if mma_takes(client, x.dtype, m, n) {
+        let rows = mma::ROWS;
+        // SAFETY: every index is in bounds by construction: the public functions checked both
+        // operands' shapes (contiguous, the same k, a multiple of TILE) and the output's; loads
+        // past `m` and `n` read zeros and stores past them are skipped.
+        unsafe {
+            mma::mma_linear_kernel::launch_unchecked(
+                client,
+                CubeCount::new_2d(n.div_ceil(mma::BN) as u32, m.div_ceil(rows) as u32),
+                CubeDim::new_2d(32, mma::PLANES as u32),
+                vector,
+                x.clone().into_arg(),
+                w.clone().into_arg(),
+                out.clone().into_arg(),
+                col0 as u32,
+                rows / 32,
+                x.dtype,
+            )
+        };
+        return;
+    }
     kernel::tc_linear_kernel::launch(
         client,
         CubeCount::new_2d(n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32),

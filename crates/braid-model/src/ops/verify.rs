@@ -139,6 +139,11 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
+/// The projections on `tc_linear`'s `mma.sync` kernel (forced on for these checks, see
+/// [`verify_some`]): `linear` and `rms_norm_qkv` only (nine 128-row tiles, the last partial;
+/// partial column tiles; q/k/v at odd column offsets; 34 32-wide k slabs).
+pub const MMA_CASE: Case = Case { name: "prefill-mma", rows: 1024 + 37, scale: 1.0, peak: 10.0, zero_row: false };
+
 /// Runs every op for every case in both precisions on `device` in `dtype`.
 pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
     verify_some(device, dtype, seed, &|_| true)
@@ -222,6 +227,18 @@ pub fn verify_some(device: &Device, dtype: DType, seed: u64, want: &dyn Fn(&str)
             out.push(check_decode_state(&ctx, &mut rng, case));
         }
     }
+    // The mma kernel forced on (its thresholds would leave shapes this small to the other
+    // kernel): a no-op where the device has no mma (Flex, wgpu).
+    braid_kernels::tc_linear::force_mma(Some(true));
+    for p in [Precision::Torch, Precision::F32] {
+        if want("linear") {
+            out.push(check_linear(&ctx, &mut rng, MMA_CASE, p));
+        }
+        if want("rms_norm_qkv") {
+            out.push(check_rms_norm_qkv(&ctx, &mut rng, MMA_CASE, p));
+        }
+    }
+    braid_kernels::tc_linear::force_mma(None);
     out
 }
 
@@ -865,7 +882,7 @@ fn gemv_width(case: Case) -> usize {
     match case.name {
         "prefill-odd" => 96 + 5,
         "decode" => 3072 + 64,
-        "prefill-long" => 1024 + 64,
+        "prefill-long" | "prefill-mma" => 1024 + 64,
         _ => 128 + 64 * (case.rows % 3),
     }
 }
@@ -956,7 +973,9 @@ fn check_qkv_rope(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpC
 
 fn check_linear(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
     // (The op has one rounding whatever the mode; both modes run it.)
-    let (rows, inp, out) = (case.rows, gemv_width(case), 72 + 3);
+    // (For the mma kernel: two 128-wide column tiles, the last partial.)
+    let out = if case.name == MMA_CASE.name { 128 + 75 } else { 72 + 3 };
+    let (rows, inp) = (case.rows, gemv_width(case));
     let x = ctx.t(input(rng, rows, inp, case), [rows, inp]);
     let w = ctx.t(rng.vec(out * inp, 0.1), [out, inp]);
     let truth = host_matmul_t(&host(x.clone()), &host(w.clone()), rows, inp, out);

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One device call (issue 6): the tensor-core projections (`braid_kernels::tc_linear`), its
+# mma.sync kernel against the cooperative-matrix one ($BRAID_TC_MMA=0) in one call: the linear
+# and QKV checks in bf16 and f16, PyTorch's cuBLAS at the same shapes, `bench kernels
+# --matmul-only` per switch, and the nano-vllm throughput workload per switch.
+#   TC_ENVS   `;`-separated env settings to compare (default: "BRAID_TC_MMA=0;BRAID_TC_MMA=1": the mma kernel never / always)
+#   TC_ROWS   row counts (default 64,256,4096); TC_TORCH=0 skips PyTorch; TC_CHECK=0 skips checks
+#   TC_TPUT   1 runs the throughput workload (default 0) per setting of TC_TPUT_ENVS
+#             (`;`-separated; default "BRAID_TC_MMA=0;BRAID_TC_MMA_ROWS=256": never / the
+#             default thresholds); TC_PLAN (default fused)
+#   TC_NCU    a kernel-name regex: Nsight Compute on its first launches at TC_NCU_ROWS (4096) rows
+#             under the first setting; TC_SRC=1 saves the generated source of the kernels
+#             matching TC_SRC_RE (default mma_linear) to $OUT/tc-src.txt
+# Builds nothing: carry dist/. Results: $OUT/results.tar.gz, a summary printed last.
+source scripts/gpu-setup.sh
+ROWS=${TC_ROWS:-64,256,4096}
+IFS=';' read -ra envs <<< "${TC_ENVS:-BRAID_TC_MMA=0;BRAID_TC_MMA=1}"
+if [ "${TC_CHECK:-1}" != 0 ]; then
+  for dt in bf16 f16; do
+    $BIN check-kernels --device cuda --dtype $dt --only linear,rms_norm_qkv,gate_up_silu \
+      > $OUT/check-$dt.txt 2>&1; echo "exit $?" >> $OUT/check-$dt.txt
+    echo "check $dt: $(grep -cE ' ok$' $OUT/check-$dt.txt) ok; $(grep -E 'FAIL|exit' $OUT/check-$dt.txt | tr '\n' ' ')" | tee -a $OUT/summary.txt
+  done
+  # A failed check ends the call (the timings of a wrong kernel are not worth the device time).
+  if grep -qE 'FAIL|exit [1-9]' $OUT/check-*.txt; then grep -E 'FAIL|rror' $OUT/check-*.txt | head -20; exit 1; fi
+fi
+if [ "${TC_TORCH:-1}" != 0 ]; then
+  timeout 120 python3 scripts/torch_kernels.py --rows $ROWS --iters 20 --json $OUT/torch-kernels.json > $OUT/torch-kernels.txt 2>&1
+  grep -iE "TFLOP|^(qkv|q|o_proj|gate|down|lm_head) " $OUT/torch-kernels.txt | tee -a $OUT/summary.txt
+fi
+if [ -n "${TC_NCU:-}" ]; then
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis_Tables --section ComputeWorkloadAnalysis --section SchedulerStats"
+  env ${envs[0]} timeout 240 $NCU --clock-control none $SECTIONS -k "regex:$TC_NCU" --launch-count ${TC_NCU_COUNT:-2} \
+    $BIN bench kernels --device cuda --dtype bf16 --rows ${TC_NCU_ROWS:-4096} --iters 2 --matmul-only > $OUT/tc-ncu.txt 2>&1
+  echo "ncu exit $?" | tee -a $OUT/summary.txt
+  grep -E 'Context|    Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|Local|Bank|bank|Executed Ipc|Stall|Dynamic Shared|Static Shared' $OUT/tc-ncu.txt | head -80 | tee -a $OUT/summary.txt
+fi
+if [ "${TC_SRC:-0}" = 1 ]; then
+  env ${envs[-1]} CUBECL_DEBUG_LOG=/tmp/cubecl.log timeout 200 $BIN bench kernels --device cuda --dtype bf16 --rows 256 --iters 2 --matmul-only > /dev/null 2>&1
+  python3 - "${TC_SRC_RE:-mma_linear}" <<'PY' > $OUT/tc-src.txt
+import re, sys
+log = open("/tmp/cubecl.log", errors="replace").read()
+m = re.search(sys.argv[1], log)
+print(f"log {len(log)} bytes; match at {m.start() if m else None}")
+if m:
+    print(log[max(0, m.start() - 3000): m.start() + 60000])
+PY
+  head -3 $OUT/tc-src.txt
+fi
+i=0
+for e in "${envs[@]}"; do
+  i=$((i+1)); echo "== $i: $e" | tee -a $OUT/summary.txt
+  env $e timeout 200 $BIN bench kernels --device cuda --dtype bf16 --rows $ROWS --iters 20 --matmul-only \
+    --json $OUT/tc-kernels-$i.json > $OUT/tc-kernels-$i.txt 2>&1
+  grep -E "^(qkv|q|o_proj|gate|down|lm_head) |rror" $OUT/tc-kernels-$i.txt | tee -a $OUT/summary.txt
+done
+IFS=';' read -ra tenvs <<< "${TC_TPUT_ENVS:-BRAID_TC_MMA=0;BRAID_TC_MMA_ROWS=256}"
+for e in "${tenvs[@]}"; do
+  i=$((i+1))
+  if [ "${TC_TPUT:-0}" = 1 ]; then
+    echo "== $i: $e" | tee -a $OUT/summary.txt
+    env $e timeout 200 $BIN bench throughput --model $M --device cuda --dtype bf16 --plan ${TC_PLAN:-fused} \
+      --json $OUT/tc-throughput-$i.json > $OUT/tc-throughput-$i.txt 2>&1
+    echo "throughput: $(grep -E 'output tok/s|prefill [0-9]+ steps|decode [0-9]+ steps|rror' $OUT/tc-throughput-$i.txt | tr '\n' ' ')" | tee -a $OUT/summary.txt
+  fi
+done
+echo; echo "== summary"; cat $OUT/summary.txt
