@@ -1,6 +1,7 @@
-//! `x @ w^T` on the tensor cores (CubeCL's cooperative matrices, 16x16x16 in f16/bf16 with f32
-//! accumulation) for the projections past the GEMV's row limits, where Burn's matmul reached
-//! 13-29% of cuBLAS on the H100 (2026-11-26).
+//! `x @ w^T` on the tensor cores for the projections past the GEMV's row limits, where Burn's
+//! matmul reached 13-29% of cuBLAS on the H100 (2026-11-26): CubeCL's cooperative matrices
+//! (16x16x16 in f16/bf16 with f32 accumulation, 64x64 tiles: `kernel.rs`) and, for large
+//! products, `mma.sync` with `ldmatrix` (128x128 tiles: `mma.rs`; `mma_takes` says when).
 
 mod kernel;
 mod mma;
