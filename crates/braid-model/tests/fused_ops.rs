@@ -33,8 +33,8 @@ fn run(device: Option<Device>, dtype: DType) {
     // Per case: 7 ops, attention_at, the row-kernel decode, the two residual-add fusions and
     // QK-norm+RoPE writing into a cache and into a pool in both modes; argmax and the decode-state ops once; the paged write once and paged
     // attention in both modes; the prefill attention in both modes for each tile shape the
-    // device fits (one on Flex); linear and rms_norm_qkv past the mma kernel's row threshold in
-    // both modes.
+    // device fits (one on Flex); linear and rms_norm_qkv in both modes for the `prefill-mma`
+    // case (the mma kernel forced on where the device has it).
     // The one-launch QKV + RoPE of the decode step only where the device runs it (plane
     // operations: not lavapipe, not Flex): with and without the residual add, each against the
     // truth and against the launches it replaces.

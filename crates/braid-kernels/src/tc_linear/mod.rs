@@ -70,13 +70,13 @@ pub fn tc_linear_cat(client: &Client, x: TensorHandle, ws: &[TensorHandle]) -> R
 }
 
 /// Forces the `mma` kernel on (`Some(true)`: wherever the device runs it) or off
-/// (`Some(false)`), or leaves the choice to the row and tile thresholds (`None`), for this
-/// process; overrides `$BRAID_TC_MMA` (`1` / `0`). For checks and comparisons: both kernels
-/// compute the same product with f32 accumulation.
+/// (`Some(false)`) for this process, over `$BRAID_TC_MMA` (`1` / `0`); `None` hands the choice
+/// back to that variable, else the row and tile thresholds. For checks and comparisons: both
+/// kernels compute the same product with f32 accumulation.
 pub fn force_mma(force: Option<bool>) {
     FORCE.store(
         match force {
-            None => POLICY,
+            None => UNSET,
             Some(true) => ALWAYS,
             Some(false) => NEVER,
         },
