@@ -9,8 +9,7 @@
 #             (`;`-separated; default "BRAID_TC_MMA=0;BRAID_TC_MMA_ROWS=256": never / the
 #             default thresholds); TC_PLAN (default fused)
 #   TC_NCU    a kernel-name regex: Nsight Compute on its first launches at TC_NCU_ROWS (4096) rows
-#             under the first setting; TC_SRC=1 saves the generated source of the kernels
-#             matching TC_SRC_RE (default mma_linear) to $OUT/tc-src.txt
+#             under the first setting
 # Builds nothing: carry dist/. Results: $OUT/results.tar.gz, a summary printed last.
 source scripts/gpu-setup.sh
 ROWS=${TC_ROWS:-64,256,4096}
@@ -35,18 +34,6 @@ if [ -n "${TC_NCU:-}" ]; then
     $BIN bench kernels --device cuda --dtype bf16 --rows ${TC_NCU_ROWS:-4096} --iters 2 --matmul-only > $OUT/tc-ncu.txt 2>&1
   echo "ncu exit $?" | tee -a $OUT/summary.txt
   grep -E 'Context|    Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|Local|Bank|bank|Executed Ipc|Stall|Dynamic Shared|Static Shared' $OUT/tc-ncu.txt | head -80 | tee -a $OUT/summary.txt
-fi
-if [ "${TC_SRC:-0}" = 1 ]; then
-  env ${envs[-1]} CUBECL_DEBUG_LOG=/tmp/cubecl.log timeout 200 $BIN bench kernels --device cuda --dtype bf16 --rows 256 --iters 2 --matmul-only > /dev/null 2>&1
-  python3 - "${TC_SRC_RE:-mma_linear}" <<'PY' > $OUT/tc-src.txt
-import re, sys
-log = open("/tmp/cubecl.log", errors="replace").read()
-m = re.search(sys.argv[1], log)
-print(f"log {len(log)} bytes; match at {m.start() if m else None}")
-if m:
-    print(log[max(0, m.start() - 3000): m.start() + 60000])
-PY
-  head -3 $OUT/tc-src.txt
 fi
 i=0
 for e in "${envs[@]}"; do
