@@ -5,6 +5,9 @@
 # --matmul-only` per switch, and the nano-vllm throughput workload per switch.
 #   TC_ENVS   `;`-separated env settings to compare (default: "BRAID_TC_MMA=0;BRAID_TC_MMA=1": the mma kernel never / always)
 #   TC_ROWS   row counts (default 64,256,4096); TC_TORCH=0 skips PyTorch; TC_CHECK=0 skips checks
+#   TC_KERNEL_ARGS  the `bench kernels` section flag (default --matmul-only; --paths-only: the
+#             GEMV-vs-matmul paths of the GEMV-capable ops, where their row limits should sit)
+#   TC_GROUPS check-kernels groups (default linear,rms_norm_qkv,gate_up_silu); TC_DTYPES (bf16 f16)
 #   TC_TPUT   1 runs the throughput workload (default 0) per setting of TC_TPUT_ENVS
 #             (`;`-separated; default "BRAID_TC_MMA=0;BRAID_TC_MMA_ROWS=256": never / the
 #             default thresholds); TC_PLAN (default fused)
@@ -15,8 +18,8 @@ source scripts/gpu-setup.sh
 ROWS=${TC_ROWS:-64,256,4096}
 IFS=';' read -ra envs <<< "${TC_ENVS:-BRAID_TC_MMA=0;BRAID_TC_MMA=1}"
 if [ "${TC_CHECK:-1}" != 0 ]; then
-  for dt in bf16 f16; do
-    $BIN check-kernels --device cuda --dtype $dt --only linear,rms_norm_qkv,gate_up_silu \
+  for dt in ${TC_DTYPES:-bf16 f16}; do
+    $BIN check-kernels --device cuda --dtype $dt --only ${TC_GROUPS:-linear,rms_norm_qkv,gate_up_silu} \
       > $OUT/check-$dt.txt 2>&1; echo "exit $?" >> $OUT/check-$dt.txt
     echo "check $dt: $(grep -cE ' ok$' $OUT/check-$dt.txt) ok; $(grep -E 'FAIL|exit' $OUT/check-$dt.txt | tr '\n' ' ')" | tee -a $OUT/summary.txt
   done
@@ -38,9 +41,9 @@ fi
 i=0
 for e in "${envs[@]}"; do
   i=$((i+1)); echo "== $i: $e" | tee -a $OUT/summary.txt
-  env $e timeout 200 $BIN bench kernels --device cuda --dtype bf16 --rows $ROWS --iters 20 --matmul-only \
+  env $e timeout 200 $BIN bench kernels --device cuda --dtype bf16 --rows $ROWS --iters 20 ${TC_KERNEL_ARGS:---matmul-only} \
     --json $OUT/tc-kernels-$i.json > $OUT/tc-kernels-$i.txt 2>&1
-  grep -E "^(qkv|q|o_proj|gate|down|lm_head) |rror" $OUT/tc-kernels-$i.txt | tee -a $OUT/summary.txt
+  grep -E "^(qkv|q|o_proj|gate|down|lm_head|rms_norm_qkv|gate_up_silu|linear) |rror" $OUT/tc-kernels-$i.txt | tee -a $OUT/summary.txt
 done
 IFS=';' read -ra tenvs <<< "${TC_TPUT_ENVS:-BRAID_TC_MMA=0;BRAID_TC_MMA_ROWS=256}"
 for e in "${tenvs[@]}"; do

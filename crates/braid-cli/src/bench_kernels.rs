@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use braid_model::ops::{PrefillTiles, decode_row_max_keys, set_decode_row_max_keys};
-use braid_model::ops::gemv_rows::{GemvOp, gemv_max_rows, set_gemv_max_rows};
+use braid_model::ops::gemv_rows::{GemvOp, gemv_max_rows, gemv_max_rows_set, set_gemv_max_rows};
 use braid_model::ops::{self, Precision, QkShape, reference};
 use braid_model::timing::{per_call, per_call_graph};
 use braid_model::{DType, Device};
@@ -49,6 +49,9 @@ pub struct KernelsArgs {
     /// Only the matmul section (skips the fused ops and the GEMV-vs-matmul paths).
     #[arg(long, conflicts_with = "no_matmul")]
     matmul_only: bool,
+    /// Only the GEMV-vs-matmul paths (where each op's row limit should sit).
+    #[arg(long, conflicts_with_all = ["no_matmul", "matmul_only"])]
+    paths_only: bool,
     /// Also time one grid barrier (every cube of a launch waiting for all; what fusing two
     /// decode GEMVs into one launch would need) and check that each round sees every cube's
     /// write: CUDA only.
@@ -158,12 +161,12 @@ pub fn run(args: KernelsArgs) -> Result<()> {
         bench.mm_name,
         args.iters
     );
-    if !args.matmul_only {
+    if !args.matmul_only && !args.paths_only {
         println!("fused us: host-driven (launches included); graph us: replayed as one graph (device time; * = no hardware graph); of floor: floor / graph us");
         println!("{:<15} {:>6} {:>11} {:>11} {:>11} {:>8} {:>10} {:>9}", "op", "rows", "fused us", "graph us", "twin us", "speedup", "floor us", "of floor");
     }
     let mut ops_rows = Vec::new();
-    for &rows in args.rows.iter().filter(|_| !args.matmul_only) {
+    for &rows in args.rows.iter().filter(|_| !args.matmul_only && !args.paths_only) {
         bench.ops(rows, args.context, &tiles, &mut ops_rows)?;
     }
     let mut path_rows = Vec::new();
@@ -175,7 +178,7 @@ pub fn run(args: KernelsArgs) -> Result<()> {
         }
     }
     let mut mm_rows = Vec::new();
-    if !args.no_matmul {
+    if !args.no_matmul && !args.paths_only {
         println!("\nmatmuls at the projection shapes (graph-replayed device time): Burn's autotuned and untuned (its default strategy), Braid's tensor-core tc_linear; of floor: Burn's autotuned; tc TFLOP/s: tc_linear's rate");
         println!("{:<10} {:>6} {:>7} {:>6} {:>10} {:>11} {:>8} {:>10} {:>9} {:>9}", "matmul", "rows", "n", "k", "tuned us", "untuned us", "tc us", "floor us", "of floor", "tc TFLOP/s");
         for &rows in &args.rows {
@@ -575,6 +578,8 @@ impl<'d> Bench<'d> {
         let (wo, xo) = (w(HIDDEN, HEADS * HD), rand2(rows, HEADS * HD, 1.0, device, dtype));
         let (wd, xd) = (w(HIDDEN, INTER), rand2(rows, INTER, 1.0, device, dtype));
         let head = w(VOCAB, HIDDEN);
+        // Whether the matmul path runs Braid's tensor-core kernel here (it moves the defaults).
+        let tc = ops::linear_tc(x.clone(), wq.clone()).is_some();
         let cases: [(&'static str, GemvOp, &mut dyn FnMut()); 5] = [
             ("rms_norm_qkv", GemvOp::Qkv, &mut || {
                 let _ = ops::rms_norm_qkv(x.clone(), g.clone(), wq.clone(), wk.clone(), wv.clone(), EPS, p);
@@ -593,12 +598,12 @@ impl<'d> Bench<'d> {
             }),
         ];
         for (name, op, f) in cases {
-            let limit = gemv_max_rows(op);
-            set_gemv_max_rows(op, usize::MAX);
+            let (saved, limit) = (gemv_max_rows_set(op), gemv_max_rows(op, tc));
+            set_gemv_max_rows(op, Some(usize::MAX));
             let gemv = self.graph(&mut *f);
-            set_gemv_max_rows(op, 0);
+            set_gemv_max_rows(op, Some(0));
             let matmul = self.graph(&mut *f);
-            set_gemv_max_rows(op, limit);
+            set_gemv_max_rows(op, saved);
             let (gemv, matmul) = (gemv?.0, matmul?.0);
             let default = if rows > limit { "matmul" } else { "gemv" };
             println!("{name:<15} {rows:>6} {:>10.1} {:>10.1} {default:>8}", gemv * 1e6, matmul * 1e6);

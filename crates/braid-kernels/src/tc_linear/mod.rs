@@ -7,7 +7,7 @@ mod kernel;
 mod mma;
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use cubecl::features::MmaConfig;
 use cubecl::prelude::*;
@@ -37,11 +37,19 @@ pub fn tc_linear(client: &Client, x: TensorHandle, w: TensorHandle) -> Result<Te
     tc_linear_cat(client, x, &[w])
 }
 
-/// `[x @ w_0^T | x @ w_1^T | ...]` -> `[m, sum n_i]` in one output (e.g. q | k | v), one launch
-/// per weight, as [`tc_linear`].
+/// `[x @ w_0^T | x @ w_1^T | x @ w_2^T]` -> `[m, sum n_i]` in one output (e.g. q | k | v), one to
+/// three weights, as [`tc_linear`]: one launch for all of them (plus one that adds up the k
+/// splits, where [`splits`] splits k), or one per weight on the `mma` kernel.
 pub fn tc_linear_cat(client: &Client, x: TensorHandle, ws: &[TensorHandle]) -> Result<TensorHandle, KernelError> {
     let c = Check::new(NAME);
     let [m, k] = c.matrix("x", &x)?;
+    if ws.is_empty() || ws.len() > 3 {
+        return Err(KernelError::Unsupported {
+            kernel: NAME,
+            what: format!("{} weights", ws.len()),
+            why: "takes one to three weights".into(),
+        });
+    }
     let mut total = 0;
     for w in ws {
         let [n, kw] = c.matrix("w", w)?;
@@ -59,14 +67,58 @@ pub fn tc_linear_cat(client: &Client, x: TensorHandle, ws: &[TensorHandle]) -> R
         });
     }
     let out = output_like(client, &[m, total], x.dtype);
-    let mut col = 0;
-    for w in ws {
-        if m * w.shape()[0] > 0 {
-            launch(client, &x, w, &out, col);
+    if m * total == 0 {
+        return Ok(out);
+    }
+    if ws.iter().all(|w| mma_takes(client, x.dtype, m, w.shape()[0])) {
+        let mut col = 0;
+        for w in ws {
+            if w.shape()[0] > 0 {
+                launch_mma(client, &x, w, &out, col);
+            }
+            col += w.shape()[0];
         }
-        col += w.shape()[0];
+    } else {
+        launch_wmma(client, &x, ws, &out);
     }
     Ok(out)
+}
+
+/// Forces [`splits`] to `Some(n)` k splits (clamped to the k slabs) for this process, or
+/// `None`: back to `$BRAID_TC_SPLIT` and the policy. For checks and comparisons.
+pub fn force_splits(force: Option<usize>) {
+    SPLITS.store(force.map_or(0, |n| n.max(1)), Ordering::Relaxed);
+}
+
+static SPLITS: AtomicUsize = AtomicUsize::new(0);
+
+/// The fewest 64-wide k slabs a split gets.
+const MIN_SPLIT_SLABS: usize = 4;
+
+/// How many ways the cooperative-matrix kernel splits k for `tiles` 64x64 output tiles and
+/// `slabs` 64-wide k slabs: where the tiles fill at most half the SMs, enough splits for two
+/// cubes per SM (each split at least [`MIN_SPLIT_SLABS`] slabs); else 1. A decode-size product
+/// is a few dozen tiles, each a chain of `k / 64` dependent slab loads with one slab in
+/// flight; split, each cube walks a few slabs and a second launch adds the f32 partial sums.
+/// H100, bf16, graph-replayed us, unsplit -> split two cubes per SM (2026-11-27 02:45,
+/// docs/performance.md): 16 tiles (o_proj, down at 64 rows) 20.2 -> 7.0, 27.4 -> 8.9 (cuBLAS
+/// 5.3, 6.6); 32-64 tiles 1.3-1.9x faster; 96-256 tiles even to 1.2x slower (qkv at 256 rows
+/// 17.4 -> 21.0: the partial sums' traffic outweighs the shorter chains). `$BRAID_TC_SPLIT`:
+/// `0` or `1` never splits, `n` always splits n ways (clamped to the slabs); read once per
+/// process.
+fn splits(client: &Client, tiles: usize, slabs: usize) -> usize {
+    static ENV: OnceLock<Option<usize>> = OnceLock::new();
+    let forced = match SPLITS.load(Ordering::Relaxed) {
+        0 => *ENV.get_or_init(|| std::env::var("BRAID_TC_SPLIT").ok().and_then(|s| s.trim().parse().ok())),
+        n => Some(n),
+    };
+    match forced {
+        Some(n) => n.clamp(1, slabs),
+        None => {
+            let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(0) as usize;
+            if tiles == 0 || 2 * tiles > sms { 1 } else { (2 * sms).div_ceil(tiles).min(slabs / MIN_SPLIT_SLABS).max(1) }
+        }
+    }
 }
 
 /// Forces the `mma` kernel on (`Some(true)`: wherever the device runs it) or off
@@ -132,39 +184,73 @@ fn mma_takes(client: &Client, dtype: ElemType, m: usize, n: usize) -> bool {
 /// projection at 4,096 rows, 1.1-1.45x; lm_head at 256 rows 496.5 / 516.0).
 const MMA_MIN_CUBES: usize = 192;
 
-fn launch(client: &Client, x: &TensorHandle, w: &TensorHandle, out: &TensorHandle, col0: usize) {
+fn launch_mma(client: &Client, x: &TensorHandle, w: &TensorHandle, out: &TensorHandle, col0: usize) {
     let (m, n) = (x.shape()[0], w.shape()[0]);
     let vector = 16 / x.dtype.size();
-    if mma_takes(client, x.dtype, m, n) {
-        let rows = mma::ROWS;
-        // SAFETY: every index is in bounds by construction: the public functions checked both
-        // operands' shapes (contiguous, the same k, a multiple of TILE) and the output's; loads
-        // past `m` and `n` read zeros and stores past them are skipped.
-        unsafe {
-            mma::mma_linear_kernel::launch_unchecked(
+    let rows = mma::ROWS;
+    // SAFETY: every index is in bounds by construction: the public functions checked both
+    // operands' shapes (contiguous, the same k, a multiple of TILE) and the output's; loads
+    // past `m` and `n` read zeros and stores past them are skipped.
+    unsafe {
+        mma::mma_linear_kernel::launch_unchecked(
+            client,
+            CubeCount::new_2d(n.div_ceil(mma::BN) as u32, m.div_ceil(rows) as u32),
+            CubeDim::new_2d(32, mma::PLANES as u32),
+            vector,
+            x.clone().into_arg(),
+            w.clone().into_arg(),
+            out.clone().into_arg(),
+            col0 as u32,
+            rows / 32,
+            x.dtype,
+        )
+    };
+}
+
+/// One launch of the cooperative-matrix kernel over every weight's column tiles (and k splits,
+/// [`splits`]), then, when split, one that adds the splits up into `out`.
+fn launch_wmma(client: &Client, x: &TensorHandle, ws: &[TensorHandle], out: &TensorHandle) {
+    let [m, k] = [x.shape()[0], x.shape()[1]];
+    let dtype = x.dtype;
+    let vector = 16 / dtype.size();
+    let col_tiles: usize = ws.iter().map(|w| w.shape()[0].div_ceil(TILE)).sum();
+    let total: usize = ws.iter().map(|w| w.shape()[0]).sum();
+    let splits = splits(client, col_tiles * m.div_ceil(TILE), k / TILE);
+    // Missing weights: zero-row views of the first (never read).
+    let w = |i: usize| ws.get(i).cloned().unwrap_or_else(|| TensorHandle::new_contiguous(vec![0, k], ws[0].handle.clone(), dtype));
+    let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);
+    // Without a split `part` is not written: one element stands in for it.
+    let part = output_like(client, &if splits > 1 { vec![splits, m, total] } else { vec![1] }, f32_t);
+    // SAFETY: every index is in bounds by construction: `tc_linear_cat` checked the operands'
+    // shapes (contiguous, the same k, a multiple of TILE) and allocated `out` ([m, total]) and
+    // `part` ([splits, m, total] when split) here; loads past `m` and each `n_i` read zeros,
+    // stores past them are skipped, and each split's slab range lies inside k.
+    unsafe {
+        kernel::tc_linear_kernel::launch_unchecked(
+            client,
+            CubeCount::new_3d(col_tiles as u32, m.div_ceil(TILE) as u32, splits as u32),
+            CubeDim::new_2d(32, 4),
+            vector,
+            x.clone().into_arg(),
+            w(0).into_arg(),
+            w(1).into_arg(),
+            w(2).into_arg(),
+            out.clone().into_arg(),
+            part.clone().into_arg(),
+            splits > 1,
+            dtype,
+        );
+        if splits > 1 {
+            let len = m * total;
+            kernel::split_sum_kernel::launch_unchecked(
                 client,
-                CubeCount::new_2d(n.div_ceil(mma::BN) as u32, m.div_ceil(rows) as u32),
-                CubeDim::new_2d(32, mma::PLANES as u32),
-                vector,
-                x.clone().into_arg(),
-                w.clone().into_arg(),
+                CubeCount::new_1d(len.div_ceil(256) as u32),
+                CubeDim::new_1d(256),
+                part.into_arg(),
                 out.clone().into_arg(),
-                col0 as u32,
-                rows / 32,
-                x.dtype,
-            )
-        };
-        return;
+                splits as u32,
+                dtype,
+            );
+        }
     }
-    kernel::tc_linear_kernel::launch(
-        client,
-        CubeCount::new_2d(n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32),
-        CubeDim::new_2d(32, 4),
-        vector,
-        x.clone().into_arg(),
-        w.clone().into_arg(),
-        out.clone().into_arg(),
-        col0 as u32,
-        x.dtype,
-    );
 }

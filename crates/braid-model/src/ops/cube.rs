@@ -38,6 +38,13 @@ fn matmul_nt(x: CubeTensor, ws: Vec<CubeTensor>) -> CubeTensor {
     if parts.len() == 1 { parts.into_iter().next().expect("one part") } else { Cube::float_cat(parts, 1) }
 }
 
+/// The GEMV row limit of `op` for a call on `x` (lower where `matmul_nt` would take the
+/// tensor-core kernel, see `GemvOp::default_limit`).
+fn gemv_limit(op: GemvOp, x: &CubeTensor) -> usize {
+    let dtype = handle(x.clone()).dtype;
+    gemv_max_rows(op, braid_kernels::tc_linear::tc_linear_supported(&x.client, dtype, x.meta.shape()[1]))
+}
+
 /// `[n @ wq^T | n @ wk^T | n @ wv^T]` (see [`matmul_nt`]).
 fn qkv_matmul(n: CubeTensor, wq: CubeTensor, wk: CubeTensor, wv: CubeTensor) -> CubeTensor {
     matmul_nt(n, vec![wq, wk, wv])
@@ -146,7 +153,7 @@ impl FusedOps for Cube {
     ) -> FloatTensor<Self> {
         let (like, dtype) = (x.clone(), x.dtype);
         let rows = x.meta.shape()[0];
-        if rows > gemv_max_rows(GemvOp::Qkv) && matmul_allowed(precision, dtype) {
+        if rows > gemv_limit(GemvOp::Qkv, &x) && matmul_allowed(precision, dtype) {
             let n = launched(braid_kernels::add_rms_norm::rms_norm(
                 &like.client,
                 handle(x),
@@ -205,7 +212,7 @@ impl FusedOps for Cube {
     }
 
     fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        if x.meta.shape()[0] > gemv_max_rows(GemvOp::for_linear(w.meta.shape()[0])) && x.dtype != burn::tensor::DType::F32 {
+        if x.meta.shape()[0] > gemv_limit(GemvOp::for_linear(w.meta.shape()[0]), &x) && x.dtype != burn::tensor::DType::F32 {
             return matmul_nt(x, vec![w]);
         }
         let (like, dtype) = (x.clone(), x.dtype);
@@ -220,7 +227,7 @@ impl FusedOps for Cube {
         w_up: FloatTensor<Self>,
         precision: Precision,
     ) -> FloatTensor<Self> {
-        if x.meta.shape()[0] > gemv_max_rows(GemvOp::GateUp) && matmul_allowed(precision, x.dtype) {
+        if x.meta.shape()[0] > gemv_limit(GemvOp::GateUp, &x) && matmul_allowed(precision, x.dtype) {
             let gate = matmul_nt(x.clone(), vec![w_gate]);
             let up = matmul_nt(x, vec![w_up]);
             return Self::silu_mul(gate, up, precision);
@@ -413,11 +420,11 @@ impl FusedOps for Cube {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (like, dtype) = (x.clone(), x.dtype);
-        if x.meta.shape()[0] > gemv_max_rows(GemvOp::Qkv) && matmul_allowed(precision, dtype) {
+        if x.meta.shape()[0] > gemv_limit(GemvOp::Qkv, &x) && matmul_allowed(precision, dtype) {
             let (h, n) = Self::add_rms_norm(residual, x, gamma, eps, precision);
             return (h, qkv_matmul(n, wq, wk, wv));
         }
-        if x.meta.shape()[0] > gemv_max_rows(GemvOp::Qkv) {
+        if x.meta.shape()[0] > gemv_limit(GemvOp::Qkv, &x) {
             // Past the GEMV's rows: the two ops (the GEMV prologue suits decode).
             let h = Cube::float_add(residual, x);
             return (h.clone(), Self::rms_norm_qkv(h, gamma, wq, wk, wv, eps, precision));
@@ -448,7 +455,7 @@ impl FusedOps for Cube {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (like, dtype) = (x.clone(), x.dtype);
-        if x.meta.shape()[0] > gemv_max_rows(GemvOp::GateUp) {
+        if x.meta.shape()[0] > gemv_limit(GemvOp::GateUp, &x) {
             let (h, n) = Self::add_rms_norm(residual, x, gamma, eps, precision);
             return (h, Self::gate_up_silu(n, w_gate, w_up, precision));
         }

@@ -40,20 +40,25 @@ impl GemvOp {
     }
 
     /// The default limit: the last row count at which the GEMV kernel beat (or tied) the
-    /// matmul path, now Braid's tensor-core `tc_linear`, in `braid-cli bench kernels` (H100,
-    /// bf16, 2026-11-26 13:46; graph-replayed device us, GEMV vs matmul): qkv 32.3 vs 34.9 at
-    /// 32 rows, 44.2 vs 35.0 at 48; gate_up 16.0 vs 22.4 at 8, 26.9 vs 22.7 at 16; o_proj 16.6
-    /// vs 19.7 at 32, 22.4 vs 19.6 at 48; down 23.4 vs 27.8 at 32, 31.6 vs 27.6 at 48; the head
-    /// 211.2 vs 126.2 at 8 (4 kept from the H200's 114.5 vs 164.8 with Burn's matmul). On the
-    /// whole nano-vllm workload these and the earlier limits (qkv 64, gate_up 16, linear 64)
-    /// were within 1% (10,736 vs 10,726 output tok/s, same call). Devices without the tensor-core
-    /// kernel (wgpu) run Burn's matmul past the same limits.
-    pub fn default_limit(self) -> usize {
-        match self {
-            GemvOp::Qkv => 32,
-            GemvOp::GateUp => 8,
-            GemvOp::Linear => 32,
-            GemvOp::Head => 4,
+    /// matmul path in `braid-cli bench kernels --paths-only` (H100, bf16, graph-replayed device
+    /// us, GEMV vs matmul). `tc`: the device runs Braid's tensor-core `tc_linear` for the call
+    /// (2026-11-27 02:50-02:54, with its k splits): qkv 8.3 vs 10.4 at 4 rows, 12.8 vs 10.5 at
+    /// 8; gate_up 14.6 vs 17.2 at 8, 25.1 vs 17.1 at 12; o_proj and down (one limit) 7.4 + 7.5
+    /// vs 6.3 + 8.5 at 4, 8.1 + 9.2 vs 6.1 + 8.2 at 8; the head 157.6 vs 128.7 at 2 (its
+    /// 1-row GEMV is the decode step's, kept). Else Burn's matmul, with the limits measured
+    /// against the cooperative-matrix kernel before its k splits (2026-11-26 13:46): qkv 32.3
+    /// vs 34.9 at 32 rows, 44.2 vs 35.0 at 48; gate_up 16.0 vs 22.4 at 8; o_proj 16.6 vs 19.7
+    /// at 32; down 23.4 vs 27.8 at 32; the head 4 from the H200's 114.5 vs 164.8 with Burn's
+    /// matmul (not re-measured on wgpu).
+    pub fn default_limit(self, tc: bool) -> usize {
+        match (self, tc) {
+            (GemvOp::Qkv, true) => 4,
+            (GemvOp::Qkv, false) => 32,
+            (GemvOp::GateUp, _) => 8,
+            (GemvOp::Linear, true) => 4,
+            (GemvOp::Linear, false) => 32,
+            (GemvOp::Head, true) => 1,
+            (GemvOp::Head, false) => 4,
         }
     }
 
@@ -63,42 +68,62 @@ impl GemvOp {
     }
 }
 
+/// An op's stored limit when none is set: its [`GemvOp::default_limit`] for the call's device.
+const UNSET: usize = usize::MAX;
+
 fn limits() -> &'static [AtomicUsize; 4] {
     static LIMITS: OnceLock<[AtomicUsize; 4]> = OnceLock::new();
     LIMITS.get_or_init(|| {
-        let mut v = GemvOp::ALL.map(GemvOp::default_limit);
+        let mut v = [None; 4];
         if let Ok(s) = std::env::var("BRAID_GEMV_MAX_ROWS") {
             match parse(&s) {
                 Some(parsed) => v = parsed,
                 None => eprintln!("warning: BRAID_GEMV_MAX_ROWS={s:?} ignored (a number, or e.g. qkv=32,gate_up=8,linear=32,head=4)"),
             }
         }
-        v.map(AtomicUsize::new)
+        v.map(|n| AtomicUsize::new(stored(n)))
     })
 }
 
+fn stored(rows: Option<usize>) -> usize {
+    rows.map_or(UNSET, |n| n.min(UNSET - 1))
+}
+
 /// One number for every op, or `op=rows` pairs (unnamed ops keep their default).
-fn parse(s: &str) -> Option<[usize; 4]> {
+fn parse(s: &str) -> Option<[Option<usize>; 4]> {
     if let Ok(n) = s.trim().parse() {
-        return Some([n; 4]);
+        return Some([Some(n); 4]);
     }
-    let mut v = GemvOp::ALL.map(GemvOp::default_limit);
+    let mut v = [None; 4];
     for part in s.split(',') {
         let (name, rows) = part.split_once('=')?;
         let i = GemvOp::ALL.iter().position(|o| o.name() == name.trim())?;
-        v[i] = rows.trim().parse().ok()?;
+        v[i] = Some(rows.trim().parse().ok()?);
     }
     Some(v)
 }
 
-/// Rows up to which `op` runs on its GEMV kernel.
-pub fn gemv_max_rows(op: GemvOp) -> usize {
-    limits()[op as usize].load(Ordering::Relaxed)
+/// Rows up to which `op` runs on its GEMV kernel; `tc`: whether the call's matmul path would
+/// run Braid's tensor-core kernel (`tc_linear_supported`), which moves the default.
+pub fn gemv_max_rows(op: GemvOp, tc: bool) -> usize {
+    match limits()[op as usize].load(Ordering::Relaxed) {
+        UNSET => op.default_limit(tc),
+        n => n,
+    }
 }
 
-/// Sets `op`'s limit for this process (benchmarks compare the two paths this way).
-pub fn set_gemv_max_rows(op: GemvOp, rows: usize) {
-    limits()[op as usize].store(rows, Ordering::Relaxed);
+/// `op`'s limit as set by `$BRAID_GEMV_MAX_ROWS` or [`set_gemv_max_rows`] (`None`: the default).
+pub fn gemv_max_rows_set(op: GemvOp) -> Option<usize> {
+    match limits()[op as usize].load(Ordering::Relaxed) {
+        UNSET => None,
+        n => Some(n),
+    }
+}
+
+/// Sets `op`'s limit for this process (`None`: back to the default; benchmarks compare the
+/// two paths this way).
+pub fn set_gemv_max_rows(op: GemvOp, rows: Option<usize>) {
+    limits()[op as usize].store(stored(rows), Ordering::Relaxed);
 }
 
 /// The GEMV kernel's configuration for a call of `rows` rows on `client`: the candidate
@@ -142,12 +167,23 @@ mod tests {
 
     #[test]
     fn parses_one_number_or_pairs() {
-        assert_eq!(parse("128"), Some([128; 4]));
-        let d = GemvOp::ALL.map(GemvOp::default_limit);
-        assert_eq!(parse("head=2, qkv=16"), Some([16, d[1], d[2], 2]));
+        assert_eq!(parse("128"), Some([Some(128); 4]));
+        assert_eq!(parse("head=2, qkv=16"), Some([Some(16), None, None, Some(2)]));
         assert_eq!(parse("nope=3"), None);
         assert_eq!(parse("qkv=x"), None);
         assert_eq!(GemvOp::for_linear(151_936), GemvOp::Head);
         assert_eq!(GemvOp::for_linear(1024), GemvOp::Linear);
+    }
+
+    #[test]
+    fn a_set_limit_overrides_the_device_default_until_unset() {
+        // (The only test touching the process-wide limits: the others read the defaults.)
+        let op = GemvOp::Head;
+        let saved = gemv_max_rows_set(op);
+        set_gemv_max_rows(op, Some(usize::MAX));
+        assert_eq!(gemv_max_rows(op, true), usize::MAX - 1);
+        set_gemv_max_rows(op, None);
+        assert_eq!((gemv_max_rows(op, true), gemv_max_rows(op, false)), (op.default_limit(true), op.default_limit(false)));
+        set_gemv_max_rows(op, saved);
     }
 }

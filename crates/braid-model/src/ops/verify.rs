@@ -132,7 +132,8 @@ pub fn cases() -> Vec<Case> {
     vec![
         Case { name: "decode", rows: 1, scale: 1.0, peak: 0.0, zero_row: false },
         Case { name: "prefill-odd", rows: 37, scale: 2.0, peak: 0.0, zero_row: true },
-        Case { name: "adversarial", rows: 5, scale: 1.0e4, peak: 100.0, zero_row: true },
+        // (3 rows: inside every GEMV row limit, tensor-core devices' included.)
+        Case { name: "adversarial", rows: 3, scale: 1.0e4, peak: 100.0, zero_row: true },
         // Past the GEMV row limits: the Cube dispatch takes its prefill paths (RMSNorm kernel
         // + matmul for rms_norm_qkv in torch mode; attention stays on its kernel).
         Case { name: "prefill-long", rows: 160, scale: 1.0, peak: 10.0, zero_row: false },
@@ -143,6 +144,15 @@ pub fn cases() -> Vec<Case> {
 /// [`verify_some`]): `linear` and `rms_norm_qkv` only (nine 128-row tiles, the last partial;
 /// partial column tiles; q/k/v at odd column offsets; 34 32-wide k slabs).
 pub const MMA_CASE: Case = Case { name: "prefill-mma", rows: 1024 + 37, scale: 1.0, peak: 10.0, zero_row: false };
+
+/// The projections on `tc_linear`'s cooperative-matrix kernel with k split a set number of
+/// ways (see [`verify_some`]; the policy splits `prefill-long`'s products 4 ways on an H100):
+/// unsplit (one launch over all of q | k | v's column tiles), and 17 ways (one 64-wide k slab
+/// per split, `prefill-long`'s width). `linear` and `rms_norm_qkv` only.
+pub const SPLIT_CASES: [(Case, usize); 2] = [
+    (Case { name: "tc-whole-k", rows: 160, scale: 1.0, peak: 10.0, zero_row: false }, 1),
+    (Case { name: "tc-split-17", rows: 64 + 3, scale: 1.0, peak: 10.0, zero_row: false }, 17),
+];
 
 /// Runs every op for every case in both precisions on `device` in `dtype`.
 pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
@@ -239,6 +249,19 @@ pub fn verify_some(device: &Device, dtype: DType, seed: u64, want: &dyn Fn(&str)
         }
     }
     braid_kernels::tc_linear::force_mma(None);
+    // Set k splits of the other kernel (no-ops where the device has no tensor-core path).
+    for (case, splits) in SPLIT_CASES {
+        braid_kernels::tc_linear::force_splits(Some(splits));
+        for p in [Precision::Torch, Precision::F32] {
+            if want("linear") {
+                out.push(check_linear(&ctx, &mut rng, case, p));
+            }
+            if want("rms_norm_qkv") {
+                out.push(check_rms_norm_qkv(&ctx, &mut rng, case, p));
+            }
+        }
+    }
+    braid_kernels::tc_linear::force_splits(None);
     out
 }
 
@@ -882,7 +905,7 @@ fn gemv_width(case: Case) -> usize {
     match case.name {
         "prefill-odd" => 96 + 5,
         "decode" => 3072 + 64,
-        "prefill-long" | "prefill-mma" => 1024 + 64,
+        "prefill-long" | "prefill-mma" | "tc-whole-k" | "tc-split-17" => 1024 + 64,
         _ => 128 + 64 * (case.rows % 3),
     }
 }
