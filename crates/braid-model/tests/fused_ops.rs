@@ -34,14 +34,14 @@ fn run(device: Option<Device>, dtype: DType) {
     // QK-norm+RoPE writing into a cache and into a pool in both modes; argmax and the decode-state ops once; the paged write once and paged
     // attention in both modes; the prefill attention in both modes for each tile shape the
     // device fits (one on Flex); linear and rms_norm_qkv in both modes for the `prefill-mma`
-    // case (the mma kernel forced on where the device has it) and the two `SPLIT_CASES`.
+    // case (the mma kernel forced on where the device has it) and the two `SPLIT_CASES` (with gate_up_silu).
     // The one-launch QKV + RoPE of the decode step only where the device runs it (plane
     // operations: not lavapipe, not Flex): with and without the residual add, each against the
     // truth and against the launches it replaces.
     let prefill = checks.iter().filter(|c| c.op == "prefill_attn").count();
     let qkv_rope = checks.iter().filter(|c| c.op.starts_with("qkv_rope")).count();
     assert!(qkv_rope == 0 || qkv_rope == 4 * 2 * 2 * 2, "qkv_rope checks: {qkv_rope}");
-    assert_eq!(checks.len() - prefill - qkv_rope, 4 * (2 * (7 + 1 + 1 + 2 + 2) + 2 + 3) + 3 * 2 * 2, "every op, case and precision ran");
+    assert_eq!(checks.len() - prefill - qkv_rope, 4 * (2 * (7 + 1 + 1 + 2 + 2) + 2 + 3) + 2 * 2 + 2 * 3 * 2, "every op, case and precision ran");
     for case in ["decode", "prefill-odd", "adversarial", "prefill-long"] {
         let n = checks.iter().filter(|c| c.op == "prefill_attn" && c.case.split('/').next() == Some(case)).count();
         assert!(n >= 2 && n % 2 == 0, "prefill attention in both modes for {case}: {n} checks");

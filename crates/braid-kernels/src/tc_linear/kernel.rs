@@ -2,8 +2,8 @@ use cubecl::prelude::*;
 
 /// Elements a 16x16 fragment spans in a staged slab (rows 72 apart) and in the f32 output tile
 /// (rows 68 apart).
-const A_SPAN: usize = 15 * 72 + 16;
-const C_SPAN: usize = 15 * 68 + 16;
+pub(super) const A_SPAN: usize = 15 * 72 + 16;
+pub(super) const C_SPAN: usize = 15 * 68 + 16;
 
 /// `out = [x @ w0^T | x @ w1^T | x @ w2^T]` on the tensor cores: `x: [m, k]`, `w_i: [n_i, k]`
 /// (PyTorch's linear layout; a missing weight is a zero-row view), f32 accumulation, one
@@ -190,7 +190,7 @@ fn load_w_slab<F: Float, N: Size>(
 /// rows past `rows` as zeros.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_slab<F: Float, N: Size>(
+pub(super) fn load_slab<F: Float, N: Size>(
     t: &Tensor<Vector<F, N>>,
     regs: &mut Array<Vector<F, N>>,
     row0: usize,
@@ -216,7 +216,7 @@ fn load_slab<F: Float, N: Size>(
 
 /// Stores a slab loaded by [`load_slab`] to shared memory, rows 72 elements apart.
 #[cube]
-fn store_slab<F: Float, N: Size>(
+pub(super) fn store_slab<F: Float, N: Size>(
     s: &mut Shared<[F]>,
     regs: &Array<Vector<F, N>>,
     unit: usize,

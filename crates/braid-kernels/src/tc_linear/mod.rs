@@ -3,6 +3,7 @@
 //! (16x16x16 in f16/bf16 with f32 accumulation, 64x64 tiles: `kernel.rs`) and, for large
 //! products, `mma.sync` with `ldmatrix` (128x128 tiles: `mma.rs`; `mma_takes` says when).
 
+mod gate_up;
 mod kernel;
 mod mma;
 
@@ -84,6 +85,73 @@ pub fn tc_linear_cat(client: &Client, x: TensorHandle, ws: &[TensorHandle]) -> R
     Ok(out)
 }
 
+/// `silu(x @ wg^T) * (x @ wu^T)` -> `[m, n]` (`wg, wu: [n, k]`) with PyTorch's rounding points
+/// (each product rounded to the dtype, SiLU rounded, the product rounded), in one launch (plus
+/// one that adds up the k splits, where [`splits`] splits k). By construction the same sums in
+/// the same order as [`tc_linear`] of each weight followed by the `silu_mul` kernel in torch
+/// mode (not compared bit for bit on a GPU; the checks compare it with the f64 truth and the
+/// Burn twin). Errors where [`tc_linear_supported`] says no.
+pub fn tc_gate_up_silu(client: &Client, x: TensorHandle, wg: TensorHandle, wu: TensorHandle) -> Result<TensorHandle, KernelError> {
+    let c = Check::new("tc_gate_up_silu");
+    let [m, k] = c.matrix("x", &x)?;
+    let [n, kg] = c.matrix("w_gate", &wg)?;
+    if kg != k {
+        return Err(c.shape_err("w_gate", &wg, format!("[_, {k}]")));
+    }
+    c.shape("w_up", &wu, &[n, k])?;
+    c.same_dtype("w_gate", &wg, x.dtype)?;
+    c.same_dtype("w_up", &wu, x.dtype)?;
+    if !tc_linear_supported(client, x.dtype, k) {
+        return Err(KernelError::Unsupported {
+            kernel: "tc_gate_up_silu",
+            what: format!("{} with k = {k}", x.dtype),
+            why: format!("needs 16x16x16 cooperative matrices in this dtype with f32 accumulation and k a multiple of {TILE}"),
+        });
+    }
+    let dtype = x.dtype;
+    let out = output_like(client, &[m, n], dtype);
+    if m * n == 0 {
+        return Ok(out);
+    }
+    let col_tiles = n.div_ceil(TILE);
+    let splits = splits(client, col_tiles * m.div_ceil(TILE), k / TILE);
+    let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);
+    // Without a split `part` is not written: one element stands in for it.
+    let part = output_like(client, &if splits > 1 { vec![splits, m, 2 * n] } else { vec![1] }, f32_t);
+    // SAFETY: every index is in bounds by construction: the shapes were checked above
+    // (contiguous, the same [n, k] weights, k a multiple of TILE), `out` and `part` were
+    // allocated here at the shapes the kernels index; loads past `m` and `n` read zeros, stores
+    // past them are skipped, and each split's slab range lies inside k.
+    unsafe {
+        gate_up::tc_gate_up_kernel::launch_unchecked(
+            client,
+            CubeCount::new_3d(col_tiles as u32, m.div_ceil(TILE) as u32, splits as u32),
+            CubeDim::new_2d(32, 4),
+            16 / dtype.size(),
+            x.into_arg(),
+            wg.into_arg(),
+            wu.into_arg(),
+            out.clone().into_arg(),
+            part.clone().into_arg(),
+            splits > 1,
+            dtype,
+        );
+        if splits > 1 {
+            gate_up::split_silu_kernel::launch_unchecked(
+                client,
+                CubeCount::new_1d((m * n).div_ceil(256) as u32),
+                CubeDim::new_1d(256),
+                part.into_arg(),
+                out.clone().into_arg(),
+                n as u32,
+                splits as u32,
+                dtype,
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// Forces [`splits`] to `Some(n)` k splits (clamped to the k slabs) for this process, or
 /// `None`: back to `$BRAID_TC_SPLIT` and the policy. For checks and comparisons.
 pub fn force_splits(force: Option<usize>) {
@@ -141,6 +209,13 @@ const POLICY: u8 = 1;
 const ALWAYS: u8 = 2;
 const NEVER: u8 = 3;
 static FORCE: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Whether [`tc_linear`] would run `[m, k] @ [n, k]^T` on its `mma.sync` kernel here (see
+/// [`mma_takes`]); callers with a fused alternative of the other kernel (`tc_gate_up_silu`)
+/// keep the large products on it.
+pub fn takes_mma(client: &Client, dtype: ElemType, m: usize, n: usize) -> bool {
+    mma_takes(client, dtype, m, n)
+}
 
 /// Whether the `mma.sync` kernel ([`mma`]) takes `[m, k] @ [n, k]^T` on this device in `dtype`:
 /// m16n8k16 with f32 accumulation and `ldmatrix`, and (unless forced, [`force_mma`]) at least

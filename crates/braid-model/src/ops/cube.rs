@@ -38,6 +38,25 @@ fn matmul_nt(x: CubeTensor, ws: Vec<CubeTensor>) -> CubeTensor {
     if parts.len() == 1 { parts.into_iter().next().expect("one part") } else { Cube::float_cat(parts, 1) }
 }
 
+/// `silu(x @ w_gate^T) * (x @ w_up^T)` in torch mode on Braid's tensor-core kernel
+/// (`braid_kernels::tc_linear::tc_gate_up_silu`: both products and the activation in one
+/// launch, the arithmetic of the two `tc_linear` products and `silu_mul`), where the device runs
+/// `tc_linear` on its cooperative-matrix kernel; `None` elsewhere, where the products would
+/// run on its `mma.sync` kernel (large prefills: the fused kernel was measured at 16-256 rows
+/// only, 2026-11-27), or with `$BRAID_TC_GATE_UP=0` (comparisons; read once).
+fn tc_gate_up_silu(x: &CubeTensor, w_gate: &CubeTensor, w_up: &CubeTensor) -> Option<CubeTensor> {
+    use braid_kernels::tc_linear::{takes_mma, tc_linear_supported};
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("BRAID_TC_GATE_UP").map_or(true, |s| s.trim() != "0"));
+    let xh = handle(x.clone());
+    let (m, n) = (x.meta.shape()[0], w_gate.meta.shape()[0]);
+    if !on || !tc_linear_supported(&x.client, xh.dtype, x.meta.shape()[1]) || takes_mma(&x.client, xh.dtype, m, n) {
+        return None;
+    }
+    let out = launched(braid_kernels::tc_linear::tc_gate_up_silu(&x.client, xh, handle(w_gate.clone()), handle(w_up.clone())));
+    Some(tensor(x, out, x.dtype))
+}
+
 /// The GEMV row limit of `op` for a call on `x` (lower where `matmul_nt` would take the
 /// tensor-core kernel, see `GemvOp::default_limit`).
 fn gemv_limit(op: GemvOp, x: &CubeTensor) -> usize {
@@ -228,6 +247,9 @@ impl FusedOps for Cube {
         precision: Precision,
     ) -> FloatTensor<Self> {
         if x.meta.shape()[0] > gemv_limit(GemvOp::GateUp, &x) && matmul_allowed(precision, x.dtype) {
+            if let Some(out) = tc_gate_up_silu(&x, &w_gate, &w_up) {
+                return out;
+            }
             let gate = matmul_nt(x.clone(), vec![w_gate]);
             let up = matmul_nt(x, vec![w_up]);
             return Self::silu_mul(gate, up, precision);

@@ -148,7 +148,8 @@ pub const MMA_CASE: Case = Case { name: "prefill-mma", rows: 1024 + 37, scale: 1
 /// The projections on `tc_linear`'s cooperative-matrix kernel with k split a set number of
 /// ways (see [`verify_some`]; the policy splits `prefill-long`'s products 4 ways on an H100):
 /// unsplit (one launch over all of q | k | v's column tiles), and 17 ways (one 64-wide k slab
-/// per split, `prefill-long`'s width). `linear` and `rms_norm_qkv` only.
+/// per split, `prefill-long`'s width). `linear`, `rms_norm_qkv` and `gate_up_silu` (its
+/// one-launch kernel, `tc_gate_up_silu`, in torch mode) only.
 pub const SPLIT_CASES: [(Case, usize); 2] = [
     (Case { name: "tc-whole-k", rows: 160, scale: 1.0, peak: 10.0, zero_row: false }, 1),
     (Case { name: "tc-split-17", rows: 64 + 3, scale: 1.0, peak: 10.0, zero_row: false }, 17),
@@ -258,6 +259,9 @@ pub fn verify_some(device: &Device, dtype: DType, seed: u64, want: &dyn Fn(&str)
             }
             if want("rms_norm_qkv") {
                 out.push(check_rms_norm_qkv(&ctx, &mut rng, case, p));
+            }
+            if want("gate_up_silu") {
+                out.push(check_gate_up_silu(&ctx, &mut rng, case, p));
             }
         }
     }
