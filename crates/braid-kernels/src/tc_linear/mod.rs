@@ -181,7 +181,7 @@ fn splits(client: &Client, tiles: usize, slabs: usize) -> usize {
         n => Some(n),
     };
     match forced {
-        Some(n) => n.clamp(1, slabs),
+        Some(n) => n.clamp(1, slabs.max(1)),
         None => {
             let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(0) as usize;
             if tiles == 0 || 2 * tiles > sms { 1 } else { (2 * sms).div_ceil(tiles).min(slabs / MIN_SPLIT_SLABS).max(1) }

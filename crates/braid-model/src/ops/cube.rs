@@ -48,19 +48,19 @@ fn tc_gate_up_silu(x: &CubeTensor, w_gate: &CubeTensor, w_up: &CubeTensor) -> Op
     use braid_kernels::tc_linear::{takes_mma, tc_linear_supported};
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| std::env::var("BRAID_TC_GATE_UP").map_or(true, |s| s.trim() != "0"));
-    let xh = handle(x.clone());
+    let dtype = view(x.clone()).dtype;
     let (m, n) = (x.meta.shape()[0], w_gate.meta.shape()[0]);
-    if !on || !tc_linear_supported(&x.client, xh.dtype, x.meta.shape()[1]) || takes_mma(&x.client, xh.dtype, m, n) {
+    if !on || !tc_linear_supported(&x.client, dtype, x.meta.shape()[1]) || takes_mma(&x.client, dtype, m, n) {
         return None;
     }
-    let out = launched(braid_kernels::tc_linear::tc_gate_up_silu(&x.client, xh, handle(w_gate.clone()), handle(w_up.clone())));
+    let out = launched(braid_kernels::tc_linear::tc_gate_up_silu(&x.client, handle(x.clone()), handle(w_gate.clone()), handle(w_up.clone())));
     Some(tensor(x, out, x.dtype))
 }
 
 /// The GEMV row limit of `op` for a call on `x` (lower where `matmul_nt` would take the
 /// tensor-core kernel, see `GemvOp::default_limit`).
 fn gemv_limit(op: GemvOp, x: &CubeTensor) -> usize {
-    let dtype = handle(x.clone()).dtype;
+    let dtype = view(x.clone()).dtype; // (`view`: no copy of a strided `x` for its dtype)
     gemv_max_rows(op, braid_kernels::tc_linear::tc_linear_supported(&x.client, dtype, x.meta.shape()[1]))
 }
 
