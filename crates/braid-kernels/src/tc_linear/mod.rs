@@ -191,27 +191,6 @@ fn split_policy(sms: usize, tiles: usize, slabs: usize) -> usize {
     if tiles == 0 || 2 * tiles > sms { 1 } else { (2 * sms).div_ceil(tiles).min(slabs / MIN_SPLIT_SLABS).max(1) }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::split_policy;
-
-    #[test]
-    fn splits_only_the_products_too_small_to_fill_the_device() {
-        // The H100's 132 SMs, Qwen3-0.6B's projections (64x64 tiles, 64-wide k slabs); the
-        // measurements behind each case are in `splits`' comment.
-        let h100 = |tiles, slabs| split_policy(132, tiles, slabs);
-        assert_eq!(h100(16, 32), 8, "o_proj at 64 rows: 16 tiles, k 2,048");
-        assert_eq!(h100(16, 48), 12, "down at 64 rows: capped at 4 slabs a split");
-        assert_eq!(h100(64, 32), 5, "o_proj at 256 rows");
-        assert_eq!(h100(64, 16), 4, "qkv at 64 rows: capped at 4 slabs a split");
-        assert_eq!(h100(66, 16), 4, "half the SMs: still split");
-        assert_eq!(h100(67, 16), 1, "past half the SMs: the partial sums cost more than they save");
-        assert_eq!(h100(256, 16), 1, "qkv at 256 rows");
-        assert_eq!(h100(16, 3), 1, "too few slabs to split");
-        assert_eq!(split_policy(0, 16, 32), 1, "SM count unknown");
-        assert_eq!(h100(0, 32), 1, "no tiles");
-    }
-}
 
 /// Forces the `mma` kernel on (`Some(true)`: wherever the device runs it) or off
 /// (`Some(false)`) for this process, over `$BRAID_TC_MMA` (`1` / `0`); `None` hands the choice
@@ -351,5 +330,27 @@ fn launch_wmma(client: &Client, x: &TensorHandle, ws: &[TensorHandle], out: &Ten
                 dtype,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_policy;
+
+    #[test]
+    fn splits_only_the_products_too_small_to_fill_the_device() {
+        // The H100's 132 SMs, Qwen3-0.6B's projections (64x64 tiles, 64-wide k slabs); the
+        // measurements behind each case are in `splits`' comment.
+        let h100 = |tiles, slabs| split_policy(132, tiles, slabs);
+        assert_eq!(h100(16, 32), 8, "o_proj at 64 rows: 16 tiles, k 2,048");
+        assert_eq!(h100(16, 48), 12, "down at 64 rows: capped at 4 slabs a split");
+        assert_eq!(h100(64, 32), 5, "o_proj at 256 rows");
+        assert_eq!(h100(64, 16), 4, "qkv at 64 rows: capped at 4 slabs a split");
+        assert_eq!(h100(66, 16), 4, "half the SMs: still split");
+        assert_eq!(h100(67, 16), 1, "past half the SMs: the partial sums cost more than they save");
+        assert_eq!(h100(256, 16), 1, "qkv at 256 rows");
+        assert_eq!(h100(16, 3), 1, "too few slabs to split");
+        assert_eq!(split_policy(0, 16, 32), 1, "SM count unknown");
+        assert_eq!(h100(0, 32), 1, "no tiles");
     }
 }
