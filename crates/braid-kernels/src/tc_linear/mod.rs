@@ -1,7 +1,8 @@
 //! `x @ w^T` on the tensor cores for the projections past the GEMV's row limits, where Burn's
 //! matmul reached 13-29% of cuBLAS on the H100 (2026-11-26): CubeCL's cooperative matrices
-//! (16x16x16 in f16/bf16 with f32 accumulation, 64x64 tiles: `kernel.rs`) and, for large
-//! products, `mma.sync` with `ldmatrix` (128x128 tiles: `mma.rs`; `mma_takes` says when).
+//! (16x16x16 in f16/bf16 with f32 accumulation, 64x64 tiles, k split at decode sizes:
+//! `kernel.rs`; the MLP's gate and up products with SiLU in one launch: `gate_up.rs`) and, for
+//! large products, `mma.sync` with `ldmatrix` (128x128 tiles: `mma.rs`; `mma_takes` says when).
 
 mod gate_up;
 mod kernel;

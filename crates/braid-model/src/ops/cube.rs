@@ -442,11 +442,12 @@ impl FusedOps for Cube {
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (like, dtype) = (x.clone(), x.dtype);
-        if x.meta.shape()[0] > gemv_limit(GemvOp::Qkv, &x) && matmul_allowed(precision, dtype) {
+        let past_gemv = x.meta.shape()[0] > gemv_limit(GemvOp::Qkv, &x);
+        if past_gemv && matmul_allowed(precision, dtype) {
             let (h, n) = Self::add_rms_norm(residual, x, gamma, eps, precision);
             return (h, qkv_matmul(n, wq, wk, wv));
         }
-        if x.meta.shape()[0] > gemv_limit(GemvOp::Qkv, &x) {
+        if past_gemv {
             // Past the GEMV's rows: the two ops (the GEMV prologue suits decode).
             let h = Cube::float_add(residual, x);
             return (h.clone(), Self::rms_norm_qkv(h, gamma, wq, wk, wv, eps, precision));
