@@ -57,6 +57,9 @@ pub struct KernelsArgs {
     /// write: CUDA only.
     #[arg(long)]
     grid_barrier: bool,
+    /// Only the grid barriers (`--grid-barrier` without the other sections).
+    #[arg(long, conflicts_with_all = ["matmul_only", "paths_only"])]
+    grid_barrier_only: bool,
     /// Write the results here as JSON too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -161,16 +164,17 @@ pub fn run(args: KernelsArgs) -> Result<()> {
         bench.mm_name,
         args.iters
     );
-    if !args.matmul_only && !args.paths_only {
+    let others = !args.grid_barrier_only;
+    if others && !args.matmul_only && !args.paths_only {
         println!("fused us: host-driven (launches included); graph us: replayed as one graph (device time; * = no hardware graph); of floor: floor / graph us");
         println!("{:<15} {:>6} {:>11} {:>11} {:>11} {:>8} {:>10} {:>9}", "op", "rows", "fused us", "graph us", "twin us", "speedup", "floor us", "of floor");
     }
     let mut ops_rows = Vec::new();
-    for &rows in args.rows.iter().filter(|_| !args.matmul_only && !args.paths_only) {
+    for &rows in args.rows.iter().filter(|_| others && !args.matmul_only && !args.paths_only) {
         bench.ops(rows, args.context, &tiles, &mut ops_rows)?;
     }
     let mut path_rows = Vec::new();
-    if dtype != DType::F32 && !args.matmul_only {
+    if others && dtype != DType::F32 && !args.matmul_only {
         println!("\nGEMV kernel vs matmul path for the GEMV-capable ops (graph-replayed device us); `default` is the path the op's row limit picks");
         println!("{:<15} {:>6} {:>10} {:>10} {:>8}", "op", "rows", "gemv us", "matmul us", "default");
         for &rows in args.rows.iter().filter(|&&r| r <= 512) {
@@ -178,14 +182,14 @@ pub fn run(args: KernelsArgs) -> Result<()> {
         }
     }
     let mut mm_rows = Vec::new();
-    if !args.no_matmul && !args.paths_only {
+    if others && !args.no_matmul && !args.paths_only {
         println!("\nmatmuls at the projection shapes (graph-replayed device time): Burn's autotuned and untuned (its default strategy), Braid's tensor-core tc_linear; of floor: Burn's autotuned; tc TFLOP/s: tc_linear's rate");
         println!("{:<10} {:>6} {:>7} {:>6} {:>10} {:>11} {:>8} {:>10} {:>9} {:>9}", "matmul", "rows", "n", "k", "tuned us", "untuned us", "tc us", "floor us", "of floor", "tc TFLOP/s");
         for &rows in &args.rows {
             bench.matmuls(rows, &mut mm_rows)?;
         }
     }
-    let grid_barrier = if args.grid_barrier { bench.grid_barrier()? } else { Vec::new() };
+    let grid_barrier = if args.grid_barrier || args.grid_barrier_only { bench.grid_barrier()? } else { Vec::new() };
     if let Some(path) = &args.json {
         let report = Report {
             device: format!("{:?}", args.device),
@@ -257,16 +261,18 @@ impl<'d> Bench<'d> {
     }
 
     /// One grid barrier of `BARRIER_CUBES` cubes, each kind (`counter`: every cube spins on the
-    /// ticket counter; `flag`: on a flag the last arrival sets): graph-replayed launches of 1
+    /// ticket counter; `flag`: on a flag the last arrival sets; `light`: the counter without
+    /// the acquire fence): graph-replayed launches of 1
     /// and 65 rounds, `(t65 - t1) / 64` per barrier; the wrong reads the probe counted over all
     /// its launches. Empty (with a line saying why) where the device cannot run it.
     fn grid_barrier(&self) -> Result<Vec<GridBarrierRow>> {
-        use braid_model::ops::{BARRIER_CUBES, BARRIER_WORDS};
+        use braid_model::ops::{BARRIER_CUBES, BARRIER_WORDS, BarrierKind};
         let zeros = |n: usize| Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; n], [n]), (self.device, DType::U32));
         let mut rows = Vec::new();
-        for (kind, flag) in [("counter", false), ("flag", true)] {
+        for barrier in [BarrierKind::Counter, BarrierKind::Flag, BarrierKind::Light] {
+            let kind = barrier.name();
             let (bar, slots) = (zeros(BARRIER_WORDS), zeros(2 * BARRIER_CUBES as usize));
-            match ops::grid_barrier_probe(&bar, &slots, 1, flag) {
+            match ops::grid_barrier_probe(&bar, &slots, 1, barrier) {
                 None => bail!("--grid-barrier needs a CubeCL device (cuda)"),
                 Some(Err(e)) => {
                     println!("\ngrid barrier: not run: {e}");
@@ -277,7 +283,7 @@ impl<'d> Bench<'d> {
             let mut t = [0.0; 2];
             for (i, rounds) in [1u32, 65].into_iter().enumerate() {
                 t[i] = self.graph(&mut || {
-                    let _ = ops::grid_barrier_probe(&bar, &slots, rounds, flag);
+                    let _ = ops::grid_barrier_probe(&bar, &slots, rounds, barrier);
                 })?
                 .0;
             }

@@ -9,6 +9,7 @@ pub mod add_rms_norm;
 pub mod argmax;
 pub mod attention;
 pub mod decode;
+pub mod decode_mlp;
 pub mod gemv;
 pub mod grid;
 pub mod paged;

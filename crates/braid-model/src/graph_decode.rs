@@ -25,6 +25,9 @@ pub struct DecodeState {
     pub cache: KvCache,
     /// f32 `[capacity, hd]` each.
     pub rope: Rope,
+    /// `[BARRIER_WORDS]` u32 zeros: the grid barrier counter of `ops::decode_mlp` (one for
+    /// every layer: each launch leaves it a multiple of its cube count).
+    pub barrier: Tensor<1, Int>,
 }
 
 /// How the decode steps ran.
@@ -60,7 +63,7 @@ impl Qwen3 {
         let rope = Rope { cos, sin };
         let mut pending = None;
         for ((layer, kv), plan) in self.model.layers.iter().zip(s.cache.layers.iter_mut()).zip(&self.plan().layers) {
-            let (stream, down) = layer.decode_step(x, pending, &rope, kv, &s.state, plan);
+            let (stream, down) = layer.decode_step(x, pending, &rope, kv, &s.state, &s.barrier, plan);
             x = stream;
             pending = Some(down);
         }
@@ -149,7 +152,9 @@ impl<'m> GreedyDecoder<'m> {
         hist[t] = first;
         let history = Tensor::<1, Int>::from_data(TensorData::new(hist, [cap]), (&device, DType::U32));
         let rope = model.rotary.tables(0, cap, &device);
-        let mut st = DecodeState { state, history, cache, rope };
+        let words = ops::BARRIER_WORDS;
+        let barrier = Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; words], [words]), (&device, DType::U32));
+        let mut st = DecodeState { state, history, cache, rope, barrier };
         let setup = std::time::Instant::now();
         let (steps, known) = match mode {
             StepMode::Eager => (Steps::Eager(Box::new(st)), vec![first]),

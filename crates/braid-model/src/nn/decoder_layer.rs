@@ -201,7 +201,10 @@ impl DecoderLayer {
     /// and this layer's pending MLP output. Bit for bit the eager path: the fused ops have its
     /// rounding points and reduction order. Attention always runs the fused kernel (it reads
     /// the position from the device); a `reference` attention choice takes its torch mode,
-    /// which has the reference's rounding points. The other ops follow the plan.
+    /// which has the reference's rounding points. The other ops follow the plan. With o_proj,
+    /// the post-attention add + norm and the MLP all fused, the layer's second half is one
+    /// persistent launch (`ops::decode_mlp`, its grid barrier on `barrier`) where the device can.
+    #[allow(clippy::too_many_arguments)]
     pub fn decode_step(
         &self,
         x: Tensor<2>,
@@ -209,6 +212,7 @@ impl DecoderLayer {
         rope: &Rope,
         cache: &mut LayerCache,
         state: &Tensor<1, Int>,
+        barrier: &Tensor<1, Int>,
         plan: &LayerPlan,
     ) -> (Tensor<2>, Tensor<2>) {
         let shape = self.self_attn.shape(1, 1);
@@ -287,9 +291,30 @@ impl DecoderLayer {
         let m = &self.mlp;
         let next = [m.gate_proj.weight.val(), m.up_proj.weight.val(), m.down_proj.weight.val(), a.o_proj.weight.val()];
         let attn = ops::attention_at_prefetch(q, cache.k.clone(), cache.v.clone(), state.clone(), p, next);
-        let attn = self.o_proj(attn, plan.linear);
-        let (x, act) = self.add_gate_up(x, attn, plan);
-        (x, self.down(act, plan.linear))
+        match (plan.linear, plan.add_rms_norm, plan.silu_mul) {
+            // One persistent launch from the attention output to the MLP output (the three
+            // launches below where the device cannot).
+            (OpChoice::Fused(_), OpChoice::Fused(p1), OpChoice::Fused(p2)) if p1 == p2 && ops::decode_mlp_fused() => {
+                let n = &self.post_attention_layernorm;
+                ops::decode_mlp(
+                    attn,
+                    x,
+                    n.weight.val(),
+                    a.o_proj.weight.val(),
+                    m.gate_proj.weight.val(),
+                    m.up_proj.weight.val(),
+                    m.down_proj.weight.val(),
+                    n.eps,
+                    p1,
+                    barrier,
+                )
+            }
+            _ => {
+                let attn = self.o_proj(attn, plan.linear);
+                let (x, act) = self.add_gate_up(x, attn, plan);
+                (x, self.down(act, plan.linear))
+            }
+        }
     }
 
     /// The previous layer's pending MLP output added to the stream `x: [rows, hidden]` and this

@@ -497,6 +497,42 @@ impl FusedOps for Cube {
         (tensor(&like, h, dtype), tensor(&like, act, dtype))
     }
 
+    fn decode_mlp(
+        attn: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wo: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        w_down: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        barrier: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (like, dtype) = (attn.clone(), attn.dtype);
+        let [rows, q_dim] = [attn.meta.shape()[0], attn.meta.shape()[1]];
+        let (hidden, inter) = (wo.meta.shape()[0], w_gate.meta.shape()[0]);
+        let one_launch = rows == 1
+            && braid_kernels::decode_mlp::unsupported(&like.client, view(attn.clone()).dtype, q_dim, hidden, inter, super::decode_mlp_options()).is_none();
+        if !one_launch {
+            let o = Self::linear(attn, wo);
+            let (h, act) = Self::add_rms_norm_gate_up(residual, o, gamma, w_gate, w_up, eps, precision);
+            return (h, Self::linear(act, w_down));
+        }
+        let args = braid_kernels::decode_mlp::DecodeMlpArgs {
+            attn: handle(attn),
+            residual: handle(residual),
+            gamma: handle(gamma),
+            wo: handle(wo),
+            wg: handle(w_gate),
+            wu: handle(w_up),
+            wd: handle(w_down),
+            bar: TensorHandle::from(barrier),
+        };
+        let (h, out) = launched(braid_kernels::decode_mlp::decode_mlp(&like.client, args, eps as f32, precision, super::decode_mlp_options()));
+        (tensor(&like, h, dtype), tensor(&like, out, dtype))
+    }
+
     fn paged_kv_write(
         k_pool: FloatTensor<Self>,
         v_pool: FloatTensor<Self>,

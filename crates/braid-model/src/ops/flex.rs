@@ -297,6 +297,23 @@ impl FusedOps for Flex {
         (unwrap(h), unwrap(act))
     }
 
+    fn decode_mlp(
+        attn: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wo: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        w_down: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        _barrier: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (h, out) =
+            reference::decode_mlp(wrap(attn), wrap(residual), wrap(gamma), wrap(wo), wrap(w_gate), wrap(w_up), wrap(w_down), eps, precision);
+        (unwrap(h), unwrap(out))
+    }
+
     fn paged_kv_write(
         k_pool: FloatTensor<Self>,
         v_pool: FloatTensor<Self>,

@@ -18,7 +18,7 @@ use burn::tensor::{Int, Tensor};
 
 pub use braid_kernels::Precision;
 pub use braid_kernels::attention::{PREFILL_TILES, PrefillSpan, PrefillTiles, decode_row_max_keys, set_decode_row_max_keys, set_prefill_tiles};
-pub use braid_kernels::grid::{BARRIER_CUBES, BARRIER_WORDS};
+pub use braid_kernels::grid::{BARRIER_CUBES, BARRIER_WORDS, BarrierKind};
 pub use braid_kernels::qk_norm_rope::QkShape;
 
 /// One method per fused op; see the free functions of this module for shapes.
@@ -234,6 +234,20 @@ pub trait FusedOps: Backend {
         eps: f64,
         precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// See [`decode_mlp`].
+    #[allow(clippy::too_many_arguments)]
+    fn decode_mlp(
+        attn: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wo: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        w_down: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        barrier: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// Whether a fused QK-norm+RoPE writes the new keys and values straight into the KV cache
@@ -259,6 +273,49 @@ pub fn qkv_rope_supported(x: &Tensor<2>) -> bool {
     x.clone().try_into_primitive::<burn::backend::Cube>().is_ok_and(|t| braid_kernels::qkv_rope::supported(&t.client))
 }
 
+/// Whether the batch-1 decode step runs o_proj, the residual add + post-attention norm +
+/// gate/up + SiLU and down_proj as one persistent launch ([`decode_mlp`]) where the device
+/// can. On unless `$BRAID_DECODE_MLP=0` (the three launches: for comparisons; read once per
+/// process).
+pub fn decode_mlp_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_DECODE_MLP").map_or(true, |s| s.trim() != "0"))
+}
+
+/// [`decode_mlp`]'s layout: the default, or for comparisons `$BRAID_DECODE_MLP_UNITS=n` (units
+/// per cube), `$BRAID_DECODE_MLP_AHEAD=n` (gate/up features a plane loads before the first
+/// barrier), `$BRAID_DECODE_MLP_C_EARLY=1` (down's first weights before the first barrier),
+/// `$BRAID_DECODE_MLP_BARRIER=counter|light` (the grid barrier). Read once per process.
+pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOptions {
+    use braid_kernels::decode_mlp::DecodeMlpOptions;
+    static OPTIONS: std::sync::OnceLock<DecodeMlpOptions> = std::sync::OnceLock::new();
+    *OPTIONS.get_or_init(|| {
+        let var = |k: &str| std::env::var(k).ok().map(|s| s.trim().to_string());
+        let num = |k: &str| var(k).and_then(|s| s.parse::<usize>().ok());
+        let d = DecodeMlpOptions::default();
+        DecodeMlpOptions {
+            units: num("BRAID_DECODE_MLP_UNITS").unwrap_or(d.units),
+            ahead_b: num("BRAID_DECODE_MLP_AHEAD").or(d.ahead_b),
+            c_early: var("BRAID_DECODE_MLP_C_EARLY").is_some_and(|s| s == "1"),
+            barrier: match var("BRAID_DECODE_MLP_BARRIER").as_deref() {
+                Some("light") => BarrierKind::Light,
+                Some("counter") => BarrierKind::Counter,
+                _ => d.barrier,
+            },
+        }
+    })
+}
+
+/// Whether `x`'s device runs [`decode_mlp`] as its one persistent launch at these widths (the
+/// CubeCL backend on a device with plane operations, device-scope ordering, enough SMs and
+/// registers: `braid_kernels::decode_mlp::unsupported`); elsewhere it runs the three launches.
+pub fn decode_mlp_supported(x: &Tensor<2>, q_dim: usize, hidden: usize, inter: usize) -> bool {
+    x.clone().try_into_primitive::<burn::backend::Cube>().is_ok_and(|t| {
+        let dtype = braid_kernels::TensorHandle::from(t.clone()).dtype;
+        braid_kernels::decode_mlp::unsupported(&t.client, dtype, q_dim, hidden, inter, decode_mlp_options()).is_none()
+    })
+}
+
 /// Whether the greedy decode steps run their last residual add and the final norm as one fused
 /// `add_rms_norm` launch (torch mode) where the head is fused (`Qwen3::greedy_ids`). On unless
 /// `$BRAID_FINAL_NORM_FUSED=0` (Burn's ops: for comparisons; read once per process).
@@ -268,15 +325,15 @@ pub fn final_norm_fused() -> bool {
 }
 
 /// One launch of [`braid_kernels::grid::grid_barrier_probe`] (`rounds` grid barriers, each
-/// checked; `flag`: the flag barrier) on tensors of the CubeCL backend: `bar: [BARRIER_WORDS]`
+/// checked; `kind`: which barrier) on tensors of the CubeCL backend: `bar: [BARRIER_WORDS]`
 /// u32 (`bar[1]`: the count of wrong reads), `slots: [2 * BARRIER_CUBES]` u32. `None` off the
 /// CubeCL backend; an error where the device cannot run a grid barrier (wgpu: no device-scope
 /// ordering).
-pub fn grid_barrier_probe(bar: &Tensor<1, Int>, slots: &Tensor<1, Int>, rounds: u32, flag: bool) -> Option<Result<(), braid_kernels::KernelError>> {
+pub fn grid_barrier_probe(bar: &Tensor<1, Int>, slots: &Tensor<1, Int>, rounds: u32, kind: BarrierKind) -> Option<Result<(), braid_kernels::KernelError>> {
     let b = bar.clone().try_into_primitive::<burn::backend::Cube>().ok()?;
     let s = slots.clone().try_into_primitive::<burn::backend::Cube>().ok()?;
     let client = b.client.clone();
-    Some(braid_kernels::grid::grid_barrier_probe(&client, &braid_kernels::TensorHandle::from(b), &braid_kernels::TensorHandle::from(s), rounds, flag))
+    Some(braid_kernels::grid::grid_barrier_probe(&client, &braid_kernels::TensorHandle::from(b), &braid_kernels::TensorHandle::from(s), rounds, kind))
 }
 
 /// The device's memory capacity in bytes, where its runtime reports one (CUDA does; the CPU
@@ -680,6 +737,41 @@ pub fn add_rms_norm_qkv(
         precision,
     );
     (Tensor::from_dispatch(h), Tensor::from_dispatch(qkv))
+}
+
+/// The batch-1 decode step from the attention output `attn: [1, q_dim]` to the MLP output:
+/// `o = attn @ wo^T`, `h = residual + o`, `n = post_attention_norm(h)`, `down(silu(gate(n)) *
+/// up(n))`. Returns `(h, mlp_out)`. On a CUDA device with enough SMs and registers, one
+/// persistent launch (`braid_kernels::decode_mlp`: three GEMV phases and two grid barriers on
+/// `barrier: [BARRIER_WORDS]` u32, zeros before its first use, shareable by all layers of a
+/// stream), bit for bit the three launches it replaces; elsewhere those launches (`linear`,
+/// `add_rms_norm_gate_up`, `linear`). Twin: `reference::decode_mlp`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_mlp(
+    attn: Tensor<2>,
+    residual: Tensor<2>,
+    gamma: Tensor<1>,
+    wo: Tensor<2>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    w_down: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+    barrier: &Tensor<1, Int>,
+) -> (Tensor<2>, Tensor<2>) {
+    let (h, out) = <Dispatch as FusedOps>::decode_mlp(
+        attn.into_dispatch(),
+        residual.into_dispatch(),
+        gamma.into_dispatch(),
+        wo.into_dispatch(),
+        w_gate.into_dispatch(),
+        w_up.into_dispatch(),
+        w_down.into_dispatch(),
+        eps,
+        precision,
+        barrier.clone().into_dispatch(),
+    );
+    (Tensor::from_dispatch(h), Tensor::from_dispatch(out))
 }
 
 /// `add_rms_norm` then `gate_up_silu` in one launch at decode shapes: `(h, act)`. Bit for bit

@@ -386,6 +386,25 @@ pub fn add_rms_norm_gate_up(
     (h, gate_up_silu(n, w_gate, w_up, precision))
 }
 
+/// Twin of `ops::decode_mlp`: o_proj, the residual add + post-attention norm + gate/up + SiLU,
+/// down_proj: `(h = residual + attn @ wo^T, down(silu(gate(n)) * up(n)))`, `n` the normed `h`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_mlp(
+    attn: Tensor<2>,
+    residual: Tensor<2>,
+    gamma: Tensor<1>,
+    wo: Tensor<2>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    w_down: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+) -> (Tensor<2>, Tensor<2>) {
+    let o = linear(attn, wo);
+    let (h, act) = add_rms_norm_gate_up(residual, o, gamma, w_gate, w_up, eps, precision);
+    (h, linear(act, w_down))
+}
+
 fn host_ints<const D: usize>(t: Tensor<D, Int>) -> Vec<usize> {
     t.into_data().convert::<i64>().try_to_vec::<i64>().expect("int tensor").into_iter().map(|i| i as usize).collect()
 }

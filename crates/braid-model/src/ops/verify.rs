@@ -161,7 +161,7 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
 }
 
 /// The check groups [`verify_some`] filters on (each names the op, or ops, it checks).
-pub const CHECK_GROUPS: [&str; 15] = [
+pub const CHECK_GROUPS: [&str; 16] = [
     "add_rms_norm",
     "rms_norm_qkv",
     "qk_norm_rope",
@@ -173,6 +173,7 @@ pub const CHECK_GROUPS: [&str; 15] = [
     "add_rms_norm_qkv",
     "add_rms_norm_gate_up",
     "qkv_rope_cache",
+    "decode_mlp",
     "argmax",
     "paged",
     "paged_prefill",
@@ -223,6 +224,9 @@ pub fn verify_some(device: &Device, dtype: DType, seed: u64, want: &dyn Fn(&str)
             }
             if want("qkv_rope_cache") {
                 out.extend(check_qkv_rope(&ctx, &mut rng, case, p));
+            }
+            if want("decode_mlp") {
+                out.extend(check_decode_mlp(&ctx, &mut rng, case, p));
             }
         }
         if want("argmax") {
@@ -622,7 +626,7 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
 }
 
 /// Checks whose "twin" is the launches a fused op replaces: they must agree bit for bit.
-pub const BITWISE_OPS: [&str; 1] = ["qkv_rope_bits"];
+pub const BITWISE_OPS: [&str; 2] = ["qkv_rope_bits", "decode_mlp_bits"];
 
 /// Ops that only move data, checked for exact equality.
 pub const EXACT_OPS: [&str; 2] = ["decode_state", "paged_io"];
@@ -996,6 +1000,56 @@ fn check_qkv_rope(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpC
         out.push(record("qkv_rope_bits", &name, p, &fused, &two, &truth));
     }
     out
+}
+
+/// The batch-1 decode step's persistent o_proj + add + norm + gate/up + SiLU + down launch,
+/// where the device runs it (`ops::decode_mlp_supported`; nothing elsewhere): `decode_mlp` =
+/// outputs `[h | mlp_out]` against the f64 truth and the twin; `decode_mlp_bits` = the same
+/// against the three fused launches it replaces (`linear`, `add_rms_norm_gate_up`, `linear`),
+/// bit for bit, plus the barrier counter after the launch (two barriers of every cube). One row
+/// whatever the case: Qwen3-0.6B's widths at decode (gate/up features past the grid's planes),
+/// odd multiples of a vector elsewhere (partial lane rounds); the case's magnitudes in the
+/// residual stream and the norm weights.
+fn check_decode_mlp(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpCheck> {
+    use burn::tensor::Int;
+    let (q_dim, hidden, inter) = if case.name == "decode" { (2048, 1024, 3072) } else { (1096, 264, 2056) };
+    let eps = 1e-6;
+    if !super::decode_mlp_supported(&ctx.t(vec![0.0; q_dim], [1, q_dim]), q_dim, hidden, inter) {
+        return Vec::new();
+    }
+    let attn = ctx.t(rng.vec(q_dim, 1.0), [1, q_dim]);
+    let res = ctx.t(input(rng, 1, hidden, case), [1, hidden]);
+    let g = ctx.t(rng.norm_weights(hidden, 1.0, 0.2, case.peak), [hidden]);
+    let wo = ctx.t(rng.vec(hidden * q_dim, 0.02), [hidden, q_dim]);
+    let wg = ctx.t(rng.vec(inter * hidden, 0.1), [inter, hidden]);
+    let wu = ctx.t(rng.vec(inter * hidden, 0.1), [inter, hidden]);
+    let wd = ctx.t(rng.vec(hidden * inter, 0.02), [hidden, inter]);
+    // Truth in f64 from the stored inputs.
+    let o = host_matmul_t(&host(attn.clone()), &host(wo.clone()), 1, q_dim, hidden);
+    let h: Vec<f64> = host(res.clone()).iter().zip(&o).map(|(a, b)| a + b).collect();
+    let normed = rms_rows(&h, &host(g.clone()), 1, hidden, eps);
+    let gg = host_matmul_t(&normed, &host(wg.clone()), 1, hidden, inter);
+    let uu = host_matmul_t(&normed, &host(wu.clone()), 1, hidden, inter);
+    let act: Vec<f64> = gg.iter().zip(&uu).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+    let down = host_matmul_t(&act, &host(wd.clone()), 1, inter, hidden);
+    let truth = [h, down].concat();
+    let words = super::BARRIER_WORDS;
+    let bar = Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; words], [words]), (ctx.device, DType::U32));
+    ctx.poison(2 * hidden);
+    let (fh, fo) = super::decode_mlp(attn.clone(), res.clone(), g.clone(), wo.clone(), wg.clone(), wu.clone(), wd.clone(), eps, p, &bar);
+    let fused = [host(fh), host(fo)].concat();
+    let count = bar.into_data().convert::<i64>().try_to_vec::<i64>().expect("int tensor")[0] as f64;
+    let (th, to) = reference::decode_mlp(attn.clone(), res.clone(), g.clone(), wo.clone(), wg.clone(), wu.clone(), wd.clone(), eps, p);
+    let twin = [host(th), host(to)].concat();
+    let o = super::linear(attn, wo);
+    let (h3, act3) = super::add_rms_norm_gate_up(res, o, g, wg, wu, eps, p);
+    let three = [host(h3), host(super::linear(act3, wd))].concat();
+    let two_rounds = 2.0 * f64::from(super::BARRIER_CUBES);
+    let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
+    vec![
+        record("decode_mlp", case.name, p, &fused, &twin, &truth),
+        record("decode_mlp_bits", case.name, p, &with(&fused, count), &with(&three, two_rounds), &with(&truth, two_rounds)),
+    ]
 }
 
 fn check_linear(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {

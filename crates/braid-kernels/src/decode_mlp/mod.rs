@@ -1,0 +1,209 @@
+//! The batch-1 decode step's second half in one launch: o_proj, the residual add, the
+//! post-attention RMSNorm, gate/up + SiLU and down_proj, three GEMV phases of one persistent
+//! grid separated by two grid barriers ([`crate::grid::grid_sync`]). It replaces three GEMV
+//! launches (`linear`, `add_rms_norm_gate_up_silu`, `linear`) and gives their bits (see
+//! `kernel.rs`). The point is the weight reads: each plane loads its next phase's first weights
+//! before the barrier that ends the current one, so the DRAM streams across the phase
+//! boundaries where separate launches leave it idle at each.
+//!
+//! One cube per SM, [`BARRIER_CUBES`] cubes: every cube must be resident at once (the grid
+//! barrier's condition, see `grid.rs`). The default barrier is [`BarrierKind::Light`] (no
+//! acquire fence after the spin): sound here because each phase reads what other cubes wrote
+//! (`o` in B, `act` in C) only after the barrier that publishes it and never before in the
+//! launch, so no SM can hold an older copy in its L1 (which a new launch starts without); the
+//! probe (`bench kernels --grid-barrier-only`), which re-reads the same words every round, saw
+//! no stale read either. `BarrierKind::Counter` is the fully fenced one.
+
+mod kernel;
+
+use cubecl::features::Plane;
+use cubecl::prelude::*;
+use cubecl::std::tensor::TensorHandle;
+
+use crate::check::{Check, output_like};
+use crate::grid::{BARRIER_CUBES, BARRIER_WORDS, BarrierKind};
+use crate::{KernelError, Precision};
+
+const NAME: &str = "decode_mlp";
+
+/// How a launch is laid out (comparison knobs; [`Default`] is the measured choice: on an H100,
+/// 2026-11-27, batch-1 decode at 256 units 1,015 tok/s with the light barrier against 974
+/// with the counter barrier, 1,007 holding one gate/up feature ahead instead of all three,
+/// 963 at 512 units (fewer registers a unit), 777 at 1,024; 942 with the three launches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeMlpOptions {
+    /// Units per cube: 256, 512 or 1,024 (a power of two: phase B's norm sums over a tree of
+    /// the whole cube). At one cube per SM a unit may use up to `65,536 / units` registers
+    /// (255 at most).
+    pub units: usize,
+    /// Gate/up features a plane loads before the first barrier; `None`: all of its features
+    /// where they fit the register budget ([`max_held`]), else as many as fit.
+    pub ahead_b: Option<usize>,
+    /// Phase C's first weights load before the first barrier instead of the second.
+    pub c_early: bool,
+    /// The grid barrier between phases.
+    pub barrier: BarrierKind,
+}
+
+impl Default for DecodeMlpOptions {
+    fn default() -> Self {
+        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light }
+    }
+}
+
+/// The most weight vectors (16 bytes, 4 registers each) a lane may hold at once with `units`
+/// units a cube: about 4/7 of the registers a unit may have at one cube per SM (36 at 256
+/// units, 18 at 512, 9 at 1,024), the rest for the staging, the sums and the addresses.
+pub fn max_held(units: usize) -> usize {
+    (65_536 / units.max(1)).min(255) / 7
+}
+
+/// The inputs of one call.
+pub struct DecodeMlpArgs {
+    /// `[1, q_dim]`: the attention output (heads x head_dim).
+    pub attn: TensorHandle,
+    /// `[1, hidden]`: the residual stream before the attention's output is added.
+    pub residual: TensorHandle,
+    /// `[hidden]`: post_attention_layernorm's weight.
+    pub gamma: TensorHandle,
+    /// `[hidden, q_dim]`, `[inter, hidden]` x 2, `[hidden, inter]`: o_proj, gate, up, down.
+    pub wo: TensorHandle,
+    pub wg: TensorHandle,
+    pub wu: TensorHandle,
+    pub wd: TensorHandle,
+    /// `[BARRIER_WORDS]` u32, zeros before the first launch (each launch leaves its counter
+    /// a multiple of the cube count); one buffer may serve every layer of a stream.
+    pub bar: TensorHandle,
+}
+
+/// Elements of a 16-byte weight vector: every width must be a multiple (the vector the GEMV
+/// picks for each of them, so the staging layout and dot order are the GEMV's).
+fn vector(dtype: ElemType) -> usize {
+    (16 / dtype.size()).max(1)
+}
+
+/// Why this device or shape cannot run the kernel with `options`, or `None`. Needs plane
+/// operations, device-scope memory ordering and at least [`BARRIER_CUBES`] SMs (the barrier),
+/// each width a multiple of a 16-byte vector and within the GEMV's shared memory, and a lane's
+/// held weights within [`max_held`] (larger models keep the three launches: their registers
+/// would spill).
+pub fn unsupported(client: &Client, dtype: ElemType, q_dim: usize, hidden: usize, inter: usize, options: DecodeMlpOptions) -> Option<String> {
+    layout(client, dtype, q_dim, hidden, inter, options).err()
+}
+
+/// The gate/up features a plane holds ahead (see [`DecodeMlpOptions::ahead_b`]), or why the
+/// kernel cannot run.
+fn layout(client: &Client, dtype: ElemType, q_dim: usize, hidden: usize, inter: usize, options: DecodeMlpOptions) -> Result<usize, String> {
+    let props = client.properties();
+    if !props.features.plane.contains(Plane::Ops) {
+        return Err("no plane operations".into());
+    }
+    let sms = props.hardware.num_streaming_multiprocessors.unwrap_or(0);
+    if !props.features.device_memory_scope || sms < BARRIER_CUBES {
+        return Err(format!("a grid barrier needs device-scope ordering and {BARRIER_CUBES} SMs ({sms})"));
+    }
+    let units = options.units;
+    if ![256, 512, 1024].contains(&units) {
+        return Err(format!("{units} units per cube: 256, 512 or 1,024 (the norm's reduction tree)"));
+    }
+    let widest = q_dim.max(hidden).max(inter);
+    if widest > crate::gemv::SHARED_F32 || q_dim == 0 || hidden == 0 || inter == 0 {
+        return Err(format!("widths {q_dim} / {hidden} / {inter}: each in 1..={}", crate::gemv::SHARED_F32));
+    }
+    let vs = vector(dtype);
+    if [q_dim, hidden, inter].iter().any(|w| w % vs != 0) {
+        return Err(format!("widths {q_dim} / {hidden} / {inter}: each a multiple of {vs}"));
+    }
+    let (pmin, pmax) = (props.hardware.plane_size_min.max(1) as usize, props.hardware.plane_size_max.max(1) as usize);
+    let lanes = |w: usize| (w / vs).div_ceil(pmin);
+    let (la, lb, lc) = (lanes(q_dim), lanes(hidden), lanes(inter));
+    // Gate/up features per plane (the fewest planes: the widest).
+    let planes = (BARRIER_CUBES as usize * units / pmax).max(1);
+    let all = inter.div_ceil(planes);
+    let limit = max_held(units);
+    let fit = limit.saturating_sub(la) / (2 * lb);
+    let ahead_b = options.ahead_b.unwrap_or(all).min(all).min(fit);
+    if ahead_b == 0 || lc > limit {
+        return Err(format!("{} weight vectors a lane (at most {limit} at {units} units)", (la + 2 * lb).max(lc)));
+    }
+    Ok(ahead_b)
+}
+
+/// Runs the three phases; returns `(sum, out)`: `sum = residual + attn @ wo^T` (rounded: the
+/// residual stream) and `out = down(silu(gate(n)) * up(n))` with `n` the normed `sum`, bit
+/// for bit what `linear`, `add_rms_norm_gate_up_silu` and `linear` give.
+pub fn decode_mlp(
+    client: &Client,
+    args: DecodeMlpArgs,
+    eps: f32,
+    precision: Precision,
+    options: DecodeMlpOptions,
+) -> Result<(TensorHandle, TensorHandle), KernelError> {
+    let c = Check::new(NAME);
+    let [rows, q_dim] = c.matrix("attn", &args.attn)?;
+    if rows != 1 {
+        return Err(c.shape_err("attn", &args.attn, format!("[1, {q_dim}]")));
+    }
+    let dtype = args.attn.dtype;
+    let [hidden, _] = c.matrix("wo", &args.wo)?;
+    c.shape("wo", &args.wo, &[hidden, q_dim])?;
+    let [inter, _] = c.matrix("wg", &args.wg)?;
+    c.shape("wg", &args.wg, &[inter, hidden])?;
+    c.shape("wu", &args.wu, &[inter, hidden])?;
+    c.shape("wd", &args.wd, &[hidden, inter])?;
+    c.shape("residual", &args.residual, &[1, hidden])?;
+    c.shape("gamma", &args.gamma, &[hidden])?;
+    for (name, t) in [("residual", &args.residual), ("gamma", &args.gamma), ("wo", &args.wo), ("wg", &args.wg), ("wu", &args.wu), ("wd", &args.wd)] {
+        c.contiguous(name, t)?;
+        c.same_dtype(name, t, dtype)?;
+    }
+    c.contiguous("attn", &args.attn)?;
+    c.shape("bar", &args.bar, &[BARRIER_WORDS])?;
+    c.same_dtype("bar", &args.bar, ElemType::UInt(cubecl::ir::UIntKind::U32))?;
+    let ahead_b = layout(client, dtype, q_dim, hidden, inter, options)
+        .map_err(|why| KernelError::Unsupported { kernel: NAME, what: format!("{q_dim} -> {hidden} -> {inter} on this device"), why })?;
+    let units = options.units;
+    let vs = vector(dtype);
+    let o = output_like(client, &[1, hidden], dtype);
+    let sum = output_like(client, &[1, hidden], dtype);
+    let act = output_like(client, &[1, inter], dtype);
+    let out = output_like(client, &[1, hidden], dtype);
+    // SAFETY: the shapes, dtypes and contiguity the kernel indexes were checked above and the
+    // outputs allocated at them; every index stays below its tensor's length (features below
+    // their matrix's rows, vectors below a row's). Residency of all cubes (the barrier's
+    // condition) is what `unsupported` checks: one cube per SM.
+    unsafe {
+        kernel::decode_mlp_kernel::launch_unchecked(
+            client,
+            CubeCount::new_1d(BARRIER_CUBES),
+            CubeDim::new_1d(units as u32),
+            vs,
+            args.attn.into_arg(),
+            args.residual.into_arg(),
+            args.gamma.into_arg(),
+            args.wo.into_arg(),
+            args.wg.into_arg(),
+            args.wu.into_arg(),
+            args.wd.into_arg(),
+            o.into_arg(),
+            sum.clone().into_arg(),
+            act.into_arg(),
+            out.clone().into_arg(),
+            args.bar.into_arg(),
+            eps,
+            precision.f32_internal(),
+            q_dim,
+            hidden,
+            inter,
+            BARRIER_CUBES,
+            crate::gemv::BLOCK,
+            units,
+            client.properties().hardware.plane_size_min.max(1) as usize,
+            ahead_b,
+            options.c_early,
+            options.barrier.code(),
+            dtype,
+        );
+    }
+    Ok((sum, out))
+}

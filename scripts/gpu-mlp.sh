@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One device call (issue 6): the persistent decode MLP launch (`braid_kernels::decode_mlp`):
+# its checks in bf16 and f16, then batch-1 latency with it off and on (and its knobs), each run
+# in its own process, alternating. Builds nothing: carry dist/.
+#   MLP_RUNS  `;`-separated env settings, one latency run each (default below)
+#   MLP_DTYPES  check dtypes (default bf16 f16; empty: none); MLP_GRID=0 skips the grid-barrier probe
+# Results: $OUT/results.tar.gz (mlp-*.txt, JSON), a summary printed last.
+source scripts/gpu-setup.sh
+DEFAULT='BRAID_DECODE_MLP=0;BRAID_DECODE_MLP=1;BRAID_DECODE_MLP=1 BRAID_DECODE_MLP_LIGHT=1;BRAID_DECODE_MLP=1 BRAID_DECODE_MLP_UNITS=768;BRAID_DECODE_MLP=1 BRAID_DECODE_MLP_UNITS=768 BRAID_DECODE_MLP_LIGHT=1;BRAID_DECODE_MLP=0'
+for dt in ${MLP_DTYPES:-bf16 f16}; do
+  timeout 150 $BIN check-kernels --device cuda --dtype $dt --only decode_mlp > $OUT/check-mlp-$dt.txt 2>&1
+  echo "exit $?" >> $OUT/check-mlp-$dt.txt
+  echo "check decode_mlp $dt: $(grep -cE ' ok$' $OUT/check-mlp-$dt.txt) ok" | tee -a $OUT/summary.txt
+  grep -vE ' ok$' $OUT/check-mlp-$dt.txt | tail -n +2 | head -20 | tee -a $OUT/summary.txt
+done
+if [ "${MLP_GRID:-1}" = 1 ]; then
+  timeout 120 $BIN bench kernels --device cuda --dtype bf16 --rows 1 --grid-barrier-only > $OUT/grid-barrier.txt 2>&1
+  grep -E "grid barrier|rror" $OUT/grid-barrier.txt | tee -a $OUT/summary.txt
+fi
+IFS=';' read -ra runs <<< "${MLP_RUNS:-$DEFAULT}"
+i=0
+for e in "${runs[@]}"; do
+  i=$((i+1))
+  env $e timeout 150 $BIN bench latency --model $M --device cuda --dtype bf16 --plan fused --runs 3 --json $OUT/mlp-latency-$i.json \
+    > $OUT/mlp-latency-$i.txt 2>&1
+  echo "run $i ($e): $(grep -E 'graph replay|identical|rror|panic' $OUT/mlp-latency-$i.txt | head -3 | tr '\n' ' ')" | tee -a $OUT/summary.txt
+done
+echo; echo "== summary"; cat $OUT/summary.txt
