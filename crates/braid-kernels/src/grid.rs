@@ -34,17 +34,24 @@ pub fn grid_sync(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
     // Release: this cube's writes reach device scope before its ticket is counted.
     sync_storage();
     if UNIT_POS == 0 {
-        let ticket = bar[0].fetch_add(1u32);
-        // The count that releases this round (wrapping u32 arithmetic; `cubes` divides 2^32).
-        let target = (ticket / cubes + 1) * cubes;
-        // Spin until the count reaches the target (a wrap-safe `count < target`).
-        let mut count = bar[0].load();
-        while i32::cast_from(count - target) < 0 {
-            count = bar[0].load();
-        }
+        take_ticket_and_wait(bar, cubes);
     }
     // Acquire, and the rest of the cube waits for unit 0.
     sync_storage();
+}
+
+/// One unit's arrival at a round of the ticket counter `bar[0]`: takes a ticket, then spins
+/// until every cube of the round has taken one.
+#[cube]
+fn take_ticket_and_wait(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
+    let ticket = bar[0].fetch_add(1u32);
+    // The count that releases this round (wrapping u32 arithmetic; `cubes` divides 2^32).
+    let target = (ticket / cubes + 1) * cubes;
+    // Spin until the count reaches the target (a wrap-safe `count < target`).
+    let mut count = bar[0].load();
+    while i32::cast_from(count - target) < 0 {
+        count = bar[0].load();
+    }
 }
 
 /// [`grid_sync`] with one fenced cube barrier instead of two: the release (`sync_storage`)
@@ -57,12 +64,7 @@ pub fn grid_sync(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
 pub fn grid_sync_light(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
     sync_storage();
     if UNIT_POS == 0 {
-        let ticket = bar[0].fetch_add(1u32);
-        let target = (ticket / cubes + 1) * cubes;
-        let mut count = bar[0].load();
-        while i32::cast_from(count - target) < 0 {
-            count = bar[0].load();
-        }
+        take_ticket_and_wait(bar, cubes);
     }
     sync_cube();
 }

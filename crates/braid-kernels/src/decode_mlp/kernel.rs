@@ -1,6 +1,6 @@
 use cubecl::prelude::*;
 
-use crate::gemv::kernel::{dot_regs, load_row, stage_rows};
+use crate::gemv::kernel::{dot_regs, load_at, load_row, stage_rows};
 use crate::grid::grid_sync_kind;
 use crate::reduce::round;
 
@@ -174,31 +174,6 @@ fn silu_mul_value<F: Float>(g: f32, u: f32, #[comptime] f32_internal: bool) -> f
     } else {
         let gr = round::<F>(g);
         round::<F>(gr / (1.0f32 + (-gr).exp())) * round::<F>(u)
-    }
-}
-
-/// `load_row` into `regs[at..at + loads]`: lane `lane`'s vectors `lane, lane + step, ...` of the
-/// row at `base` (zeros past `nvec`).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn load_at<F: Float, N: Size>(
-    w: &Tensor<Vector<F, N>>,
-    base: usize,
-    regs: &mut Array<Vector<F, N>>,
-    at: usize,
-    lane: usize,
-    step: usize,
-    nvec: usize,
-    #[comptime] loads: usize,
-) {
-    #[unroll]
-    for j in 0..loads {
-        let k = lane + j * step;
-        let mut v = Vector::<F, N>::new(F::new(0.0));
-        if k < nvec {
-            v = w[base + k];
-        }
-        regs[at + j] = v;
     }
 }
 

@@ -346,11 +346,31 @@ fn load_feature<F: Float, N: Size>(
     }
 }
 
+/// Lane `lane`'s vectors `lane, lane + step, ...` of the weight row at `base` into `regs`
+/// ([`load_at`] at 0).
 #[cube]
 pub(crate) fn load_row<F: Float, N: Size>(
     w: &Tensor<Vector<F, N>>,
     base: usize,
     regs: &mut Array<Vector<F, N>>,
+    lane: usize,
+    step: usize,
+    nvec: usize,
+    #[comptime] loads: usize,
+) {
+    load_at::<F, N>(w, base, regs, 0usize, lane, step, nvec, loads);
+}
+
+/// Lane `lane`'s vectors `lane, lane + step, ...` of the weight row at `base` into
+/// `regs[at..at + loads]` (zeros past `nvec`): several rows' vectors can share one register
+/// array (`decode_mlp` holds a plane's gate/up features side by side).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_at<F: Float, N: Size>(
+    w: &Tensor<Vector<F, N>>,
+    base: usize,
+    regs: &mut Array<Vector<F, N>>,
+    at: usize,
     lane: usize,
     step: usize,
     nvec: usize,
@@ -363,7 +383,7 @@ pub(crate) fn load_row<F: Float, N: Size>(
         if k < nvec {
             v = w[base + k];
         }
-        regs[j] = v;
+        regs[at + j] = v;
     }
 }
 
