@@ -12,7 +12,7 @@ use crate::reduce::round;
 /// - C: `out = act @ wd^T` (down_proj).
 ///
 /// Each phase is the 1-row GEMV's plane path (`gemv::kernel`): every cube stages the phase's
-/// input with `stage_rows` (its 256-unit staging order inside this wider cube), one plane per
+/// input with `stage_rows` (its 256-unit staging order, whatever the cube's width), one plane per
 /// output feature sums `dot_regs` over its register-loaded weight vectors and a plane sum. The
 /// outputs are therefore bit for bit those of the three GEMV launches this replaces.
 ///

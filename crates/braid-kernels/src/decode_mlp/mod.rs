@@ -8,11 +8,15 @@
 //!
 //! One cube per SM, [`BARRIER_CUBES`] cubes: every cube must be resident at once (the grid
 //! barrier's condition, see `grid.rs`). The default barrier is [`BarrierKind::Light`] (no
-//! acquire fence after the spin): sound here because each phase reads what other cubes wrote
-//! (`o` in B, `act` in C) only after the barrier that publishes it and never before in the
-//! launch, so no SM can hold an older copy in its L1 (which a new launch starts without); the
-//! probe (`bench kernels --grid-barrier-only`), which re-reads the same words every round, saw
-//! no stale read either. `BarrierKind::Counter` is the fully fenced one.
+//! acquire fence after the spin). What makes that safe here: each phase reads what other cubes
+//! wrote (`o` in B, `act` in C) only after the barrier that publishes it and never reads those
+//! words before it in the launch, so an SM can hold no older copy in its L1 (a launch starts
+//! with none) unless its own earlier stores to those lines had left one there (NVIDIA's L1 is
+//! write-through for global stores; not documented as never allocating). Evidence, not proof:
+//! the bitwise checks (every element of `o`'s and `act`'s consumers against the three
+//! launches), identical tokens over every run, and the probe (`bench kernels
+//! --grid-barrier-only`), which re-reads the same words every round, saw no stale read.
+//! `BarrierKind::Counter` (`$BRAID_DECODE_MLP_BARRIER=counter`) is the fully fenced one.
 
 mod kernel;
 
