@@ -40,8 +40,9 @@ pub struct DecodeMlpOptions {
     /// the whole cube). At one cube per SM a unit may use up to `65,536 / units` registers
     /// (255 at most).
     pub units: usize,
-    /// Gate/up features a plane loads before the first barrier; `None`: all of its features
-    /// where they fit the register budget ([`max_held`]), else as many as fit.
+    /// Gate/up features a plane loads before the first barrier; `None`: all of its features,
+    /// and a layout where they do not fit the register budget ([`max_held`]) is refused (the
+    /// three launches run instead).
     pub ahead_b: Option<usize>,
     /// Phase C's first weights load before the first barrier instead of the second.
     pub c_early: bool,
@@ -119,6 +120,17 @@ fn layout(client: &Client, dtype: ElemType, q_dim: usize, hidden: usize, inter: 
         return Err(format!("widths {q_dim} / {hidden} / {inter}: each a multiple of {vs}"));
     }
     let (pmin, pmax) = (props.hardware.plane_size_min.max(1) as usize, props.hardware.plane_size_max.max(1) as usize);
+    held_ahead([q_dim, hidden, inter], vs, (pmin, pmax), units, options.ahead_b)
+}
+
+/// [`layout`]'s register arithmetic: `widths = [q_dim, hidden, inter]` in `vs`-element vectors,
+/// planes of `pmin..=pmax` lanes, `units` a cube. Each lane holds `la` vectors of an o_proj
+/// row, `lb` of a gate and of an up row per gate/up feature held, `lc` of a down row; the
+/// default (`want = None`) holds all of a plane's gate/up features and refuses a layout where
+/// they do not fit [`max_held`] (measured only where they do: Qwen3-0.6B's widths); `want`
+/// holds that many (at most all, at least one), the rest loading one at a time.
+fn held_ahead(widths: [usize; 3], vs: usize, (pmin, pmax): (usize, usize), units: usize, want: Option<usize>) -> Result<usize, String> {
+    let [q_dim, hidden, inter] = widths;
     let lanes = |w: usize| (w / vs).div_ceil(pmin);
     let (la, lb, lc) = (lanes(q_dim), lanes(hidden), lanes(inter));
     // Gate/up features per plane (the fewest planes: the widest).
@@ -126,11 +138,35 @@ fn layout(client: &Client, dtype: ElemType, q_dim: usize, hidden: usize, inter: 
     let all = inter.div_ceil(planes);
     let limit = max_held(units);
     let fit = limit.saturating_sub(la) / (2 * lb);
-    let ahead_b = options.ahead_b.unwrap_or(all).min(all).min(fit);
-    if ahead_b == 0 || lc > limit {
-        return Err(format!("{} weight vectors a lane (at most {limit} at {units} units)", (la + 2 * lb).max(lc)));
+    let ahead = want.unwrap_or(all).clamp(1, all);
+    if ahead > fit || lc > limit {
+        return Err(format!(
+            "{} weight vectors a lane ({la} + 2 x {lb} x {ahead} gate/up features, or {lc}; at most {limit} at {units} units)",
+            (la + 2 * lb * ahead).max(lc)
+        ));
     }
-    Ok(ahead_b)
+    Ok(ahead)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_budget_admits_the_measured_layouts_only() {
+        assert_eq!((max_held(256), max_held(512), max_held(1024)), (36, 18, 9));
+        let nv = (32, 32);
+        // Qwen3-0.6B in bf16: 8 + 2 x 4 x 3 = 32 vectors at 256 units, all three features held.
+        assert_eq!(held_ahead([2048, 1024, 3072], 8, nv, 256, None), Ok(3));
+        // At 512 units its two features per plane do not fit 18; one held on request (measured).
+        assert!(held_ahead([2048, 1024, 3072], 8, nv, 512, None).is_err());
+        assert_eq!(held_ahead([2048, 1024, 3072], 8, nv, 512, Some(1)), Ok(1));
+        assert_eq!(held_ahead([2048, 1024, 3072], 8, nv, 256, Some(9)), Ok(3));
+        // Qwen3-1.7B (2,048 / 2,048 / 6,144): six features a plane, one fits: refused by default.
+        assert!(held_ahead([2048, 2048, 6144], 8, nv, 256, None).is_err());
+        // The checks' odd widths: 5 + 2 x 2 x 3 at 256 units.
+        assert_eq!(held_ahead([1096, 264, 2056], 8, nv, 256, None), Ok(3));
+    }
 }
 
 /// Runs the three phases; returns `(sum, out)`: `sum = residual + attn @ wo^T` (rounded: the
