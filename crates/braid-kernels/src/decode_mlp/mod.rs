@@ -148,26 +148,6 @@ fn held_ahead(widths: [usize; 3], vs: usize, (pmin, pmax): (usize, usize), units
     Ok(ahead)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn register_budget_admits_the_measured_layouts_only() {
-        assert_eq!((max_held(256), max_held(512), max_held(1024)), (36, 18, 9));
-        let nv = (32, 32);
-        // Qwen3-0.6B in bf16: 8 + 2 x 4 x 3 = 32 vectors at 256 units, all three features held.
-        assert_eq!(held_ahead([2048, 1024, 3072], 8, nv, 256, None), Ok(3));
-        // At 512 units its two features per plane do not fit 18; one held on request (measured).
-        assert!(held_ahead([2048, 1024, 3072], 8, nv, 512, None).is_err());
-        assert_eq!(held_ahead([2048, 1024, 3072], 8, nv, 512, Some(1)), Ok(1));
-        assert_eq!(held_ahead([2048, 1024, 3072], 8, nv, 256, Some(9)), Ok(3));
-        // Qwen3-1.7B (2,048 / 2,048 / 6,144): six features a plane, one fits: refused by default.
-        assert!(held_ahead([2048, 2048, 6144], 8, nv, 256, None).is_err());
-        // The checks' odd widths: 5 + 2 x 2 x 3 at 256 units.
-        assert_eq!(held_ahead([1096, 264, 2056], 8, nv, 256, None), Ok(3));
-    }
-}
 
 /// Runs the three phases; returns `(sum, out)`: `sum = residual + attn @ wo^T` (rounded: the
 /// residual stream) and `out = down(silu(gate(n)) * up(n))` with `n` the normed `sum`, bit
@@ -246,4 +226,25 @@ pub fn decode_mlp(
         );
     }
     Ok((sum, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_budget_admits_the_measured_layouts_only() {
+        assert_eq!((max_held(256), max_held(512), max_held(1024)), (36, 18, 9));
+        let nv = (32, 32);
+        // Qwen3-0.6B in bf16: 8 + 2 x 4 x 3 = 32 vectors at 256 units, all three features held.
+        assert_eq!(held_ahead([2048, 1024, 3072], 8, nv, 256, None), Ok(3));
+        // At 512 units its two features per plane do not fit 18; one held on request (measured).
+        assert!(held_ahead([2048, 1024, 3072], 8, nv, 512, None).is_err());
+        assert_eq!(held_ahead([2048, 1024, 3072], 8, nv, 512, Some(1)), Ok(1));
+        assert_eq!(held_ahead([2048, 1024, 3072], 8, nv, 256, Some(9)), Ok(3));
+        // Qwen3-1.7B (2,048 / 2,048 / 6,144): six features a plane, one fits: refused by default.
+        assert!(held_ahead([2048, 2048, 6144], 8, nv, 256, None).is_err());
+        // The checks' odd widths: 5 + 2 x 2 x 3 at 256 units.
+        assert_eq!(held_ahead([1096, 264, 2056], 8, nv, 256, None), Ok(3));
+    }
 }
