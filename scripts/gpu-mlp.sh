@@ -6,7 +6,7 @@
 #   MLP_DTYPES  check dtypes (default bf16 f16; empty: none); MLP_GRID=0 skips the grid-barrier probe
 # Results: $OUT/results.tar.gz (mlp-*.txt, JSON), a summary printed last.
 source scripts/gpu-setup.sh
-DEFAULT='BRAID_DECODE_MLP=0;BRAID_DECODE_MLP=1;BRAID_DECODE_MLP=1 BRAID_DECODE_MLP_LIGHT=1;BRAID_DECODE_MLP=1 BRAID_DECODE_MLP_UNITS=768;BRAID_DECODE_MLP=1 BRAID_DECODE_MLP_UNITS=768 BRAID_DECODE_MLP_LIGHT=1;BRAID_DECODE_MLP=0'
+DEFAULT='BRAID_DECODE_MLP=0;BRAID_DECODE_MLP=1;BRAID_DECODE_MLP_BARRIER=counter;BRAID_DECODE_MLP=0;BRAID_DECODE_MLP=1'
 for dt in ${MLP_DTYPES:-bf16 f16}; do
   timeout 150 $BIN check-kernels --device cuda --dtype $dt --only decode_mlp > $OUT/check-mlp-$dt.txt 2>&1
   echo "exit $?" >> $OUT/check-mlp-$dt.txt
