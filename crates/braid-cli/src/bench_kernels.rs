@@ -52,9 +52,8 @@ pub struct KernelsArgs {
     /// Only the GEMV-vs-matmul paths (where each op's row limit should sit).
     #[arg(long, conflicts_with_all = ["no_matmul", "matmul_only"])]
     paths_only: bool,
-    /// Also time one grid barrier (every cube of a launch waiting for all; what fusing two
-    /// decode GEMVs into one launch would need) and check that each round sees every cube's
-    /// write: CUDA only.
+    /// Also time each grid barrier (every cube of a launch waiting for all; what `decode_mlp`
+    /// runs between its phases) and check that each round sees every cube's write: CUDA only.
     #[arg(long)]
     grid_barrier: bool,
     /// Only the grid barriers (`--grid-barrier` without the other sections).

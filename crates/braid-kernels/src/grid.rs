@@ -1,8 +1,10 @@
-//! A grid-wide barrier (every cube of a launch waits until all have arrived) and a probe that
-//! measures and checks it. The barrier is what fusing two decode GEMVs with a whole-vector
-//! dependency (o_proj -> add + norm + gate/up) into one launch would need; CubeCL 0.11 has no
-//! cooperative launch, so it is built from `sync_storage` (on CUDA `__threadfence` +
-//! `__syncthreads`: a device-scope release and acquire) and an atomic ticket counter.
+//! Grid-wide barriers (every cube of a launch waits until all have arrived) and a probe that
+//! measures and checks them. `decode_mlp` uses one between its phases (o_proj -> add + norm +
+//! gate/up -> down: each needs the whole previous vector). CubeCL 0.11 has no cooperative
+//! launch, so they are built from `sync_storage` (on CUDA `__threadfence` + `__syncthreads`: a
+//! device-scope release and acquire) and an atomic ticket counter: [`grid_sync`] fenced on
+//! both sides, [`grid_sync_light`] on the release side only, [`grid_sync_flag`] spinning on a
+//! flag.
 //!
 //! Every cube of the launch must be resident at once or the first to arrive waits forever:
 //! [`BARRIER_CUBES`] cubes, launched only on devices with at least that many SMs (one cube per
