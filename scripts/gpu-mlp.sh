@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# One device call (issue 6): the persistent decode MLP launch (`braid_kernels::decode_mlp`):
-# its checks in bf16 and f16, then batch-1 latency with it off and on (and its knobs), each run
-# in its own process, alternating. Builds nothing: carry dist/.
+# One device call (issue 6): the persistent decode MLP launch (`braid_kernels::decode_mlp`,
+# and `decode_mlp_qkv` running on into the next layer's q/k/v): its checks in bf16 and f16,
+# then batch-1 latency with it off and on (and its knobs), each run in its own process,
+# alternating. Builds nothing: carry dist/.
 #   MLP_RUNS  `;`-separated env settings, one latency run each (default below)
 #   MLP_DTYPES  check dtypes (default bf16 f16; empty: none); MLP_GRID=0 skips the grid-barrier probe
+#   MLP_CHECKS  check groups (default decode_mlp decode_mlp_qkv)
 # Results: $OUT/results.tar.gz (mlp-*.txt, JSON), a summary printed last.
 source scripts/gpu-setup.sh
-DEFAULT='BRAID_DECODE_MLP=0;BRAID_DECODE_MLP=1;BRAID_DECODE_MLP_BARRIER=counter;BRAID_DECODE_MLP=0;BRAID_DECODE_MLP=1'
-for dt in ${MLP_DTYPES:-bf16 f16}; do
-  timeout 150 $BIN check-kernels --device cuda --dtype $dt --only decode_mlp > $OUT/check-mlp-$dt.txt 2>&1
+DEFAULT='BRAID_DECODE_MLP_QKV=0;BRAID_DECODE_MLP_QKV=1;BRAID_DECODE_MLP_D_EARLY=1;BRAID_DECODE_MLP_QKV=0;BRAID_DECODE_MLP_QKV=1'
+only=""
+for g in ${MLP_CHECKS:-decode_mlp decode_mlp_qkv}; do only="$only --only $g"; done
+for dt in ${MLP_DTYPES-bf16 f16}; do
+  timeout 150 $BIN check-kernels --device cuda --dtype $dt $only > $OUT/check-mlp-$dt.txt 2>&1
   echo "exit $?" >> $OUT/check-mlp-$dt.txt
-  echo "check decode_mlp $dt: $(grep -cE ' ok$' $OUT/check-mlp-$dt.txt) ok" | tee -a $OUT/summary.txt
+  echo "check ${MLP_CHECKS:-decode_mlp decode_mlp_qkv} $dt: $(grep -cE ' ok$' $OUT/check-mlp-$dt.txt) ok" | tee -a $OUT/summary.txt
   grep -vE ' ok$' $OUT/check-mlp-$dt.txt | tail -n +2 | head -20 | tee -a $OUT/summary.txt
 done
 if [ "${MLP_GRID:-1}" = 1 ]; then

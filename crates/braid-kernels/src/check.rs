@@ -14,6 +14,11 @@ impl Check {
         Self { kernel }
     }
 
+    /// The kernel the errors name.
+    pub(crate) fn kernel(&self) -> &'static str {
+        self.kernel
+    }
+
     /// Row-major contiguous.
     pub(crate) fn contiguous(&self, name: &'static str, t: &TensorHandle) -> Result<(), KernelError> {
         let shape = t.shape();

@@ -10,7 +10,7 @@ use burn::tensor::{DType, Graph, Int, Tensor, TensorData, capture};
 
 use crate::error::ForwardError;
 use crate::kv_cache::KvCache;
-use crate::nn::Rope;
+use crate::nn::{Carry, Rope};
 use crate::{Logits, Qwen3, ops};
 
 /// Extra cache positions: the capture runs the step up to four times before the first replay.
@@ -61,12 +61,20 @@ impl Qwen3 {
         let (mut x, cos, sin) =
             ops::decode_inputs(self.model.embed_tokens.val(), s.rope.cos.clone(), s.rope.sin.clone(), s.state.clone());
         let rope = Rope { cos, sin };
-        let mut pending = None;
-        for ((layer, kv), plan) in self.model.layers.iter().zip(s.cache.layers.iter_mut()).zip(&self.plan().layers) {
-            let (stream, down) = layer.decode_step(x, pending, &rope, kv, &s.state, &s.barrier, plan);
+        let mut carry = Carry::None;
+        let (layers, plans) = (&self.model.layers, &self.plan().layers);
+        for i in 0..layers.len() {
+            let (kv, rest) = s.cache.layers[i..].split_first_mut().expect("a cache per layer");
+            let next = rest.first_mut().map(|c| (&layers[i + 1], c, &plans[i + 1]));
+            let (stream, c) = layers[i].decode_step(x, carry, &rope, kv, &s.state, &s.barrier, &plans[i], next);
             x = stream;
-            pending = Some(down);
+            carry = c;
         }
+        // (The last layer has no next to carry a `q` to.)
+        let pending = match carry {
+            Carry::Down(down) => Some(down),
+            Carry::None | Carry::Q(_) => None,
+        };
         let ids = self.greedy_ids(x, pending);
         let (state, history) = ops::advance(ids, s.state.clone(), s.history.clone());
         s.state = state;

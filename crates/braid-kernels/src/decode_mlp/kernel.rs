@@ -1,5 +1,6 @@
 use cubecl::prelude::*;
 
+use super::next::{emit_qkv, load_qkv, rope_head};
 use crate::gemv::kernel::{dot_regs, load_at, load_row, stage_rows};
 use crate::grid::grid_sync_kind;
 use crate::reduce::round;
@@ -23,6 +24,19 @@ use crate::reduce::round;
 /// the first barrier; C's first feature loads after B's dots (`c_early`: after A's), ahead of
 /// the second barrier. Any later feature of a phase loads after the previous dot, as in the
 /// GEMV. `barrier`: which grid barrier ([`crate::grid::BarrierKind`]'s code).
+///
+/// With `then_qkv`, two more phases run the next layer's attention inputs, as `qkv_rope` does:
+/// - D (after a third barrier): `stream = sum + out` (written by cube 0), the next layer's input
+///   RMSNorm of it and its q/k/v projections, the features dealt on (C's deal continued); q and
+///   k rounded to F into `raw`, v rounded into the value cache at `state[1]`;
+/// - E (after a fourth): one cube per q and k head reads its `hd` raw values back and applies
+///   QK-norm + RoPE (`qk_norm_rope`'s pair function over the same tree), into `q_out` and the
+///   key cache.
+///
+/// Each plane loads its first `ahead_d` q/k/v features' weights after C's dots (`d_early`:
+/// with C's, before the second barrier). Bit for bit `qkv_rope` after the three launches:
+/// the staging, per-feature order and pair function are that kernel's. Without `then_qkv` the
+/// extra tensors are never touched (any of the right types may stand in).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
@@ -38,7 +52,23 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     act: &mut Tensor<F>,       // [1, inter]: phase B's output (scratch)
     out: &mut Tensor<F>,       // [1, hidden]: down_proj's output
     bar: &Tensor<Atomic<u32>>, // [BARRIER_WORDS]: the grid barrier's counter at 0
+    gamma_in: &Tensor<F>,      // [hidden]: the next layer's input_layernorm
+    wq: &Tensor<Vector<F, N>>, // [heads * hd, hidden / N]
+    wk: &Tensor<Vector<F, N>>, // [kv_heads * hd, hidden / N]
+    wv: &Tensor<Vector<F, N>>, // [kv_heads * hd, hidden / N]
+    q_weight: &Tensor<F>,      // [hd]
+    k_weight: &Tensor<F>,      // [hd]
+    cos: &Tensor<f32>,         // [1, hd]
+    sin: &Tensor<f32>,         // [1, hd]
+    raw: &mut Tensor<F>,       // [(heads + kv_heads) * hd]: phase D's q and k (scratch)
+    stream: &mut Tensor<F>,    // [1, hidden]: sum + out
+    q_out: &mut Tensor<F>,     // [1, heads, 1, hd]
+    k_cache: &mut Tensor<F>,   // [1, kv_heads, capacity, hd] (last dim contiguous)
+    v_cache: &mut Tensor<F>,   // [1, kv_heads, capacity, hd]
+    state: &Tensor<u32>,       // [2]: token, position
     eps: f32,
+    eps_in: f32,
+    qk_eps: f32,
     #[comptime] f32_internal: bool,
     #[comptime] q_dim: usize,
     #[comptime] hidden: usize,
@@ -50,6 +80,12 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     #[comptime] ahead_b: usize,
     #[comptime] c_early: bool,
     #[comptime] barrier: u32,
+    #[comptime] then_qkv: bool,
+    #[comptime] heads: usize,
+    #[comptime] kv_heads: usize,
+    #[comptime] half: usize,
+    #[comptime] ahead_d: usize,
+    #[comptime] d_early: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = wo.vector_size();
@@ -72,12 +108,18 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     let fa = plane;
     let fb = (plane + planes - hidden % planes) % planes;
     let fc = (plane + planes - (hidden + inter) % planes) % planes;
+    let nq = comptime!(heads * 2 * half);
+    let nk = comptime!(kv_heads * 2 * half);
+    let nqkv = comptime!((heads + 2 * kv_heads) * 2 * half);
+    let fd = (plane + planes - (2 * hidden + inter) % planes) % planes;
 
     let mut ra = Array::<Vector<F, N>>::new(la);
     // Gate and up weights of this plane's first `ahead_b` B features, feature `s` at `s * lb`.
     let mut rg = Array::<Vector<F, N>>::new(comptime!(ahead_b * lb));
     let mut ru = Array::<Vector<F, N>>::new(comptime!(ahead_b * lb));
     let mut rc = Array::<Vector<F, N>>::new(lc);
+    // Phase D's weights of this plane's first `ahead_d` q/k/v features, feature `s` at `s * lb`.
+    let mut rq = Array::<Vector<F, N>>::new(comptime!(if then_qkv { ahead_d * lb } else { 1usize }));
     if fa < hidden {
         load_row::<F, N>(wo, fa * na, &mut ra, lane, step, na, la);
     }
@@ -143,6 +185,12 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if !c_early && fc < hidden {
         load_row::<F, N>(wd, fc * nc, &mut rc, lane, step, nc, lc);
     }
+    if then_qkv && d_early {
+        #[unroll]
+        for s in 0..ahead_d {
+            load_qkv::<F, N>(wq, wk, wv, fd + s * planes, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
+        }
+    }
     grid_sync_kind(bar, cubes, barrier);
 
     // C: down_proj.
@@ -162,6 +210,125 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
             out[fj] = F::cast_from(g);
         }
         fj = next;
+    }
+    if then_qkv {
+        next_phases::<F, N>(
+            &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, bar, &mut staged, &mut rq,
+            eps_in, qk_eps, fd, planes, first, f32_internal, hidden, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, d_early,
+        );
+    }
+}
+
+/// Phases D and E (see [`decode_mlp_kernel`]), from C's end: the third barrier, the next
+/// layer's residual add + norm + q/k/v, the fourth barrier, QK-norm + RoPE.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn next_phases<F: Float, N: Size>(
+    sum: &Tensor<F>,
+    out: &Tensor<F>,
+    gamma_in: &Tensor<F>,
+    wq: &Tensor<Vector<F, N>>,
+    wk: &Tensor<Vector<F, N>>,
+    wv: &Tensor<Vector<F, N>>,
+    q_weight: &Tensor<F>,
+    k_weight: &Tensor<F>,
+    cos: &Tensor<f32>,
+    sin: &Tensor<f32>,
+    raw: &mut Tensor<F>,
+    stream: &mut Tensor<F>,
+    q_out: &mut Tensor<F>,
+    k_cache: &mut Tensor<F>,
+    v_cache: &mut Tensor<F>,
+    state: &Tensor<u32>,
+    bar: &Tensor<Atomic<u32>>,
+    staged: &mut Shared<[f32]>,
+    rq: &mut Array<Vector<F, N>>,
+    eps_in: f32,
+    qk_eps: f32,
+    fd: usize,
+    planes: usize,
+    first: bool,
+    #[comptime] f32_internal: bool,
+    #[comptime] hidden: usize,
+    #[comptime] cubes: u32,
+    #[comptime] block: usize,
+    #[comptime] units: usize,
+    #[comptime] plane_min: usize,
+    #[comptime] barrier: u32,
+    #[comptime] heads: usize,
+    #[comptime] kv_heads: usize,
+    #[comptime] half: usize,
+    #[comptime] ahead_d: usize,
+    #[comptime] d_early: bool,
+) {
+    let vs = wq.vector_size();
+    let nb = hidden / vs;
+    let lb = comptime!((hidden / vs).div_ceil(plane_min));
+    let nq = comptime!(heads * 2 * half);
+    let nk = comptime!(kv_heads * 2 * half);
+    let nqkv = comptime!((heads + 2 * kv_heads) * 2 * half);
+    let lane = UNIT_POS_PLANE as usize;
+    let pos = state[1] as usize;
+    if !d_early {
+        #[unroll]
+        for s in 0..ahead_d {
+            load_qkv::<F, N>(wq, wk, wv, fd + s * planes, nq, nk, nqkv, rq, s * lb, lane, nb, lb);
+        }
+    }
+    grid_sync_kind(bar, cubes, barrier);
+
+    // D: the next layer's residual add + input norm + q/k/v, as `qkv_rope` stages and sums.
+    stage_rows::<F>(out, sum, stream, gamma_in, staged, eps_in, 0usize, 1usize, first, vs, f32_internal, true, true, false, 1usize, hidden, block, units);
+    sync_cube();
+    #[unroll]
+    for s in 0..ahead_d {
+        let f = fd + s * planes;
+        if f < nqkv {
+            let g = plane_sum(dot_at::<F, N>(&*rq, s * lb, &*staged, lane, nb, lb, vs));
+            emit_qkv::<F>(g, f, nq, nk, 2 * half, pos, lane, raw, v_cache);
+        }
+    }
+    let mut fi = fd + ahead_d * planes;
+    while fi < nqkv {
+        load_qkv::<F, N>(wq, wk, wv, fi, nq, nk, nqkv, rq, 0usize, lane, nb, lb);
+        let g = plane_sum(dot_at::<F, N>(&*rq, 0usize, &*staged, lane, nb, lb, vs));
+        emit_qkv::<F>(g, fi, nq, nk, 2 * half, pos, lane, raw, v_cache);
+        fi += planes;
+    }
+    // E: one cube per q and k head (its operands loaded before the barrier).
+    let c = CUBE_POS_X as usize;
+    let mine = c < heads + kv_heads;
+    let unit = UNIT_POS_X as usize;
+    let active = mine && unit < half;
+    let mut w1 = 0.0f32;
+    let mut w2 = 0.0f32;
+    let mut c1 = 0.0f32;
+    let mut s1 = 0.0f32;
+    let mut c2 = 0.0f32;
+    let mut s2 = 0.0f32;
+    if active {
+        c1 = cos[unit];
+        s1 = sin[unit];
+        c2 = cos[unit + half];
+        s2 = sin[unit + half];
+        if c < heads {
+            w1 = f32::cast_from(q_weight[unit]);
+            w2 = f32::cast_from(q_weight[unit + half]);
+        } else {
+            w1 = f32::cast_from(k_weight[unit]);
+            w2 = f32::cast_from(k_weight[unit + half]);
+        }
+    }
+    grid_sync_kind(bar, cubes, barrier);
+    if mine {
+        // The cube-uniform branch: every unit of the cube takes part in the norm's tree.
+        let mut x1 = 0.0f32;
+        let mut x2 = 0.0f32;
+        if active {
+            x1 = f32::cast_from(raw[c * 2 * half + unit]);
+            x2 = f32::cast_from(raw[c * 2 * half + unit + half]);
+        }
+        rope_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, q_out, k_cache, c, heads, pos, qk_eps, active, unit, f32_internal, half, units);
     }
 }
 

@@ -19,6 +19,7 @@
 //! `BarrierKind::Counter` (`$BRAID_DECODE_MLP_BARRIER=counter`) is the fully fenced one.
 
 mod kernel;
+mod next;
 
 use cubecl::features::Plane;
 use cubecl::prelude::*;
@@ -26,9 +27,12 @@ use cubecl::std::tensor::TensorHandle;
 
 use crate::check::{Check, output_like};
 use crate::grid::{BARRIER_CUBES, BARRIER_WORDS, BarrierKind};
+use crate::qk_norm_rope::QkShape;
+use crate::qkv_rope::HeadInputs;
 use crate::{KernelError, Precision};
 
 const NAME: &str = "decode_mlp";
+const NAME_QKV: &str = "decode_mlp_qkv";
 
 /// How a launch is laid out (comparison knobs; [`Default`] is the measured choice: on an H100,
 /// 2026-11-27, batch-1 decode at 256 units 1,015 tok/s with the light barrier against 974
@@ -48,11 +52,14 @@ pub struct DecodeMlpOptions {
     pub c_early: bool,
     /// The grid barrier between phases.
     pub barrier: BarrierKind,
+    /// [`decode_mlp_qkv`]: the next layer's first q/k/v weights load with down's, before the
+    /// second barrier, instead of after down's dots.
+    pub d_early: bool,
 }
 
 impl Default for DecodeMlpOptions {
     fn default() -> Self {
-        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light }
+        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false }
     }
 }
 
@@ -96,6 +103,21 @@ pub fn unsupported(client: &Client, dtype: ElemType, q_dim: usize, hidden: usize
     layout(client, dtype, q_dim, hidden, inter, options).err()
 }
 
+/// Why this device or shape cannot run [`decode_mlp_qkv`] (the next layer's heads `next`, one
+/// row), or `None`: [`unsupported`]'s conditions, then a cube per q and k head within the grid,
+/// half a head within a cube, and at least one q/k/v feature's weights within a lane's budget.
+pub fn unsupported_qkv(
+    client: &Client,
+    dtype: ElemType,
+    q_dim: usize,
+    hidden: usize,
+    inter: usize,
+    next: QkShape,
+    options: DecodeMlpOptions,
+) -> Option<String> {
+    layout(client, dtype, q_dim, hidden, inter, options).and_then(|_| next_layout(client, dtype, hidden, inter, next, options)).err()
+}
+
 /// The gate/up features a plane holds ahead (see [`DecodeMlpOptions::ahead_b`]), or why the
 /// kernel cannot run.
 fn layout(client: &Client, dtype: ElemType, q_dim: usize, hidden: usize, inter: usize, options: DecodeMlpOptions) -> Result<usize, String> {
@@ -121,6 +143,36 @@ fn layout(client: &Client, dtype: ElemType, q_dim: usize, hidden: usize, inter: 
     }
     let (pmin, pmax) = (props.hardware.plane_size_min.max(1) as usize, props.hardware.plane_size_max.max(1) as usize);
     held_ahead([q_dim, hidden, inter], vs, (pmin, pmax), units, options.ahead_b)
+}
+
+/// The q/k/v features a plane holds ahead in phase D, or why [`decode_mlp_qkv`] cannot run.
+fn next_layout(client: &Client, dtype: ElemType, hidden: usize, inter: usize, next: QkShape, options: DecodeMlpOptions) -> Result<usize, String> {
+    let QkShape { heads, kv_heads, head_dim: hd, .. } = next;
+    if hd == 0 || hd % 2 != 0 || hd / 2 > options.units {
+        return Err(format!("head_dim {hd}: even, at most twice the {} units of a cube", options.units));
+    }
+    if heads + kv_heads > BARRIER_CUBES as usize || heads == 0 || kv_heads == 0 {
+        return Err(format!("{heads} + {kv_heads} q and k heads: one cube each, at most {BARRIER_CUBES}"));
+    }
+    let props = client.properties();
+    let (pmin, pmax) = (props.hardware.plane_size_min.max(1) as usize, props.hardware.plane_size_max.max(1) as usize);
+    held_next(hidden, inter, (heads + 2 * kv_heads) * hd, vector(dtype), (pmin, pmax), options)
+}
+
+/// [`next_layout`]'s register arithmetic: all of a plane's q/k/v features where they fit
+/// [`max_held`] beside what the lane holds then (down's row with `d_early`), else as many as
+/// fit (the rest one at a time), at least one.
+fn held_next(hidden: usize, inter: usize, nqkv: usize, vs: usize, (pmin, pmax): (usize, usize), options: DecodeMlpOptions) -> Result<usize, String> {
+    let lanes = |w: usize| (w / vs).div_ceil(pmin);
+    let (lb, lc) = (lanes(hidden), lanes(inter));
+    let planes = (BARRIER_CUBES as usize * options.units / pmax).max(1);
+    let limit = max_held(options.units);
+    let room = if options.d_early { limit.saturating_sub(lc) } else { limit };
+    let fit = room / lb.max(1);
+    if fit == 0 {
+        return Err(format!("a q/k/v row is {lb} weight vectors a lane, {room} free at {} units", options.units));
+    }
+    Ok(nqkv.div_ceil(planes).clamp(1, fit))
 }
 
 /// [`layout`]'s register arithmetic: `widths = [q_dim, hidden, inter]` in `vs`-element vectors,
@@ -159,7 +211,46 @@ pub fn decode_mlp(
     precision: Precision,
     options: DecodeMlpOptions,
 ) -> Result<(TensorHandle, TensorHandle), KernelError> {
-    let c = Check::new(NAME);
+    run(client, args, None, eps, precision, options)
+}
+
+/// The next layer's attention inputs for [`decode_mlp_qkv`].
+pub struct NextLayer {
+    /// Its input norm, projections, QK norms, the step's RoPE rows, its caches and the state.
+    pub head: HeadInputs,
+    /// Its heads (batch 1, one row).
+    pub shape: QkShape,
+    /// Its input norm's and QK norms' epsilons.
+    pub eps: f32,
+    pub qk_eps: f32,
+}
+
+/// [`decode_mlp`] running on into the next layer's attention inputs (two more phases and
+/// barriers): returns `(stream, q)`: `stream = sum + out` (the residual stream entering the
+/// next layer's attention) and its `q: [1, heads, 1, hd]`, its new key and value written into
+/// `next.head`'s caches at `state[1]`. Bit for bit [`decode_mlp`] then
+/// `qkv_rope::qkv_rope_cache` with the residual add.
+pub fn decode_mlp_qkv(
+    client: &Client,
+    args: DecodeMlpArgs,
+    next: NextLayer,
+    eps: f32,
+    precision: Precision,
+    options: DecodeMlpOptions,
+) -> Result<(TensorHandle, TensorHandle), KernelError> {
+    run(client, args, Some(next), eps, precision, options)
+}
+
+/// [`decode_mlp`] (`next: None`: returns `(sum, out)`) or [`decode_mlp_qkv`] (`(stream, q)`).
+fn run(
+    client: &Client,
+    args: DecodeMlpArgs,
+    next: Option<NextLayer>,
+    eps: f32,
+    precision: Precision,
+    options: DecodeMlpOptions,
+) -> Result<(TensorHandle, TensorHandle), KernelError> {
+    let c = Check::new(if next.is_some() { NAME_QKV } else { NAME });
     let [rows, q_dim] = c.matrix("attn", &args.attn)?;
     if rows != 1 {
         return Err(c.shape_err("attn", &args.attn, format!("[1, {q_dim}]")));
@@ -180,18 +271,49 @@ pub fn decode_mlp(
     c.contiguous("attn", &args.attn)?;
     c.shape("bar", &args.bar, &[BARRIER_WORDS])?;
     c.same_dtype("bar", &args.bar, ElemType::UInt(cubecl::ir::UIntKind::U32))?;
-    let ahead_b = layout(client, dtype, q_dim, hidden, inter, options)
-        .map_err(|why| KernelError::Unsupported { kernel: NAME, what: format!("{q_dim} -> {hidden} -> {inter} on this device"), why })?;
+    let refuse = |why: String| KernelError::Unsupported { kernel: c.kernel(), what: format!("{q_dim} -> {hidden} -> {inter} on this device"), why };
+    let ahead_b = layout(client, dtype, q_dim, hidden, inter, options).map_err(refuse)?;
+    let ahead_d = match &next {
+        Some(n) => {
+            n.head.check(&c, n.shape, hidden, dtype)?;
+            next_layout(client, dtype, hidden, inter, n.shape, options).map_err(refuse)?
+        }
+        None => 0,
+    };
     let units = options.units;
     let vs = vector(dtype);
     let o = output_like(client, &[1, hidden], dtype);
     let sum = output_like(client, &[1, hidden], dtype);
     let act = output_like(client, &[1, inter], dtype);
     let out = output_like(client, &[1, hidden], dtype);
+    let (shape, eps_in, qk_eps) = next.as_ref().map_or((QkShape { batch: 1, seq: 1, heads: 0, kv_heads: 0, head_dim: 0 }, 0.0, 0.0), |n| (n.shape, n.eps, n.qk_eps));
+    let QkShape { heads, kv_heads, head_dim: hd, .. } = shape;
+    let (stream, q) = (output_like(client, &[1, hidden], dtype), output_like(client, &[1, heads, 1, hd], dtype));
+    let raw = output_like(client, &[((heads + kv_heads) * hd).max(1)], dtype);
+    // Without a next layer its tensors are never touched: scratch of the right types stands in.
+    let head = next.map(|n| n.head).unwrap_or_else(|| {
+        let f32_ty = ElemType::Float(cubecl::ir::FloatKind::F32);
+        let rope = output_like(client, &[1, 1], f32_ty);
+        HeadInputs {
+            gamma: args.gamma.clone(),
+            wq: args.wo.clone(),
+            wk: args.wo.clone(),
+            wv: args.wo.clone(),
+            q_weight: args.gamma.clone(),
+            k_weight: args.gamma.clone(),
+            cos: rope.clone(),
+            sin: rope,
+            k_cache: raw.clone(),
+            v_cache: raw.clone(),
+            state: args.bar.clone(),
+        }
+    });
+    let then_qkv = heads > 0;
     // SAFETY: the shapes, dtypes and contiguity the kernel indexes were checked above and the
     // outputs allocated at them; every index stays below its tensor's length (features below
-    // their matrix's rows, vectors below a row's). Residency of all cubes (the barrier's
-    // condition) is what `unsupported` checks: one cube per SM.
+    // their matrix's rows, vectors below a row's; the cache rows at `state[1]`, below the
+    // capacity: the caller's invariant, as for `qkv_rope_cache`). Residency of all cubes (the
+    // barrier's condition) is what `layout` checks: one cube per SM.
     unsafe {
         kernel::decode_mlp_kernel::launch_unchecked(
             client,
@@ -210,7 +332,23 @@ pub fn decode_mlp(
             act.into_arg(),
             out.clone().into_arg(),
             args.bar.into_arg(),
+            head.gamma.into_arg(),
+            head.wq.into_arg(),
+            head.wk.into_arg(),
+            head.wv.into_arg(),
+            head.q_weight.into_arg(),
+            head.k_weight.into_arg(),
+            head.cos.into_arg(),
+            head.sin.into_arg(),
+            raw.into_arg(),
+            stream.clone().into_arg(),
+            q.clone().into_arg(),
+            head.k_cache.into_arg(),
+            head.v_cache.into_arg(),
+            head.state.into_arg(),
             eps,
+            eps_in,
+            qk_eps,
             precision.f32_internal(),
             q_dim,
             hidden,
@@ -222,10 +360,16 @@ pub fn decode_mlp(
             ahead_b,
             options.c_early,
             options.barrier.code(),
+            then_qkv,
+            heads,
+            kv_heads,
+            hd / 2,
+            ahead_d,
+            options.d_early,
             dtype,
         );
     }
-    Ok((sum, out))
+    Ok(if then_qkv { (stream, q) } else { (sum, out) })
 }
 
 #[cfg(test)]

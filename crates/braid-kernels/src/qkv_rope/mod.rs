@@ -22,6 +22,12 @@ pub struct QkvRopeArgs {
     pub x: TensorHandle,
     /// `[1, hidden]`: the residual stream `x` is added to first (the sum is returned).
     pub residual: Option<TensorHandle>,
+    pub head: HeadInputs,
+}
+
+/// A layer's attention inputs past the residual stream: what `qkv_rope_cache` and
+/// `decode_mlp::decode_mlp_qkv` (which runs them for the next layer) read and write.
+pub struct HeadInputs {
     /// `[hidden]`: the input RMSNorm's weight.
     pub gamma: TensorHandle,
     /// `[heads * hd, hidden]`, `[kv_heads * hd, hidden]` x 2.
@@ -39,6 +45,48 @@ pub struct QkvRopeArgs {
     pub v_cache: TensorHandle,
     /// `[2]` u32: token, position (`state[1] < capacity`: the caller's invariant).
     pub state: TensorHandle,
+}
+
+impl HeadInputs {
+    /// Shapes, dtypes and layouts against `shape` (batch 1, one row), an input `hidden` wide
+    /// and the activations' `dtype`; an even head_dim.
+    pub(crate) fn check(&self, c: &Check, shape: QkShape, hidden: usize, dtype: ElemType) -> Result<(), KernelError> {
+        let QkShape { batch, seq, heads, kv_heads, head_dim: hd } = shape;
+        if batch != 1 || seq != 1 {
+            return Err(KernelError::Unsupported { kernel: c.kernel(), what: format!("{batch} x {seq} rows"), why: "one decode row only".into() });
+        }
+        if hd == 0 || hd % 2 != 0 {
+            return Err(KernelError::Unsupported { kernel: c.kernel(), what: format!("head_dim {hd}"), why: "RoPE pairs need an even head_dim".into() });
+        }
+        c.shape("gamma", &self.gamma, &[hidden])?;
+        c.shape("wq", &self.wq, &[heads * hd, hidden])?;
+        c.shape("wk", &self.wk, &[kv_heads * hd, hidden])?;
+        c.shape("wv", &self.wv, &[kv_heads * hd, hidden])?;
+        c.shape("q_weight", &self.q_weight, &[hd])?;
+        c.shape("k_weight", &self.k_weight, &[hd])?;
+        for (name, t) in [("gamma", &self.gamma), ("wq", &self.wq), ("wk", &self.wk), ("wv", &self.wv), ("q_weight", &self.q_weight), ("k_weight", &self.k_weight)] {
+            c.same_dtype(name, t, dtype)?;
+            c.contiguous(name, t)?;
+        }
+        let f32_ty = ElemType::Float(cubecl::ir::FloatKind::F32);
+        for (name, t) in [("cos", &self.cos), ("sin", &self.sin)] {
+            c.shape(name, t, &[1, hd])?;
+            c.same_dtype(name, t, f32_ty)?;
+            c.contiguous(name, t)?;
+        }
+        for (name, t) in [("k_cache", &self.k_cache), ("v_cache", &self.v_cache)] {
+            let s = t.shape();
+            if s.len() != 4 || s[0] != 1 || s[1] != kv_heads || s[2] == 0 || s[3] != hd {
+                return Err(c.shape_err(name, t, format!("[1, {kv_heads}, capacity, {hd}]")));
+            }
+            c.same_dtype(name, t, dtype)?;
+            if hd > 1 && t.strides()[3] != 1 {
+                return Err(KernelError::Layout { kernel: c.kernel(), tensor: name, strides: t.strides().to_vec() });
+            }
+        }
+        c.shape("state", &self.state, &[2])?;
+        c.same_dtype("state", &self.state, ElemType::UInt(cubecl::ir::UIntKind::U32))
+    }
 }
 
 /// Whether this device can run the kernel (it sums each feature over a plane).
@@ -61,10 +109,7 @@ pub fn qkv_rope_cache(
     ahead: usize,
 ) -> Result<(Option<TensorHandle>, TensorHandle), KernelError> {
     let c = Check::new(NAME);
-    let QkShape { batch, seq, heads, kv_heads, head_dim: hd } = shape;
-    if batch != 1 || seq != 1 {
-        return Err(KernelError::Unsupported { kernel: NAME, what: format!("{batch} x {seq} rows"), why: "one decode row only".into() });
-    }
+    let QkShape { heads, kv_heads, head_dim: hd, .. } = shape;
     let [rows, hidden] = c.matrix("x", &args.x)?;
     if rows != 1 {
         return Err(c.shape_err("x", &args.x, format!("[1, {hidden}]")));
@@ -74,39 +119,10 @@ pub fn qkv_rope_cache(
         c.shape("residual", r, &[1, hidden])?;
         c.same_dtype("residual", r, dtype)?;
     }
-    c.shape("gamma", &args.gamma, &[hidden])?;
-    c.shape("wq", &args.wq, &[heads * hd, hidden])?;
-    c.shape("wk", &args.wk, &[kv_heads * hd, hidden])?;
-    c.shape("wv", &args.wv, &[kv_heads * hd, hidden])?;
-    c.shape("q_weight", &args.q_weight, &[hd])?;
-    c.shape("k_weight", &args.k_weight, &[hd])?;
-    for (name, t) in [("gamma", &args.gamma), ("wq", &args.wq), ("wk", &args.wk), ("wv", &args.wv), ("q_weight", &args.q_weight), ("k_weight", &args.k_weight)] {
-        c.same_dtype(name, t, dtype)?;
-    }
-    let f32_ty = ElemType::Float(cubecl::ir::FloatKind::F32);
-    for (name, t) in [("cos", &args.cos), ("sin", &args.sin)] {
-        c.shape(name, t, &[1, hd])?;
-        c.same_dtype(name, t, f32_ty)?;
-    }
-    for (name, t) in [("k_cache", &args.k_cache), ("v_cache", &args.v_cache)] {
-        let s = t.shape();
-        if s.len() != 4 || s[0] != 1 || s[1] != kv_heads || s[2] == 0 || s[3] != hd {
-            return Err(c.shape_err(name, t, format!("[1, {kv_heads}, capacity, {hd}]")));
-        }
-        c.same_dtype(name, t, dtype)?;
-        if hd > 1 && t.strides()[3] != 1 {
-            return Err(KernelError::Layout { kernel: NAME, tensor: name, strides: t.strides().to_vec() });
-        }
-    }
-    let u32_t = ElemType::UInt(cubecl::ir::UIntKind::U32);
-    c.shape("state", &args.state, &[2])?;
-    c.same_dtype("state", &args.state, u32_t)?;
+    args.head.check(&c, shape, hidden, dtype)?;
     let unsupported = |what: String, why: &str| KernelError::Unsupported { kernel: NAME, what, why: why.into() };
     if !supported(client) {
         return Err(unsupported("this device".into(), "no plane operations"));
-    }
-    if hd == 0 || hd % 2 != 0 {
-        return Err(unsupported(format!("head_dim {hd}"), "RoPE pairs need an even head_dim"));
     }
     if ![256, 512, 1024].contains(&block) || hd / 2 > block {
         return Err(unsupported(format!("{block} units per cube"), "256, 512 or 1,024, at least head_dim / 2"));
@@ -137,18 +153,18 @@ pub fn qkv_rope_cache(
         args.x.into_arg(),
         residual.into_arg(),
         sum_arg.into_arg(),
-        args.gamma.into_arg(),
-        args.wq.into_arg(),
-        args.wk.into_arg(),
-        args.wv.into_arg(),
-        args.q_weight.into_arg(),
-        args.k_weight.into_arg(),
-        args.cos.into_arg(),
-        args.sin.into_arg(),
+        args.head.gamma.into_arg(),
+        args.head.wq.into_arg(),
+        args.head.wk.into_arg(),
+        args.head.wv.into_arg(),
+        args.head.q_weight.into_arg(),
+        args.head.k_weight.into_arg(),
+        args.head.cos.into_arg(),
+        args.head.sin.into_arg(),
         q.clone().into_arg(),
-        args.k_cache.into_arg(),
-        args.v_cache.into_arg(),
-        args.state.into_arg(),
+        args.head.k_cache.into_arg(),
+        args.head.v_cache.into_arg(),
+        args.head.state.into_arg(),
         eps,
         qk_eps,
         precision.f32_internal(),

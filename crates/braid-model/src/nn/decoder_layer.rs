@@ -14,6 +14,31 @@ fn record<const D: usize>(taps: &mut Option<(&mut Taps, usize)>, name: &str, t: 
     }
 }
 
+/// What one layer's decode step ([`DecoderLayer::decode_step`]) hands the next.
+pub enum Carry {
+    /// Nothing: the stream `x` is complete (the first layer).
+    None,
+    /// The layer's MLP output, not yet added to the stream (the next layer's fused input norm
+    /// adds it).
+    Down(Tensor<2>),
+    /// The next layer's `q: [1, heads, 1, hd]`: the layer's persistent MLP launch ran on into the
+    /// next layer's attention inputs (`ops::decode_mlp_qkv`): the stream is summed and the new
+    /// key and value are in the next layer's cache.
+    Q(Tensor<4>),
+}
+
+/// Whether a layer's persistent MLP launch (precision `p`) may run on into the next layer's
+/// attention inputs: that layer's input norm + QKV and QK-norm + RoPE fused in the same mode,
+/// with the one-launch QKV + RoPE and KV write on (its fallback) and not switched off.
+fn chains_into(next: &LayerPlan, p: ops::Precision, x: &Tensor<2>) -> bool {
+    next.rms_norm_qkv == OpChoice::Fused(p)
+        && next.qk_norm_rope == OpChoice::Fused(p)
+        && ops::decode_mlp_qkv_fused()
+        && ops::kv_write_fused()
+        && ops::qkv_rope_fused()
+        && ops::qkv_rope_supported(x)
+}
+
 /// One pre-norm Qwen3 decoder layer.
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
@@ -192,31 +217,41 @@ impl DecoderLayer {
 impl DecoderLayer {
     /// One graph-ready decode step (batch 1) at the position held in the device-side `state`
     /// (see `crate::graph_decode`); the new key and value are written into `cache` in place.
-    /// `x: [1, hidden]` is the residual stream and `pending` the previous layer's MLP output
-    /// not yet added to it: the add runs inside this layer's fused input norm + QKV
-    /// (`ops::add_rms_norm_qkv`), and this layer's post-attention add + norm inside the gate/up
-    /// projection (`ops::add_rms_norm_gate_up`), and the KV write inside the QK-norm + RoPE
+    /// `x: [1, hidden]` is the residual stream and `carry` what the previous layer's step left:
+    /// its MLP output not yet added to the stream (the add runs inside this layer's fused input
+    /// norm + QKV, `ops::add_rms_norm_qkv`), or this layer's `q` already computed (its key and
+    /// value in `cache`). This layer's post-attention add + norm runs inside the gate/up
+    /// projection (`ops::add_rms_norm_gate_up`) and the KV write inside the QK-norm + RoPE
     /// (`ops::qk_norm_rope_cache`), so a layer is 6 kernels with every op fused; on devices with
-    /// plane operations the first two of those are one (`ops::qkv_rope_cache`: 5). Returns the stream
-    /// and this layer's pending MLP output. Bit for bit the eager path: the fused ops have its
-    /// rounding points and reduction order. Attention always runs the fused kernel (it reads
-    /// the position from the device); a `reference` attention choice takes its torch mode,
-    /// which has the reference's rounding points. The other ops follow the plan. With o_proj,
-    /// the post-attention add + norm and the MLP all fused, the layer's second half is one
-    /// persistent launch (`ops::decode_mlp`, its grid barrier on `barrier`) where the device can.
+    /// plane operations the first two of those are one (`ops::qkv_rope_cache`: 5). Bit for bit
+    /// the eager path: the fused ops have its rounding points and reduction order. Attention
+    /// always runs the fused kernel (it reads the position from the device); a `reference`
+    /// attention choice takes its torch mode, which has the reference's rounding points. The
+    /// other ops follow the plan. With o_proj, the post-attention add + norm and the MLP all
+    /// fused, the layer's second half is one persistent launch (`ops::decode_mlp`, its grid
+    /// barriers on `barrier`) where the device can, and with `next` (the next layer, its cache
+    /// and plan) it runs on into that layer's attention inputs (`ops::decode_mlp_qkv`: a layer
+    /// is then two launches, attention and the rest). Returns the stream and the carry.
     #[allow(clippy::too_many_arguments)]
     pub fn decode_step(
         &self,
         x: Tensor<2>,
-        pending: Option<Tensor<2>>,
+        carry: Carry,
         rope: &Rope,
         cache: &mut LayerCache,
         state: &Tensor<1, Int>,
         barrier: &Tensor<1, Int>,
         plan: &LayerPlan,
-    ) -> (Tensor<2>, Tensor<2>) {
+        next: Option<(&DecoderLayer, &mut LayerCache, &LayerPlan)>,
+    ) -> (Tensor<2>, Carry) {
         let shape = self.self_attn.shape(1, 1);
         let a = &self.self_attn;
+        let pending = match carry {
+            // The previous layer's launch ran this layer's attention inputs.
+            Carry::Q(q) => return self.decode_rest(x, q, cache, state, barrier, plan, rope, next),
+            Carry::Down(down) => Some(down),
+            Carry::None => None,
+        };
         let (x, q) = match (plan.rms_norm_qkv, plan.qk_norm_rope) {
             // One launch from the stream to the cache: (add +) norm + QKV + QK-norm + RoPE + KV write.
             (OpChoice::Fused(p1), OpChoice::Fused(p2))
@@ -282,6 +317,24 @@ impl DecoderLayer {
                 (x, q)
             }
         };
+        self.decode_rest(x, q, cache, state, barrier, plan, rope, next)
+    }
+
+    /// [`Self::decode_step`] from the attention on: `x` the stream, `q: [1, heads, 1, hd]` with
+    /// the new key and value in `cache`.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_rest(
+        &self,
+        x: Tensor<2>,
+        q: Tensor<4>,
+        cache: &mut LayerCache,
+        state: &Tensor<1, Int>,
+        barrier: &Tensor<1, Int>,
+        plan: &LayerPlan,
+        rope: &Rope,
+        next: Option<(&DecoderLayer, &mut LayerCache, &LayerPlan)>,
+    ) -> (Tensor<2>, Carry) {
+        let a = &self.self_attn;
         let p = match plan.attention {
             OpChoice::Fused(p) => p,
             OpChoice::Reference => ops::Precision::Torch,
@@ -289,14 +342,48 @@ impl DecoderLayer {
         // While the attention runs on a few SMs, the rest read this layer's remaining weights
         // into L2 for the GEMVs that follow.
         let m = &self.mlp;
-        let next = [m.gate_proj.weight.val(), m.up_proj.weight.val(), m.down_proj.weight.val(), a.o_proj.weight.val()];
-        let attn = ops::attention_at_prefetch(q, cache.k.clone(), cache.v.clone(), state.clone(), p, next);
+        let weights = [m.gate_proj.weight.val(), m.up_proj.weight.val(), m.down_proj.weight.val(), a.o_proj.weight.val()];
+        let attn = ops::attention_at_prefetch(q, cache.k.clone(), cache.v.clone(), state.clone(), p, weights);
         match (plan.linear, plan.add_rms_norm, plan.silu_mul) {
             // One persistent launch from the attention output to the MLP output (the three
-            // launches below where the device cannot).
+            // launches below where the device cannot), running on into the next layer's
+            // attention inputs where that layer's are fused in the same mode.
             (OpChoice::Fused(_), OpChoice::Fused(p1), OpChoice::Fused(p2)) if p1 == p2 && ops::decode_mlp_fused() => {
                 let n = &self.post_attention_layernorm;
-                ops::decode_mlp(
+                if let Some((layer, next_cache, next_plan)) = next
+                    && chains_into(next_plan, p1, &x)
+                {
+                    let na = &layer.self_attn;
+                    let (stream, q, k, v) = ops::decode_mlp_qkv(
+                        attn,
+                        x,
+                        n.weight.val(),
+                        a.o_proj.weight.val(),
+                        m.gate_proj.weight.val(),
+                        m.up_proj.weight.val(),
+                        m.down_proj.weight.val(),
+                        n.eps,
+                        p1,
+                        barrier,
+                        layer.input_layernorm.weight.val(),
+                        na.q_proj.weight.val(),
+                        na.k_proj.weight.val(),
+                        na.v_proj.weight.val(),
+                        na.q_norm.weight.val(),
+                        na.k_norm.weight.val(),
+                        rope.cos.clone(),
+                        rope.sin.clone(),
+                        na.shape(1, 1),
+                        layer.input_layernorm.eps,
+                        na.q_norm.eps,
+                        next_cache.k.clone(),
+                        next_cache.v.clone(),
+                        state.clone(),
+                    );
+                    (next_cache.k, next_cache.v) = (k, v);
+                    return (stream, Carry::Q(q));
+                }
+                let (h, out) = ops::decode_mlp(
                     attn,
                     x,
                     n.weight.val(),
@@ -307,12 +394,13 @@ impl DecoderLayer {
                     n.eps,
                     p1,
                     barrier,
-                )
+                );
+                (h, Carry::Down(out))
             }
             _ => {
                 let attn = self.o_proj(attn, plan.linear);
                 let (x, act) = self.add_gate_up(x, attn, plan);
-                (x, self.down(act, plan.linear))
+                (x, Carry::Down(self.down(act, plan.linear)))
             }
         }
     }

@@ -9,7 +9,7 @@ mod rms_norm;
 mod rope;
 
 pub use attention::Attention;
-pub use decoder_layer::DecoderLayer;
+pub use decoder_layer::{Carry, DecoderLayer};
 pub use linear::Linear;
 pub use mlp::Mlp;
 pub use rms_norm::RmsNorm;

@@ -317,17 +317,19 @@ impl FusedOps for Cube {
         let args = braid_kernels::qkv_rope::QkvRopeArgs {
             x: handle(x.clone()),
             residual: add_residual.then(|| handle(residual)),
-            gamma: handle(gamma),
-            wq: handle(wq),
-            wk: handle(wk),
-            wv: handle(wv),
-            q_weight: handle(q_weight),
-            k_weight: handle(k_weight),
-            cos: handle(cos),
-            sin: handle(sin),
-            k_cache: view(k_cache.clone()),
-            v_cache: view(v_cache.clone()),
-            state: TensorHandle::from(state),
+            head: braid_kernels::qkv_rope::HeadInputs {
+                gamma: handle(gamma),
+                wq: handle(wq),
+                wk: handle(wk),
+                wv: handle(wv),
+                q_weight: handle(q_weight),
+                k_weight: handle(k_weight),
+                cos: handle(cos),
+                sin: handle(sin),
+                k_cache: view(k_cache.clone()),
+                v_cache: view(v_cache.clone()),
+                state: TensorHandle::from(state),
+            },
         };
         let (sum, q) = launched(braid_kernels::qkv_rope::qkv_rope_cache(
             &like.client,
@@ -531,6 +533,76 @@ impl FusedOps for Cube {
         };
         let (h, out) = launched(braid_kernels::decode_mlp::decode_mlp(&like.client, args, eps as f32, precision, super::decode_mlp_options()));
         (tensor(&like, h, dtype), tensor(&like, out, dtype))
+    }
+
+    fn decode_mlp_qkv(
+        attn: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wo: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        w_down: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        barrier: IntTensor<Self>,
+        gamma_in: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps_in: f64,
+        qk_eps: f64,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (like, dtype) = (attn.clone(), attn.dtype);
+        let [rows, q_dim] = [attn.meta.shape()[0], attn.meta.shape()[1]];
+        let (hidden, inter) = (wo.meta.shape()[0], w_gate.meta.shape()[0]);
+        let options = super::decode_mlp_options();
+        let one_launch =
+            rows == 1 && braid_kernels::decode_mlp::unsupported_qkv(&like.client, view(attn.clone()).dtype, q_dim, hidden, inter, shape, options).is_none();
+        if !one_launch {
+            let (h, out) = Self::decode_mlp(attn, residual, gamma, wo, w_gate, w_up, w_down, eps, precision, barrier);
+            return Self::qkv_rope_cache(
+                out, h, true, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, shape, eps_in, qk_eps, precision, k_cache, v_cache, state,
+            );
+        }
+        let args = braid_kernels::decode_mlp::DecodeMlpArgs {
+            attn: handle(attn),
+            residual: handle(residual),
+            gamma: handle(gamma),
+            wo: handle(wo),
+            wg: handle(w_gate),
+            wu: handle(w_up),
+            wd: handle(w_down),
+            bar: TensorHandle::from(barrier),
+        };
+        let next = braid_kernels::decode_mlp::NextLayer {
+            head: braid_kernels::qkv_rope::HeadInputs {
+                gamma: handle(gamma_in),
+                wq: handle(wq),
+                wk: handle(wk),
+                wv: handle(wv),
+                q_weight: handle(q_weight),
+                k_weight: handle(k_weight),
+                cos: handle(cos),
+                sin: handle(sin),
+                k_cache: view(k_cache.clone()),
+                v_cache: view(v_cache.clone()),
+                state: TensorHandle::from(state),
+            },
+            shape,
+            eps: eps_in as f32,
+            qk_eps: qk_eps as f32,
+        };
+        let (h, q) = launched(braid_kernels::decode_mlp::decode_mlp_qkv(&like.client, args, next, eps as f32, precision, options));
+        (tensor(&like, h, dtype), tensor(&like, q, dtype), k_cache, v_cache)
     }
 
     fn paged_kv_write(

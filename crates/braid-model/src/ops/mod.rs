@@ -248,6 +248,34 @@ pub trait FusedOps: Backend {
         precision: Precision,
         barrier: IntTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// See [`decode_mlp_qkv`].
+    #[allow(clippy::too_many_arguments)]
+    fn decode_mlp_qkv(
+        attn: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wo: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        w_down: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        barrier: IntTensor<Self>,
+        gamma_in: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps_in: f64,
+        qk_eps: f64,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// Whether a fused QK-norm+RoPE writes the new keys and values straight into the KV cache
@@ -285,7 +313,8 @@ pub fn decode_mlp_fused() -> bool {
 /// [`decode_mlp`]'s layout: the default, or for comparisons `$BRAID_DECODE_MLP_UNITS=n` (units
 /// per cube), `$BRAID_DECODE_MLP_AHEAD=n` (gate/up features a plane loads before the first
 /// barrier), `$BRAID_DECODE_MLP_C_EARLY=1` (down's first weights before the first barrier),
-/// `$BRAID_DECODE_MLP_BARRIER=counter|light` (the grid barrier). Read once per process.
+/// `$BRAID_DECODE_MLP_BARRIER=counter|light` (the grid barrier), `$BRAID_DECODE_MLP_D_EARLY=0|1`
+/// ([`decode_mlp_qkv`]'s q/k/v weights before the second barrier). Read once per process.
 pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOptions {
     use braid_kernels::decode_mlp::DecodeMlpOptions;
     static OPTIONS: std::sync::OnceLock<DecodeMlpOptions> = std::sync::OnceLock::new();
@@ -297,6 +326,7 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
             units: num("BRAID_DECODE_MLP_UNITS").unwrap_or(d.units),
             ahead_b: num("BRAID_DECODE_MLP_AHEAD").or(d.ahead_b),
             c_early: var("BRAID_DECODE_MLP_C_EARLY").is_some_and(|s| s == "1"),
+            d_early: var("BRAID_DECODE_MLP_D_EARLY").map_or(d.d_early, |s| s == "1"),
             barrier: match var("BRAID_DECODE_MLP_BARRIER").as_deref() {
                 Some("light") => BarrierKind::Light,
                 Some("counter") => BarrierKind::Counter,
@@ -313,6 +343,24 @@ pub fn decode_mlp_supported(x: &Tensor<2>, q_dim: usize, hidden: usize, inter: u
     x.clone().try_into_primitive::<burn::backend::Cube>().is_ok_and(|t| {
         let dtype = braid_kernels::TensorHandle::from(t.clone()).dtype;
         braid_kernels::decode_mlp::unsupported(&t.client, dtype, q_dim, hidden, inter, decode_mlp_options()).is_none()
+    })
+}
+
+/// Whether the batch-1 decode step runs each layer's persistent MLP launch on into the next
+/// layer's input norm, q/k/v, QK-norm + RoPE and KV write ([`decode_mlp_qkv`]) where the device
+/// can, so that launch replaces the next layer's `qkv_rope_cache`. On unless
+/// `$BRAID_DECODE_MLP_QKV=0` (for comparisons; read once per process).
+pub fn decode_mlp_qkv_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_DECODE_MLP_QKV").map_or(true, |s| s.trim() != "0"))
+}
+
+/// Whether `x`'s device runs [`decode_mlp_qkv`] as one persistent launch at these widths and the
+/// next layer's heads `next` (`braid_kernels::decode_mlp::unsupported_qkv`).
+pub fn decode_mlp_qkv_supported(x: &Tensor<2>, q_dim: usize, hidden: usize, inter: usize, next: QkShape) -> bool {
+    x.clone().try_into_primitive::<burn::backend::Cube>().is_ok_and(|t| {
+        let dtype = braid_kernels::TensorHandle::from(t.clone()).dtype;
+        braid_kernels::decode_mlp::unsupported_qkv(&t.client, dtype, q_dim, hidden, inter, next, decode_mlp_options()).is_none()
     })
 }
 
@@ -772,6 +820,70 @@ pub fn decode_mlp(
         barrier.clone().into_dispatch(),
     );
     (Tensor::from_dispatch(h), Tensor::from_dispatch(out))
+}
+
+/// [`decode_mlp`] running on into the next layer's attention inputs: `(h, mlp_out)` as there,
+/// then `stream = h + mlp_out`, the next layer's input norm (`gamma_in`, `eps_in`) and q/k/v
+/// projections of `stream`, its QK-norm + RoPE (`cos, sin: [1, hd]` f32) and its new key and value
+/// written into `k_cache, v_cache: [1, kv_heads, capacity, hd]` at `state[1]`. Returns
+/// `(stream, q: [1, heads, 1, hd], k_cache, v_cache)`: bit for bit [`decode_mlp`] then
+/// [`qkv_rope_cache`] with the residual add. One persistent launch where
+/// [`decode_mlp_qkv_supported`] (five phases, four grid barriers on `barrier`), else those two
+/// ops. Twin: `reference::decode_mlp_qkv`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_mlp_qkv(
+    attn: Tensor<2>,
+    residual: Tensor<2>,
+    gamma: Tensor<1>,
+    wo: Tensor<2>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    w_down: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+    barrier: &Tensor<1, Int>,
+    gamma_in: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps_in: f64,
+    qk_eps: f64,
+    k_cache: Tensor<4>,
+    v_cache: Tensor<4>,
+    state: Tensor<1, Int>,
+) -> (Tensor<2>, Tensor<4>, Tensor<4>, Tensor<4>) {
+    let (h, q, k, v) = <Dispatch as FusedOps>::decode_mlp_qkv(
+        attn.into_dispatch(),
+        residual.into_dispatch(),
+        gamma.into_dispatch(),
+        wo.into_dispatch(),
+        w_gate.into_dispatch(),
+        w_up.into_dispatch(),
+        w_down.into_dispatch(),
+        eps,
+        precision,
+        barrier.clone().into_dispatch(),
+        gamma_in.into_dispatch(),
+        wq.into_dispatch(),
+        wk.into_dispatch(),
+        wv.into_dispatch(),
+        q_weight.into_dispatch(),
+        k_weight.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+        shape,
+        eps_in,
+        qk_eps,
+        k_cache.into_dispatch(),
+        v_cache.into_dispatch(),
+        state.into_dispatch(),
+    );
+    (Tensor::from_dispatch(h), Tensor::from_dispatch(q), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
 }
 
 /// `add_rms_norm` then `gate_up_silu` in one launch at decode shapes: `(h, act)`. Bit for bit

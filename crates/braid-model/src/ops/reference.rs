@@ -405,6 +405,38 @@ pub fn decode_mlp(
     (h, linear(act, w_down))
 }
 
+/// Twin of `ops::decode_mlp_qkv`: [`decode_mlp`], then [`qkv_rope_cache`] of its output added to
+/// its residual sum, for the next layer: `(stream, q, k_cache, v_cache)`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_mlp_qkv(
+    attn: Tensor<2>,
+    residual: Tensor<2>,
+    gamma: Tensor<1>,
+    wo: Tensor<2>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    w_down: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+    gamma_in: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps_in: f64,
+    qk_eps: f64,
+    k_cache: Tensor<4>,
+    v_cache: Tensor<4>,
+    state: Tensor<1, Int>,
+) -> (Tensor<2>, Tensor<4>, Tensor<4>, Tensor<4>) {
+    let (h, out) = decode_mlp(attn, residual, gamma, wo, w_gate, w_up, w_down, eps, precision);
+    qkv_rope_cache(out, h, true, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, shape, eps_in, qk_eps, precision, k_cache, v_cache, state)
+}
+
 fn host_ints<const D: usize>(t: Tensor<D, Int>) -> Vec<usize> {
     t.into_data().convert::<i64>().try_to_vec::<i64>().expect("int tensor").into_iter().map(|i| i as usize).collect()
 }

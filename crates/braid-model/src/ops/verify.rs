@@ -161,7 +161,7 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
 }
 
 /// The check groups [`verify_some`] filters on (each names the op, or ops, it checks).
-pub const CHECK_GROUPS: [&str; 16] = [
+pub const CHECK_GROUPS: [&str; 17] = [
     "add_rms_norm",
     "rms_norm_qkv",
     "qk_norm_rope",
@@ -174,6 +174,7 @@ pub const CHECK_GROUPS: [&str; 16] = [
     "add_rms_norm_gate_up",
     "qkv_rope_cache",
     "decode_mlp",
+    "decode_mlp_qkv",
     "argmax",
     "paged",
     "paged_prefill",
@@ -227,6 +228,9 @@ pub fn verify_some(device: &Device, dtype: DType, seed: u64, want: &dyn Fn(&str)
             }
             if want("decode_mlp") {
                 out.extend(check_decode_mlp(&ctx, &mut rng, case, p));
+            }
+            if want("decode_mlp_qkv") {
+                out.extend(check_decode_mlp_qkv(&ctx, &mut rng, case, p));
             }
         }
         if want("argmax") {
@@ -626,7 +630,7 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
 }
 
 /// Checks whose "twin" is the launches a fused op replaces: they must agree bit for bit.
-pub const BITWISE_OPS: [&str; 2] = ["qkv_rope_bits", "decode_mlp_bits"];
+pub const BITWISE_OPS: [&str; 3] = ["qkv_rope_bits", "decode_mlp_bits", "decode_mlp_qkv_bits"];
 
 /// Ops that only move data, checked for exact equality.
 pub const EXACT_OPS: [&str; 2] = ["decode_state", "paged_io"];
@@ -1049,6 +1053,100 @@ fn check_decode_mlp(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<O
     vec![
         record("decode_mlp", case.name, p, &fused, &twin, &truth),
         record("decode_mlp_bits", case.name, p, &with(&fused, count), &with(&three, two_rounds), &with(&truth, two_rounds)),
+    ]
+}
+
+/// The persistent MLP launch running on into the next layer's attention inputs, where the
+/// device runs it (`ops::decode_mlp_qkv_supported`; nothing elsewhere): `decode_mlp_qkv` =
+/// outputs `[stream | q | k_cache | v_cache]` against the f64 truth and the twin;
+/// `decode_mlp_qkv_bits` = the same against `decode_mlp` then `qkv_rope_cache` with the
+/// residual add, bit for bit, plus the barrier counter after the launch (four barriers of every
+/// cube). Qwen3-0.6B's widths and heads at decode, odd widths and a small head elsewhere; the
+/// case's magnitudes in the residual stream and both norms' weights.
+fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpCheck> {
+    use burn::tensor::Int;
+    let decode = case.name == "decode";
+    let (q_dim, hidden, inter) = if decode { (2048, 1024, 3072) } else { (1096, 264, 2056) };
+    let (heads, kv_heads, hd) = if decode { (16, 8, 128) } else { (4, 2, 40) };
+    let shape = QkShape { batch: 1, seq: 1, heads, kv_heads, head_dim: hd };
+    let eps = 1e-6;
+    let probe = ctx.t(vec![0.0; q_dim], [1, q_dim]);
+    if !super::decode_mlp_qkv_supported(&probe, q_dim, hidden, inter, shape) || !super::qkv_rope_supported(&probe) {
+        return Vec::new();
+    }
+    let attn = ctx.t(rng.vec(q_dim, 1.0), [1, q_dim]);
+    let res = ctx.t(input(rng, 1, hidden, case), [1, hidden]);
+    let g = ctx.t(rng.norm_weights(hidden, 1.0, 0.2, case.peak), [hidden]);
+    let wo = ctx.t(rng.vec(hidden * q_dim, 0.02), [hidden, q_dim]);
+    let wg = ctx.t(rng.vec(inter * hidden, 0.1), [inter, hidden]);
+    let wu = ctx.t(rng.vec(inter * hidden, 0.1), [inter, hidden]);
+    let wd = ctx.t(rng.vec(hidden * inter, 0.02), [hidden, inter]);
+    let (nq, nk) = (heads * hd, kv_heads * hd);
+    let g_in = ctx.t(rng.norm_weights(hidden, 1.0, 0.2, case.peak), [hidden]);
+    let ws: Vec<Tensor<2>> = [nq, nk, nk].iter().map(|&n| ctx.t(rng.vec(n * hidden, 0.1), [n, hidden])).collect();
+    let qw = ctx.t(rng.norm_weights(hd, 1.0, 0.2, 0.0), [hd]);
+    let kw = ctx.t(rng.norm_weights(hd, 1.0, 0.2, case.peak), [hd]);
+    let pos = 3 + case.rows % 5;
+    let cap = pos + 4;
+    let rope = RotaryEmbedding::new(hd, 1.0e6).tables(pos, 1, ctx.device);
+    let (cos, sin) = (rope.cos, rope.sin);
+    let state = Tensor::<1, Int>::from_data(TensorData::new(vec![1u32, pos as u32], [2]), (ctx.device, DType::U32));
+    let dims = [1, kv_heads, cap, hd];
+    let len = kv_heads * cap * hd;
+    let (k_dev, v_dev) = (ctx.t(rng.vec(len, 1.0), dims), ctx.t(rng.vec(len, 1.0), dims));
+    // Truth in f64 from the stored inputs: the MLP half, the stream, then the next layer's
+    // projections (stored in the dtype, the op's rounding point in both modes) and norm + RoPE.
+    let o = host_matmul_t(&host(attn.clone()), &host(wo.clone()), 1, q_dim, hidden);
+    let h: Vec<f64> = host(res.clone()).iter().zip(&o).map(|(a, b)| a + b).collect();
+    let normed = rms_rows(&h, &host(g.clone()), 1, hidden, eps);
+    let gg = host_matmul_t(&normed, &host(wg.clone()), 1, hidden, inter);
+    let uu = host_matmul_t(&normed, &host(wu.clone()), 1, hidden, inter);
+    let act: Vec<f64> = gg.iter().zip(&uu).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+    let down = host_matmul_t(&act, &host(wd.clone()), 1, inter, hidden);
+    let stream: Vec<f64> = h.iter().zip(&down).map(|(a, b)| a + b).collect();
+    let normed_in = rms_rows(&stream, &host(g_in.clone()), 1, hidden, eps);
+    let mut proj = Vec::with_capacity(nq + 2 * nk);
+    for w in &ws {
+        proj.extend(host_matmul_t(&normed_in, &host(w.clone()), 1, hidden, w.dims()[0]));
+    }
+    let proj = host(ctx.t(proj.iter().map(|&v| v as f32).collect(), [1, nq + 2 * nk]));
+    let [tq, tk, tv] = qk_truth(&proj, &host(qw.clone()), &host(kw.clone()), &host(cos.clone()), &host(sin.clone()), shape, eps);
+    let (mut kt, mut vt) = (host(k_dev.clone()), host(v_dev.clone()));
+    for hh in 0..kv_heads {
+        let dst = (hh * cap + pos) * hd;
+        kt[dst..dst + hd].copy_from_slice(&tk[hh * hd..(hh + 1) * hd]);
+        vt[dst..dst + hd].copy_from_slice(&tv[hh * hd..(hh + 1) * hd]);
+    }
+    let truth = [stream, tq, kt, vt].concat();
+    let words = super::BARRIER_WORDS;
+    let bar = Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; words], [words]), (ctx.device, DType::U32));
+    // 0: the one launch; 1: the twin; 2: `decode_mlp` then `qkv_rope_cache`.
+    let run = |way: usize| -> Vec<f64> {
+        // Fresh copies: the ops write the caches in place.
+        let (k2, v2) = (k_dev.clone() + 0.0, v_dev.clone() + 0.0);
+        let (attn, res, g, wo, wg, wu, wd) = (attn.clone(), res.clone(), g.clone(), wo.clone(), wg.clone(), wu.clone(), wd.clone());
+        let (g_in, qw, kw, cos, sin, st) = (g_in.clone(), qw.clone(), kw.clone(), cos.clone(), sin.clone(), state.clone());
+        let [wq, wk, wv] = [ws[0].clone(), ws[1].clone(), ws[2].clone()];
+        let (s, q, k2, v2) = match way {
+            0 => super::decode_mlp_qkv(attn, res, g, wo, wg, wu, wd, eps, p, &bar, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st),
+            1 => reference::decode_mlp_qkv(attn, res, g, wo, wg, wu, wd, eps, p, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st),
+            _ => {
+                let (h, out) = super::decode_mlp(attn, res, g, wo, wg, wu, wd, eps, p, &bar);
+                super::qkv_rope_cache(out, h, true, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, p, k2, v2, st)
+            }
+        };
+        [host(s), host(q), host(k2), host(v2)].concat()
+    };
+    ctx.poison(nq + hidden);
+    let fused = run(0);
+    // The counter after the one launch alone: four rounds of every cube.
+    let count = bar.clone().into_data().convert::<i64>().try_to_vec::<i64>().expect("int tensor")[0] as f64;
+    let (twin, two) = (run(1), run(2));
+    let four_rounds = 4.0 * f64::from(super::BARRIER_CUBES);
+    let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
+    vec![
+        record("decode_mlp_qkv", case.name, p, &fused, &twin, &truth),
+        record("decode_mlp_qkv_bits", case.name, p, &with(&fused, count), &with(&two, four_rounds), &with(&truth, four_rounds)),
     ]
 }
 
