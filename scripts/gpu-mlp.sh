@@ -5,14 +5,14 @@
 # alternating. Builds nothing: carry dist/.
 #   MLP_RUNS  `;`-separated env settings, one latency run each (default below)
 #   MLP_DTYPES  check dtypes (default bf16 f16; empty: none); MLP_GRID=0 skips the grid-barrier probe
-#   MLP_CHECKS  check groups (default decode_mlp decode_mlp_qkv)
+#   MLP_CHECKS  check groups (default decode_mlp decode_mlp_qkv); MLP_CHECK_ENV  env settings for them
 # Results: $OUT/results.tar.gz (mlp-*.txt, JSON), a summary printed last.
 source scripts/gpu-setup.sh
 DEFAULT='BRAID_DECODE_MLP_QKV=0;BRAID_DECODE_MLP_QKV=1;BRAID_DECODE_MLP_D_EARLY=1;BRAID_DECODE_MLP_QKV=0;BRAID_DECODE_MLP_QKV=1'
 only=""
 for g in ${MLP_CHECKS:-decode_mlp decode_mlp_qkv}; do only="$only --only $g"; done
 for dt in ${MLP_DTYPES-bf16 f16}; do
-  timeout 150 $BIN check-kernels --device cuda --dtype $dt $only > $OUT/check-mlp-$dt.txt 2>&1
+  env ${MLP_CHECK_ENV:-BRAID_CHECK=1} timeout 150 $BIN check-kernels --device cuda --dtype $dt $only > $OUT/check-mlp-$dt.txt 2>&1
   echo "exit $?" >> $OUT/check-mlp-$dt.txt
   echo "check ${MLP_CHECKS:-decode_mlp decode_mlp_qkv} $dt: $(grep -cE ' ok$' $OUT/check-mlp-$dt.txt) ok" | tee -a $OUT/summary.txt
   grep -vE ' ok$' $OUT/check-mlp-$dt.txt | tail -n +2 | head -20 | tee -a $OUT/summary.txt

@@ -112,6 +112,35 @@ pub fn grid_sync_kind(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[compt
     }
 }
 
+/// The first half of [`grid_sync_kind`]: the release (each unit's fence and a cube barrier;
+/// the flag kind runs whole here). Between it and [`grid_wait_kind`] a unit may issue loads of
+/// data no other cube writes in the launch (the next phase's weights): the fence, which waits
+/// for the unit's loads in flight as well as its stores, is behind them.
+#[cube]
+pub fn grid_arrive_kind(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] kind: u32) {
+    if kind == 1 {
+        grid_sync_flag(bar, cubes);
+    } else {
+        sync_storage();
+    }
+}
+
+/// The second half of [`grid_sync_kind`] after [`grid_arrive_kind`]: unit 0 takes its ticket
+/// and spins, then the acquire (the counter kind's fence) or a cube barrier (light).
+#[cube]
+pub fn grid_wait_kind(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] kind: u32) {
+    if kind != 1 {
+        if UNIT_POS == 0 {
+            take_ticket_and_wait(bar, cubes);
+        }
+        if kind == 2 {
+            sync_cube();
+        } else {
+            sync_storage();
+        }
+    }
+}
+
 /// [`grid_sync`] with less contention: every cube takes a ticket, but only the last of a round
 /// writes the generation flag (`bar[FLAG]`, its own cache line), and the others spin on that
 /// flag instead of on the counter that the arrivals keep modifying. Fences: each cube's writes

@@ -73,7 +73,7 @@ impl Qwen3 {
         // (The last layer has no next to carry a `q` to.)
         let pending = match carry {
             Carry::Down(down) => Some(down),
-            Carry::None | Carry::Q(_) => None,
+            Carry::None | Carry::Q(_) | Carry::Attn(_) => None,
         };
         let ids = self.greedy_ids(x, pending);
         let (state, history) = ops::advance(ids, s.state.clone(), s.history.clone());

@@ -69,16 +69,46 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
         }
     }
     let i = CUBE_POS_Y as usize;
-    let unit = UNIT_POS_X as usize;
     let heads = q.shape(1);
     let seq = q.shape(2);
-    let hd = head_dim;
     let kv_heads = k.shape(1);
     let b = bh / heads;
     let h = bh % heads;
     let g = h / (heads / kv_heads);
     let past = if past_from_state { state[1] } else { past };
-    let n_keys = past as usize + i + 1;
+    let q_base = ((b * heads + h) * seq + i) * head_dim;
+    let out_base = (b * seq + i) * heads * head_dim + h * head_dim;
+    let k_base = b * k.stride(0) + g * k.stride(1);
+    let v_base = b * v.stride(0) + g * v.stride(1);
+    attend_row::<F, N>(q, k, v, out, q_base, out_base, k_base, v_base, past as usize + i + 1, scale, f32_internal, max_keys, head_dim, block, partial_len, planes);
+}
+
+/// One query row's attention (the body of [`attention_kernel`]'s cubes): the row at
+/// `q[q_base..q_base + head_dim]` over keys `0..n_keys` of the key and value rows starting at
+/// `k_base`, `v_base` (elements; rows `k.stride(2)` apart), into `out[out_base..]`. Every unit of
+/// the cube (`block` of them) must call it. `decode_mlp`'s last phase runs it too.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_row<F: Float, N: Size>(
+    q: &Tensor<F>,
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<F>,
+    q_base: usize,
+    out_base: usize,
+    k_base: usize,
+    v_base: usize,
+    n_keys: usize,
+    scale: f32,
+    #[comptime] f32_internal: bool,
+    #[comptime] max_keys: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] block: usize,
+    #[comptime] partial_len: usize,
+    #[comptime] planes: bool,
+) {
+    let unit = UNIT_POS_X as usize;
+    let hd = head_dim;
     // K and V rows are read in vectors of `vs` elements (16 bytes where hd allows); strides and
     // row starts are multiples of hd, hence of vs.
     // head_dim is comptime, so the key row's vector loads unroll and issue together.
@@ -92,7 +122,6 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     // value vectors it will weigh (see 4.), so the query, key and value reads (each a memory
     // round trip at decode, where there is little else to do) overlap instead of following
     // one another.
-    let k_base = b * k.stride(0) + g * k.stride(1);
     let mut kr = Array::<Vector<F, N>>::new(nvec);
     if unit < n_keys {
         let row = (k_base + unit * k.stride(2)) / vs;
@@ -101,7 +130,6 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
             kr[e] = k[row + e];
         }
     }
-    let v_base = b * v.stride(0) + g * v.stride(1);
     let vrow = v.stride(2) / vs;
     let parts = min(block / nvec, partial_len / hd);
     let part = unit / nvec;
@@ -120,7 +148,6 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     }
 
     // 1. The query row, in f32.
-    let q_base = ((b * heads + h) * seq + i) * hd;
     let mut d = unit;
     while d < hd {
         qs[d] = f32::cast_from(q[q_base + d]);
@@ -172,7 +199,6 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     // loaded in 0.; vectors past the keys are zeros with weight 0), then the parts are summed
     // through shared memory (`partial_len` f32: what the device's shared memory leaves, which
     // bounds `parts`).
-    let out_base = (b * seq + i) * heads * hd + h * hd;
     let mut partial = Shared::<[f32]>::new_slice(partial_len);
     if part < parts {
         let mut a0 = Array::<f32>::new(vs);
@@ -285,7 +311,7 @@ fn weight_or_zero(scores: &Shared<[f32]>, j: usize, n_keys: usize) -> f32 {
 /// Reads cube `cube`'s share (of `cubes`) of `t`'s vectors, four loads in flight per unit;
 /// returns their sum (f32).
 #[cube]
-fn touch<F: Float, N: Size>(t: &Tensor<Vector<F, N>>, cube: usize, cubes: usize, #[comptime] block: usize) -> f32 {
+pub(crate) fn touch<F: Float, N: Size>(t: &Tensor<Vector<F, N>>, cube: usize, cubes: usize, #[comptime] block: usize) -> f32 {
     let vs = t.vector_size();
     let n = t.len();
     let per = n.div_ceil(cubes);

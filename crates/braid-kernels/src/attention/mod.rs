@@ -4,7 +4,7 @@
 //! (`split.rs`) and take any length. Longer prefills take the
 //! reference path.
 
-mod kernel;
+pub(crate) mod kernel;
 mod prefill;
 mod split;
 
@@ -21,6 +21,12 @@ const NAME: &str = "attention";
 /// Units per cube (at most; the device's limit may lower it): two or more groups over the keys
 /// for head_dim <= 256.
 const BLOCK: usize = 512;
+/// Units per cube of a decode row (one query) on the row kernel: the width of
+/// `decode_mlp_qkv`'s cubes, which run the same row kernel inside the persistent decode launch
+/// (`kernel::attend_row`); the value partials and reductions follow the cube width, so every
+/// way of decoding (eager, device-state steps, graph replay) gives the same bits only at one
+/// width. (Measured on an H100 at 512 before the persistent launch ran the attention.)
+pub const DECODE_ROW_UNITS: usize = 256;
 /// Keys per cube of the split decode attention (one query row), and its units.
 const SPLIT_CHUNK: usize = 64;
 /// At least this many; one unit per key of the chunk (more sat idle in the scores pass and made
@@ -44,7 +50,7 @@ pub fn attention(
     past: usize,
     precision: Precision,
 ) -> Result<TensorHandle, KernelError> {
-    launch(client, q, k, v, past, None, precision, &[])
+    launch(client, q, k, v, past, None, precision, &[], None)
 }
 
 /// Decode attention at the position held in the device-side step state (see
@@ -78,25 +84,50 @@ pub fn attention_at_prefetch(
     prefetch: &[TensorHandle],
 ) -> Result<TensorHandle, KernelError> {
     let c = Check::new(NAME);
-    c.shape("state", &state, &[2])?;
-    if state.dtype != ElemType::UInt(cubecl::ir::UIntKind::U32) {
-        return Err(KernelError::DType { kernel: NAME, tensor: "state", got: format!("{}", state.dtype), expected: "u32".into() });
-    }
-    if q.shape().len() != 4 || q.shape()[2] != 1 {
-        return Err(c.shape_err("q", &q, "[batch, heads, 1, head_dim]".into()));
-    }
+    check_decode_row(&c, &q, &state)?;
     if prefetch.len() > 4 {
         return Err(KernelError::Unsupported { kernel: NAME, what: format!("{} prefetch tensors", prefetch.len()), why: "at most four".into() });
     }
     for t in prefetch {
         c.same_dtype("prefetch", t, q.dtype)?;
     }
-    launch(client, q, k_cache, v_cache, 0, Some(state), precision, prefetch)
+    launch(client, q, k_cache, v_cache, 0, Some(state), precision, prefetch, None)
+}
+
+/// [`attention_at`] on the row kernel with `block` units a cube (a power of two, at least
+/// head_dim; the cache at most [`decode_row_max_keys`] long): what `decode_mlp_qkv`'s
+/// attention phase computes at its cube width, bit for bit (its checks compare the two).
+pub fn attention_at_units(
+    client: &Client,
+    q: TensorHandle,
+    k_cache: TensorHandle,
+    v_cache: TensorHandle,
+    state: TensorHandle,
+    precision: Precision,
+    block: usize,
+) -> Result<TensorHandle, KernelError> {
+    if !block.is_power_of_two() || k_cache.shape().get(2).is_none_or(|&n| n > decode_row_max_keys().min(MAX_KEYS)) {
+        return Err(KernelError::Unsupported { kernel: NAME, what: format!("{block} units"), why: "a power of two, on a cache the row kernel serves".into() });
+    }
+    check_decode_row(&Check::new(NAME), &q, &state)?;
+    launch(client, q, k_cache, v_cache, 0, Some(state), precision, &[], Some(block))
+}
+
+/// A decode row's query (`[batch, heads, 1, hd]`) and step state (`[2]` u32).
+fn check_decode_row(c: &Check, q: &TensorHandle, state: &TensorHandle) -> Result<(), KernelError> {
+    c.shape("state", state, &[2])?;
+    if state.dtype != ElemType::UInt(cubecl::ir::UIntKind::U32) {
+        return Err(KernelError::DType { kernel: NAME, tensor: "state", got: format!("{}", state.dtype), expected: "u32".into() });
+    }
+    if q.shape().len() != 4 || q.shape()[2] != 1 {
+        return Err(c.shape_err("q", q, "[batch, heads, 1, head_dim]".into()));
+    }
+    Ok(())
 }
 
 /// How many of the tensors given to [`attention_at_prefetch`] it reads: `$BRAID_L2_PREFETCH`
 /// (0 = off), default [`L2_PREFETCH`]; read once per process.
-fn l2_prefetch_count() -> usize {
+pub fn l2_prefetch_count() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *N.get_or_init(|| std::env::var("BRAID_L2_PREFETCH").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(L2_PREFETCH).min(4))
 }
@@ -386,6 +417,7 @@ fn launch(
     state: Option<TensorHandle>,
     precision: Precision,
     prefetch: &[TensorHandle],
+    units_override: Option<usize>,
 ) -> Result<TensorHandle, KernelError> {
     let c = Check::new(NAME);
     let qs = q.shape().to_vec();
@@ -415,7 +447,12 @@ fn launch(
             why: format!("at most {MAX_KEYS} keys and head_dim {MAX_HEAD_DIM} (scores live in shared memory)"),
         });
     }
-    let block = units(client, hd)?;
+    let block = match units_override {
+        Some(b) if b >= hd && b <= units(client, hd)? => b,
+        Some(b) => return Err(KernelError::Unsupported { kernel: NAME, what: format!("{b} units"), why: format!("at least head_dim {hd}, at most the default") }),
+        None if seq == 1 => units(client, hd)?.min(DECODE_ROW_UNITS.max(hd)),
+        None => units(client, hd)?,
+    };
     let dtype = q.dtype;
     let out = output_like(client, &[batch, seq, heads * hd], dtype);
     if batch * heads * seq == 0 {
@@ -438,8 +475,7 @@ fn launch(
     let state = state.unwrap_or_else(|| placeholder(client));
     // Shared memory left for the value partials after the scores, the query row and the
     // two reductions' scratch (f32 each), less 1 KiB; at least one part per output channel.
-    let used = 4 * (MAX_KEYS + hd + 2 * block) + 1024;
-    let partial_len = (client.properties().hardware.max_shared_memory_size.saturating_sub(used) / 4).min(block * vector).max(hd);
+    let partial_len = row_partial_len(client, hd, block, vector, 0);
     // Prefetch cubes: one per SM the attention leaves idle (decode rows only). Each tensor is
     // read in vectors of the key's width, so its rows must be contiguous multiples of it (the
     // weights are); otherwise nothing is prefetched (a hint, never an error).
@@ -484,9 +520,17 @@ fn launch(
     Ok(out)
 }
 
+/// f32 words of the row kernel's value partials: what shared memory leaves after the scores,
+/// the query row, the two reductions' scratch and `other_words` (a caller's own), less 1 KiB;
+/// at most `block * vector` (one part per group of units), at least one part per channel.
+pub(crate) fn row_partial_len(client: &Client, hd: usize, block: usize, vector: usize, other_words: usize) -> usize {
+    let used = 4 * (MAX_KEYS + hd + 2 * block + other_words) + 1024;
+    (client.properties().hardware.max_shared_memory_size.saturating_sub(used) / 4).min(block * vector).max(hd)
+}
+
 /// Whether the row kernel reduces through plane operations: where the device has them, unless
 /// `$BRAID_ATTN_ROW_PLANES=0` (the shared-memory tree, for comparisons; read once per process).
-fn row_planes(client: &Client) -> bool {
+pub(crate) fn row_planes(client: &Client) -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("BRAID_ATTN_ROW_PLANES").is_ok_and(|s| s.trim() == "0"));
     !off && client.properties().features.plane.contains(cubecl::features::Plane::Ops)
@@ -511,7 +555,7 @@ fn units(client: &Client, hd: usize) -> Result<usize, KernelError> {
 
 /// K/V rows in 16-byte vectors where head_dim allows (a power of two <= 16 bytes that divides
 /// hd); every stride but the last must be a multiple of it.
-fn vector_width(k: &TensorHandle, v: &TensorHandle, hd: usize) -> Result<usize, KernelError> {
+pub(crate) fn vector_width(k: &TensorHandle, v: &TensorHandle, hd: usize) -> Result<usize, KernelError> {
     let mut vector = (16 / k.dtype.size()).max(1);
     while !hd.is_multiple_of(vector) {
         vector /= 2;

@@ -1,8 +1,9 @@
 use cubecl::prelude::*;
 
 use super::next::{emit_qkv, load_qkv, rope_head};
+use crate::attention::kernel::{attend_row, touch};
 use crate::gemv::kernel::{dot_regs, load_at, load_row, stage_rows};
-use crate::grid::grid_sync_kind;
+use crate::grid::{grid_arrive_kind, grid_sync_kind, grid_wait_kind};
 use crate::reduce::round;
 
 /// The batch-1 decode step from the attention output to the MLP output in one launch of
@@ -66,9 +67,18 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     k_cache: &mut Tensor<F>,   // [1, kv_heads, capacity, hd] (last dim contiguous)
     v_cache: &mut Tensor<F>,   // [1, kv_heads, capacity, hd]
     state: &Tensor<u32>,       // [2]: token, position
+    kv_k: &Tensor<Vector<F, N>>, // k_cache again, read in vectors by the attention (`attend`)
+    kv_v: &Tensor<Vector<F, N>>, // v_cache again
+    attn_out: &mut Tensor<F>,  // [1, heads * hd]: the next layer's attention output (`attend`)
+    pf0: &Tensor<Vector<F, N>>, // the first `prefetch` of these are read into L2 by the idle cubes
+    pf1: &Tensor<Vector<F, N>>,
+    pf2: &Tensor<Vector<F, N>>,
+    pf3: &Tensor<Vector<F, N>>,
+    sink: &mut Tensor<f32>,    // [1] (written only if a prefetched sum is NaN)
     eps: f32,
     eps_in: f32,
     qk_eps: f32,
+    scale: f32,
     #[comptime] f32_internal: bool,
     #[comptime] q_dim: usize,
     #[comptime] hidden: usize,
@@ -86,6 +96,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     #[comptime] half: usize,
     #[comptime] ahead_d: usize,
     #[comptime] d_early: bool,
+    #[comptime] attend: AttendPhase,
+    #[comptime] late_loads: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = wo.vector_size();
@@ -182,6 +194,10 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         }
         fi += planes;
     }
+    // (`late_loads`: after the barrier's release fence, which would otherwise wait for them.)
+    if late_loads {
+        grid_arrive_kind(bar, cubes, barrier);
+    }
     if !c_early && fc < hidden {
         load_row::<F, N>(wd, fc * nc, &mut rc, lane, step, nc, lc);
     }
@@ -191,7 +207,11 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
             load_qkv::<F, N>(wq, wk, wv, fd + s * planes, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
         }
     }
-    grid_sync_kind(bar, cubes, barrier);
+    if late_loads {
+        grid_wait_kind(bar, cubes, barrier);
+    } else {
+        grid_sync_kind(bar, cubes, barrier);
+    }
 
     // C: down_proj.
     stage_rows::<F>(&*act, &*act, o, gamma, &mut staged, eps, 0usize, 1usize, false, vs, f32_internal, false, false, false, 1usize, inter, block, block);
@@ -213,8 +233,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     }
     if then_qkv {
         next_phases::<F, N>(
-            &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, bar, &mut staged, &mut rq,
-            eps_in, qk_eps, fd, planes, first, f32_internal, hidden, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, d_early,
+            &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq,
+            eps_in, qk_eps, scale, fd, planes, first, f32_internal, hidden, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, d_early, attend, late_loads,
         );
     }
 }
@@ -240,11 +260,20 @@ fn next_phases<F: Float, N: Size>(
     k_cache: &mut Tensor<F>,
     v_cache: &mut Tensor<F>,
     state: &Tensor<u32>,
+    kv_k: &Tensor<Vector<F, N>>,
+    kv_v: &Tensor<Vector<F, N>>,
+    attn_out: &mut Tensor<F>,
+    pf0: &Tensor<Vector<F, N>>,
+    pf1: &Tensor<Vector<F, N>>,
+    pf2: &Tensor<Vector<F, N>>,
+    pf3: &Tensor<Vector<F, N>>,
+    sink: &mut Tensor<f32>,
     bar: &Tensor<Atomic<u32>>,
     staged: &mut Shared<[f32]>,
     rq: &mut Array<Vector<F, N>>,
     eps_in: f32,
     qk_eps: f32,
+    scale: f32,
     fd: usize,
     planes: usize,
     first: bool,
@@ -260,6 +289,8 @@ fn next_phases<F: Float, N: Size>(
     #[comptime] half: usize,
     #[comptime] ahead_d: usize,
     #[comptime] d_early: bool,
+    #[comptime] attend: AttendPhase,
+    #[comptime] late_loads: bool,
 ) {
     let vs = wq.vector_size();
     let nb = hidden / vs;
@@ -269,13 +300,20 @@ fn next_phases<F: Float, N: Size>(
     let nqkv = comptime!((heads + 2 * kv_heads) * 2 * half);
     let lane = UNIT_POS_PLANE as usize;
     let pos = state[1] as usize;
+    if late_loads {
+        grid_arrive_kind(bar, cubes, barrier);
+    }
     if !d_early {
         #[unroll]
         for s in 0..ahead_d {
             load_qkv::<F, N>(wq, wk, wv, fd + s * planes, nq, nk, nqkv, rq, s * lb, lane, nb, lb);
         }
     }
-    grid_sync_kind(bar, cubes, barrier);
+    if late_loads {
+        grid_wait_kind(bar, cubes, barrier);
+    } else {
+        grid_sync_kind(bar, cubes, barrier);
+    }
 
     // D: the next layer's residual add + input norm + q/k/v, as `qkv_rope` stages and sums.
     stage_rows::<F>(out, sum, stream, gamma_in, staged, eps_in, 0usize, 1usize, first, vs, f32_internal, true, true, false, 1usize, hidden, block, units);
@@ -295,13 +333,20 @@ fn next_phases<F: Float, N: Size>(
         emit_qkv::<F>(g, fi, nq, nk, 2 * half, pos, lane, raw, v_cache);
         fi += planes;
     }
-    // E: one cube per q and k head (its operands loaded before the barrier).
+    // E: one cube per q and k head (its operands loaded before the barrier); with `attend`,
+    // one cube per q head norms and rotates its q and its KV head's k, writes both (the KV
+    // head's cubes write the same bits), then attends over the cache; the other cubes read
+    // `prefetch` tensors into L2.
     let c = CUBE_POS_X as usize;
-    let mine = c < heads + kv_heads;
+    let on = attend.on;
+    let group = comptime!(if heads >= kv_heads && kv_heads > 0 { heads / kv_heads } else { 1usize });
+    let mine = if on { c < heads } else { c < heads + kv_heads };
     let unit = UNIT_POS_X as usize;
     let active = mine && unit < half;
     let mut w1 = 0.0f32;
     let mut w2 = 0.0f32;
+    let mut k1 = 0.0f32;
+    let mut k2 = 0.0f32;
     let mut c1 = 0.0f32;
     let mut s1 = 0.0f32;
     let mut c2 = 0.0f32;
@@ -318,6 +363,10 @@ fn next_phases<F: Float, N: Size>(
             w1 = f32::cast_from(k_weight[unit]);
             w2 = f32::cast_from(k_weight[unit + half]);
         }
+        if on {
+            k1 = f32::cast_from(k_weight[unit]);
+            k2 = f32::cast_from(k_weight[unit + half]);
+        }
     }
     grid_sync_kind(bar, cubes, barrier);
     if mine {
@@ -329,7 +378,57 @@ fn next_phases<F: Float, N: Size>(
             x2 = f32::cast_from(raw[c * 2 * half + unit + half]);
         }
         rope_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, q_out, k_cache, c, heads, pos, qk_eps, active, unit, f32_internal, half, units);
+        if on {
+            let g = c / group;
+            let mut y1 = 0.0f32;
+            let mut y2 = 0.0f32;
+            if active {
+                y1 = f32::cast_from(raw[(heads + g) * 2 * half + unit]);
+                y2 = f32::cast_from(raw[(heads + g) * 2 * half + unit + half]);
+            }
+            rope_head::<F>(y1, y2, k1, k2, c1, s1, c2, s2, q_out, k_cache, heads + g, heads, pos, qk_eps, active, unit, f32_internal, half, units);
+            // This cube's q and key row, written above, for its own loads below.
+            sync_storage();
+            let hd = comptime!(2 * half);
+            attend_row::<F, N>(
+                &*q_out, kv_k, kv_v, attn_out, c * hd, c * hd, g * kv_k.stride(1), g * kv_v.stride(1), pos + 1, scale, f32_internal, attend.max_keys, hd, units,
+                attend.partial_len, attend.planes,
+            );
+        }
+    } else if on && attend.prefetch > 0 {
+        let (cube, idle) = (c - heads, cubes as usize - heads);
+        let mut acc = touch::<F, N>(pf0, cube, idle, units);
+        if attend.prefetch > 1 {
+            acc += touch::<F, N>(pf1, cube, idle, units);
+        }
+        if attend.prefetch > 2 {
+            acc += touch::<F, N>(pf2, cube, idle, units);
+        }
+        if attend.prefetch > 3 {
+            acc += touch::<F, N>(pf3, cube, idle, units);
+        }
+        // Never true for finite weights; keeps the loads alive.
+        if acc.is_nan() {
+            sink[0] = acc;
+        }
     }
+}
+
+/// Phase E's attention (comptime): `on` = each q head's cube attends after its norm + RoPE;
+/// the row kernel's `max_keys`, `partial_len` and `planes` (`attention::kernel::attend_row`);
+/// `prefetch` tensors the other cubes read into L2.
+#[derive(CubeType, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct AttendPhase {
+    #[cube(comptime)]
+    pub on: bool,
+    #[cube(comptime)]
+    pub max_keys: usize,
+    #[cube(comptime)]
+    pub partial_len: usize,
+    #[cube(comptime)]
+    pub planes: bool,
+    #[cube(comptime)]
+    pub prefetch: usize,
 }
 
 /// `silu(g) * u` with `gemv_kernel`'s rounding points (torch mode: `g` rounded, SiLU's output

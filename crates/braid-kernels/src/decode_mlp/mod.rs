@@ -55,11 +55,14 @@ pub struct DecodeMlpOptions {
     /// [`decode_mlp_qkv`]: the next layer's first q/k/v weights load with down's, before the
     /// second barrier, instead of after down's dots.
     pub d_early: bool,
+    /// Down's and the next q/k/v's weight loads issued after the barrier's release fence
+    /// (which waits for a unit's loads in flight too) rather than before it.
+    pub late_loads: bool,
 }
 
 impl Default for DecodeMlpOptions {
     fn default() -> Self {
-        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false }
+        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true }
     }
 }
 
@@ -211,7 +214,7 @@ pub fn decode_mlp(
     precision: Precision,
     options: DecodeMlpOptions,
 ) -> Result<(TensorHandle, TensorHandle), KernelError> {
-    run(client, args, None, eps, precision, options)
+    run(client, args, None, eps, precision, options).map(|(sum, out, _)| (sum, out))
 }
 
 /// The next layer's attention inputs for [`decode_mlp_qkv`].
@@ -223,13 +226,27 @@ pub struct NextLayer {
     /// Its input norm's and QK norms' epsilons.
     pub eps: f32,
     pub qk_eps: f32,
+    /// Whether the launch also runs its attention (one cube per q head, after its norm + RoPE:
+    /// `attention::attention_at_units` at the launch's cube width, bit for bit), and up to four
+    /// tensors the other cubes read into L2 meanwhile (the weights the next launch reads first).
+    pub attend: Option<Vec<TensorHandle>>,
+}
+
+/// What [`decode_mlp_qkv`] returns.
+pub struct NextOut {
+    /// `[1, hidden]`: the residual stream entering the next layer's attention.
+    pub stream: TensorHandle,
+    /// `[1, heads, 1, hd]`: its q, normed and rotated.
+    pub q: TensorHandle,
+    /// `[1, 1, heads * hd]`: its attention output, when [`NextLayer::attend`].
+    pub attn: Option<TensorHandle>,
 }
 
 /// [`decode_mlp`] running on into the next layer's attention inputs (two more phases and
-/// barriers): returns `(stream, q)`: `stream = sum + out` (the residual stream entering the
-/// next layer's attention) and its `q: [1, heads, 1, hd]`, its new key and value written into
-/// `next.head`'s caches at `state[1]`. Bit for bit [`decode_mlp`] then
-/// `qkv_rope::qkv_rope_cache` with the residual add.
+/// barriers): `stream = sum + out` (the residual stream entering the next layer's attention),
+/// its `q`, its new key and value written into `next.head`'s caches at `state[1]`, and with
+/// `next.attend` its attention output. Bit for bit [`decode_mlp`], `qkv_rope::qkv_rope_cache`
+/// with the residual add, and `attention::attention_at_units` at `options.units`.
 pub fn decode_mlp_qkv(
     client: &Client,
     args: DecodeMlpArgs,
@@ -237,11 +254,36 @@ pub fn decode_mlp_qkv(
     eps: f32,
     precision: Precision,
     options: DecodeMlpOptions,
-) -> Result<(TensorHandle, TensorHandle), KernelError> {
-    run(client, args, Some(next), eps, precision, options)
+) -> Result<NextOut, KernelError> {
+    let (stream, q, attn) = run(client, args, Some(next), eps, precision, options)?;
+    Ok(NextOut { stream, q, attn })
 }
 
-/// [`decode_mlp`] (`next: None`: returns `(sum, out)`) or [`decode_mlp_qkv`] (`(stream, q)`).
+/// Why [`decode_mlp_qkv`] cannot attend over `head`'s caches (capacity, layout, units), or the
+/// row kernel's `(partial_len, planes)` at this cube width (the standalone's values, so that
+/// the bits match `attention_at_units`).
+fn attend_layout(client: &Client, head: &HeadInputs, shape: QkShape, units: usize, vs: usize) -> Result<(usize, bool), String> {
+    let QkShape { heads, kv_heads, head_dim: hd, .. } = shape;
+    let capacity = head.k_cache.shape()[2];
+    let limit = crate::attention::decode_row_max_keys().min(crate::attention::MAX_KEYS);
+    if capacity > limit {
+        return Err(format!("a cache of {capacity} positions (the row attention serves up to {limit})"));
+    }
+    if units != crate::attention::DECODE_ROW_UNITS {
+        return Err(format!("{units} units: the standalone decode attention runs at {} (the same bits)", crate::attention::DECODE_ROW_UNITS));
+    }
+    if hd > units || hd > crate::attention::MAX_HEAD_DIM || heads % kv_heads != 0 {
+        return Err(format!("head_dim {hd} over {units} units, {heads} heads over {kv_heads}"));
+    }
+    let vector = crate::attention::vector_width(&head.k_cache, &head.v_cache, hd).map_err(|e| e.to_string())?;
+    if vector != vs {
+        return Err(format!("cache rows in vectors of {vector}, weights of {vs}"));
+    }
+    Ok((crate::attention::row_partial_len(client, hd, units, vs, 0), crate::attention::row_planes(client)))
+}
+
+/// [`decode_mlp`] (`next: None`: returns `(sum, out, None)`) or [`decode_mlp_qkv`]
+/// (`(stream, q, attn)`).
 fn run(
     client: &Client,
     args: DecodeMlpArgs,
@@ -249,7 +291,7 @@ fn run(
     eps: f32,
     precision: Precision,
     options: DecodeMlpOptions,
-) -> Result<(TensorHandle, TensorHandle), KernelError> {
+) -> Result<(TensorHandle, TensorHandle, Option<TensorHandle>), KernelError> {
     let c = Check::new(if next.is_some() { NAME_QKV } else { NAME });
     let [rows, q_dim] = c.matrix("attn", &args.attn)?;
     if rows != 1 {
@@ -273,15 +315,33 @@ fn run(
     c.same_dtype("bar", &args.bar, ElemType::UInt(cubecl::ir::UIntKind::U32))?;
     let refuse = |why: String| KernelError::Unsupported { kernel: c.kernel(), what: format!("{q_dim} -> {hidden} -> {inter} on this device"), why };
     let ahead_b = layout(client, dtype, q_dim, hidden, inter, options).map_err(refuse)?;
-    let ahead_d = match &next {
-        Some(n) => {
-            n.head.check(&c, n.shape, hidden, dtype)?;
-            next_layout(client, dtype, hidden, inter, n.shape, options).map_err(refuse)?
-        }
-        None => 0,
-    };
     let units = options.units;
     let vs = vector(dtype);
+    let (ahead_d, attend) = match &next {
+        Some(n) => {
+            n.head.check(&c, n.shape, hidden, dtype)?;
+            let ahead = next_layout(client, dtype, hidden, inter, n.shape, options).map_err(refuse)?;
+            let attend = match &n.attend {
+                Some(pf) => {
+                    if pf.len() > 4 {
+                        return Err(refuse(format!("{} prefetch tensors (at most four)", pf.len())));
+                    }
+                    for t in pf {
+                        c.same_dtype("prefetch", t, dtype)?;
+                        c.contiguous("prefetch", t)?;
+                        if t.shape().last().is_none_or(|&w| w % vs != 0) {
+                            return Err(refuse(format!("a prefetch tensor of shape {:?}: rows in vectors of {vs}", t.shape())));
+                        }
+                    }
+                    let (partial_len, planes) = attend_layout(client, &n.head, n.shape, units, vs).map_err(refuse)?;
+                    kernel::AttendPhase { on: true, max_keys: crate::attention::MAX_KEYS, partial_len, planes, prefetch: pf.len() }
+                }
+                None => kernel::AttendPhase { on: false, max_keys: 1, partial_len: 1, planes: false, prefetch: 0 },
+            };
+            (ahead, attend)
+        }
+        None => (0, kernel::AttendPhase { on: false, max_keys: 1, partial_len: 1, planes: false, prefetch: 0 }),
+    };
     let o = output_like(client, &[1, hidden], dtype);
     let sum = output_like(client, &[1, hidden], dtype);
     let act = output_like(client, &[1, inter], dtype);
@@ -290,6 +350,13 @@ fn run(
     let QkShape { heads, kv_heads, head_dim: hd, .. } = shape;
     let (stream, q) = (output_like(client, &[1, hidden], dtype), output_like(client, &[1, heads, 1, hd], dtype));
     let raw = output_like(client, &[((heads + kv_heads) * hd).max(1)], dtype);
+    let attn = output_like(client, &[1, 1, (heads * hd).max(1)], dtype);
+    let sink = output_like(client, &[1], ElemType::Float(cubecl::ir::FloatKind::F32));
+    // (Unread prefetch slots: o_proj's weight stands in.)
+    let pf: Vec<TensorHandle> = {
+        let given = next.as_ref().and_then(|n| n.attend.clone()).unwrap_or_default();
+        (0..4).map(|i| given.get(i).cloned().unwrap_or_else(|| args.wo.clone())).collect()
+    };
     // Without a next layer its tensors are never touched: scratch of the right types stands in.
     let head = next.map(|n| n.head).unwrap_or_else(|| {
         let f32_ty = ElemType::Float(cubecl::ir::FloatKind::F32);
@@ -343,12 +410,21 @@ fn run(
             raw.into_arg(),
             stream.clone().into_arg(),
             q.clone().into_arg(),
-            head.k_cache.into_arg(),
-            head.v_cache.into_arg(),
+            head.k_cache.clone().into_arg(),
+            head.v_cache.clone().into_arg(),
             head.state.into_arg(),
+            if attend.on { head.k_cache } else { args_wo_stand_in(&pf) }.into_arg(),
+            if attend.on { head.v_cache } else { args_wo_stand_in(&pf) }.into_arg(),
+            attn.clone().into_arg(),
+            pf[0].clone().into_arg(),
+            pf[1].clone().into_arg(),
+            pf[2].clone().into_arg(),
+            pf[3].clone().into_arg(),
+            sink.into_arg(),
             eps,
             eps_in,
             qk_eps,
+            (hd.max(1) as f32).powf(-0.5),
             precision.f32_internal(),
             q_dim,
             hidden,
@@ -366,10 +442,17 @@ fn run(
             hd / 2,
             ahead_d,
             options.d_early,
+            attend,
+            options.late_loads,
             dtype,
         );
     }
-    Ok(if then_qkv { (stream, q) } else { (sum, out) })
+    Ok(if then_qkv { (stream, q, attend.on.then_some(attn)) } else { (sum, out, None) })
+}
+
+/// A vectorised tensor standing in for the caches' vector views when nothing attends.
+fn args_wo_stand_in(pf: &[TensorHandle]) -> TensorHandle {
+    pf[0].clone()
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub enum Carry {
     /// next layer's attention inputs (`ops::decode_mlp_qkv`): the stream is summed and the new
     /// key and value are in the next layer's cache.
     Q(Tensor<4>),
+    /// The next layer's attention output `[1, heads * hd]` as well (`ops::decode_mlp_attn`).
+    Attn(Tensor<2>),
 }
 
 /// Whether a layer's persistent MLP launch (precision `p`) may run on into the next layer's
@@ -249,6 +251,7 @@ impl DecoderLayer {
         let pending = match carry {
             // The previous layer's launch ran this layer's attention inputs.
             Carry::Q(q) => return self.decode_rest(x, q, cache, state, barrier, plan, rope, next),
+            Carry::Attn(attn) => return self.decode_mlp_step(x, attn, state, barrier, plan, rope, next),
             Carry::Down(down) => Some(down),
             Carry::None => None,
         };
@@ -334,16 +337,35 @@ impl DecoderLayer {
         rope: &Rope,
         next: Option<(&DecoderLayer, &mut LayerCache, &LayerPlan)>,
     ) -> (Tensor<2>, Carry) {
-        let a = &self.self_attn;
         let p = match plan.attention {
             OpChoice::Fused(p) => p,
             OpChoice::Reference => ops::Precision::Torch,
         };
         // While the attention runs on a few SMs, the rest read this layer's remaining weights
         // into L2 for the GEMVs that follow.
+        let attn = ops::attention_at_prefetch(q, cache.k.clone(), cache.v.clone(), state.clone(), p, self.prefetch());
+        self.decode_mlp_step(x, attn, state, barrier, plan, rope, next)
+    }
+
+    /// The weights the step reads after its attention, the most useful in L2 first.
+    fn prefetch(&self) -> [Tensor<2>; 4] {
         let m = &self.mlp;
-        let weights = [m.gate_proj.weight.val(), m.up_proj.weight.val(), m.down_proj.weight.val(), a.o_proj.weight.val()];
-        let attn = ops::attention_at_prefetch(q, cache.k.clone(), cache.v.clone(), state.clone(), p, weights);
+        [m.gate_proj.weight.val(), m.up_proj.weight.val(), m.down_proj.weight.val(), self.self_attn.o_proj.weight.val()]
+    }
+
+    /// [`Self::decode_step`] from the attention output `attn: [1, heads * hd]` on.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_mlp_step(
+        &self,
+        x: Tensor<2>,
+        attn: Tensor<2>,
+        state: &Tensor<1, Int>,
+        barrier: &Tensor<1, Int>,
+        plan: &LayerPlan,
+        rope: &Rope,
+        next: Option<(&DecoderLayer, &mut LayerCache, &LayerPlan)>,
+    ) -> (Tensor<2>, Carry) {
+        let (a, m) = (&self.self_attn, &self.mlp);
         match (plan.linear, plan.add_rms_norm, plan.silu_mul) {
             // One persistent launch from the attention output to the MLP output (the three
             // launches below where the device cannot), running on into the next layer's
@@ -354,6 +376,38 @@ impl DecoderLayer {
                     && chains_into(next_plan, p1, &x)
                 {
                     let na = &layer.self_attn;
+                    if next_plan.attention == OpChoice::Fused(p1) && ops::decode_mlp_attn_fused() {
+                        // The whole of the next layer's first half as well: a layer is one launch.
+                        let (stream, attn, k, v) = ops::decode_mlp_attn(
+                            attn,
+                            x,
+                            n.weight.val(),
+                            a.o_proj.weight.val(),
+                            m.gate_proj.weight.val(),
+                            m.up_proj.weight.val(),
+                            m.down_proj.weight.val(),
+                            n.eps,
+                            p1,
+                            barrier,
+                            layer.input_layernorm.weight.val(),
+                            na.q_proj.weight.val(),
+                            na.k_proj.weight.val(),
+                            na.v_proj.weight.val(),
+                            na.q_norm.weight.val(),
+                            na.k_norm.weight.val(),
+                            rope.cos.clone(),
+                            rope.sin.clone(),
+                            na.shape(1, 1),
+                            layer.input_layernorm.eps,
+                            na.q_norm.eps,
+                            next_cache.k.clone(),
+                            next_cache.v.clone(),
+                            state.clone(),
+                            layer.prefetch(),
+                        );
+                        (next_cache.k, next_cache.v) = (k, v);
+                        return (stream, Carry::Attn(attn));
+                    }
                     let (stream, q, k, v) = ops::decode_mlp_qkv(
                         attn,
                         x,

@@ -600,9 +600,112 @@ impl FusedOps for Cube {
             shape,
             eps: eps_in as f32,
             qk_eps: qk_eps as f32,
+            attend: None,
         };
-        let (h, q) = launched(braid_kernels::decode_mlp::decode_mlp_qkv(&like.client, args, next, eps as f32, precision, options));
-        (tensor(&like, h, dtype), tensor(&like, q, dtype), k_cache, v_cache)
+        let out = launched(braid_kernels::decode_mlp::decode_mlp_qkv(&like.client, args, next, eps as f32, precision, options));
+        (tensor(&like, out.stream, dtype), tensor(&like, out.q, dtype), k_cache, v_cache)
+    }
+
+    fn decode_mlp_attn(
+        attn: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wo: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        w_down: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        barrier: IntTensor<Self>,
+        gamma_in: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps_in: f64,
+        qk_eps: f64,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        w0: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        w3: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (like, dtype) = (attn.clone(), attn.dtype);
+        let [rows, q_dim] = [attn.meta.shape()[0], attn.meta.shape()[1]];
+        let (hidden, inter) = (wo.meta.shape()[0], w_gate.meta.shape()[0]);
+        let options = super::decode_mlp_options();
+        let pf = [w0, w1, w2, w3];
+        let one_launch =
+            rows == 1 && braid_kernels::decode_mlp::unsupported_qkv(&like.client, view(attn.clone()).dtype, q_dim, hidden, inter, shape, options).is_none();
+        let head = |kc: &FloatTensor<Self>, vc: &FloatTensor<Self>, st: &IntTensor<Self>| braid_kernels::qkv_rope::HeadInputs {
+            gamma: handle(gamma_in.clone()),
+            wq: handle(wq.clone()),
+            wk: handle(wk.clone()),
+            wv: handle(wv.clone()),
+            q_weight: handle(q_weight.clone()),
+            k_weight: handle(k_weight.clone()),
+            cos: handle(cos.clone()),
+            sin: handle(sin.clone()),
+            k_cache: view(kc.clone()),
+            v_cache: view(vc.clone()),
+            state: TensorHandle::from(st.clone()),
+        };
+        if one_launch {
+            let args = braid_kernels::decode_mlp::DecodeMlpArgs {
+                attn: handle(attn.clone()),
+                residual: handle(residual.clone()),
+                gamma: handle(gamma.clone()),
+                wo: handle(wo.clone()),
+                wg: handle(w_gate.clone()),
+                wu: handle(w_up.clone()),
+                wd: handle(w_down.clone()),
+                bar: TensorHandle::from(barrier.clone()),
+            };
+            let count = braid_kernels::attention::l2_prefetch_count().min(4);
+            let next = braid_kernels::decode_mlp::NextLayer {
+                head: head(&k_cache, &v_cache, &state),
+                shape,
+                eps: eps_in as f32,
+                qk_eps: qk_eps as f32,
+                attend: Some(pf[..count].iter().map(|t| handle(t.clone())).collect()),
+            };
+            match braid_kernels::decode_mlp::decode_mlp_qkv(&like.client, args, next, eps as f32, precision, options) {
+                Ok(out) => {
+                    let a = out.attn.expect("an attending launch returns the attention");
+                    return (tensor(&like, out.stream, dtype), tensor(&like, a, dtype), k_cache, v_cache);
+                }
+                // The caches' length or layout (the row attention's limits): the two steps below.
+                Err(KernelError::Unsupported { .. }) => {}
+                Err(e) => launched::<()>(Err(e)),
+            }
+        }
+        let (h, q, kc, vc) = Self::decode_mlp_qkv(
+            attn, residual, gamma, wo, w_gate, w_up, w_down, eps, precision, barrier, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, shape, eps_in, qk_eps, k_cache,
+            v_cache, state.clone(),
+        );
+        let [p0, p1, p2, p3] = pf;
+        let a = Self::attention_at_prefetch(q, kc.clone(), vc.clone(), state, precision, p0, p1, p2, p3);
+        (h, a, kc, vc)
+    }
+
+    fn attention_at_units(
+        q: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        precision: Precision,
+        units: usize,
+    ) -> FloatTensor<Self> {
+        let (like, dtype) = (q.clone(), q.dtype);
+        let out =
+            launched(braid_kernels::attention::attention_at_units(&like.client, handle(q), view(k_cache), view(v_cache), TensorHandle::from(state), precision, units));
+        tensor(&like, out, dtype)
     }
 
     fn paged_kv_write(

@@ -276,6 +276,47 @@ pub trait FusedOps: Backend {
         v_cache: FloatTensor<Self>,
         state: IntTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// See [`decode_mlp_attn`].
+    #[allow(clippy::too_many_arguments)]
+    fn decode_mlp_attn(
+        attn: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wo: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        w_down: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        barrier: IntTensor<Self>,
+        gamma_in: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps_in: f64,
+        qk_eps: f64,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        w0: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        w3: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// See [`attention_at_units`].
+    fn attention_at_units(
+        q: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        precision: Precision,
+        units: usize,
+    ) -> FloatTensor<Self>;
 }
 
 /// Whether a fused QK-norm+RoPE writes the new keys and values straight into the KV cache
@@ -314,7 +355,8 @@ pub fn decode_mlp_fused() -> bool {
 /// per cube), `$BRAID_DECODE_MLP_AHEAD=n` (gate/up features a plane loads before the first
 /// barrier), `$BRAID_DECODE_MLP_C_EARLY=1` (down's first weights before the first barrier),
 /// `$BRAID_DECODE_MLP_BARRIER=counter|light` (the grid barrier), `$BRAID_DECODE_MLP_D_EARLY=0|1`
-/// ([`decode_mlp_qkv`]'s q/k/v weights before the second barrier). Read once per process.
+/// ([`decode_mlp_qkv`]'s q/k/v weights before the second barrier), `$BRAID_DECODE_MLP_LATE_LOADS=0|1`
+/// (down's and q/k/v's weight loads after the barrier's fence). Read once per process.
 pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOptions {
     use braid_kernels::decode_mlp::DecodeMlpOptions;
     static OPTIONS: std::sync::OnceLock<DecodeMlpOptions> = std::sync::OnceLock::new();
@@ -327,6 +369,7 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
             ahead_b: num("BRAID_DECODE_MLP_AHEAD").or(d.ahead_b),
             c_early: var("BRAID_DECODE_MLP_C_EARLY").is_some_and(|s| s == "1"),
             d_early: var("BRAID_DECODE_MLP_D_EARLY").map_or(d.d_early, |s| s == "1"),
+            late_loads: var("BRAID_DECODE_MLP_LATE_LOADS").map_or(d.late_loads, |s| s == "1"),
             barrier: match var("BRAID_DECODE_MLP_BARRIER").as_deref() {
                 Some("light") => BarrierKind::Light,
                 Some("counter") => BarrierKind::Counter,
@@ -353,6 +396,15 @@ pub fn decode_mlp_supported(x: &Tensor<2>, q_dim: usize, hidden: usize, inter: u
 pub fn decode_mlp_qkv_fused() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("BRAID_DECODE_MLP_QKV").map_or(true, |s| s.trim() != "0"))
+}
+
+/// Whether the batch-1 decode step's persistent launch that runs on into the next layer's
+/// attention inputs also runs that layer's attention ([`decode_mlp_attn`]: a layer is then
+/// one launch) where the device can. On unless `$BRAID_DECODE_MLP_ATTN=0` (for comparisons;
+/// read once per process).
+pub fn decode_mlp_attn_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_DECODE_MLP_ATTN").map_or(true, |s| s.trim() != "0"))
 }
 
 /// Whether `x`'s device runs [`decode_mlp_qkv`] as one persistent launch at these widths and the
@@ -884,6 +936,96 @@ pub fn decode_mlp_qkv(
         state.into_dispatch(),
     );
     (Tensor::from_dispatch(h), Tensor::from_dispatch(q), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
+}
+
+/// [`decode_mlp_qkv`] running on into the next layer's attention as well: returns `(stream,
+/// attn: [1, heads * hd], k_cache, v_cache)`, the attention at `state[1]` over the updated
+/// caches. One persistent launch where the device can (each q head's cube attends after its
+/// norm + RoPE while the others read `prefetch`, the weights the next launch needs first, into
+/// L2): bit for bit [`decode_mlp_qkv`] then [`attention_at_units`] at its cube width. Elsewhere
+/// [`decode_mlp_qkv`] then [`attention_at_prefetch`]. Twin: `reference::decode_mlp_attn`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_mlp_attn(
+    attn: Tensor<2>,
+    residual: Tensor<2>,
+    gamma: Tensor<1>,
+    wo: Tensor<2>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    w_down: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+    barrier: &Tensor<1, Int>,
+    gamma_in: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps_in: f64,
+    qk_eps: f64,
+    k_cache: Tensor<4>,
+    v_cache: Tensor<4>,
+    state: Tensor<1, Int>,
+    prefetch: [Tensor<2>; 4],
+) -> (Tensor<2>, Tensor<2>, Tensor<4>, Tensor<4>) {
+    let [w0, w1, w2, w3] = prefetch;
+    let (h, a, k, v) = <Dispatch as FusedOps>::decode_mlp_attn(
+        attn.into_dispatch(),
+        residual.into_dispatch(),
+        gamma.into_dispatch(),
+        wo.into_dispatch(),
+        w_gate.into_dispatch(),
+        w_up.into_dispatch(),
+        w_down.into_dispatch(),
+        eps,
+        precision,
+        barrier.clone().into_dispatch(),
+        gamma_in.into_dispatch(),
+        wq.into_dispatch(),
+        wk.into_dispatch(),
+        wv.into_dispatch(),
+        q_weight.into_dispatch(),
+        k_weight.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+        shape,
+        eps_in,
+        qk_eps,
+        k_cache.into_dispatch(),
+        v_cache.into_dispatch(),
+        state.into_dispatch(),
+        w0.into_dispatch(),
+        w1.into_dispatch(),
+        w2.into_dispatch(),
+        w3.into_dispatch(),
+    );
+    let a: Tensor<3> = Tensor::from_dispatch(a);
+    let [b, _, n] = a.dims();
+    (Tensor::from_dispatch(h), a.reshape([b, n]), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
+}
+
+/// [`attention_at`] with `units` units a cube on the CubeCL backend's row kernel (what
+/// [`decode_mlp_attn`] computes; for its checks); the twin elsewhere. `[1, heads * hd]`.
+pub fn attention_at_units(q: Tensor<4>, k_cache: Tensor<4>, v_cache: Tensor<4>, state: Tensor<1, Int>, precision: Precision, units: usize) -> Tensor<2> {
+    let [b, nh, _, hd] = q.dims();
+    let out: Tensor<3> = Tensor::from_dispatch(<Dispatch as FusedOps>::attention_at_units(
+        q.into_dispatch(),
+        k_cache.into_dispatch(),
+        v_cache.into_dispatch(),
+        state.into_dispatch(),
+        precision,
+        units,
+    ));
+    out.reshape([b, nh * hd])
+}
+
+/// The units a cube of [`decode_mlp_attn`]'s launch has (its attention's cube width).
+pub fn decode_mlp_units() -> usize {
+    decode_mlp_options().units
 }
 
 /// `add_rms_norm` then `gate_up_silu` in one launch at decode shapes: `(h, act)`. Bit for bit

@@ -437,6 +437,42 @@ pub fn decode_mlp_qkv(
     qkv_rope_cache(out, h, true, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, shape, eps_in, qk_eps, precision, k_cache, v_cache, state)
 }
 
+/// Twin of `ops::decode_mlp_attn`: [`decode_mlp_qkv`], then [`attention_at`] of the next layer's
+/// q over its updated caches: `(stream, attn: [1, heads * hd], k_cache, v_cache)`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_mlp_attn(
+    attn: Tensor<2>,
+    residual: Tensor<2>,
+    gamma: Tensor<1>,
+    wo: Tensor<2>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    w_down: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+    gamma_in: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps_in: f64,
+    qk_eps: f64,
+    k_cache: Tensor<4>,
+    v_cache: Tensor<4>,
+    state: Tensor<1, Int>,
+) -> (Tensor<2>, Tensor<2>, Tensor<4>, Tensor<4>) {
+    let (h, q, k, v) = decode_mlp_qkv(
+        attn, residual, gamma, wo, w_gate, w_up, w_down, eps, precision, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, shape, eps_in, qk_eps, k_cache, v_cache,
+        state.clone(),
+    );
+    let a = attention_at(q, k.clone(), v.clone(), state, precision);
+    (h, a, k, v)
+}
+
 fn host_ints<const D: usize>(t: Tensor<D, Int>) -> Vec<usize> {
     t.into_data().convert::<i64>().try_to_vec::<i64>().expect("int tensor").into_iter().map(|i| i as usize).collect()
 }

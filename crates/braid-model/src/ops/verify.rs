@@ -630,7 +630,7 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
 }
 
 /// Checks whose "twin" is the launches a fused op replaces: they must agree bit for bit.
-pub const BITWISE_OPS: [&str; 3] = ["qkv_rope_bits", "decode_mlp_bits", "decode_mlp_qkv_bits"];
+pub const BITWISE_OPS: [&str; 4] = ["qkv_rope_bits", "decode_mlp_bits", "decode_mlp_qkv_bits", "decode_mlp_attn_bits"];
 
 /// Ops that only move data, checked for exact equality.
 pub const EXACT_OPS: [&str; 2] = ["decode_state", "paged_io"];
@@ -1061,8 +1061,12 @@ fn check_decode_mlp(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<O
 /// outputs `[stream | q | k_cache | v_cache]` against the f64 truth and the twin;
 /// `decode_mlp_qkv_bits` = the same against `decode_mlp` then `qkv_rope_cache` with the
 /// residual add, bit for bit, plus the barrier counter after the launch (four barriers of every
-/// cube). Qwen3-0.6B's widths and heads at decode, odd widths and a small head elsewhere; the
-/// case's magnitudes in the residual stream and both norms' weights.
+/// cube). Then the same launch running the next layer's attention too: `decode_mlp_attn` =
+/// `[stream | attn | k_cache | v_cache]` against the truth (attention in f64 over the truth's
+/// caches) and the twin; `decode_mlp_attn_bits` = against `decode_mlp_qkv` then
+/// `attention_at_units` at the launch's cube width, bit for bit. Qwen3-0.6B's widths and heads
+/// at decode (the attention over 301 keys: more than a cube's units), odd widths and a small
+/// head elsewhere; the case's magnitudes in the residual stream and both norms' weights.
 fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpCheck> {
     use burn::tensor::Int;
     let decode = case.name == "decode";
@@ -1086,7 +1090,7 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
     let ws: Vec<Tensor<2>> = [nq, nk, nk].iter().map(|&n| ctx.t(rng.vec(n * hidden, 0.1), [n, hidden])).collect();
     let qw = ctx.t(rng.norm_weights(hd, 1.0, 0.2, 0.0), [hd]);
     let kw = ctx.t(rng.norm_weights(hd, 1.0, 0.2, case.peak), [hd]);
-    let pos = 3 + case.rows % 5;
+    let pos = if decode { 300 } else { 3 + case.rows % 5 };
     let cap = pos + 4;
     let rope = RotaryEmbedding::new(hd, 1.0e6).tables(pos, 1, ctx.device);
     let (cos, sin) = (rope.cos, rope.sin);
@@ -1094,6 +1098,7 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
     let dims = [1, kv_heads, cap, hd];
     let len = kv_heads * cap * hd;
     let (k_dev, v_dev) = (ctx.t(rng.vec(len, 1.0), dims), ctx.t(rng.vec(len, 1.0), dims));
+    let pf: Vec<Tensor<2>> = (0..4).map(|i| [&wg, &wu, &wd, &wo][i].clone()).collect();
     // Truth in f64 from the stored inputs: the MLP half, the stream, then the next layer's
     // projections (stored in the dtype, the op's rounding point in both modes) and norm + RoPE.
     let o = host_matmul_t(&host(attn.clone()), &host(wo.clone()), 1, q_dim, hidden);
@@ -1117,10 +1122,26 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
         kt[dst..dst + hd].copy_from_slice(&tk[hh * hd..(hh + 1) * hd]);
         vt[dst..dst + hd].copy_from_slice(&tv[hh * hd..(hh + 1) * hd]);
     }
+    // Its attention: q head h over keys 0..=pos of KV head h / (heads / kv_heads).
+    let mut ta = Vec::with_capacity(nq);
+    for h in 0..heads {
+        let g = h / (heads / kv_heads);
+        let q = &tq[h * hd..(h + 1) * hd];
+        let row = |t: &[f64], j: usize| -> Vec<f64> { t[(g * cap + j) * hd..][..hd].to_vec() };
+        let scores: Vec<f64> = (0..=pos).map(|j| row(&kt, j).iter().zip(q).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()).collect();
+        let m = scores.iter().copied().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for d in 0..hd {
+            ta.push((0..=pos).map(|j| e[j] / z * vt[(g * cap + j) * hd + d]).sum());
+        }
+    }
+    let truth_attn = [stream.clone(), ta, kt.clone(), vt.clone()].concat();
     let truth = [stream, tq, kt, vt].concat();
     let words = super::BARRIER_WORDS;
     let bar = Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; words], [words]), (ctx.device, DType::U32));
-    // 0: the one launch; 1: the twin; 2: `decode_mlp` then `qkv_rope_cache`.
+    // 0: the one launch; 1: the twin; 2: `decode_mlp` then `qkv_rope_cache`; 3-5: the same with
+    // the attention (5: `decode_mlp_qkv` then `attention_at_units`).
     let run = |way: usize| -> Vec<f64> {
         // Fresh copies: the ops write the caches in place.
         let (k2, v2) = (k_dev.clone() + 0.0, v_dev.clone() + 0.0);
@@ -1130,9 +1151,24 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
         let (s, q, k2, v2) = match way {
             0 => super::decode_mlp_qkv(attn, res, g, wo, wg, wu, wd, eps, p, &bar, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st),
             1 => reference::decode_mlp_qkv(attn, res, g, wo, wg, wu, wd, eps, p, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st),
-            _ => {
+            2 => {
                 let (h, out) = super::decode_mlp(attn, res, g, wo, wg, wu, wd, eps, p, &bar);
                 super::qkv_rope_cache(out, h, true, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, p, k2, v2, st)
+            }
+            3 => {
+                let pf = [pf[0].clone(), pf[1].clone(), pf[2].clone(), pf[3].clone()];
+                let (s, a, k2, v2) = super::decode_mlp_attn(attn, res, g, wo, wg, wu, wd, eps, p, &bar, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st, pf);
+                return [host(s), host(a), host(k2), host(v2)].concat();
+            }
+            4 => {
+                let (s, a, k2, v2) = reference::decode_mlp_attn(attn, res, g, wo, wg, wu, wd, eps, p, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st);
+                return [host(s), host(a), host(k2), host(v2)].concat();
+            }
+            _ => {
+                let (s, q, k2, v2) =
+                    super::decode_mlp_qkv(attn, res, g, wo, wg, wu, wd, eps, p, &bar, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st.clone());
+                let a = super::attention_at_units(q, k2.clone(), v2.clone(), st, p, super::decode_mlp_units());
+                return [host(s), host(a), host(k2), host(v2)].concat();
             }
         };
         [host(s), host(q), host(k2), host(v2)].concat()
@@ -1140,14 +1176,26 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
     ctx.poison(nq + hidden);
     let fused = run(0);
     // The counter after the one launch alone: four rounds of every cube.
-    let count = bar.clone().into_data().convert::<i64>().try_to_vec::<i64>().expect("int tensor")[0] as f64;
+    let count = barrier_count(bar.clone());
     let (twin, two) = (run(1), run(2));
     let four_rounds = 4.0 * f64::from(super::BARRIER_CUBES);
     let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
+    ctx.poison(nq + hidden);
+    let before = barrier_count(bar.clone());
+    let fused_attn = run(3);
+    let count_attn = barrier_count(bar.clone()) - before;
+    let (twin_attn, two_attn) = (run(4), run(5));
     vec![
         record("decode_mlp_qkv", case.name, p, &fused, &twin, &truth),
         record("decode_mlp_qkv_bits", case.name, p, &with(&fused, count), &with(&two, four_rounds), &with(&truth, four_rounds)),
+        record("decode_mlp_attn", case.name, p, &fused_attn, &twin_attn, &truth_attn),
+        record("decode_mlp_attn_bits", case.name, p, &with(&fused_attn, count_attn), &with(&two_attn, four_rounds), &with(&truth_attn, four_rounds)),
     ]
+}
+
+/// The ticket counter of a barrier buffer (cube arrivals since it was zeros).
+fn barrier_count(bar: Tensor<1, burn::tensor::Int>) -> f64 {
+    bar.into_data().convert::<i64>().try_to_vec::<i64>().expect("int tensor")[0] as f64
 }
 
 fn check_linear(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> OpCheck {
