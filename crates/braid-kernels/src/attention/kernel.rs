@@ -39,6 +39,7 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     #[comptime] partial_len: usize,
     #[comptime] prefetch: usize,
     #[comptime] planes: bool,
+    #[comptime] ahead: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let bh = CUBE_POS_X as usize;
@@ -80,13 +81,14 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     let out_base = (b * seq + i) * heads * head_dim + h * head_dim;
     let k_base = b * k.stride(0) + g * k.stride(1);
     let v_base = b * v.stride(0) + g * v.stride(1);
-    attend_row::<F, N>(q, k, v, out, q_base, out_base, k_base, v_base, past as usize + i + 1, scale, f32_internal, max_keys, head_dim, block, partial_len, planes);
+    attend_row::<F, N>(q, k, v, out, q_base, out_base, k_base, v_base, past as usize + i + 1, scale, f32_internal, max_keys, head_dim, block, partial_len, planes, ahead);
 }
 
 /// One query row's attention (the body of [`attention_kernel`]'s cubes): the row at
 /// `q[q_base..q_base + head_dim]` over keys `0..n_keys` of the key and value rows starting at
 /// `k_base`, `v_base` (elements; rows `k.stride(2)` apart), into `out[out_base..]`. Every unit of
-/// the cube (`block` of them) must call it. `decode_mlp`'s last phase runs it too.
+/// the cube (`block` of them) must call it. `decode_mlp`'s last phase runs it too. `ahead`: 4
+/// or 8 value vectors a unit has in flight (the same `ahead` gives the same bits).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_row<F: Float, N: Size>(
@@ -106,6 +108,7 @@ pub(crate) fn attend_row<F: Float, N: Size>(
     #[comptime] block: usize,
     #[comptime] partial_len: usize,
     #[comptime] planes: bool,
+    #[comptime] ahead: usize,
 ) {
     let unit = UNIT_POS_X as usize;
     let hd = head_dim;
@@ -135,16 +138,13 @@ pub(crate) fn attend_row<F: Float, N: Size>(
     let part = unit / nvec;
     let c = unit % nvec;
     let vb = v_base / vs + c;
-    // (Each its own zero: CubeCL may alias variables initialised from one another.)
-    let mut x0 = Vector::<F, N>::new(F::new(0.0));
-    let mut x1 = Vector::<F, N>::new(F::new(0.0));
-    let mut x2 = Vector::<F, N>::new(F::new(0.0));
-    let mut x3 = Vector::<F, N>::new(F::new(0.0));
-    if part < parts {
-        x0 = value_or_zero::<F, N>(v, vb, vrow, part, n_keys);
-        x1 = value_or_zero::<F, N>(v, vb, vrow, part + parts, n_keys);
-        x2 = value_or_zero::<F, N>(v, vb, vrow, part + 2 * parts, n_keys);
-        x3 = value_or_zero::<F, N>(v, vb, vrow, part + 3 * parts, n_keys);
+    let mut xs = Array::<Vector<F, N>>::new(ahead);
+    #[unroll]
+    for u in 0..ahead {
+        xs[u] = Vector::<F, N>::new(F::new(0.0));
+        if part < parts {
+            xs[u] = value_or_zero::<F, N>(v, vb, vrow, part + u * parts, n_keys);
+        }
     }
 
     // 1. The query row, in f32.
@@ -195,50 +195,46 @@ pub(crate) fn attend_row<F: Float, N: Size>(
     sync_cube();
 
     // 4. Weighted values: `parts` groups of `nvec` units, unit `(part, c)` accumulating the
-    // `vs` channels of vector `c` over every `parts`-th key, four keys per step (the first four
-    // loaded in 0.; vectors past the keys are zeros with weight 0), then the parts are summed
-    // through shared memory (`partial_len` f32: what the device's shared memory leaves, which
-    // bounds `parts`).
+    // `vs` channels of vector `c` over every `parts`-th key, `ahead` keys per step (the first
+    // `ahead` loaded in 0., the next step's loaded after this step's products; vectors past the
+    // keys are zeros with weight 0), a pairwise sum over the step's keys, then the parts are
+    // summed through shared memory (`partial_len` f32: what the device's shared memory leaves,
+    // which bounds `parts`).
     let mut partial = Shared::<[f32]>::new_slice(partial_len);
     if part < parts {
-        let mut a0 = Array::<f32>::new(vs);
-        let mut a1 = Array::<f32>::new(vs);
-        let mut a2 = Array::<f32>::new(vs);
-        let mut a3 = Array::<f32>::new(vs);
+        let mut acc = Array::<f32>::new(comptime!(ahead * vs));
         #[unroll]
-        for x in 0..vs {
-            a0[x] = 0.0;
-            a1[x] = 0.0;
-            a2[x] = 0.0;
-            a3[x] = 0.0;
+        for i in 0..ahead * vs {
+            acc[i] = 0.0;
         }
         let mut j = part;
         while j < n_keys {
-            let p0 = scores[j];
-            let p1 = weight_or_zero(&scores, j + parts, n_keys);
-            let p2 = weight_or_zero(&scores, j + 2 * parts, n_keys);
-            let p3 = weight_or_zero(&scores, j + 3 * parts, n_keys);
             #[unroll]
-            for x in 0..vs {
-                a0[x] += p0 * f32::cast_from(x0.extract(x));
-                a1[x] += p1 * f32::cast_from(x1.extract(x));
-                a2[x] += p2 * f32::cast_from(x2.extract(x));
-                a3[x] += p3 * f32::cast_from(x3.extract(x));
+            for u in 0..ahead {
+                let p = weight_or_zero(&scores, j + u * parts, n_keys);
+                let xv = xs[u];
+                #[unroll]
+                for x in 0..vs {
+                    acc[u * vs + x] += p * f32::cast_from(xv.extract(x));
+                }
             }
-            // (Loaded after the products: `let y = x` then assigning `x` would alias in
-            // CubeCL, the products reading the next step's vectors.)
-            let next = j + 4 * parts;
+            // (Loaded after the products, which read the vectors first.)
+            let next = j + ahead * parts;
             if next < n_keys {
-                x0 = v[vb + next * vrow];
-                x1 = value_or_zero::<F, N>(v, vb, vrow, next + parts, n_keys);
-                x2 = value_or_zero::<F, N>(v, vb, vrow, next + 2 * parts, n_keys);
-                x3 = value_or_zero::<F, N>(v, vb, vrow, next + 3 * parts, n_keys);
+                #[unroll]
+                for u in 0..ahead {
+                    xs[u] = value_or_zero::<F, N>(v, vb, vrow, next + u * parts, n_keys);
+                }
             }
             j = next;
         }
         #[unroll]
         for x in 0..vs {
-            partial[part * hd + c * vs + x] = (a0[x] + a1[x]) + (a2[x] + a3[x]);
+            let mut t = (acc[x] + acc[vs + x]) + (acc[2 * vs + x] + acc[3 * vs + x]);
+            if ahead == 8 {
+                t += (acc[4 * vs + x] + acc[5 * vs + x]) + (acc[6 * vs + x] + acc[7 * vs + x]);
+            }
+            partial[part * hd + c * vs + x] = t;
         }
     }
     sync_cube();

@@ -132,9 +132,11 @@ pub fn l2_prefetch_count() -> usize {
     *N.get_or_init(|| std::env::var("BRAID_L2_PREFETCH").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(L2_PREFETCH).min(4))
 }
 
-/// Tensors [`attention_at_prefetch`] reads by default (the decode step passes gate, up, down,
-/// o_proj: the GEMVs that gain most from L2 first).
-pub const L2_PREFETCH: usize = 3;
+/// Tensors [`attention_at_prefetch`] (and `decode_mlp_qkv`'s attention phase) read by default
+/// (the decode step passes gate, up, down, o_proj: the GEMVs that gain most from L2 first). 2
+/// since the persistent launch runs the attention (H100, 2026-11-27: 1,097.5 tok/s against
+/// 1,080 with 3; the prefetching cubes no longer outlast the attention); 3 before.
+pub const L2_PREFETCH: usize = 2;
 
 /// Decode attention over a paged KV cache: query row `r` of `q: [1, heads, rows, hd]`
 /// (contiguous) attends to keys `0..lens[r]` stored in the blocks `table[r, ..]` of
@@ -515,6 +517,7 @@ fn launch(
         partial_len,
         pf_n,
         row_planes(client),
+        row_ahead(),
         dtype,
     );
     Ok(out)
@@ -526,6 +529,16 @@ fn launch(
 pub(crate) fn row_partial_len(client: &Client, hd: usize, block: usize, vector: usize, other_words: usize) -> usize {
     let used = 4 * (MAX_KEYS + hd + 2 * block + other_words) + 1024;
     (client.properties().hardware.max_shared_memory_size.saturating_sub(used) / 4).min(block * vector).max(hd)
+}
+
+/// Value vectors a unit of the row kernel has in flight: 8, or 4 with
+/// `$BRAID_ATTN_ROW_AHEAD=4` (for comparisons; read once per process). `decode_mlp`'s attention
+/// phase takes the same, so the two keep the same bits. At 256 units a Qwen3-0.6B decode row
+/// over 301 keys takes 3 dependent value rounds instead of 5: on an H100 (2026-11-27) batch-1
+/// decode 1,080 against 1,065 tok/s with 4, 1,097.5 with the L2 prefetch at 2 tensors.
+pub(crate) fn row_ahead() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| if std::env::var("BRAID_ATTN_ROW_AHEAD").is_ok_and(|s| s.trim() == "4") { 4 } else { 8 })
 }
 
 /// Whether the row kernel reduces through plane operations: where the device has them, unless

@@ -23,8 +23,9 @@ use crate::reduce::round;
 /// weights and its first `ahead_b` B features' (all of them where they fit the registers: 3
 /// for Qwen3-0.6B at 256 units) before anything else, so B's weight reads stream during A and
 /// the first barrier; C's first feature loads after B's dots (`c_early`: after A's), ahead of
-/// the second barrier. Any later feature of a phase loads after the previous dot, as in the
-/// GEMV. `barrier`: which grid barrier ([`crate::grid::BarrierKind`]'s code).
+/// the second barrier (the first with `c_early`), or with `late_loads` (the default) just
+/// behind its release fence, which would otherwise wait for them. Any later feature of a phase
+/// loads after the previous dot, as in the GEMV. `barrier`: which grid barrier ([`crate::grid::BarrierKind`]'s code).
 ///
 /// With `then_qkv`, two more phases run the next layer's attention inputs, as `qkv_rope` does:
 /// - D (after a third barrier): `stream = sum + out` (written by cube 0), the next layer's input
@@ -162,10 +163,18 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         }
         f = next;
     }
+    // (`late_loads`: after the first barrier's release fence.)
+    if c_early && late_loads {
+        grid_arrive_kind(bar, cubes, barrier);
+    }
     if c_early && fc < hidden {
         load_row::<F, N>(wd, fc * nc, &mut rc, lane, step, nc, lc);
     }
-    grid_sync_kind(bar, cubes, barrier);
+    if c_early && late_loads {
+        grid_wait_kind(bar, cubes, barrier);
+    } else {
+        grid_sync_kind(bar, cubes, barrier);
+    }
 
     // B: residual add + post-attention RMSNorm + gate/up + SiLU.
     let first = CUBE_POS_X == 0;
@@ -392,7 +401,7 @@ fn next_phases<F: Float, N: Size>(
             let hd = comptime!(2 * half);
             attend_row::<F, N>(
                 &*q_out, kv_k, kv_v, attn_out, c * hd, c * hd, g * kv_k.stride(1), g * kv_v.stride(1), pos + 1, scale, f32_internal, attend.max_keys, hd, units,
-                attend.partial_len, attend.planes,
+                attend.partial_len, attend.planes, attend.ahead,
             );
         }
     } else if on && attend.prefetch > 0 {
@@ -415,7 +424,7 @@ fn next_phases<F: Float, N: Size>(
 }
 
 /// Phase E's attention (comptime): `on` = each q head's cube attends after its norm + RoPE;
-/// the row kernel's `max_keys`, `partial_len` and `planes` (`attention::kernel::attend_row`);
+/// the row kernel's `max_keys`, `partial_len`, `planes` and `ahead` (`attention::kernel::attend_row`);
 /// `prefetch` tensors the other cubes read into L2.
 #[derive(CubeType, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct AttendPhase {
@@ -429,6 +438,8 @@ pub(crate) struct AttendPhase {
     pub planes: bool,
     #[cube(comptime)]
     pub prefetch: usize,
+    #[cube(comptime)]
+    pub ahead: usize,
 }
 
 /// `silu(g) * u` with `gemv_kernel`'s rounding points (torch mode: `g` rounded, SiLU's output

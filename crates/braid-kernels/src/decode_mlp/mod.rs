@@ -334,13 +334,13 @@ fn run(
                         }
                     }
                     let (partial_len, planes) = attend_layout(client, &n.head, n.shape, units, vs).map_err(refuse)?;
-                    kernel::AttendPhase { on: true, max_keys: crate::attention::MAX_KEYS, partial_len, planes, prefetch: pf.len() }
+                    kernel::AttendPhase { on: true, max_keys: crate::attention::MAX_KEYS, partial_len, planes, prefetch: pf.len(), ahead: crate::attention::row_ahead() }
                 }
-                None => kernel::AttendPhase { on: false, max_keys: 1, partial_len: 1, planes: false, prefetch: 0 },
+                None => kernel::AttendPhase { on: false, max_keys: 1, partial_len: 1, planes: false, prefetch: 0, ahead: 4 },
             };
             (ahead, attend)
         }
-        None => (0, kernel::AttendPhase { on: false, max_keys: 1, partial_len: 1, planes: false, prefetch: 0 }),
+        None => (0, kernel::AttendPhase { on: false, max_keys: 1, partial_len: 1, planes: false, prefetch: 0, ahead: 4 }),
     };
     let o = output_like(client, &[1, hidden], dtype);
     let sum = output_like(client, &[1, hidden], dtype);
