@@ -1,10 +1,12 @@
 //! Grid-wide barriers (every cube of a launch waits until all have arrived) and a probe that
 //! measures and checks them. `decode_mlp` uses one between its phases (o_proj -> add + norm +
-//! gate/up -> down: each needs the whole previous vector). CubeCL 0.11 has no cooperative
-//! launch, so they are built from `sync_storage` (on CUDA `__threadfence` + `__syncthreads`: a
-//! device-scope release and acquire) and an atomic ticket counter: [`grid_sync`] fenced on
-//! both sides, [`grid_sync_light`] on the release side only, [`grid_sync_flag`] spinning on a
-//! flag.
+//! gate/up -> down -> the next layer's q/k/v -> its RoPE and attention: each needs the whole
+//! previous vector). CubeCL 0.11 has no cooperative launch, so they are built from
+//! `sync_storage` (on CUDA `__threadfence` + `__syncthreads`: a device-scope release and
+//! acquire) and an atomic ticket counter: [`grid_sync`] fenced on both sides,
+//! [`grid_sync_light`] on the release side only, [`grid_sync_flag`] spinning on a flag;
+//! [`grid_arrive_kind`] and [`grid_wait_kind`] split one into its release and its wait, so that
+//! loads issued between them are not held by the fence.
 //!
 //! Every cube of the launch must be resident at once or the first to arrive waits forever:
 //! [`BARRIER_CUBES`] cubes, launched only on devices with at least that many SMs (one cube per

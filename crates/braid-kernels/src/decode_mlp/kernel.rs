@@ -33,7 +33,10 @@ use crate::reduce::round;
 ///   k rounded to F into `raw`, v rounded into the value cache at `state[1]`;
 /// - E (after a fourth): one cube per q and k head reads its `hd` raw values back and applies
 ///   QK-norm + RoPE (`qk_norm_rope`'s pair function over the same tree), into `q_out` and the
-///   key cache.
+///   key cache; with `attend.on`, one cube per q head does its q and its KV head's key (the
+///   group's cubes write the same bits), then the row attention over the cache
+///   (`attention::kernel::attend_row`, at this cube's width) into `attn_out`, while the other
+///   cubes read `attend.prefetch` of `pf0..pf3` into L2.
 ///
 /// Each plane loads its first `ahead_d` q/k/v features' weights after C's dots (`d_early`:
 /// with C's, before the second barrier). Bit for bit `qkv_rope` after the three launches:

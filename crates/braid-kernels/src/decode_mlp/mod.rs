@@ -1,21 +1,27 @@
 //! The batch-1 decode step's second half in one launch: o_proj, the residual add, the
 //! post-attention RMSNorm, gate/up + SiLU and down_proj, three GEMV phases of one persistent
-//! grid separated by two grid barriers ([`crate::grid::grid_sync`]). It replaces three GEMV
-//! launches (`linear`, `add_rms_norm_gate_up_silu`, `linear`) and gives their bits (see
-//! `kernel.rs`). The point is the weight reads: each plane loads its next phase's first weights
-//! before the barrier that ends the current one, so the DRAM streams across the phase
-//! boundaries where separate launches leave it idle at each.
+//! grid separated by grid barriers ([`crate::grid`]). It replaces three GEMV launches
+//! (`linear`, `add_rms_norm_gate_up_silu`, `linear`) and gives their bits (see `kernel.rs`).
+//! [`decode_mlp_qkv`] runs on into the next layer: its residual add, input norm and q/k/v
+//! (phase D), its QK-norm + RoPE and KV write (phase E), and with [`NextLayer::attend`] its
+//! attention (one cube per q head in phase E), so a layer's decode is one launch from its
+//! attention output to the next layer's. The point is the weight reads: each plane has its next
+//! phase's weights in flight across the barrier that ends the current one, so the DRAM streams
+//! across the phase boundaries where separate launches leave it idle at each, and a layer pays
+//! no launch boundary.
 //!
 //! One cube per SM, [`BARRIER_CUBES`] cubes: every cube must be resident at once (the grid
 //! barrier's condition, see `grid.rs`). The default barrier is [`BarrierKind::Light`] (no
 //! acquire fence after the spin). What makes that safe here: each phase reads what other cubes
-//! wrote (`o` in B, `act` in C) only after the barrier that publishes it and never reads those
-//! words before it in the launch, so an SM can hold no older copy in its L1 (a launch starts
-//! with none) unless its own earlier stores to those lines had left one there (NVIDIA's L1 is
-//! write-through for global stores; not documented as never allocating). Evidence, not proof:
-//! the bitwise checks (every element of `o`'s and `act`'s consumers against the three
-//! launches), identical tokens over every run, and the probe (`bench kernels
-//! --grid-barrier-only`), which re-reads the same words every round, saw no stale read.
+//! wrote (`o` in B, `act` in C, `sum` and `out` in D, the q/k row and the new value row in E)
+//! only after the barrier that publishes it and never reads those words before it in the
+//! launch, so an SM can hold no older copy in its L1 (a launch starts with none) unless its own
+//! earlier stores to those lines had left one there (NVIDIA's L1 is write-through for global
+//! stores; not documented as never allocating). The attention's key row at the new position is
+//! the cube's own write (its group's other cube writes the same bits), read after a
+//! `sync_storage`. Evidence, not proof: the bitwise checks (every element of the consumers
+//! against the separate launches), identical tokens over every run, and the probe (`bench
+//! kernels --grid-barrier-only`), which re-reads the same words every round, saw no stale read.
 //! `BarrierKind::Counter` (`$BRAID_DECODE_MLP_BARRIER=counter`) is the fully fenced one.
 
 mod kernel;
@@ -37,7 +43,9 @@ const NAME_QKV: &str = "decode_mlp_qkv";
 /// How a launch is laid out (comparison knobs; [`Default`] is the measured choice: on an H100,
 /// 2026-11-27, batch-1 decode at 256 units 1,015 tok/s with the light barrier against 974
 /// with the counter barrier, 1,007 holding one gate/up feature ahead instead of all three,
-/// 963 at 512 units (fewer registers a unit), 777 at 1,024; 942 with the three launches).
+/// 963 at 512 units (fewer registers a unit), 777 at 1,024; 942 with the three launches;
+/// with the layer launch, `late_loads` 1,067 against 1,058, `c_early` 1,044, `d_early`
+/// 1,051).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeMlpOptions {
     /// Units per cube: 256, 512 or 1,024 (a power of two: phase B's norm sums over a tree of

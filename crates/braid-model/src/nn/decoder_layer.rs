@@ -376,39 +376,10 @@ impl DecoderLayer {
                     && chains_into(next_plan, p1, &x)
                 {
                     let na = &layer.self_attn;
-                    if next_plan.attention == OpChoice::Fused(p1) && ops::decode_mlp_attn_fused() {
-                        // The whole of the next layer's first half as well: a layer is one launch.
-                        let (stream, attn, k, v) = ops::decode_mlp_attn(
-                            attn,
-                            x,
-                            n.weight.val(),
-                            a.o_proj.weight.val(),
-                            m.gate_proj.weight.val(),
-                            m.up_proj.weight.val(),
-                            m.down_proj.weight.val(),
-                            n.eps,
-                            p1,
-                            barrier,
-                            layer.input_layernorm.weight.val(),
-                            na.q_proj.weight.val(),
-                            na.k_proj.weight.val(),
-                            na.v_proj.weight.val(),
-                            na.q_norm.weight.val(),
-                            na.k_norm.weight.val(),
-                            rope.cos.clone(),
-                            rope.sin.clone(),
-                            na.shape(1, 1),
-                            layer.input_layernorm.eps,
-                            na.q_norm.eps,
-                            next_cache.k.clone(),
-                            next_cache.v.clone(),
-                            state.clone(),
-                            layer.prefetch(),
-                        );
-                        (next_cache.k, next_cache.v) = (k, v);
-                        return (stream, Carry::Attn(attn));
-                    }
-                    let (stream, q, k, v) = ops::decode_mlp_qkv(
+                    // With the next layer's attention fused too, the launch runs it: a layer is
+                    // then one launch.
+                    let attend = (next_plan.attention == OpChoice::Fused(p1) && ops::decode_mlp_attn_fused()).then(|| layer.prefetch());
+                    let (stream, carry, k, v) = ops::decode_mlp_next(
                         attn,
                         x,
                         n.weight.val(),
@@ -433,9 +404,14 @@ impl DecoderLayer {
                         next_cache.k.clone(),
                         next_cache.v.clone(),
                         state.clone(),
+                        attend,
                     );
                     (next_cache.k, next_cache.v) = (k, v);
-                    return (stream, Carry::Q(q));
+                    let carry = match carry {
+                        ops::NextInput::Q(q) => Carry::Q(q),
+                        ops::NextInput::Attn(attn) => Carry::Attn(attn),
+                    };
+                    return (stream, carry);
                 }
                 let (h, out) = ops::decode_mlp(
                     attn,

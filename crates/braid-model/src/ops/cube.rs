@@ -120,6 +120,61 @@ fn attention_at_with(
     tensor(&like, out, dtype)
 }
 
+/// `decode_mlp`'s inputs (the weights contiguous, the barrier buffer as it is).
+#[allow(clippy::too_many_arguments)]
+fn mlp_args(
+    attn: FloatTensor<Cube>,
+    residual: FloatTensor<Cube>,
+    gamma: FloatTensor<Cube>,
+    wo: FloatTensor<Cube>,
+    wg: FloatTensor<Cube>,
+    wu: FloatTensor<Cube>,
+    wd: FloatTensor<Cube>,
+    barrier: IntTensor<Cube>,
+) -> braid_kernels::decode_mlp::DecodeMlpArgs {
+    braid_kernels::decode_mlp::DecodeMlpArgs {
+        attn: handle(attn),
+        residual: handle(residual),
+        gamma: handle(gamma),
+        wo: handle(wo),
+        wg: handle(wg),
+        wu: handle(wu),
+        wd: handle(wd),
+        bar: TensorHandle::from(barrier),
+    }
+}
+
+/// A layer's attention inputs past the stream (`qkv_rope::HeadInputs`); the caches are
+/// written in place, so they pass as views.
+#[allow(clippy::too_many_arguments)]
+fn head_inputs(
+    gamma: FloatTensor<Cube>,
+    wq: FloatTensor<Cube>,
+    wk: FloatTensor<Cube>,
+    wv: FloatTensor<Cube>,
+    q_weight: FloatTensor<Cube>,
+    k_weight: FloatTensor<Cube>,
+    cos: FloatTensor<Cube>,
+    sin: FloatTensor<Cube>,
+    k_cache: &FloatTensor<Cube>,
+    v_cache: &FloatTensor<Cube>,
+    state: IntTensor<Cube>,
+) -> braid_kernels::qkv_rope::HeadInputs {
+    braid_kernels::qkv_rope::HeadInputs {
+        gamma: handle(gamma),
+        wq: handle(wq),
+        wk: handle(wk),
+        wv: handle(wv),
+        q_weight: handle(q_weight),
+        k_weight: handle(k_weight),
+        cos: handle(cos),
+        sin: handle(sin),
+        k_cache: view(k_cache.clone()),
+        v_cache: view(v_cache.clone()),
+        state: TensorHandle::from(state),
+    }
+}
+
 /// A kernel's handle from a contiguous copy of `t` (no copy when already contiguous).
 fn handle(t: FloatTensor<Cube>) -> TensorHandle {
     TensorHandle::from(into_contiguous(t))
@@ -317,19 +372,7 @@ impl FusedOps for Cube {
         let args = braid_kernels::qkv_rope::QkvRopeArgs {
             x: handle(x.clone()),
             residual: add_residual.then(|| handle(residual)),
-            head: braid_kernels::qkv_rope::HeadInputs {
-                gamma: handle(gamma),
-                wq: handle(wq),
-                wk: handle(wk),
-                wv: handle(wv),
-                q_weight: handle(q_weight),
-                k_weight: handle(k_weight),
-                cos: handle(cos),
-                sin: handle(sin),
-                k_cache: view(k_cache.clone()),
-                v_cache: view(v_cache.clone()),
-                state: TensorHandle::from(state),
-            },
+            head: head_inputs(gamma, wq, wk, wv, q_weight, k_weight, cos, sin, &k_cache, &v_cache, state),
         };
         let (sum, q) = launched(braid_kernels::qkv_rope::qkv_rope_cache(
             &like.client,
@@ -521,16 +564,7 @@ impl FusedOps for Cube {
             let (h, act) = Self::add_rms_norm_gate_up(residual, o, gamma, w_gate, w_up, eps, precision);
             return (h, Self::linear(act, w_down));
         }
-        let args = braid_kernels::decode_mlp::DecodeMlpArgs {
-            attn: handle(attn),
-            residual: handle(residual),
-            gamma: handle(gamma),
-            wo: handle(wo),
-            wg: handle(w_gate),
-            wu: handle(w_up),
-            wd: handle(w_down),
-            bar: TensorHandle::from(barrier),
-        };
+        let args = mlp_args(attn, residual, gamma, wo, w_gate, w_up, w_down, barrier);
         let (h, out) = launched(braid_kernels::decode_mlp::decode_mlp(&like.client, args, eps as f32, precision, super::decode_mlp_options()));
         (tensor(&like, h, dtype), tensor(&like, out, dtype))
     }
@@ -573,30 +607,9 @@ impl FusedOps for Cube {
                 out, h, true, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, shape, eps_in, qk_eps, precision, k_cache, v_cache, state,
             );
         }
-        let args = braid_kernels::decode_mlp::DecodeMlpArgs {
-            attn: handle(attn),
-            residual: handle(residual),
-            gamma: handle(gamma),
-            wo: handle(wo),
-            wg: handle(w_gate),
-            wu: handle(w_up),
-            wd: handle(w_down),
-            bar: TensorHandle::from(barrier),
-        };
+        let args = mlp_args(attn, residual, gamma, wo, w_gate, w_up, w_down, barrier);
         let next = braid_kernels::decode_mlp::NextLayer {
-            head: braid_kernels::qkv_rope::HeadInputs {
-                gamma: handle(gamma_in),
-                wq: handle(wq),
-                wk: handle(wk),
-                wv: handle(wv),
-                q_weight: handle(q_weight),
-                k_weight: handle(k_weight),
-                cos: handle(cos),
-                sin: handle(sin),
-                k_cache: view(k_cache.clone()),
-                v_cache: view(v_cache.clone()),
-                state: TensorHandle::from(state),
-            },
+            head: head_inputs(gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, &k_cache, &v_cache, state),
             shape,
             eps: eps_in as f32,
             qk_eps: qk_eps as f32,
@@ -643,33 +656,23 @@ impl FusedOps for Cube {
         let pf = [w0, w1, w2, w3];
         let one_launch =
             rows == 1 && braid_kernels::decode_mlp::unsupported_qkv(&like.client, view(attn.clone()).dtype, q_dim, hidden, inter, shape, options).is_none();
-        let head = |kc: &FloatTensor<Self>, vc: &FloatTensor<Self>, st: &IntTensor<Self>| braid_kernels::qkv_rope::HeadInputs {
-            gamma: handle(gamma_in.clone()),
-            wq: handle(wq.clone()),
-            wk: handle(wk.clone()),
-            wv: handle(wv.clone()),
-            q_weight: handle(q_weight.clone()),
-            k_weight: handle(k_weight.clone()),
-            cos: handle(cos.clone()),
-            sin: handle(sin.clone()),
-            k_cache: view(kc.clone()),
-            v_cache: view(vc.clone()),
-            state: TensorHandle::from(st.clone()),
-        };
         if one_launch {
-            let args = braid_kernels::decode_mlp::DecodeMlpArgs {
-                attn: handle(attn.clone()),
-                residual: handle(residual.clone()),
-                gamma: handle(gamma.clone()),
-                wo: handle(wo.clone()),
-                wg: handle(w_gate.clone()),
-                wu: handle(w_up.clone()),
-                wd: handle(w_down.clone()),
-                bar: TensorHandle::from(barrier.clone()),
-            };
+            let args = mlp_args(attn.clone(), residual.clone(), gamma.clone(), wo.clone(), w_gate.clone(), w_up.clone(), w_down.clone(), barrier.clone());
             let count = braid_kernels::attention::l2_prefetch_count().min(4);
             let next = braid_kernels::decode_mlp::NextLayer {
-                head: head(&k_cache, &v_cache, &state),
+                head: head_inputs(
+                    gamma_in.clone(),
+                    wq.clone(),
+                    wk.clone(),
+                    wv.clone(),
+                    q_weight.clone(),
+                    k_weight.clone(),
+                    cos.clone(),
+                    sin.clone(),
+                    &k_cache,
+                    &v_cache,
+                    state.clone(),
+                ),
                 shape,
                 eps: eps_in as f32,
                 qk_eps: qk_eps as f32,

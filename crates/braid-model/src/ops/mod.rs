@@ -938,6 +938,62 @@ pub fn decode_mlp_qkv(
     (Tensor::from_dispatch(h), Tensor::from_dispatch(q), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
 }
 
+/// What [`decode_mlp_next`] leaves for the next layer.
+pub enum NextInput {
+    /// Its `q: [1, heads, 1, hd]` ([`decode_mlp_qkv`]).
+    Q(Tensor<4>),
+    /// Its attention output `[1, heads * hd]` ([`decode_mlp_attn`]).
+    Attn(Tensor<2>),
+}
+
+/// [`decode_mlp_qkv`], or with `attend` (the tensors to prefetch) [`decode_mlp_attn`]:
+/// `(stream, what the next layer gets, k_cache, v_cache)`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_mlp_next(
+    attn: Tensor<2>,
+    residual: Tensor<2>,
+    gamma: Tensor<1>,
+    wo: Tensor<2>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    w_down: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+    barrier: &Tensor<1, Int>,
+    gamma_in: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps_in: f64,
+    qk_eps: f64,
+    k_cache: Tensor<4>,
+    v_cache: Tensor<4>,
+    state: Tensor<1, Int>,
+    attend: Option<[Tensor<2>; 4]>,
+) -> (Tensor<2>, NextInput, Tensor<4>, Tensor<4>) {
+    match attend {
+        Some(prefetch) => {
+            let (h, a, k, v) = decode_mlp_attn(
+                attn, residual, gamma, wo, w_gate, w_up, w_down, eps, precision, barrier, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, shape, eps_in, qk_eps,
+                k_cache, v_cache, state, prefetch,
+            );
+            (h, NextInput::Attn(a), k, v)
+        }
+        None => {
+            let (h, q, k, v) = decode_mlp_qkv(
+                attn, residual, gamma, wo, w_gate, w_up, w_down, eps, precision, barrier, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, shape, eps_in, qk_eps,
+                k_cache, v_cache, state,
+            );
+            (h, NextInput::Q(q), k, v)
+        }
+    }
+}
+
 /// [`decode_mlp_qkv`] running on into the next layer's attention as well: returns `(stream,
 /// attn: [1, heads * hd], k_cache, v_cache)`, the attention at `state[1]` over the updated
 /// caches. One persistent launch where the device can (each q head's cube attends after its
