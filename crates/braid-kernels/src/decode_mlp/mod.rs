@@ -482,4 +482,21 @@ mod tests {
         // The checks' odd widths: 5 + 2 x 2 x 3 at 256 units.
         assert_eq!(held_ahead([1096, 264, 2056], 8, nv, 256, None), Ok(3));
     }
+
+    #[test]
+    fn next_layer_holds_its_qkv_features_where_they_fit() {
+        let nv = (32, 32);
+        let at = |units: usize, d_early: bool| DecodeMlpOptions { units, d_early, ..DecodeMlpOptions::default() };
+        // Qwen3-0.6B: 4,096 q/k/v rows over 1,024 planes, 4 vectors a lane each: all 4 held,
+        // beside down's 12 vectors too with `d_early`.
+        assert_eq!(held_next(1024, 3072, 4096, 8, nv, at(256, false)), Ok(4));
+        assert_eq!(held_next(1024, 3072, 4096, 8, nv, at(256, true)), Ok(4));
+        // 512 units: 2,048 planes, 2 features a plane; 18 - 12 = 6 free with `d_early`: 1 fits.
+        assert_eq!(held_next(1024, 3072, 4096, 8, nv, at(512, false)), Ok(2));
+        assert_eq!(held_next(1024, 3072, 4096, 8, nv, at(512, true)), Ok(1));
+        // 1,024 units with `d_early`: down's 12 vectors alone pass the 9 a lane may hold.
+        assert!(held_next(1024, 3072, 4096, 8, nv, at(1024, true)).is_err());
+        // The checks' odd widths (4 + 2 x 2 heads of 40): one feature a plane at most.
+        assert_eq!(held_next(264, 2056, 320, 8, nv, at(256, false)), Ok(1));
+    }
 }
