@@ -116,8 +116,9 @@ pub fn grid_sync_kind(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[compt
 
 /// The first half of [`grid_sync_kind`]: the release (each unit's fence and a cube barrier;
 /// the flag kind runs whole here). Between it and [`grid_wait_kind`] a unit may issue loads of
-/// data no other cube writes in the launch (the next phase's weights): the fence, which waits
-/// for the unit's loads in flight as well as its stores, is behind them.
+/// data no other cube writes in the launch (the next phase's weights), which the fence then
+/// does not hold: a `fence.acq_rel` orders the unit's earlier loads as well as its stores, and
+/// issuing the weights after it measured faster (`decode_mlp`'s `late_loads`).
 #[cube]
 pub fn grid_arrive_kind(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] kind: u32) {
     if kind == 1 {

@@ -252,7 +252,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
 }
 
 /// Phases D and E (see [`decode_mlp_kernel`]), from C's end: the third barrier, the next
-/// layer's residual add + norm + q/k/v, the fourth barrier, QK-norm + RoPE.
+/// layer's residual add + norm + q/k/v, the fourth barrier, QK-norm + RoPE (+ the attention
+/// with `attend.on`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn next_phases<F: Float, N: Size>(
