@@ -421,8 +421,9 @@ fn run(
             head.k_cache.clone().into_arg(),
             head.v_cache.clone().into_arg(),
             head.state.into_arg(),
-            if attend.on { head.k_cache } else { args_wo_stand_in(&pf) }.into_arg(),
-            if attend.on { head.v_cache } else { args_wo_stand_in(&pf) }.into_arg(),
+            // (The caches again, read in vectors by the attention; else a weight stands in.)
+            if attend.on { head.k_cache } else { pf[0].clone() }.into_arg(),
+            if attend.on { head.v_cache } else { pf[0].clone() }.into_arg(),
             attn.clone().into_arg(),
             pf[0].clone().into_arg(),
             pf[1].clone().into_arg(),
@@ -458,10 +459,6 @@ fn run(
     Ok(if then_qkv { (stream, q, attend.on.then_some(attn)) } else { (sum, out, None) })
 }
 
-/// A vectorised tensor standing in for the caches' vector views when nothing attends.
-fn args_wo_stand_in(pf: &[TensorHandle]) -> TensorHandle {
-    pf[0].clone()
-}
 
 #[cfg(test)]
 mod tests {

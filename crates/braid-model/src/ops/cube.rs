@@ -120,6 +120,20 @@ fn attention_at_with(
     tensor(&like, out, dtype)
 }
 
+/// Whether `decode_mlp_qkv`'s one launch serves a batch-1 row `attn: [1, q_dim]` with o_proj
+/// `wo` and gate `w_gate` and the next layer's heads `shape` on this device.
+fn layer_launch_fits(
+    attn: &FloatTensor<Cube>,
+    wo: &FloatTensor<Cube>,
+    w_gate: &FloatTensor<Cube>,
+    shape: QkShape,
+    options: braid_kernels::decode_mlp::DecodeMlpOptions,
+) -> bool {
+    let [rows, q_dim] = [attn.meta.shape()[0], attn.meta.shape()[1]];
+    let (hidden, inter) = (wo.meta.shape()[0], w_gate.meta.shape()[0]);
+    rows == 1 && braid_kernels::decode_mlp::unsupported_qkv(&attn.client, view(attn.clone()).dtype, q_dim, hidden, inter, shape, options).is_none()
+}
+
 /// `decode_mlp`'s inputs (the weights contiguous, the barrier buffer as it is).
 #[allow(clippy::too_many_arguments)]
 fn mlp_args(
@@ -596,11 +610,8 @@ impl FusedOps for Cube {
         state: IntTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (like, dtype) = (attn.clone(), attn.dtype);
-        let [rows, q_dim] = [attn.meta.shape()[0], attn.meta.shape()[1]];
-        let (hidden, inter) = (wo.meta.shape()[0], w_gate.meta.shape()[0]);
         let options = super::decode_mlp_options();
-        let one_launch =
-            rows == 1 && braid_kernels::decode_mlp::unsupported_qkv(&like.client, view(attn.clone()).dtype, q_dim, hidden, inter, shape, options).is_none();
+        let one_launch = layer_launch_fits(&attn, &wo, &w_gate, shape, options);
         if !one_launch {
             let (h, out) = Self::decode_mlp(attn, residual, gamma, wo, w_gate, w_up, w_down, eps, precision, barrier);
             return Self::qkv_rope_cache(
@@ -650,12 +661,9 @@ impl FusedOps for Cube {
         w3: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (like, dtype) = (attn.clone(), attn.dtype);
-        let [rows, q_dim] = [attn.meta.shape()[0], attn.meta.shape()[1]];
-        let (hidden, inter) = (wo.meta.shape()[0], w_gate.meta.shape()[0]);
         let options = super::decode_mlp_options();
         let pf = [w0, w1, w2, w3];
-        let one_launch =
-            rows == 1 && braid_kernels::decode_mlp::unsupported_qkv(&like.client, view(attn.clone()).dtype, q_dim, hidden, inter, shape, options).is_none();
+        let one_launch = layer_launch_fits(&attn, &wo, &w_gate, shape, options);
         if one_launch {
             let args = mlp_args(attn.clone(), residual.clone(), gamma.clone(), wo.clone(), w_gate.clone(), w_up.clone(), w_down.clone(), barrier.clone());
             let count = braid_kernels::attention::l2_prefetch_count().min(4);
