@@ -45,9 +45,9 @@ pub fn grid_sync(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
 }
 
 /// One unit's arrival at a round of the ticket counter `bar[0]`: takes a ticket, then spins
-/// until every cube of the round has taken one.
+/// until every cube of the round has taken one; the ticket.
 #[cube]
-fn take_ticket_and_wait(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
+fn take_ticket_and_wait(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) -> u32 {
     let ticket = bar[0].fetch_add(1u32);
     // The count that releases this round (wrapping u32 arithmetic; `cubes` divides 2^32).
     let target = (ticket / cubes + 1) * cubes;
@@ -56,6 +56,7 @@ fn take_ticket_and_wait(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
     while i32::cast_from(count - target) < 0 {
         count = bar[0].load();
     }
+    ticket
 }
 
 /// [`grid_sync`] with one fenced cube barrier instead of two: the release (`sync_storage`)
@@ -142,6 +143,30 @@ pub fn grid_wait_kind(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[compt
             sync_storage();
         }
     }
+}
+
+/// [`grid_wait_kind`] (counter or light, not flag) that also returns the barrier's round on
+/// the ticket counter (`ticket / cubes`: the same in every cube, one higher each round), for
+/// `tagged` words published after it.
+#[cube]
+pub fn grid_wait_round(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] kind: u32) -> u32 {
+    let mut round = Shared::<[u32]>::new_slice(1usize);
+    if UNIT_POS == 0 {
+        round[0] = take_ticket_and_wait(bar, cubes) / cubes;
+    }
+    if kind == 2 {
+        sync_cube();
+    } else {
+        sync_storage();
+    }
+    round[0]
+}
+
+/// [`grid_sync_kind`] (counter or light) returning the round: [`grid_wait_round`].
+#[cube]
+pub fn grid_sync_round(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] kind: u32) -> u32 {
+    sync_storage();
+    grid_wait_round(bar, cubes, kind)
 }
 
 /// [`grid_sync`] with less contention: every cube takes a ticket, but only the last of a round

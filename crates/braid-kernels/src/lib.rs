@@ -17,6 +17,7 @@ pub mod qk_norm_rope;
 pub mod qkv_rope;
 pub mod rms_norm_qkv;
 pub mod silu_mul;
+pub mod tagged;
 pub mod tc_linear;
 mod check;
 mod error;

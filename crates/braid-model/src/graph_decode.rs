@@ -25,8 +25,9 @@ pub struct DecodeState {
     pub cache: KvCache,
     /// f32 `[capacity, hd]` each.
     pub rope: Rope,
-    /// `[BARRIER_WORDS]` u32 zeros: the grid barrier counter of `ops::decode_mlp` (one for
-    /// every layer: each launch leaves it a multiple of its cube count).
+    /// `[ops::decode_sync_words]` u32 zeros: the grid barrier counter and tagged words of
+    /// `ops::decode_mlp` (one for every layer: each launch leaves the counter a multiple of its
+    /// cube count and rewrites the words it uses).
     pub barrier: Tensor<1, Int>,
 }
 
@@ -160,7 +161,8 @@ impl<'m> GreedyDecoder<'m> {
         hist[t] = first;
         let history = Tensor::<1, Int>::from_data(TensorData::new(hist, [cap]), (&device, DType::U32));
         let rope = model.rotary.tables(0, cap, &device);
-        let words = ops::BARRIER_WORDS;
+        let c = &model.config;
+        let words = ops::decode_sync_words(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_kv_heads(), c.head_dim());
         let barrier = Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; words], [words]), (&device, DType::U32));
         let mut st = DecodeState { state, history, cache, rope, barrier };
         let setup = std::time::Instant::now();

@@ -2,9 +2,10 @@ use cubecl::prelude::*;
 
 use super::next::{emit_qkv, load_qkv, rope_head};
 use crate::attention::kernel::{attend_row, touch};
-use crate::gemv::kernel::{dot_regs, load_at, load_row, stage_rows};
-use crate::grid::{grid_arrive_kind, grid_sync_kind, grid_wait_kind};
+use crate::gemv::kernel::{dot_regs, load_at, load_row, stage_rows, stage_vals};
+use crate::grid::{BARRIER_WORDS, grid_arrive_kind, grid_sync_kind, grid_sync_round, grid_wait_kind, grid_wait_round};
 use crate::reduce::round;
+use crate::tagged::{await_value, await_word, publish, tag_of};
 
 /// The batch-1 decode step from the attention output to the MLP output in one launch of
 /// `cubes` cubes of `units` units (one cube per SM), three phases separated by grid barriers:
@@ -102,6 +103,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     #[comptime] d_early: bool,
     #[comptime] attend: AttendPhase,
     #[comptime] late_loads: bool,
+    #[comptime] tags: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = wo.vector_size();
@@ -129,6 +131,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     let nqkv = comptime!((heads + 2 * kv_heads) * 2 * half);
     let fd = (plane + planes - (2 * hidden + inter) % planes) % planes;
 
+    let act_at = comptime!(TAGS);
     let mut ra = Array::<Vector<F, N>>::new(la);
     // Gate and up weights of this plane's first `ahead_b` B features, feature `s` at `s * lb`.
     let mut rg = Array::<Vector<F, N>>::new(comptime!(ahead_b * lb));
@@ -173,7 +176,15 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if c_early && fc < hidden {
         load_row::<F, N>(wd, fc * nc, &mut rc, lane, step, nc, lc);
     }
-    if c_early && late_loads {
+    // With `tags`, the one barrier of the launch: its round tags the words published after it.
+    let mut tag = 0u32;
+    if tags {
+        if c_early && late_loads {
+            tag = tag_of(grid_wait_round(bar, cubes, barrier));
+        } else {
+            tag = tag_of(grid_sync_round(bar, cubes, barrier));
+        }
+    } else if c_early && late_loads {
         grid_wait_kind(bar, cubes, barrier);
     } else {
         grid_sync_kind(bar, cubes, barrier);
@@ -190,7 +201,11 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
             let g = plane_sum(dot_at::<F, N>(&rg, s * lb, &staged, lane, nb, lb, vs));
             let u = plane_sum(dot_at::<F, N>(&ru, s * lb, &staged, lane, nb, lb, vs));
             if lane == 0 {
-                act[f] = F::cast_from(silu_mul_value::<F>(g, u, f32_internal));
+                let a = F::cast_from(silu_mul_value::<F>(g, u, f32_internal));
+                act[f] = a;
+                if tags {
+                    publish::<F>(bar, act_at + f, a, tag);
+                }
             }
         }
     }
@@ -202,12 +217,17 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         let g = plane_sum(dot_at::<F, N>(&rg, 0usize, &staged, lane, nb, lb, vs));
         let u = plane_sum(dot_at::<F, N>(&ru, 0usize, &staged, lane, nb, lb, vs));
         if lane == 0 {
-            act[fi] = F::cast_from(silu_mul_value::<F>(g, u, f32_internal));
+            let a = F::cast_from(silu_mul_value::<F>(g, u, f32_internal));
+            act[fi] = a;
+            if tags {
+                publish::<F>(bar, act_at + fi, a, tag);
+            }
         }
         fi += planes;
     }
-    // (`late_loads`: after the barrier's release fence, which would otherwise wait for them.)
-    if late_loads {
+    // (`late_loads`: after the barrier's release fence, which would otherwise wait for them.
+    // With `tags` no barrier: C waits for the words it reads.)
+    if late_loads && !tags {
         grid_arrive_kind(bar, cubes, barrier);
     }
     if !c_early && fc < hidden {
@@ -219,14 +239,21 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
             load_qkv::<F, N>(wq, wk, wv, fd + s * planes, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
         }
     }
-    if late_loads {
-        grid_wait_kind(bar, cubes, barrier);
-    } else {
-        grid_sync_kind(bar, cubes, barrier);
+    if !tags {
+        if late_loads {
+            grid_wait_kind(bar, cubes, barrier);
+        } else {
+            grid_sync_kind(bar, cubes, barrier);
+        }
     }
 
     // C: down_proj.
-    stage_rows::<F>(&*act, &*act, o, gamma, &mut staged, eps, 0usize, 1usize, false, vs, f32_internal, false, false, false, 1usize, inter, block, block);
+    if tags {
+        let vals = await_row(bar, act_at, tag, inter, block);
+        stage_vals::<F>(&vals, 0usize, 0usize, (UNIT_POS_X as usize) < block, o, gamma, &mut staged, eps, false, vs, f32_internal, false, false, false, inter, block, block);
+    } else {
+        stage_rows::<F>(&*act, &*act, o, gamma, &mut staged, eps, 0usize, 1usize, false, vs, f32_internal, false, false, false, 1usize, inter, block, block);
+    }
     sync_cube();
     let mut fj = fc;
     while fj < hidden {
@@ -239,14 +266,18 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         }
         let g = plane_sum(acc[0]);
         if lane == 0 {
-            out[fj] = F::cast_from(g);
+            let d = F::cast_from(g);
+            out[fj] = d;
+            if tags && then_qkv {
+                publish::<F>(bar, act_at + inter + fj, d, tag);
+            }
         }
         fj = next;
     }
     if then_qkv {
         next_phases::<F, N>(
-            &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq,
-            eps_in, qk_eps, scale, fd, planes, first, f32_internal, hidden, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, d_early, attend, late_loads,
+            residual, &*o, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq,
+            eps_in, qk_eps, scale, fd, planes, first, tag, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, d_early, attend, late_loads, tags,
         );
     }
 }
@@ -257,6 +288,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn next_phases<F: Float, N: Size>(
+    residual: &Tensor<F>,
+    o: &Tensor<F>,
     sum: &Tensor<F>,
     out: &Tensor<F>,
     gamma_in: &Tensor<F>,
@@ -290,8 +323,10 @@ fn next_phases<F: Float, N: Size>(
     fd: usize,
     planes: usize,
     first: bool,
+    tag: u32,
     #[comptime] f32_internal: bool,
     #[comptime] hidden: usize,
+    #[comptime] inter: usize,
     #[comptime] cubes: u32,
     #[comptime] block: usize,
     #[comptime] units: usize,
@@ -304,6 +339,7 @@ fn next_phases<F: Float, N: Size>(
     #[comptime] d_early: bool,
     #[comptime] attend: AttendPhase,
     #[comptime] late_loads: bool,
+    #[comptime] tags: bool,
 ) {
     let vs = wq.vector_size();
     let nb = hidden / vs;
@@ -313,7 +349,8 @@ fn next_phases<F: Float, N: Size>(
     let nqkv = comptime!((heads + 2 * kv_heads) * 2 * half);
     let lane = UNIT_POS_PLANE as usize;
     let pos = state[1] as usize;
-    if late_loads {
+    let qkv_at = comptime!(TAGS + inter + hidden);
+    if late_loads && !tags {
         grid_arrive_kind(bar, cubes, barrier);
     }
     if !d_early {
@@ -322,28 +359,46 @@ fn next_phases<F: Float, N: Size>(
             load_qkv::<F, N>(wq, wk, wv, fd + s * planes, nq, nk, nqkv, rq, s * lb, lane, nb, lb);
         }
     }
-    if late_loads {
-        grid_wait_kind(bar, cubes, barrier);
-    } else {
-        grid_sync_kind(bar, cubes, barrier);
+    if !tags {
+        if late_loads {
+            grid_wait_kind(bar, cubes, barrier);
+        } else {
+            grid_sync_kind(bar, cubes, barrier);
+        }
     }
 
     // D: the next layer's residual add + input norm + q/k/v, as `qkv_rope` stages and sums.
-    stage_rows::<F>(out, sum, stream, gamma_in, staged, eps_in, 0usize, 1usize, first, vs, f32_internal, true, true, false, 1usize, hidden, block, units);
+    if tags {
+        // `sum` again from its operands (cube 0 wrote it without a barrier since), then down's
+        // output as its words arrive: `input`'s `sum + out`, rounded.
+        let mut vals = await_row(bar, comptime!(TAGS + inter), tag, hidden, block);
+        let per = comptime!(hidden.div_ceil(block));
+        #[unroll]
+        for i in 0..per {
+            let k = UNIT_POS_X as usize + i * block;
+            if (UNIT_POS_X as usize) < block && k < hidden {
+                let s = f32::cast_from(F::cast_from(f32::cast_from(residual[k]) + f32::cast_from(o[k])));
+                vals[i] = f32::cast_from(F::cast_from(s + vals[i]));
+            }
+        }
+        stage_vals::<F>(&vals, 0usize, 0usize, (UNIT_POS_X as usize) < block, stream, gamma_in, staged, eps_in, first, vs, f32_internal, true, true, false, hidden, block, units);
+    } else {
+        stage_rows::<F>(out, sum, stream, gamma_in, staged, eps_in, 0usize, 1usize, first, vs, f32_internal, true, true, false, 1usize, hidden, block, units);
+    }
     sync_cube();
     #[unroll]
     for s in 0..ahead_d {
         let f = fd + s * planes;
         if f < nqkv {
             let g = plane_sum(dot_at::<F, N>(&*rq, s * lb, &*staged, lane, nb, lb, vs));
-            emit_qkv::<F>(g, f, nq, nk, 2 * half, pos, lane, raw, v_cache);
+            emit_qkv::<F>(g, f, nq, nk, 2 * half, pos, lane, raw, v_cache, bar, qkv_at, tag, tags);
         }
     }
     let mut fi = fd + ahead_d * planes;
     while fi < nqkv {
         load_qkv::<F, N>(wq, wk, wv, fi, nq, nk, nqkv, rq, 0usize, lane, nb, lb);
         let g = plane_sum(dot_at::<F, N>(&*rq, 0usize, &*staged, lane, nb, lb, vs));
-        emit_qkv::<F>(g, fi, nq, nk, 2 * half, pos, lane, raw, v_cache);
+        emit_qkv::<F>(g, fi, nq, nk, 2 * half, pos, lane, raw, v_cache, bar, qkv_at, tag, tags);
         fi += planes;
     }
     // E: one cube per q and k head (its operands loaded before the barrier); with `attend`,
@@ -381,14 +436,21 @@ fn next_phases<F: Float, N: Size>(
             k2 = f32::cast_from(k_weight[unit + half]);
         }
     }
-    grid_sync_kind(bar, cubes, barrier);
+    if !tags {
+        grid_sync_kind(bar, cubes, barrier);
+    }
     if mine {
         // The cube-uniform branch: every unit of the cube takes part in the norm's tree.
         let mut x1 = 0.0f32;
         let mut x2 = 0.0f32;
         if active {
-            x1 = f32::cast_from(raw[c * 2 * half + unit]);
-            x2 = f32::cast_from(raw[c * 2 * half + unit + half]);
+            if tags {
+                x1 = await_value(bar, qkv_at + c * 2 * half + unit, tag);
+                x2 = await_value(bar, qkv_at + c * 2 * half + unit + half, tag);
+            } else {
+                x1 = f32::cast_from(raw[c * 2 * half + unit]);
+                x2 = f32::cast_from(raw[c * 2 * half + unit + half]);
+            }
         }
         rope_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, q_out, k_cache, c, heads, pos, qk_eps, active, unit, f32_internal, half, units);
         if on {
@@ -396,8 +458,22 @@ fn next_phases<F: Float, N: Size>(
             let mut y1 = 0.0f32;
             let mut y2 = 0.0f32;
             if active {
-                y1 = f32::cast_from(raw[(heads + g) * 2 * half + unit]);
-                y2 = f32::cast_from(raw[(heads + g) * 2 * half + unit + half]);
+                if tags {
+                    let kf = (heads + g) * 2 * half;
+                    y1 = await_value(bar, qkv_at + kf + unit, tag);
+                    y2 = await_value(bar, qkv_at + kf + unit + half, tag);
+                    // The KV head's value row too, into the cache (the same bits as phase D's
+                    // write there, which this cube has no barrier to wait for).
+                    let vf = (heads + kv_heads + g) * 2 * half;
+                    let v1 = await_value(bar, qkv_at + vf + unit, tag);
+                    let v2 = await_value(bar, qkv_at + vf + unit + half, tag);
+                    let dst = g * v_cache.stride(1) + pos * v_cache.stride(2);
+                    v_cache[dst + unit] = F::cast_from(v1);
+                    v_cache[dst + unit + half] = F::cast_from(v2);
+                } else {
+                    y1 = f32::cast_from(raw[(heads + g) * 2 * half + unit]);
+                    y2 = f32::cast_from(raw[(heads + g) * 2 * half + unit + half]);
+                }
             }
             rope_head::<F>(y1, y2, k1, k2, c1, s1, c2, s2, q_out, k_cache, heads + g, heads, pos, qk_eps, active, unit, f32_internal, half, units);
             // This cube's q and key row, written above, for its own loads below.
@@ -425,6 +501,38 @@ fn next_phases<F: Float, N: Size>(
             sink[0] = acc;
         }
     }
+}
+
+/// Where the tagged words (`crate::tagged`) of a launch with `tags` start in `bar`, after the
+/// barrier's words: B's `act` (`inter` words), then C's `out` (`hidden`, with `then_qkv`), then
+/// D's q/k/v features (`(heads + 2 * kv_heads) * hd`). See [`super::sync_words`].
+pub(super) const TAGS: usize = BARRIER_WORDS;
+
+/// Unit `u < block`'s elements `u + i * block` (below `width`) of the tagged row at `bar[at..]`,
+/// waited for: all of its loads issued first, then each re-read until it carries `tag`.
+#[cube]
+fn await_row(bar: &Tensor<Atomic<u32>>, at: usize, tag: u32, #[comptime] width: usize, #[comptime] block: usize) -> Array<f32> {
+    let per = comptime!(width.div_ceil(block));
+    let unit = UNIT_POS_X as usize;
+    let mut words = Array::<u32>::new(per);
+    let mut vals = Array::<f32>::new(per);
+    #[unroll]
+    for i in 0..per {
+        let k = unit + i * block;
+        words[i] = 0u32;
+        if unit < block && k < width {
+            words[i] = bar[at + k].load();
+        }
+    }
+    #[unroll]
+    for i in 0..per {
+        let k = unit + i * block;
+        vals[i] = 0.0f32;
+        if unit < block && k < width {
+            vals[i] = await_word(bar, at + k, words[i], tag);
+        }
+    }
+    vals
 }
 
 /// Phase E's attention (comptime): `on` = each q head's cube attends after its norm + RoPE;

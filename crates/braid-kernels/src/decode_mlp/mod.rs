@@ -66,11 +66,17 @@ pub struct DecodeMlpOptions {
     /// Down's and the next q/k/v's weight loads issued after the barrier's release fence
     /// (which waits for a unit's loads in flight too) rather than before it.
     pub late_loads: bool,
+    /// Only the first phase boundary is a grid barrier; after it the phases publish their
+    /// outputs as tagged words (`crate::tagged`: value and round in one 32-bit word) that the
+    /// next phase waits for, word by word, instead of a barrier. 16-bit dtypes (bf16, f16) and
+    /// the counter or light barrier only (else the barriers run); needs `bar` of
+    /// [`sync_words`] words.
+    pub tags: bool,
 }
 
 impl Default for DecodeMlpOptions {
     fn default() -> Self {
-        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true }
+        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true, tags: true }
     }
 }
 
@@ -94,9 +100,17 @@ pub struct DecodeMlpArgs {
     pub wg: TensorHandle,
     pub wu: TensorHandle,
     pub wd: TensorHandle,
-    /// `[BARRIER_WORDS]` u32, zeros before the first launch (each launch leaves its counter
-    /// a multiple of the cube count); one buffer may serve every layer of a stream.
+    /// `[BARRIER_WORDS]` u32 at least, [`sync_words`] for the tagged phases
+    /// ([`DecodeMlpOptions::tags`]), zeros before the first launch (each launch leaves its
+    /// counter a multiple of the cube count); one buffer may serve every layer of a stream.
     pub bar: TensorHandle,
+}
+
+/// Words of the `bar` buffer a launch with tagged phases needs ([`DecodeMlpOptions::tags`]):
+/// the barrier's, then one per element of `act` (`inter`), of `out` (`hidden`) and of the next
+/// layer's q/k/v (`nqkv = (heads + 2 * kv_heads) * head_dim`; 0 for [`decode_mlp`]).
+pub fn sync_words(hidden: usize, inter: usize, nqkv: usize) -> usize {
+    kernel::TAGS + inter + hidden + nqkv
 }
 
 /// Elements of a 16-byte weight vector: every width must be a multiple (the vector the GEMV
@@ -319,8 +333,17 @@ fn run(
         c.same_dtype(name, t, dtype)?;
     }
     c.contiguous("attn", &args.attn)?;
-    c.shape("bar", &args.bar, &[BARRIER_WORDS])?;
     c.same_dtype("bar", &args.bar, ElemType::UInt(cubecl::ir::UIntKind::U32))?;
+    c.contiguous("bar", &args.bar)?;
+    // Tagged words hold a 16-bit value beside the tag (`crate::tagged`), and need the round of
+    // a ticket barrier.
+    let tags = options.tags && dtype.size() == 2 && options.barrier != BarrierKind::Flag;
+    let nqkv = next.as_ref().map_or(0, |n| (n.shape.heads + 2 * n.shape.kv_heads) * n.shape.head_dim);
+    let words = if tags { sync_words(hidden, inter, nqkv) } else { BARRIER_WORDS };
+    if args.bar.shape().len() != 1 || args.bar.shape()[0] < words {
+        let why = if tags { format!("[{words}] or more: the barrier's words and the tagged phases' (sync_words)") } else { format!("[{BARRIER_WORDS}] or more") };
+        return Err(c.shape_err("bar", &args.bar, why));
+    }
     let refuse = |why: String| KernelError::Unsupported { kernel: c.kernel(), what: format!("{q_dim} -> {hidden} -> {inter} on this device"), why };
     let ahead_b = layout(client, dtype, q_dim, hidden, inter, options).map_err(refuse)?;
     let units = options.units;
@@ -453,6 +476,7 @@ fn run(
             options.d_early,
             attend,
             options.late_loads,
+            tags,
             dtype,
         );
     }

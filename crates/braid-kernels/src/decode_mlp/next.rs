@@ -6,6 +6,7 @@ use cubecl::prelude::*;
 use crate::gemv::kernel::load_at;
 use crate::qk_norm_rope::kernel::norm_rope_pair;
 use crate::reduce::block_sum;
+use crate::tagged::publish;
 
 /// Lane `lane`'s vectors of q/k/v feature `f` (rows of `wq`, then `wk`, then `wv`) into
 /// `regs[at..at + loads]`, where `f < nqkv` (else leaves them).
@@ -36,18 +37,37 @@ pub(super) fn load_qkv<F: Float, N: Size>(
 }
 
 /// Lane 0 stores q/k/v feature `f`'s sum `g` rounded to F: a q or k feature into `raw[f]`, a v
-/// feature into the value cache row of its head at `pos` (as `qkv_rope`'s `emit`).
+/// feature into the value cache row of its head at `pos` (as `qkv_rope`'s `emit`); with
+/// `tags`, every feature also into its tagged word `bar[at + f]` (`crate::tagged`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn emit_qkv<F: Float>(g: f32, f: usize, nq: usize, nk: usize, hd: usize, pos: usize, lane: usize, raw: &mut Tensor<F>, v_cache: &mut Tensor<F>) {
+pub(super) fn emit_qkv<F: Float>(
+    g: f32,
+    f: usize,
+    nq: usize,
+    nk: usize,
+    hd: usize,
+    pos: usize,
+    lane: usize,
+    raw: &mut Tensor<F>,
+    v_cache: &mut Tensor<F>,
+    bar: &Tensor<Atomic<u32>>,
+    at: usize,
+    tag: u32,
+    #[comptime] tags: bool,
+) {
     if lane == 0 {
+        let value = F::cast_from(g);
         if f < nq + nk {
-            raw[f] = F::cast_from(g);
+            raw[f] = value;
         } else {
             let j = f - nq - nk;
             let h = j / hd;
-            let at = h * v_cache.stride(1) + pos * v_cache.stride(2) + j % hd;
-            v_cache[at] = F::cast_from(g);
+            let dst = h * v_cache.stride(1) + pos * v_cache.stride(2) + j % hd;
+            v_cache[dst] = value;
+        }
+        if tags {
+            publish::<F>(bar, at + f, value, tag);
         }
     }
 }

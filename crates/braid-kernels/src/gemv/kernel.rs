@@ -191,7 +191,6 @@ pub(crate) fn stage_rows<F: Float>(
     #[comptime] cube: usize,
 ) {
     let unit = UNIT_POS_X as usize;
-    let nvec = hidden / vs;
     let stager = unit < block;
     let per = comptime!(hidden.div_ceil(block));
     let keep_f32 = comptime!(add_norm_semantics && f32_internal);
@@ -207,43 +206,76 @@ pub(crate) fn stage_rows<F: Float>(
                 vals[i] = input::<F>(x, residual, row * hidden + k, add_residual, keep_f32);
             }
         }
-        let mut inv = 1.0f32;
-        if normalize {
-            // The same order as a strided loop (`add_rms_norm`'s): bit-identical sums.
-            let mut sq = 0.0f32;
-            #[unroll]
-            for i in 0..per {
-                sq += vals[i] * vals[i];
-            }
-            let total_sq = block_sum(sq, cube);
-            inv = 1.0f32 / (total_sq / f32::cast_from(hidden as u32) + eps).sqrt();
-        }
+        stage_vals::<F>(&vals, r, row, valid, sum_out, gamma, staged, eps, write_sum, vs, f32_internal, normalize, add_residual, add_norm_semantics, hidden, block, cube);
+    }
+}
+
+/// [`stage_rows`]' second half for one row (`r` of the cube's, `row` of the input): the sum of
+/// squares of this unit's elements `vals[i]` (element `unit + i * block`, zeros where
+/// `!valid` or past the row), the norm, and the staging (with `sum_out` where `write_sum`).
+/// Where the values come from is the caller's: the input rows, or words other cubes publish
+/// (`decode_mlp`'s tagged phases).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_vals<F: Float>(
+    vals: &Array<f32>,
+    r: usize,
+    row: usize,
+    valid: bool,
+    sum_out: &mut Tensor<F>,
+    gamma: &Tensor<F>,
+    staged: &mut Shared<[f32]>,
+    eps: f32,
+    write_sum: bool,
+    #[comptime] vs: usize,
+    #[comptime] f32_internal: bool,
+    #[comptime] normalize: bool,
+    #[comptime] add_residual: bool,
+    #[comptime] add_norm_semantics: bool,
+    #[comptime] hidden: usize,
+    #[comptime] block: usize,
+    #[comptime] cube: usize,
+) {
+    let unit = UNIT_POS_X as usize;
+    let nvec = hidden / vs;
+    let stager = unit < block;
+    let per = comptime!(hidden.div_ceil(block));
+    let mut inv = 1.0f32;
+    if normalize {
+        // The same order as a strided loop (`add_rms_norm`'s): bit-identical sums.
+        let mut sq = 0.0f32;
         #[unroll]
         for i in 0..per {
-            let k = unit + i * block;
-            if stager && k < hidden {
-                let v = vals[i];
-                let mut n = 0.0f32;
-                if valid {
-                    if add_residual && write_sum {
-                        sum_out[row * hidden + k] = F::cast_from(v);
-                    }
-                    if normalize {
-                        let g = f32::cast_from(gamma[k]);
-                        if f32_internal {
-                            n = v * inv * g;
-                            if add_norm_semantics {
-                                n = round::<F>(n);
-                            }
-                        } else {
-                            n = round::<F>(round::<F>(v * inv) * g);
+            sq += vals[i] * vals[i];
+        }
+        let total_sq = block_sum(sq, cube);
+        inv = 1.0f32 / (total_sq / f32::cast_from(hidden as u32) + eps).sqrt();
+    }
+    #[unroll]
+    for i in 0..per {
+        let k = unit + i * block;
+        if stager && k < hidden {
+            let v = vals[i];
+            let mut n = 0.0f32;
+            if valid {
+                if add_residual && write_sum {
+                    sum_out[row * hidden + k] = F::cast_from(v);
+                }
+                if normalize {
+                    let g = f32::cast_from(gamma[k]);
+                    if f32_internal {
+                        n = v * inv * g;
+                        if add_norm_semantics {
+                            n = round::<F>(n);
                         }
                     } else {
-                        n = v;
+                        n = round::<F>(round::<F>(v * inv) * g);
                     }
+                } else {
+                    n = v;
                 }
-                staged[r * hidden + (k % vs) * nvec + k / vs] = n;
             }
+            staged[r * hidden + (k % vs) * nvec + k / vs] = n;
         }
     }
 }

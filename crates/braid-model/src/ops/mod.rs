@@ -375,8 +375,31 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
                 Some("counter") => BarrierKind::Counter,
                 _ => d.barrier,
             },
+            tags: var("BRAID_DECODE_MLP_TAGS").map_or(d.tags, |s| s != "0"),
         }
     })
+}
+
+/// Words of the barrier buffer the batch-1 decode launches need ([`decode_mlp`],
+/// [`decode_mlp_qkv`], [`decode_mlp_attn`]) for a model of these widths and heads: the grid
+/// barrier's and the tagged words of their phases (`braid_kernels::decode_mlp::sync_words`).
+pub fn decode_sync_words(hidden: usize, inter: usize, heads: usize, kv_heads: usize, head_dim: usize) -> usize {
+    braid_kernels::decode_mlp::sync_words(hidden, inter, (heads + 2 * kv_heads) * head_dim).max(BARRIER_WORDS)
+}
+
+/// Grid barrier rounds one persistent decode launch takes on the ticket counter for `x`'s
+/// dtype (the checks read the counter back): 1 where its phases after the first publish tagged
+/// words (`DecodeMlpOptions::tags`, 16-bit dtypes), else one per phase boundary: 2 for
+/// [`decode_mlp`], 4 with the next layer's phases (`then_qkv`).
+pub fn decode_mlp_rounds(x: &Tensor<2>, then_qkv: bool) -> u32 {
+    let tags = decode_mlp_options().tags && x.dtype().size() == 2 && decode_mlp_options().barrier != BarrierKind::Flag;
+    if tags {
+        1
+    } else if then_qkv {
+        4
+    } else {
+        2
+    }
 }
 
 /// Whether `x`'s device runs [`decode_mlp`] as its one persistent launch at these widths (the
@@ -842,9 +865,9 @@ pub fn add_rms_norm_qkv(
 /// The batch-1 decode step from the attention output `attn: [1, q_dim]` to the MLP output:
 /// `o = attn @ wo^T`, `h = residual + o`, `n = post_attention_norm(h)`, `down(silu(gate(n)) *
 /// up(n))`. Returns `(h, mlp_out)`. On a CUDA device with enough SMs and registers, one
-/// persistent launch (`braid_kernels::decode_mlp`: three GEMV phases and two grid barriers on
-/// `barrier: [BARRIER_WORDS]` u32, zeros before its first use, shareable by all layers of a
-/// stream), bit for bit the three launches it replaces; elsewhere those launches (`linear`,
+/// persistent launch (`braid_kernels::decode_mlp`: three GEMV phases, a grid barrier and tagged
+/// words between them on `barrier: [decode_sync_words]` u32, zeros before its first use,
+/// shareable by all layers of a stream), bit for bit the three launches it replaces; elsewhere those launches (`linear`,
 /// `add_rms_norm_gate_up`, `linear`). Twin: `reference::decode_mlp`.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_mlp(
@@ -880,7 +903,8 @@ pub fn decode_mlp(
 /// written into `k_cache, v_cache: [1, kv_heads, capacity, hd]` at `state[1]`. Returns
 /// `(stream, q: [1, heads, 1, hd], k_cache, v_cache)`: bit for bit [`decode_mlp`] then
 /// [`qkv_rope_cache`] with the residual add. One persistent launch where
-/// [`decode_mlp_qkv_supported`] (five phases, four grid barriers on `barrier`), else those two
+/// [`decode_mlp_qkv_supported`] (five phases, a grid barrier then tagged words on `barrier`:
+/// [`decode_sync_words`]; four barriers in f32), else those two
 /// ops. Twin: `reference::decode_mlp_qkv`.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_mlp_qkv(
