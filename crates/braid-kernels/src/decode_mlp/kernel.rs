@@ -5,7 +5,7 @@ use crate::attention::kernel::{attend_row, touch};
 use crate::gemv::kernel::{dot_regs, load_at, load_row, stage_rows, stage_vals};
 use crate::grid::{BARRIER_WORDS, grid_arrive_kind, grid_sync_kind, grid_sync_round, grid_wait_kind, grid_wait_round};
 use crate::reduce::round;
-use crate::tagged::{await_value, await_word, publish, tag_of};
+use crate::tagged::{has_tag, publish, tag_of, value_of};
 
 /// The batch-1 decode step from the attention output to the MLP output in one launch of
 /// `cubes` cubes of `units` units (one cube per SM), three phases separated by grid barriers:
@@ -249,7 +249,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
 
     // C: down_proj.
     if tags {
-        let vals = await_row(bar, act_at, tag, inter, block);
+        let mut vals = Array::<f32>::new(comptime!(inter.div_ceil(block)));
+        await_row(bar, act_at, tag, &mut vals, inter, block);
         stage_vals::<F>(&vals, 0usize, 0usize, (UNIT_POS_X as usize) < block, o, gamma, &mut staged, eps, false, vs, f32_internal, false, false, false, inter, block, block);
     } else {
         stage_rows::<F>(&*act, &*act, o, gamma, &mut staged, eps, 0usize, 1usize, false, vs, f32_internal, false, false, false, 1usize, inter, block, block);
@@ -371,8 +372,9 @@ fn next_phases<F: Float, N: Size>(
     if tags {
         // `sum` again from its operands (cube 0 wrote it without a barrier since), then down's
         // output as its words arrive: `input`'s `sum + out`, rounded.
-        let mut vals = await_row(bar, comptime!(TAGS + inter), tag, hidden, block);
         let per = comptime!(hidden.div_ceil(block));
+        let mut vals = Array::<f32>::new(per);
+        await_row(bar, comptime!(TAGS + inter), tag, &mut vals, hidden, block);
         #[unroll]
         for i in 0..per {
             let k = UNIT_POS_X as usize + i * block;
@@ -443,10 +445,15 @@ fn next_phases<F: Float, N: Size>(
         // The cube-uniform branch: every unit of the cube takes part in the norm's tree.
         let mut x1 = 0.0f32;
         let mut x2 = 0.0f32;
+        // With `tags` and `on`: [q/k pair, the KV head's k pair, its v pair], awaited together.
+        let mut got = Array::<f32>::new(6usize);
+        if tags && active {
+            await_head(bar, qkv_at, c, c / group, heads, kv_heads, unit, tag, &mut got, on, half);
+        }
         if active {
             if tags {
-                x1 = await_value(bar, qkv_at + c * 2 * half + unit, tag);
-                x2 = await_value(bar, qkv_at + c * 2 * half + unit + half, tag);
+                x1 = got[0];
+                x2 = got[1];
             } else {
                 x1 = f32::cast_from(raw[c * 2 * half + unit]);
                 x2 = f32::cast_from(raw[c * 2 * half + unit + half]);
@@ -459,17 +466,13 @@ fn next_phases<F: Float, N: Size>(
             let mut y2 = 0.0f32;
             if active {
                 if tags {
-                    let kf = (heads + g) * 2 * half;
-                    y1 = await_value(bar, qkv_at + kf + unit, tag);
-                    y2 = await_value(bar, qkv_at + kf + unit + half, tag);
+                    y1 = got[2];
+                    y2 = got[3];
                     // The KV head's value row too, into the cache (the same bits as phase D's
                     // write there, which this cube has no barrier to wait for).
-                    let vf = (heads + kv_heads + g) * 2 * half;
-                    let v1 = await_value(bar, qkv_at + vf + unit, tag);
-                    let v2 = await_value(bar, qkv_at + vf + unit + half, tag);
                     let dst = g * v_cache.stride(1) + pos * v_cache.stride(2);
-                    v_cache[dst + unit] = F::cast_from(v1);
-                    v_cache[dst + unit + half] = F::cast_from(v2);
+                    v_cache[dst + unit] = F::cast_from(got[4]);
+                    v_cache[dst + unit + half] = F::cast_from(got[5]);
                 } else {
                     y1 = f32::cast_from(raw[(heads + g) * 2 * half + unit]);
                     y2 = f32::cast_from(raw[(heads + g) * 2 * half + unit + half]);
@@ -509,30 +512,90 @@ fn next_phases<F: Float, N: Size>(
 pub(super) const TAGS: usize = BARRIER_WORDS;
 
 /// Unit `u < block`'s elements `u + i * block` (below `width`) of the tagged row at `bar[at..]`,
-/// waited for: all of its loads issued first, then each re-read until it carries `tag`.
+/// waited for ([`await_words`]), into `vals[i]` (0 past the row).
 #[cube]
-fn await_row(bar: &Tensor<Atomic<u32>>, at: usize, tag: u32, #[comptime] width: usize, #[comptime] block: usize) -> Array<f32> {
+fn await_row(bar: &Tensor<Atomic<u32>>, at: usize, tag: u32, vals: &mut Array<f32>, #[comptime] width: usize, #[comptime] block: usize) {
     let per = comptime!(width.div_ceil(block));
     let unit = UNIT_POS_X as usize;
     let mut words = Array::<u32>::new(per);
-    let mut vals = Array::<f32>::new(per);
+    let mut addr = Array::<usize>::new(per);
     #[unroll]
     for i in 0..per {
         let k = unit + i * block;
-        words[i] = 0u32;
+        addr[i] = at;
+        // (An element this unit does not stage counts as arrived, value 0.)
+        words[i] = tag;
         if unit < block && k < width {
+            addr[i] = at + k;
             words[i] = bar[at + k].load();
         }
     }
-    #[unroll]
-    for i in 0..per {
-        let k = unit + i * block;
-        vals[i] = 0.0f32;
-        if unit < block && k < width {
-            vals[i] = await_word(bar, at + k, words[i], tag);
+    await_words(bar, &addr, &mut words, vals, tag, per);
+}
+
+/// Waits until every `words[i]` (first read from `bar[addr[i]]`) carries `tag`, re-reading all
+/// the stale ones together each round (one memory round trip a round, whatever their
+/// count, instead of one per word); their values into `vals`.
+#[cube]
+fn await_words(bar: &Tensor<Atomic<u32>>, addr: &Array<usize>, words: &mut Array<u32>, vals: &mut Array<f32>, tag: u32, #[comptime] n: usize) {
+    let mut stale = true;
+    while stale {
+        stale = false;
+        #[unroll]
+        for i in 0..n {
+            if !has_tag(words[i], tag) {
+                stale = true;
+                words[i] = bar[addr[i]].load();
+            }
         }
     }
-    vals
+    #[unroll]
+    for i in 0..n {
+        vals[i] = value_of(words[i]);
+    }
+}
+
+/// Phase E's tagged inputs for unit `unit < half` of head `c`'s cube (a q head, or with `!on`
+/// a k head at `c >= heads`): its pair `(unit, unit + half)` of head `c`'s raw q/k features;
+/// with `on`, also KV head `g`'s key pair and value pair. All read at once and awaited
+/// together ([`await_words`]); entries not needed are zeros.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn await_head(
+    bar: &Tensor<Atomic<u32>>,
+    at: usize,
+    c: usize,
+    g: usize,
+    heads: usize,
+    kv_heads: usize,
+    unit: usize,
+    tag: u32,
+    vals: &mut Array<f32>,
+    #[comptime] on: bool,
+    #[comptime] half: usize,
+) {
+    let hd = comptime!(2 * half);
+    let mut addr = Array::<usize>::new(6usize);
+    let mut words = Array::<u32>::new(6usize);
+    addr[0] = at + c * hd + unit;
+    addr[1] = at + c * hd + unit + half;
+    addr[2] = at + (heads + g) * hd + unit;
+    addr[3] = at + (heads + g) * hd + unit + half;
+    addr[4] = at + (heads + kv_heads + g) * hd + unit;
+    addr[5] = at + (heads + kv_heads + g) * hd + unit + half;
+    words[0] = bar[addr[0]].load();
+    words[1] = bar[addr[1]].load();
+    #[unroll]
+    for i in 2..6usize {
+        words[i] = tag;
+    }
+    if on {
+        #[unroll]
+        for i in 2..6usize {
+            words[i] = bar[addr[i]].load();
+        }
+    }
+    await_words(bar, &addr, &mut words, vals, tag, 6usize);
 }
 
 /// Phase E's attention (comptime): `on` = each q head's cube attends after its norm + RoPE;
