@@ -162,6 +162,21 @@ pub fn grid_wait_round(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comp
     round[0]
 }
 
+/// Waits until every cube of the launch has called it, with no fence on either side: it orders
+/// no memory, only the cubes' progress (a unit's stores may still be on their way when the
+/// others pass). For data that says itself whether it has arrived (`crate::tagged` words, which
+/// a reader re-reads until they carry the round's tag): the readers then find nearly every
+/// word there on the first read, instead of each polling all of them while they arrive, and
+/// no unit waits for its own stores and loads in flight, as a release fence makes it.
+#[cube]
+pub fn grid_sync_unfenced(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
+    sync_cube();
+    if UNIT_POS == 0 {
+        take_ticket_and_wait(bar, cubes);
+    }
+    sync_cube();
+}
+
 /// [`grid_sync_kind`] (counter or light) returning the round: [`grid_wait_round`].
 #[cube]
 pub fn grid_sync_round(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] kind: u32) -> u32 {

@@ -3,7 +3,7 @@ use cubecl::prelude::*;
 use super::next::{emit_qkv, load_qkv, rope_head};
 use crate::attention::kernel::{attend_row, touch};
 use crate::gemv::kernel::{dot_regs, load_at, load_row, stage_rows, stage_vals};
-use crate::grid::{BARRIER_WORDS, grid_arrive_kind, grid_sync_kind, grid_sync_round, grid_wait_kind, grid_wait_round};
+use crate::grid::{BARRIER_WORDS, grid_arrive_kind, grid_sync_kind, grid_sync_round, grid_sync_unfenced, grid_wait_kind, grid_wait_round};
 use crate::reduce::round;
 use crate::tagged::{has_tag, publish, tag_of, value_of};
 
@@ -104,6 +104,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     #[comptime] attend: AttendPhase,
     #[comptime] late_loads: bool,
     #[comptime] tags: bool,
+    #[comptime] counted: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = wo.vector_size();
@@ -246,6 +247,9 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
             grid_sync_kind(bar, cubes, barrier);
         }
     }
+    if comptime!(tags && counted) {
+        grid_sync_unfenced(bar, cubes);
+    }
 
     // C: down_proj.
     if tags {
@@ -278,7 +282,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if then_qkv {
         next_phases::<F, N>(
             residual, &*o, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq,
-            eps_in, qk_eps, scale, fd, planes, first, tag, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, d_early, attend, late_loads, tags,
+            eps_in, qk_eps, scale, fd, planes, first, tag, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, d_early, attend, late_loads, tags, counted,
         );
     }
 }
@@ -341,6 +345,7 @@ fn next_phases<F: Float, N: Size>(
     #[comptime] attend: AttendPhase,
     #[comptime] late_loads: bool,
     #[comptime] tags: bool,
+    #[comptime] counted: bool,
 ) {
     let vs = wq.vector_size();
     let nb = hidden / vs;
@@ -366,6 +371,9 @@ fn next_phases<F: Float, N: Size>(
         } else {
             grid_sync_kind(bar, cubes, barrier);
         }
+    }
+    if comptime!(tags && counted) {
+        grid_sync_unfenced(bar, cubes);
     }
 
     // D: the next layer's residual add + input norm + q/k/v, as `qkv_rope` stages and sums.
@@ -440,6 +448,9 @@ fn next_phases<F: Float, N: Size>(
     }
     if !tags {
         grid_sync_kind(bar, cubes, barrier);
+    }
+    if comptime!(tags && counted) {
+        grid_sync_unfenced(bar, cubes);
     }
     if mine {
         // The cube-uniform branch: every unit of the cube takes part in the norm's tree.

@@ -72,11 +72,15 @@ pub struct DecodeMlpOptions {
     /// the counter or light barrier only (else the barriers run); needs `bar` of
     /// [`sync_words`] words.
     pub tags: bool,
+    /// With `tags`, each later phase boundary is still a grid barrier, but an unfenced one
+    /// (`grid::grid_sync_unfenced`: it orders no memory, the tags do): the readers find their
+    /// words there instead of polling them all while they arrive. Without it they poll.
+    pub counted: bool,
 }
 
 impl Default for DecodeMlpOptions {
     fn default() -> Self {
-        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true, tags: true }
+        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true, tags: true, counted: true }
     }
 }
 
@@ -477,6 +481,7 @@ fn run(
             attend,
             options.late_loads,
             tags,
+            options.counted,
             dtype,
         );
     }
