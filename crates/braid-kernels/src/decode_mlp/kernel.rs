@@ -3,7 +3,7 @@ use cubecl::prelude::*;
 use super::next::{emit_qkv, load_qkv, rope_head};
 use crate::attention::kernel::{attend_row, touch};
 use crate::gemv::kernel::{dot_regs, load_at, load_row, stage_rows, stage_vals};
-use crate::grid::{BARRIER_WORDS, grid_arrive_kind, grid_sync_kind, grid_sync_round, grid_sync_unfenced, grid_wait_kind, grid_wait_round};
+use crate::grid::{BARRIER_WORDS, grid_arrive_kind, grid_sync_kind, grid_sync_unfenced, grid_wait_kind};
 use crate::reduce::round;
 use crate::tagged::{has_tag, publish, tag_of, value_of};
 
@@ -104,7 +104,6 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     #[comptime] attend: AttendPhase,
     #[comptime] late_loads: bool,
     #[comptime] tags: bool,
-    #[comptime] counted: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = wo.vector_size();
@@ -132,7 +131,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     let nqkv = comptime!((heads + 2 * kv_heads) * 2 * half);
     let fd = (plane + planes - (2 * hidden + inter) % planes) % planes;
 
-    let act_at = comptime!(TAGS);
+    let o_at = comptime!(TAGS);
+    let act_at = comptime!(TAGS + hidden);
     let mut ra = Array::<Vector<F, N>>::new(la);
     // Gate and up weights of this plane's first `ahead_b` B features, feature `s` at `s * lb`.
     let mut rg = Array::<Vector<F, N>>::new(comptime!(ahead_b * lb));
@@ -152,9 +152,21 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         }
     }
 
+    // With `tags`, the launch's round: the ticket counter over the cube count, read before
+    // this cube's first ticket (no round of the launch can complete before, so every cube reads
+    // the same); it tags every word the launch publishes.
+    let mut start = Shared::<[u32]>::new_slice(1usize);
+    if tags && UNIT_POS == 0 {
+        start[0] = bar[0].load() / cubes;
+    }
+
     // A: o_proj.
     stage_rows::<F>(attn, attn, o, gamma, &mut staged, eps, 0usize, 1usize, false, vs, f32_internal, false, false, false, 1usize, q_dim, block, block);
     sync_cube();
+    let mut tag = 0u32;
+    if tags {
+        tag = tag_of(start[0]);
+    }
     let mut f = fa;
     while f < hidden {
         let mut acc = Array::<f32>::new(1usize);
@@ -166,25 +178,23 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         }
         let g = plane_sum(acc[0]);
         if lane == 0 {
-            o[f] = F::cast_from(g);
+            let v = F::cast_from(g);
+            o[f] = v;
+            if tags {
+                publish::<F>(bar, o_at + f, v, tag);
+            }
         }
         f = next;
     }
     // (`late_loads`: after the first barrier's release fence.)
-    if c_early && late_loads {
+    if c_early && late_loads && !tags {
         grid_arrive_kind(bar, cubes, barrier);
     }
     if c_early && fc < hidden {
         load_row::<F, N>(wd, fc * nc, &mut rc, lane, step, nc, lc);
     }
-    // With `tags`, the one barrier of the launch: its round tags the words published after it.
-    let mut tag = 0u32;
     if tags {
-        if c_early && late_loads {
-            tag = tag_of(grid_wait_round(bar, cubes, barrier));
-        } else {
-            tag = tag_of(grid_sync_round(bar, cubes, barrier));
-        }
+        grid_sync_unfenced(bar, cubes);
     } else if c_early && late_loads {
         grid_wait_kind(bar, cubes, barrier);
     } else {
@@ -193,7 +203,30 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
 
     // B: residual add + post-attention RMSNorm + gate/up + SiLU.
     let first = CUBE_POS_X == 0;
-    stage_rows::<F>(&*o, residual, sum, gamma, &mut staged, eps, 0usize, 1usize, first, vs, f32_internal, true, true, true, 1usize, hidden, block, units);
+    if tags {
+        // `input`'s `residual + o` (rounded unless kept in f32), o from its words.
+        let per = comptime!(hidden.div_ceil(block));
+        let mut addr = Array::<usize>::new(per);
+        let mut words = Array::<u32>::new(per);
+        let mut vals = Array::<f32>::new(per);
+        read_row(bar, o_at, tag, &mut addr, &mut words, 0usize, hidden, block);
+        await_words(bar, &addr, &mut words, &mut vals, tag, per);
+        #[unroll]
+        for i in 0..per {
+            let k = UNIT_POS_X as usize + i * block;
+            if (UNIT_POS_X as usize) < block && k < hidden {
+                let h = f32::cast_from(residual[k]) + vals[i];
+                if comptime!(f32_internal) {
+                    vals[i] = h;
+                } else {
+                    vals[i] = f32::cast_from(F::cast_from(h));
+                }
+            }
+        }
+        stage_vals::<F>(&vals, 0usize, 0usize, (UNIT_POS_X as usize) < block, sum, gamma, &mut staged, eps, first, vs, f32_internal, true, true, true, hidden, block, units);
+    } else {
+        stage_rows::<F>(&*o, residual, sum, gamma, &mut staged, eps, 0usize, 1usize, first, vs, f32_internal, true, true, true, 1usize, hidden, block, units);
+    }
     sync_cube();
     #[unroll]
     for s in 0..ahead_b {
@@ -247,14 +280,18 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
             grid_sync_kind(bar, cubes, barrier);
         }
     }
-    if comptime!(tags && counted) {
+    if tags {
         grid_sync_unfenced(bar, cubes);
     }
 
     // C: down_proj.
     if tags {
-        let mut vals = Array::<f32>::new(comptime!(inter.div_ceil(block)));
-        await_row(bar, act_at, tag, &mut vals, inter, block);
+        let per = comptime!(inter.div_ceil(block));
+        let mut addr = Array::<usize>::new(per);
+        let mut words = Array::<u32>::new(per);
+        let mut vals = Array::<f32>::new(per);
+        read_row(bar, act_at, tag, &mut addr, &mut words, 0usize, inter, block);
+        await_words(bar, &addr, &mut words, &mut vals, tag, per);
         stage_vals::<F>(&vals, 0usize, 0usize, (UNIT_POS_X as usize) < block, o, gamma, &mut staged, eps, false, vs, f32_internal, false, false, false, inter, block, block);
     } else {
         stage_rows::<F>(&*act, &*act, o, gamma, &mut staged, eps, 0usize, 1usize, false, vs, f32_internal, false, false, false, 1usize, inter, block, block);
@@ -281,8 +318,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     }
     if then_qkv {
         next_phases::<F, N>(
-            residual, &*o, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq,
-            eps_in, qk_eps, scale, fd, planes, first, tag, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, d_early, attend, late_loads, tags, counted,
+            residual, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq,
+            eps_in, qk_eps, scale, fd, planes, first, tag, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, d_early, attend, late_loads, tags,
         );
     }
 }
@@ -294,7 +331,6 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
 #[allow(clippy::too_many_arguments)]
 fn next_phases<F: Float, N: Size>(
     residual: &Tensor<F>,
-    o: &Tensor<F>,
     sum: &Tensor<F>,
     out: &Tensor<F>,
     gamma_in: &Tensor<F>,
@@ -345,7 +381,6 @@ fn next_phases<F: Float, N: Size>(
     #[comptime] attend: AttendPhase,
     #[comptime] late_loads: bool,
     #[comptime] tags: bool,
-    #[comptime] counted: bool,
 ) {
     let vs = wq.vector_size();
     let nb = hidden / vs;
@@ -355,7 +390,7 @@ fn next_phases<F: Float, N: Size>(
     let nqkv = comptime!((heads + 2 * kv_heads) * 2 * half);
     let lane = UNIT_POS_PLANE as usize;
     let pos = state[1] as usize;
-    let qkv_at = comptime!(TAGS + inter + hidden);
+    let qkv_at = comptime!(TAGS + 2 * hidden + inter);
     if late_loads && !tags {
         grid_arrive_kind(bar, cubes, barrier);
     }
@@ -372,7 +407,7 @@ fn next_phases<F: Float, N: Size>(
             grid_sync_kind(bar, cubes, barrier);
         }
     }
-    if comptime!(tags && counted) {
+    if tags {
         grid_sync_unfenced(bar, cubes);
     }
 
@@ -381,14 +416,21 @@ fn next_phases<F: Float, N: Size>(
         // `sum` again from its operands (cube 0 wrote it without a barrier since), then down's
         // output as its words arrive: `input`'s `sum + out`, rounded.
         let per = comptime!(hidden.div_ceil(block));
+        // [o's words | out's words], awaited together.
+        let mut addr = Array::<usize>::new(comptime!(2 * per));
+        let mut words = Array::<u32>::new(comptime!(2 * per));
+        let mut got = Array::<f32>::new(comptime!(2 * per));
+        read_row(bar, comptime!(TAGS), tag, &mut addr, &mut words, 0usize, hidden, block);
+        read_row(bar, comptime!(TAGS + hidden + inter), tag, &mut addr, &mut words, per, hidden, block);
+        await_words(bar, &addr, &mut words, &mut got, tag, comptime!(2 * per));
         let mut vals = Array::<f32>::new(per);
-        await_row(bar, comptime!(TAGS + inter), tag, &mut vals, hidden, block);
         #[unroll]
         for i in 0..per {
             let k = UNIT_POS_X as usize + i * block;
+            vals[i] = 0.0f32;
             if (UNIT_POS_X as usize) < block && k < hidden {
-                let s = f32::cast_from(F::cast_from(f32::cast_from(residual[k]) + f32::cast_from(o[k])));
-                vals[i] = f32::cast_from(F::cast_from(s + vals[i]));
+                let s = f32::cast_from(F::cast_from(f32::cast_from(residual[k]) + got[i]));
+                vals[i] = f32::cast_from(F::cast_from(s + got[per + i]));
             }
         }
         stage_vals::<F>(&vals, 0usize, 0usize, (UNIT_POS_X as usize) < block, stream, gamma_in, staged, eps_in, first, vs, f32_internal, true, true, false, hidden, block, units);
@@ -449,7 +491,7 @@ fn next_phases<F: Float, N: Size>(
     if !tags {
         grid_sync_kind(bar, cubes, barrier);
     }
-    if comptime!(tags && counted) {
+    if tags {
         grid_sync_unfenced(bar, cubes);
     }
     if mine {
@@ -518,30 +560,28 @@ fn next_phases<F: Float, N: Size>(
 }
 
 /// Where the tagged words (`crate::tagged`) of a launch with `tags` start in `bar`, after the
-/// barrier's words: B's `act` (`inter` words), then C's `out` (`hidden`, with `then_qkv`), then
-/// D's q/k/v features (`(heads + 2 * kv_heads) * hd`). See [`super::sync_words`].
+/// barrier's words: A's `o` (`hidden` words), B's `act` (`inter`), C's `out` (`hidden`, with
+/// `then_qkv`), D's q/k/v features (`(heads + 2 * kv_heads) * hd`). See [`super::sync_words`].
 pub(super) const TAGS: usize = BARRIER_WORDS;
 
-/// Unit `u < block`'s elements `u + i * block` (below `width`) of the tagged row at `bar[at..]`,
-/// waited for ([`await_words`]), into `vals[i]` (0 past the row).
+/// First reads of unit `u < block`'s elements `u + i * block` (below `width`) of the tagged row
+/// at `bar[at..]` into `words[from + i]`, their addresses into `addr[from + i]`, for
+/// [`await_words`]; an element the unit does not stage counts as arrived (`tag`, value 0).
 #[cube]
-fn await_row(bar: &Tensor<Atomic<u32>>, at: usize, tag: u32, vals: &mut Array<f32>, #[comptime] width: usize, #[comptime] block: usize) {
+#[allow(clippy::too_many_arguments)]
+fn read_row(bar: &Tensor<Atomic<u32>>, at: usize, tag: u32, addr: &mut Array<usize>, words: &mut Array<u32>, #[comptime] from: usize, #[comptime] width: usize, #[comptime] block: usize) {
     let per = comptime!(width.div_ceil(block));
     let unit = UNIT_POS_X as usize;
-    let mut words = Array::<u32>::new(per);
-    let mut addr = Array::<usize>::new(per);
     #[unroll]
     for i in 0..per {
         let k = unit + i * block;
-        addr[i] = at;
-        // (An element this unit does not stage counts as arrived, value 0.)
-        words[i] = tag;
+        addr[from + i] = at;
+        words[from + i] = tag;
         if unit < block && k < width {
-            addr[i] = at + k;
-            words[i] = bar[at + k].load();
+            addr[from + i] = at + k;
+            words[from + i] = bar[at + k].load();
         }
     }
-    await_words(bar, &addr, &mut words, vals, tag, per);
 }
 
 /// Waits until every `words[i]` (first read from `bar[addr[i]]`) carries `tag`, re-reading all

@@ -66,21 +66,17 @@ pub struct DecodeMlpOptions {
     /// Down's and the next q/k/v's weight loads issued after the barrier's release fence
     /// (which waits for a unit's loads in flight too) rather than before it.
     pub late_loads: bool,
-    /// Only the first phase boundary is a grid barrier; after it the phases publish their
-    /// outputs as tagged words (`crate::tagged`: value and round in one 32-bit word) that the
-    /// next phase waits for, word by word, instead of a barrier. 16-bit dtypes (bf16, f16) and
-    /// the counter or light barrier only (else the barriers run); needs `bar` of
-    /// [`sync_words`] words.
+    /// The phases publish their outputs as tagged words (`crate::tagged`: a value and its
+    /// round in one 32-bit word), which the next phase reads until each carries the launch's
+    /// round, and the grid barriers between them are unfenced (`grid::grid_sync_unfenced`:
+    /// they order no memory, the tags do; `barrier` is then unused). 16-bit dtypes (bf16, f16;
+    /// f32 runs the fenced barriers); needs `bar` of [`sync_words`] words.
     pub tags: bool,
-    /// With `tags`, each later phase boundary is still a grid barrier, but an unfenced one
-    /// (`grid::grid_sync_unfenced`: it orders no memory, the tags do): the readers find their
-    /// words there instead of polling them all while they arrive. Without it they poll.
-    pub counted: bool,
 }
 
 impl Default for DecodeMlpOptions {
     fn default() -> Self {
-        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true, tags: true, counted: true }
+        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true, tags: true }
     }
 }
 
@@ -111,10 +107,10 @@ pub struct DecodeMlpArgs {
 }
 
 /// Words of the `bar` buffer a launch with tagged phases needs ([`DecodeMlpOptions::tags`]):
-/// the barrier's, then one per element of `act` (`inter`), of `out` (`hidden`) and of the next
-/// layer's q/k/v (`nqkv = (heads + 2 * kv_heads) * head_dim`; 0 for [`decode_mlp`]).
+/// the barrier's, then one per element of `o` (`hidden`), `act` (`inter`), `out` (`hidden`) and
+/// of the next layer's q/k/v (`nqkv = (heads + 2 * kv_heads) * head_dim`; 0 for [`decode_mlp`]).
 pub fn sync_words(hidden: usize, inter: usize, nqkv: usize) -> usize {
-    kernel::TAGS + inter + hidden + nqkv
+    kernel::TAGS + 2 * hidden + inter + nqkv
 }
 
 /// Elements of a 16-byte weight vector: every width must be a multiple (the vector the GEMV
@@ -339,9 +335,8 @@ fn run(
     c.contiguous("attn", &args.attn)?;
     c.same_dtype("bar", &args.bar, ElemType::UInt(cubecl::ir::UIntKind::U32))?;
     c.contiguous("bar", &args.bar)?;
-    // Tagged words hold a 16-bit value beside the tag (`crate::tagged`), and need the round of
-    // a ticket barrier.
-    let tags = options.tags && dtype.size() == 2 && options.barrier != BarrierKind::Flag;
+    // Tagged words hold a 16-bit value beside the tag (`crate::tagged`).
+    let tags = options.tags && dtype.size() == 2;
     let nqkv = next.as_ref().map_or(0, |n| (n.shape.heads + 2 * n.shape.kv_heads) * n.shape.head_dim);
     let words = if tags { sync_words(hidden, inter, nqkv) } else { BARRIER_WORDS };
     if args.bar.shape().len() != 1 || args.bar.shape()[0] < words {
@@ -481,7 +476,6 @@ fn run(
             attend,
             options.late_loads,
             tags,
-            options.counted,
             dtype,
         );
     }

@@ -356,9 +356,9 @@ pub fn decode_mlp_fused() -> bool {
 /// barrier), `$BRAID_DECODE_MLP_C_EARLY=1` (down's first weights before the first barrier),
 /// `$BRAID_DECODE_MLP_BARRIER=counter|light` (the grid barrier), `$BRAID_DECODE_MLP_D_EARLY=0|1`
 /// ([`decode_mlp_qkv`]'s q/k/v weights before the second barrier), `$BRAID_DECODE_MLP_LATE_LOADS=0|1`
-/// (down's and q/k/v's weight loads after the barrier's fence), `$BRAID_DECODE_MLP_TAGS=0|poll|1`
-/// (the phases after the first: fenced barriers, tagged words polled without a barrier, tagged
-/// words behind unfenced barriers). Read once per process.
+/// (down's and q/k/v's weight loads after the barrier's fence), `$BRAID_DECODE_MLP_TAGS=0|1`
+/// (the phases' outputs through fenced barriers, or as tagged words behind unfenced ones). Read
+/// once per process.
 pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOptions {
     use braid_kernels::decode_mlp::DecodeMlpOptions;
     static OPTIONS: std::sync::OnceLock<DecodeMlpOptions> = std::sync::OnceLock::new();
@@ -378,7 +378,6 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
                 _ => d.barrier,
             },
             tags: var("BRAID_DECODE_MLP_TAGS").map_or(d.tags, |s| s != "0"),
-            counted: var("BRAID_DECODE_MLP_TAGS").map_or(d.counted, |s| s != "poll"),
         }
     })
 }
@@ -388,23 +387,6 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
 /// barrier's and the tagged words of their phases (`braid_kernels::decode_mlp::sync_words`).
 pub fn decode_sync_words(hidden: usize, inter: usize, heads: usize, kv_heads: usize, head_dim: usize) -> usize {
     braid_kernels::decode_mlp::sync_words(hidden, inter, (heads + 2 * kv_heads) * head_dim).max(BARRIER_WORDS)
-}
-
-/// Grid barrier rounds one persistent decode launch takes on the ticket counter for `x`'s
-/// dtype (the checks read the counter back): one per phase boundary, 2 for [`decode_mlp`], 4
-/// with the next layer's phases (`then_qkv`), the later ones unfenced where the phases publish
-/// tagged words (`DecodeMlpOptions::tags`, 16-bit dtypes); 1 where those are polled without a
-/// barrier (`$BRAID_DECODE_MLP_TAGS=poll`).
-pub fn decode_mlp_rounds(x: &Tensor<2>, then_qkv: bool) -> u32 {
-    let o = decode_mlp_options();
-    let tags = o.tags && x.dtype().size() == 2 && o.barrier != BarrierKind::Flag;
-    if tags && !o.counted {
-        1
-    } else if then_qkv {
-        4
-    } else {
-        2
-    }
 }
 
 /// Whether `x`'s device runs [`decode_mlp`] as its one persistent launch at these widths (the

@@ -1010,7 +1010,7 @@ fn check_qkv_rope(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpC
 /// where the device runs it (`ops::decode_mlp_supported`; nothing elsewhere): `decode_mlp` =
 /// outputs `[h | mlp_out]` against the f64 truth and the twin; `decode_mlp_bits` = the same
 /// against the three fused launches it replaces (`linear`, `add_rms_norm_gate_up`, `linear`),
-/// bit for bit, plus the barrier counter after the launch (two barriers of every cube, or one where the later phases publish tagged words). One row
+/// bit for bit, plus the barrier counter after the launch (two barriers of every cube). One row
 /// whatever the case: Qwen3-0.6B's widths at decode (gate/up features past the grid's planes),
 /// odd multiples of a vector elsewhere (partial lane rounds); the case's magnitudes in the
 /// residual stream and the norm weights.
@@ -1022,8 +1022,6 @@ fn check_decode_mlp(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<O
         return Vec::new();
     }
     let attn = ctx.t(rng.vec(q_dim, 1.0), [1, q_dim]);
-    // Barrier rounds a launch takes (1 where the phases after the first publish tagged words).
-    let rounds = super::decode_mlp_rounds(&attn, false);
     let res = ctx.t(input(rng, 1, hidden, case), [1, hidden]);
     let g = ctx.t(rng.norm_weights(hidden, 1.0, 0.2, case.peak), [hidden]);
     let wo = ctx.t(rng.vec(hidden * q_dim, 0.02), [hidden, q_dim]);
@@ -1050,11 +1048,11 @@ fn check_decode_mlp(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<O
     let o = super::linear(attn, wo);
     let (h3, act3) = super::add_rms_norm_gate_up(res, o, g, wg, wu, eps, p);
     let three = [host(h3), host(super::linear(act3, wd))].concat();
-    let launch_rounds = f64::from(rounds * super::BARRIER_CUBES);
+    let two_rounds = 2.0 * f64::from(super::BARRIER_CUBES);
     let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
     vec![
         record("decode_mlp", case.name, p, &fused, &twin, &truth),
-        record("decode_mlp_bits", case.name, p, &with(&fused, count), &with(&three, launch_rounds), &with(&truth, launch_rounds)),
+        record("decode_mlp_bits", case.name, p, &with(&fused, count), &with(&three, two_rounds), &with(&truth, two_rounds)),
     ]
 }
 
@@ -1063,7 +1061,7 @@ fn check_decode_mlp(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<O
 /// outputs `[stream | q | k_cache | v_cache]` against the f64 truth and the twin;
 /// `decode_mlp_qkv_bits` = the same against `decode_mlp` then `qkv_rope_cache` with the
 /// residual add, bit for bit, plus the barrier counter after the launch (four barriers of every
-/// cube, one with tagged phases). Then the same launch running the next layer's attention too: `decode_mlp_attn` =
+/// cube). Then the same launch running the next layer's attention too: `decode_mlp_attn` =
 /// `[stream | attn | k_cache | v_cache]` against the truth (attention in f64 over the truth's
 /// caches) and the twin; `decode_mlp_attn_bits` = against `decode_mlp_qkv` then
 /// `attention_at_units` at the launch's cube width, bit for bit. Qwen3-0.6B's widths and heads
@@ -1081,7 +1079,6 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
         return Vec::new();
     }
     let attn = ctx.t(rng.vec(q_dim, 1.0), [1, q_dim]);
-    let rounds = super::decode_mlp_rounds(&attn, true);
     let res = ctx.t(input(rng, 1, hidden, case), [1, hidden]);
     let g = ctx.t(rng.norm_weights(hidden, 1.0, 0.2, case.peak), [hidden]);
     let wo = ctx.t(rng.vec(hidden * q_dim, 0.02), [hidden, q_dim]);
@@ -1178,11 +1175,10 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
     };
     ctx.poison(nq + hidden);
     let fused = run(0);
-    // The counter after the one launch alone: its rounds (4, or 1 with tagged phases) of every
-    // cube.
+    // The counter after the one launch alone: four rounds of every cube.
     let count = barrier_count(bar.clone());
     let (twin, two) = (run(1), run(2));
-    let launch_rounds = f64::from(rounds * super::BARRIER_CUBES);
+    let four_rounds = 4.0 * f64::from(super::BARRIER_CUBES);
     let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
     ctx.poison(nq + hidden);
     let before = barrier_count(bar.clone());
@@ -1191,9 +1187,9 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
     let (twin_attn, two_attn) = (run(4), run(5));
     vec![
         record("decode_mlp_qkv", case.name, p, &fused, &twin, &truth),
-        record("decode_mlp_qkv_bits", case.name, p, &with(&fused, count), &with(&two, launch_rounds), &with(&truth, launch_rounds)),
+        record("decode_mlp_qkv_bits", case.name, p, &with(&fused, count), &with(&two, four_rounds), &with(&truth, four_rounds)),
         record("decode_mlp_attn", case.name, p, &fused_attn, &twin_attn, &truth_attn),
-        record("decode_mlp_attn_bits", case.name, p, &with(&fused_attn, count_attn), &with(&two_attn, launch_rounds), &with(&truth_attn, launch_rounds)),
+        record("decode_mlp_attn_bits", case.name, p, &with(&fused_attn, count_attn), &with(&two_attn, four_rounds), &with(&truth_attn, four_rounds)),
     ]
 }
 
