@@ -43,6 +43,14 @@ use crate::tagged::{has_tag, publish, tag_of, value_of};
 /// with C's, before the second barrier). Bit for bit `qkv_rope` after the three launches:
 /// the staging, per-feature order and pair function are that kernel's. Without `then_qkv` the
 /// extra tensors are never touched (any of the right types may stand in).
+///
+/// With `tags` (16-bit F), every phase also publishes its output elements as tagged words in
+/// `bar` (`crate::tagged`; regions at [`TAGS`]) under the launch's round, read from the ticket
+/// counter at the start, and the next phase stages from those words ([`read_row`],
+/// [`await_words`]) instead of the F buffers; the barriers are unfenced. `sum` in D is then
+/// computed again from `residual` and `o`'s words (cube 0's store of it has no fence behind
+/// it), and phase E's attention cubes write their KV head's new value row themselves, from
+/// its words. The bits are the same: the words carry the F values.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
@@ -57,7 +65,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     sum: &mut Tensor<F>,       // [1, hidden]: residual + o
     act: &mut Tensor<F>,       // [1, inter]: phase B's output (scratch)
     out: &mut Tensor<F>,       // [1, hidden]: down_proj's output
-    bar: &Tensor<Atomic<u32>>, // [BARRIER_WORDS]: the grid barrier's counter at 0
+    bar: &Tensor<Atomic<u32>>, // [BARRIER_WORDS or sync_words]: the barrier's counter at 0, tagged words at TAGS
     gamma_in: &Tensor<F>,      // [hidden]: the next layer's input_layernorm
     wq: &Tensor<Vector<F, N>>, // [heads * hd, hidden / N]
     wk: &Tensor<Vector<F, N>>, // [kv_heads * hd, hidden / N]
