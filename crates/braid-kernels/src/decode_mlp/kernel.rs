@@ -201,13 +201,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if c_early && fc < hidden {
         load_row::<F, N>(wd, fc * nc, &mut rc, lane, step, nc, lc);
     }
-    if tags {
-        grid_sync_unfenced(bar, cubes);
-    } else if c_early && late_loads {
-        grid_wait_kind(bar, cubes, barrier);
-    } else {
-        grid_sync_kind(bar, cubes, barrier);
-    }
+    phase_barrier(bar, cubes, barrier, comptime!(c_early && late_loads), tags);
 
     // B: residual add + post-attention RMSNorm + gate/up + SiLU.
     let first = CUBE_POS_X == 0;
@@ -281,16 +275,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
             load_qkv::<F, N>(wq, wk, wv, fd + s * planes, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
         }
     }
-    if !tags {
-        if late_loads {
-            grid_wait_kind(bar, cubes, barrier);
-        } else {
-            grid_sync_kind(bar, cubes, barrier);
-        }
-    }
-    if tags {
-        grid_sync_unfenced(bar, cubes);
-    }
+    phase_barrier(bar, cubes, barrier, late_loads, tags);
 
     // C: down_proj.
     if tags {
@@ -408,16 +393,7 @@ fn next_phases<F: Float, N: Size>(
             load_qkv::<F, N>(wq, wk, wv, fd + s * planes, nq, nk, nqkv, rq, s * lb, lane, nb, lb);
         }
     }
-    if !tags {
-        if late_loads {
-            grid_wait_kind(bar, cubes, barrier);
-        } else {
-            grid_sync_kind(bar, cubes, barrier);
-        }
-    }
-    if tags {
-        grid_sync_unfenced(bar, cubes);
-    }
+    phase_barrier(bar, cubes, barrier, late_loads, tags);
 
     // D: the next layer's residual add + input norm + q/k/v, as `qkv_rope` stages and sums.
     if tags {
@@ -496,12 +472,7 @@ fn next_phases<F: Float, N: Size>(
             k2 = f32::cast_from(k_weight[unit + half]);
         }
     }
-    if !tags {
-        grid_sync_kind(bar, cubes, barrier);
-    }
-    if tags {
-        grid_sync_unfenced(bar, cubes);
-    }
+    phase_barrier(bar, cubes, barrier, false, tags);
     if mine {
         // The cube-uniform branch: every unit of the cube takes part in the norm's tree.
         let mut x1 = 0.0f32;
@@ -571,6 +542,20 @@ fn next_phases<F: Float, N: Size>(
 /// barrier's words: A's `o` (`hidden` words), B's `act` (`inter`), C's `out` (`hidden`, with
 /// `then_qkv`), D's q/k/v features (`(heads + 2 * kv_heads) * hd`). See [`super::sync_words`].
 pub(super) const TAGS: usize = BARRIER_WORDS;
+
+/// The grid barrier that ends a phase, after the next phase's first weight loads: unfenced with
+/// `tags` (the words order themselves); else the fenced `barrier`, its second half where
+/// `released` (the caller ran its release, `grid_arrive_kind`, before those loads).
+#[cube]
+fn phase_barrier(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] barrier: u32, #[comptime] released: bool, #[comptime] tags: bool) {
+    if tags {
+        grid_sync_unfenced(bar, cubes);
+    } else if released {
+        grid_wait_kind(bar, cubes, barrier);
+    } else {
+        grid_sync_kind(bar, cubes, barrier);
+    }
+}
 
 /// First reads of unit `u < block`'s elements `u + i * block` (below `width`) of the tagged row
 /// at `bar[at..]` into `words[from + i]`, their addresses into `addr[from + i]`, for
