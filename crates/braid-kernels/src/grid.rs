@@ -6,7 +6,8 @@
 //! acquire) and an atomic ticket counter: [`grid_sync`] fenced on both sides,
 //! [`grid_sync_light`] on the release side only, [`grid_sync_flag`] spinning on a flag;
 //! [`grid_arrive_kind`] and [`grid_wait_kind`] split one into its release and its wait, so that
-//! loads issued between them are not held by the fence.
+//! loads issued between them are not held by the fence; [`grid_sync_unfenced`] has no fence at
+//! all, for data that validates itself (`crate::tagged`).
 //!
 //! Every cube of the launch must be resident at once or the first to arrive waits forever:
 //! [`BARRIER_CUBES`] cubes, launched only on devices with at least that many SMs (one cube per
@@ -45,9 +46,9 @@ pub fn grid_sync(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
 }
 
 /// One unit's arrival at a round of the ticket counter `bar[0]`: takes a ticket, then spins
-/// until every cube of the round has taken one; the ticket.
+/// until every cube of the round has taken one.
 #[cube]
-fn take_ticket_and_wait(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) -> u32 {
+fn take_ticket_and_wait(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
     let ticket = bar[0].fetch_add(1u32);
     // The count that releases this round (wrapping u32 arithmetic; `cubes` divides 2^32).
     let target = (ticket / cubes + 1) * cubes;
@@ -56,7 +57,6 @@ fn take_ticket_and_wait(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) -> u3
     while i32::cast_from(count - target) < 0 {
         count = bar[0].load();
     }
-    ticket
 }
 
 /// [`grid_sync`] with one fenced cube barrier instead of two: the release (`sync_storage`)
@@ -145,23 +145,6 @@ pub fn grid_wait_kind(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[compt
     }
 }
 
-/// [`grid_wait_kind`] (counter or light, not flag) that also returns the barrier's round on
-/// the ticket counter (`ticket / cubes`: the same in every cube, one higher each round), for
-/// `tagged` words published after it.
-#[cube]
-pub fn grid_wait_round(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] kind: u32) -> u32 {
-    let mut round = Shared::<[u32]>::new_slice(1usize);
-    if UNIT_POS == 0 {
-        round[0] = take_ticket_and_wait(bar, cubes) / cubes;
-    }
-    if kind == 2 {
-        sync_cube();
-    } else {
-        sync_storage();
-    }
-    round[0]
-}
-
 /// Waits until every cube of the launch has called it, with no fence on either side: it orders
 /// no memory, only the cubes' progress (a unit's stores may still be on their way when the
 /// others pass). For data that says itself whether it has arrived (`crate::tagged` words, which
@@ -175,13 +158,6 @@ pub fn grid_sync_unfenced(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32) {
         take_ticket_and_wait(bar, cubes);
     }
     sync_cube();
-}
-
-/// [`grid_sync_kind`] (counter or light) returning the round: [`grid_wait_round`].
-#[cube]
-pub fn grid_sync_round(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] kind: u32) -> u32 {
-    sync_storage();
-    grid_wait_round(bar, cubes, kind)
 }
 
 /// [`grid_sync`] with less contention: every cube takes a ticket, but only the last of a round

@@ -7,11 +7,11 @@
 //! it needs, one L2 round trip after they land, instead of a grid barrier's release fence,
 //! ticket and spin. (NCCL's low-latency protocol pairs data and flag in one store the same way.)
 //!
-//! The round comes from a grid barrier's ticket (`grid::grid_wait_round`), the same in every
-//! cube of a launch and one higher each launch on a shared counter. A word's stale tag is the
-//! round that last wrote it: different from the current one as long as every user of the words
-//! rewrites all of them at least once every [`TAG_ROUNDS`] rounds (each decode launch rewrites
-//! all of its words every launch). Zeros (a fresh buffer) never match: tags start at 1.
+//! The round is the caller's: `decode_mlp` reads its grid barrier's ticket counter at the start
+//! of a launch (the same in every cube, higher each launch on a shared counter). A word's stale
+//! tag is the round that last wrote it: different from the current one as long as every user of
+//! the words rewrites all of them at least once every [`TAG_ROUNDS`] rounds (each decode launch
+//! rewrites all of its words every launch). Zeros (a fresh buffer) never match: tags start at 1.
 
 use cubecl::prelude::*;
 use cubecl::std::tensor::TensorHandle;
