@@ -262,7 +262,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         fi += planes;
     }
     // (`late_loads`: after the barrier's release fence, which would otherwise wait for them.
-    // With `tags` no barrier: C waits for the words it reads.)
+    // With `tags` the barrier has no fence: C re-reads any of its words not there yet.)
     if late_loads && !tags {
         grid_arrive_kind(bar, cubes, barrier);
     }
@@ -501,7 +501,7 @@ fn next_phases<F: Float, N: Size>(
                     y1 = got[2];
                     y2 = got[3];
                     // The KV head's value row too, into the cache (the same bits as phase D's
-                    // write there, which this cube has no barrier to wait for).
+                    // write there, which no fence makes visible to this cube).
                     let dst = g * v_cache.stride(1) + pos * v_cache.stride(2);
                     v_cache[dst + unit] = F::cast_from(got[4]);
                     v_cache[dst + unit + half] = F::cast_from(got[5]);

@@ -39,8 +39,9 @@
 //! separate launches), identical tokens over every run, and the probe (`bench kernels
 //! --grid-barrier-only`), which re-reads the same words every round, saw no stale read.
 //! `BarrierKind::Counter` (`$BRAID_DECODE_MLP_BARRIER=counter`) is the fully fenced one. In
-//! either way the attention's key and value rows at the new position are the cube's own
-//! writes (its group's other cube writes the same bits), read after a `sync_storage`.
+//! either way the attention's key row at the new position is the cube's own write (its group's
+//! other cube writes the same bits), and with tags its value row too (from the value's words),
+//! read after a `sync_storage`.
 
 mod kernel;
 mod next;
@@ -522,6 +523,15 @@ mod tests {
         assert!(held_ahead([2048, 2048, 6144], 8, nv, 256, None).is_err());
         // The checks' odd widths: 5 + 2 x 2 x 3 at 256 units.
         assert_eq!(held_ahead([1096, 264, 2056], 8, nv, 256, None), Ok(3));
+    }
+
+    #[test]
+    fn tagged_words_follow_the_barrier_words() {
+        // Qwen3-0.6B: o and out 1,024 words each, act 3,072, q/k/v (16 + 2 x 8) x 128 = 4,096.
+        assert_eq!(sync_words(1024, 3072, 4096), BARRIER_WORDS + 2 * 1024 + 3072 + 4096);
+        // `decode_mlp` alone: no q/k/v region.
+        assert_eq!(sync_words(1024, 3072, 0), BARRIER_WORDS + 5120);
+        assert_eq!(kernel::TAGS, BARRIER_WORDS);
     }
 
     #[test]
