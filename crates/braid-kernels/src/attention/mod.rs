@@ -133,9 +133,11 @@ pub fn l2_prefetch_count() -> usize {
 }
 
 /// Tensors [`attention_at_prefetch`] (and `decode_mlp_qkv`'s attention phase) read by default
-/// (the decode step passes gate, up, down, o_proj: the GEMVs that gain most from L2 first). 2
+/// (the decode step passes o_proj, gate, up, down: the GEMVs that gain most from L2 first). 2
 /// since the persistent launch runs the attention (H100, 2026-11-27: 1,097.5 tok/s against
-/// 1,080 with 3; the prefetching cubes no longer outlast the attention); 3 before.
+/// 1,080 with 3; the prefetching cubes no longer outlast the attention); 3 before. With the
+/// tagged launch and o_proj first: 2 (o_proj, gate) 1,161.3-1,161.9 tok/s, 3: 1,150.5, 1:
+/// 1,117.2; gate and up (the order before): 1,147.9-1,151.0.
 pub const L2_PREFETCH: usize = 2;
 
 /// Decode attention over a paged KV cache: query row `r` of `q: [1, heads, rows, hd]`
