@@ -3,9 +3,11 @@
 //! bits, the tag of the round that wrote it. A reader spins on the word itself until the tag is
 //! the current round's: the word is written and read whole (a relaxed device-scope atomic, one
 //! naturally aligned 32-bit access), so a word with the right tag holds that round's value,
-//! whatever order other words arrive in. No fence and no counter: a reader waits for the words
-//! it needs, one L2 round trip after they land, instead of a grid barrier's release fence,
-//! ticket and spin. (NCCL's low-latency protocol pairs data and flag in one store the same way.)
+//! whatever order other words arrive in. No fence: a reader waits for the words it needs, one
+//! L2 round trip after they land, instead of behind a grid barrier's release fence. (NCCL's
+//! low-latency protocol pairs data and flag in one store the same way.) `decode_mlp` still
+//! runs an unfenced barrier between its phases, so that its readers do not poll words still
+//! on their way ([`await_words`] then rarely re-reads).
 //!
 //! The round is the caller's: `decode_mlp` reads its grid barrier's ticket counter at the start
 //! of a launch (the same in every cube, higher each launch on a shared counter). A word's stale
@@ -48,25 +50,31 @@ pub fn has_tag(word: u32, tag: u32) -> bool {
     (word & 0x1fffu32) == tag
 }
 
-/// Spins on `words[at]` (first read `word`) until it carries `tag`; its value.
+/// Waits until every `words[i]` (first read from `bar[addr[i]]`) carries `tag`, re-reading all
+/// the stale ones together each round (one memory round trip a round, whatever their
+/// count, instead of one per word); their values into `vals`.
 #[cube]
-pub fn await_word(words: &Tensor<Atomic<u32>>, at: usize, word: u32, tag: u32) -> f32 {
-    let mut w = word;
-    while !has_tag(w, tag) {
-        w = words[at].load();
+pub fn await_words(bar: &Tensor<Atomic<u32>>, addr: &Array<usize>, words: &mut Array<u32>, vals: &mut Array<f32>, tag: u32, #[comptime] n: usize) {
+    let mut stale = true;
+    while stale {
+        stale = false;
+        #[unroll]
+        for i in 0..n {
+            if !has_tag(words[i], tag) {
+                stale = true;
+                words[i] = bar[addr[i]].load();
+            }
+        }
     }
-    value_of(w)
-}
-
-/// Spins on `words[at]` until it carries `tag`; its value.
-#[cube]
-pub fn await_value(words: &Tensor<Atomic<u32>>, at: usize, tag: u32) -> f32 {
-    let w = words[at].load();
-    await_word(words, at, w, tag)
+    #[unroll]
+    for i in 0..n {
+        vals[i] = value_of(words[i]);
+    }
 }
 
 /// The probe's launch: unit `u` publishes `values[u]` tagged for `round`, then waits for its
-/// partner's word ([`partner`]) and writes its value to `out[u]`.
+/// partner's word ([`partner`]) and its own ([`await_words`]) and writes the partner's value
+/// to `out[u]`.
 #[cube(launch)]
 fn tagged_probe_kernel<F: Float>(values: &Tensor<F>, words: &Tensor<Atomic<u32>>, out: &mut Tensor<F>, round: u32, #[define(F)] _dtype: ElemType) {
     let n = CUBE_DIM_X as usize;
@@ -78,7 +86,16 @@ fn tagged_probe_kernel<F: Float>(values: &Tensor<F>, words: &Tensor<Atomic<u32>>
     if p >= n {
         p = u;
     }
-    out[u] = F::cast_from(await_value(words, p, tag));
+    // [its partner's word, its own], awaited together.
+    let mut addr = Array::<usize>::new(2usize);
+    let mut got = Array::<u32>::new(2usize);
+    let mut vals = Array::<f32>::new(2usize);
+    addr[0] = p;
+    addr[1] = u;
+    got[0] = words[p].load();
+    got[1] = words[u].load();
+    await_words(words, &addr, &mut got, &mut vals, tag, 2usize);
+    out[u] = F::cast_from(vals[0]);
 }
 
 /// The word unit `u` of `n` reads back in [`tagged_probe`]: `u ^ 1` (the same plane: a runtime

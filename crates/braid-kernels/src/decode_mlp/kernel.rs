@@ -5,7 +5,7 @@ use crate::attention::kernel::{attend_row, touch};
 use crate::gemv::kernel::{dot_regs, load_at, load_row, stage_rows, stage_vals};
 use crate::grid::{BARRIER_WORDS, grid_arrive_kind, grid_sync_kind, grid_sync_unfenced, grid_wait_kind};
 use crate::reduce::round;
-use crate::tagged::{has_tag, publish, tag_of, value_of};
+use crate::tagged::{await_words, publish, tag_of};
 
 /// The batch-1 decode step from the attention output to the MLP output in one launch of
 /// `cubes` cubes of `units` units (one cube per SM), three phases separated by grid barriers:
@@ -574,28 +574,6 @@ fn read_row(bar: &Tensor<Atomic<u32>>, at: usize, tag: u32, addr: &mut Array<usi
             addr[from + i] = at + k;
             words[from + i] = bar[at + k].load();
         }
-    }
-}
-
-/// Waits until every `words[i]` (first read from `bar[addr[i]]`) carries `tag`, re-reading all
-/// the stale ones together each round (one memory round trip a round, whatever their
-/// count, instead of one per word); their values into `vals`.
-#[cube]
-fn await_words(bar: &Tensor<Atomic<u32>>, addr: &Array<usize>, words: &mut Array<u32>, vals: &mut Array<f32>, tag: u32, #[comptime] n: usize) {
-    let mut stale = true;
-    while stale {
-        stale = false;
-        #[unroll]
-        for i in 0..n {
-            if !has_tag(words[i], tag) {
-                stale = true;
-                words[i] = bar[addr[i]].load();
-            }
-        }
-    }
-    #[unroll]
-    for i in 0..n {
-        vals[i] = value_of(words[i]);
     }
 }
 
