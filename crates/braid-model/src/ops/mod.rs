@@ -386,7 +386,7 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
 /// [`decode_mlp_qkv`], [`decode_mlp_attn`]) for a model of these widths and heads: the grid
 /// barrier's and the tagged words of their phases (`braid_kernels::decode_mlp::sync_words`).
 pub fn decode_sync_words(hidden: usize, inter: usize, heads: usize, kv_heads: usize, head_dim: usize) -> usize {
-    braid_kernels::decode_mlp::sync_words(hidden, inter, (heads + 2 * kv_heads) * head_dim).max(BARRIER_WORDS)
+    braid_kernels::decode_mlp::sync_words(hidden, inter, (heads + 2 * kv_heads) * head_dim)
 }
 
 /// Whether `x`'s device runs [`decode_mlp`] as its one persistent launch at these widths (the
