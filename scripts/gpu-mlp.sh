@@ -6,6 +6,7 @@
 #   MLP_RUNS  `;`-separated env settings, one latency run each (default below)
 #   MLP_DTYPES  check dtypes (default bf16 f16; empty: none); MLP_GRID=0 skips the grid-barrier probe
 #   MLP_CHECKS  check groups (default decode_mlp decode_mlp_qkv); MLP_CHECK_ENV  env settings for them
+#   MLP_CHECK_ENV2  env settings for a second pass of the checks (bf16 only), if set
 # Results: $OUT/results.tar.gz (mlp-*.txt, JSON), a summary printed last.
 source scripts/gpu-setup.sh
 DEFAULT='BRAID_DECODE_MLP_QKV=0;BRAID_DECODE_MLP_QKV=1;BRAID_DECODE_MLP_D_EARLY=1;BRAID_DECODE_MLP_QKV=0;BRAID_DECODE_MLP_QKV=1'
@@ -17,6 +18,12 @@ for dt in ${MLP_DTYPES-bf16 f16}; do
   echo "check ${MLP_CHECKS:-decode_mlp decode_mlp_qkv} $dt: $(grep -cE ' ok$' $OUT/check-mlp-$dt.txt) ok" | tee -a $OUT/summary.txt
   grep -vE ' ok$' $OUT/check-mlp-$dt.txt | tail -n +2 | head -20 | tee -a $OUT/summary.txt
 done
+if [ -n "${MLP_CHECK_ENV2:-}" ]; then
+  env $MLP_CHECK_ENV2 timeout 150 $BIN check-kernels --device cuda --dtype bf16 $only > $OUT/check-mlp-env2.txt 2>&1
+  echo "exit $?" >> $OUT/check-mlp-env2.txt
+  echo "check ($MLP_CHECK_ENV2) bf16: $(grep -cE ' ok$' $OUT/check-mlp-env2.txt) ok" | tee -a $OUT/summary.txt
+  grep -vE ' ok$' $OUT/check-mlp-env2.txt | tail -n +2 | head -20 | tee -a $OUT/summary.txt
+fi
 if [ "${MLP_GRID:-1}" = 1 ]; then
   timeout 120 $BIN bench kernels --device cuda --dtype bf16 --rows 1 --grid-barrier-only > $OUT/grid-barrier.txt 2>&1
   grep -E "grid barrier|rror" $OUT/grid-barrier.txt | tee -a $OUT/summary.txt

@@ -41,6 +41,29 @@ fn block_reduce(value: f32, #[comptime] is_max: bool, #[comptime] block: usize) 
     total
 }
 
+/// [`block_sum`] of `a` and of `b` through one tree: each sum bit for bit [`block_sum`]'s (the
+/// same additions in the same order), with one set of cube barriers for both.
+#[cube]
+pub fn block_sum_pair(a: f32, b: f32, #[comptime] block: usize) -> (f32, f32) {
+    let mut scratch = Shared::<[f32]>::new_slice(comptime!(2 * block));
+    let unit = UNIT_POS_X as usize;
+    scratch[unit] = a;
+    scratch[block + unit] = b;
+    sync_cube();
+    let mut stride = (CUBE_DIM_X / 2) as usize;
+    while stride > 0 {
+        if unit < stride {
+            scratch[unit] += scratch[unit + stride];
+            scratch[block + unit] += scratch[block + unit + stride];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = (scratch[0], scratch[block]);
+    sync_cube();
+    total
+}
+
 /// [`block_sum`] or [`block_max`], through plane (warp) reductions where `planes` (the device
 /// has plane operations): one reduction per plane, then the planes' results through shared
 /// memory, two cube barriers instead of `2 + log2(block)`. The order of the f32 additions

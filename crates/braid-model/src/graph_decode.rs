@@ -65,6 +65,10 @@ impl Qwen3 {
         let mut carry = Carry::None;
         let (layers, plans) = (&self.model.layers, &self.plan().layers);
         for i in 0..layers.len() {
+            if i > 0 && ops::decode_probe().1 {
+                // (A timing probe: one more launch between two layers' launches.)
+                let _ = s.state.clone() + 1;
+            }
             let (kv, rest) = s.cache.layers[i..].split_first_mut().expect("a cache per layer");
             let next = rest.first_mut().map(|c| (&layers[i + 1], c, &plans[i + 1]));
             let (stream, c) = layers[i].decode_step(x, carry, &rope, kv, &s.state, &s.barrier, &plans[i], next);

@@ -1,10 +1,10 @@
 use cubecl::prelude::*;
 
-use super::next::{emit_qkv, load_qkv, rope_head};
+use super::next::{emit_qkv, head_inv, load_qkv, put_head, rope_head};
 use crate::attention::kernel::{attend_row, touch};
-use crate::gemv::kernel::{dot_regs, load_at, load_row, stage_rows, stage_vals};
+use crate::gemv::kernel::{dot_regs, hold_row, load_at, load_row, stage_rows, stage_vals, stage_vals_with};
 use crate::grid::{BARRIER_WORDS, grid_arrive_kind, grid_sync_kind, grid_sync_unfenced, grid_wait_kind};
-use crate::reduce::round;
+use crate::reduce::{block_sum_pair, round};
 use crate::tagged::{await_words, publish, tag_of};
 
 /// The batch-1 decode step from the attention output to the MLP output in one launch of
@@ -32,10 +32,12 @@ use crate::tagged::{await_words, publish, tag_of};
 /// - D (after a third barrier): `stream = sum + out` (written by cube 0), the next layer's input
 ///   RMSNorm of it and its q/k/v projections, the features dealt on (C's deal continued); q and
 ///   k rounded to F into `raw`, v rounded into the value cache at `state[1]`;
-/// - E (after a fourth): one cube per q and k head reads its `hd` raw values back and applies
+/// - E (after a fourth barrier, or with `tags` and without `e_barrier` none: each head cube
+///   waits for its head's words alone): one cube per q and k head reads its `hd` raw values back and applies
 ///   QK-norm + RoPE (`qk_norm_rope`'s pair function over the same tree), into `q_out` and the
 ///   key cache; with `attend.on`, one cube per q head does its q and its KV head's key (the
-///   group's cubes write the same bits), then the row attention over the cache
+///   group's cubes write the same bits; both norms through one tree), a cube barrier
+///   (`e_fence`: a fenced one), then the row attention over the cache
 ///   (`attention::kernel::attend_row`, at this cube's width) into `attn_out`, while the other
 ///   cubes read `attend.prefetch` of `pf0..pf3` into L2.
 ///
@@ -50,7 +52,9 @@ use crate::tagged::{await_words, publish, tag_of};
 /// [`await_words`]) instead of the F buffers; the barriers are unfenced. `sum` in D is then
 /// computed again from `residual` and `o`'s words (cube 0's store of it has no fence behind
 /// it), and phase E's attention cubes write their KV head's new value row themselves, from
-/// its words. The bits are the same: the words carry the F values.
+/// its words. The bits are the same: the words carry the F values. With `hold`, the normed
+/// phases (B, D) load their residual and norm weight before the barrier that starts them.
+/// `probe`: timing probes (`PROBE_*`), which make the results wrong.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
@@ -112,8 +116,13 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     #[comptime] attend: AttendPhase,
     #[comptime] late_loads: bool,
     #[comptime] tags: bool,
+    #[comptime] e_barrier: bool,
+    #[comptime] hold: bool,
+    #[comptime] e_fence: bool,
+    #[comptime] probe: u32,
     #[define(F)] _dtype: ElemType,
 ) {
+    let hot = comptime!(probe & PROBE_HOT_WEIGHTS != 0);
     let vs = wo.vector_size();
     let na = q_dim / vs;
     let nb = hidden / vs;
@@ -149,14 +158,14 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     // Phase D's weights of this plane's first `ahead_d` q/k/v features, feature `s` at `s * lb`.
     let mut rq = Array::<Vector<F, N>>::new(comptime!(if then_qkv { ahead_d * lb } else { 1usize }));
     if fa < hidden {
-        load_row::<F, N>(wo, fa * na, &mut ra, lane, step, na, la);
+        load_row::<F, N>(wo, row_of(fa, na, hot), &mut ra, lane, step, na, la);
     }
     #[unroll]
     for s in 0..ahead_b {
         let f = fb + s * planes;
         if f < inter {
-            load_at::<F, N>(wg, f * nb, &mut rg, s * lb, lane, step, nb, lb);
-            load_at::<F, N>(wu, f * nb, &mut ru, s * lb, lane, step, nb, lb);
+            load_at::<F, N>(wg, row_of(f, nb, hot), &mut rg, s * lb, lane, step, nb, lb);
+            load_at::<F, N>(wu, row_of(f, nb, hot), &mut ru, s * lb, lane, step, nb, lb);
         }
     }
 
@@ -182,7 +191,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         dot_regs::<F, N>(&ra, &staged, &mut acc, lane, na, q_dim, 1usize, la, vs);
         let next = f + planes;
         if next < hidden {
-            load_row::<F, N>(wo, next * na, &mut ra, lane, step, na, la);
+            load_row::<F, N>(wo, row_of(next, na, hot), &mut ra, lane, step, na, la);
         }
         let g = plane_sum(acc[0]);
         if lane == 0 {
@@ -195,13 +204,19 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         f = next;
     }
     // (`late_loads`: after the first barrier's release fence.)
-    if c_early && late_loads && !tags {
-        grid_arrive_kind(bar, cubes, barrier);
-    }
+    phase_release(bar, cubes, barrier, comptime!(c_early && late_loads), tags);
     if c_early && fc < hidden {
-        load_row::<F, N>(wd, fc * nc, &mut rc, lane, step, nc, lc);
+        load_row::<F, N>(wd, row_of(fc, nc, hot), &mut rc, lane, step, nc, lc);
     }
-    phase_barrier(bar, cubes, barrier, comptime!(c_early && late_loads), tags);
+    // With `tags` and `hold`, B's operands that no cube of the launch writes (the residual,
+    // the norm's weight) into registers before the barrier, off the phase's chain of round trips.
+    let per_h = comptime!(hidden.div_ceil(block));
+    let mut res_b = Array::<f32>::new(per_h);
+    let mut gam_b = Array::<f32>::new(per_h);
+    if tags && hold {
+        hold_norm_inputs::<F>(residual, gamma, &mut res_b, &mut gam_b, hidden, block);
+    }
+    phase_barrier(bar, cubes, barrier, comptime!(c_early && late_loads), tags, probe);
 
     // B: residual add + post-attention RMSNorm + gate/up + SiLU.
     let first = CUBE_POS_X == 0;
@@ -213,11 +228,14 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         let mut vals = Array::<f32>::new(per);
         read_row(bar, o_at, tag, &mut addr, &mut words, 0usize, hidden, block);
         await_words(bar, &addr, &mut words, &mut vals, tag, per);
+        if !hold {
+            hold_norm_inputs::<F>(residual, gamma, &mut res_b, &mut gam_b, hidden, block);
+        }
         #[unroll]
         for i in 0..per {
             let k = UNIT_POS_X as usize + i * block;
             if (UNIT_POS_X as usize) < block && k < hidden {
-                let h = f32::cast_from(residual[k]) + vals[i];
+                let h = res_b[i] + vals[i];
                 if comptime!(f32_internal) {
                     vals[i] = h;
                 } else {
@@ -225,7 +243,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
                 }
             }
         }
-        stage_vals::<F>(&vals, 0usize, 0usize, (UNIT_POS_X as usize) < block, sum, gamma, &mut staged, eps, first, vs, f32_internal, true, true, true, hidden, block, units);
+        stage_vals_with::<F>(&vals, &gam_b, 0usize, 0usize, (UNIT_POS_X as usize) < block, sum, &mut staged, eps, first, vs, f32_internal, true, true, true, hidden, block, units);
     } else {
         stage_rows::<F>(&*o, residual, sum, gamma, &mut staged, eps, 0usize, 1usize, first, vs, f32_internal, true, true, true, 1usize, hidden, block, units);
     }
@@ -248,8 +266,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     // Features past those held (planes wider than `plane_min`): one at a time.
     let mut fi = fb + ahead_b * planes;
     while fi < inter {
-        load_at::<F, N>(wg, fi * nb, &mut rg, 0usize, lane, step, nb, lb);
-        load_at::<F, N>(wu, fi * nb, &mut ru, 0usize, lane, step, nb, lb);
+        load_at::<F, N>(wg, row_of(fi, nb, hot), &mut rg, 0usize, lane, step, nb, lb);
+        load_at::<F, N>(wu, row_of(fi, nb, hot), &mut ru, 0usize, lane, step, nb, lb);
         let g = plane_sum(dot_at::<F, N>(&rg, 0usize, &staged, lane, nb, lb, vs));
         let u = plane_sum(dot_at::<F, N>(&ru, 0usize, &staged, lane, nb, lb, vs));
         if lane == 0 {
@@ -263,19 +281,17 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     }
     // (`late_loads`: after the barrier's release fence, which would otherwise wait for them.
     // With `tags` the barrier has no fence: C re-reads any of its words not there yet.)
-    if late_loads && !tags {
-        grid_arrive_kind(bar, cubes, barrier);
-    }
+    phase_release(bar, cubes, barrier, late_loads, tags);
     if !c_early && fc < hidden {
-        load_row::<F, N>(wd, fc * nc, &mut rc, lane, step, nc, lc);
+        load_row::<F, N>(wd, row_of(fc, nc, hot), &mut rc, lane, step, nc, lc);
     }
     if then_qkv && d_early {
         #[unroll]
         for s in 0..ahead_d {
-            load_qkv::<F, N>(wq, wk, wv, fd + s * planes, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot), nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
         }
     }
-    phase_barrier(bar, cubes, barrier, late_loads, tags);
+    phase_barrier(bar, cubes, barrier, late_loads, tags, probe);
 
     // C: down_proj.
     if tags {
@@ -297,7 +313,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         dot_regs::<F, N>(&rc, &staged, &mut acc, lane, nc, inter, 1usize, lc, vs);
         let next = fj + planes;
         if next < hidden {
-            load_row::<F, N>(wd, next * nc, &mut rc, lane, step, nc, lc);
+            load_row::<F, N>(wd, row_of(next, nc, hot), &mut rc, lane, step, nc, lc);
         }
         let g = plane_sum(acc[0]);
         if lane == 0 {
@@ -312,13 +328,13 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if then_qkv {
         next_phases::<F, N>(
             residual, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq,
-            eps_in, qk_eps, scale, fd, planes, first, tag, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, d_early, attend, late_loads, tags,
+            eps_in, qk_eps, scale, fd, planes, first, tag, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, d_early, attend, late_loads, tags, e_barrier, hold, e_fence, probe,
         );
     }
 }
 
 /// Phases D and E (see [`decode_mlp_kernel`]), from C's end: the third barrier, the next
-/// layer's residual add + norm + q/k/v, the fourth barrier, QK-norm + RoPE (+ the attention
+/// layer's residual add + norm + q/k/v, the fourth barrier (see `e_barrier`), QK-norm + RoPE (+ the attention
 /// with `attend.on`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -374,7 +390,12 @@ fn next_phases<F: Float, N: Size>(
     #[comptime] attend: AttendPhase,
     #[comptime] late_loads: bool,
     #[comptime] tags: bool,
+    #[comptime] e_barrier: bool,
+    #[comptime] hold: bool,
+    #[comptime] e_fence: bool,
+    #[comptime] probe: u32,
 ) {
+    let hot = comptime!(probe & PROBE_HOT_WEIGHTS != 0);
     let vs = wq.vector_size();
     let nb = hidden / vs;
     let lb = comptime!((hidden / vs).div_ceil(plane_min));
@@ -384,16 +405,21 @@ fn next_phases<F: Float, N: Size>(
     let lane = UNIT_POS_PLANE as usize;
     let pos = state[1] as usize;
     let qkv_at = comptime!(TAGS + 2 * hidden + inter);
-    if late_loads && !tags {
-        grid_arrive_kind(bar, cubes, barrier);
-    }
+    phase_release(bar, cubes, barrier, late_loads, tags);
     if !d_early {
         #[unroll]
         for s in 0..ahead_d {
-            load_qkv::<F, N>(wq, wk, wv, fd + s * planes, nq, nk, nqkv, rq, s * lb, lane, nb, lb);
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot), nq, nk, nqkv, rq, s * lb, lane, nb, lb);
         }
     }
-    phase_barrier(bar, cubes, barrier, late_loads, tags);
+    // (As B's: the residual and the norm's weight before the barrier, with `tags` and `hold`.)
+    let per_h = comptime!(hidden.div_ceil(block));
+    let mut res_d = Array::<f32>::new(per_h);
+    let mut gam_d = Array::<f32>::new(per_h);
+    if tags && hold {
+        hold_norm_inputs::<F>(residual, gamma_in, &mut res_d, &mut gam_d, hidden, block);
+    }
+    phase_barrier(bar, cubes, barrier, late_loads, tags, probe);
 
     // D: the next layer's residual add + input norm + q/k/v, as `qkv_rope` stages and sums.
     if tags {
@@ -407,17 +433,20 @@ fn next_phases<F: Float, N: Size>(
         read_row(bar, comptime!(TAGS), tag, &mut addr, &mut words, 0usize, hidden, block);
         read_row(bar, comptime!(TAGS + hidden + inter), tag, &mut addr, &mut words, per, hidden, block);
         await_words(bar, &addr, &mut words, &mut got, tag, comptime!(2 * per));
+        if !hold {
+            hold_norm_inputs::<F>(residual, gamma_in, &mut res_d, &mut gam_d, hidden, block);
+        }
         let mut vals = Array::<f32>::new(per);
         #[unroll]
         for i in 0..per {
             let k = UNIT_POS_X as usize + i * block;
             vals[i] = 0.0f32;
             if (UNIT_POS_X as usize) < block && k < hidden {
-                let s = f32::cast_from(F::cast_from(f32::cast_from(residual[k]) + got[i]));
+                let s = f32::cast_from(F::cast_from(res_d[i] + got[i]));
                 vals[i] = f32::cast_from(F::cast_from(s + got[per + i]));
             }
         }
-        stage_vals::<F>(&vals, 0usize, 0usize, (UNIT_POS_X as usize) < block, stream, gamma_in, staged, eps_in, first, vs, f32_internal, true, true, false, hidden, block, units);
+        stage_vals_with::<F>(&vals, &gam_d, 0usize, 0usize, (UNIT_POS_X as usize) < block, stream, staged, eps_in, first, vs, f32_internal, true, true, false, hidden, block, units);
     } else {
         stage_rows::<F>(out, sum, stream, gamma_in, staged, eps_in, 0usize, 1usize, first, vs, f32_internal, true, true, false, 1usize, hidden, block, units);
     }
@@ -432,7 +461,7 @@ fn next_phases<F: Float, N: Size>(
     }
     let mut fi = fd + ahead_d * planes;
     while fi < nqkv {
-        load_qkv::<F, N>(wq, wk, wv, fi, nq, nk, nqkv, rq, 0usize, lane, nb, lb);
+        load_qkv::<F, N>(wq, wk, wv, row_of(fi, 1usize, hot), nq, nk, nqkv, rq, 0usize, lane, nb, lb);
         let g = plane_sum(dot_at::<F, N>(&*rq, 0usize, &*staged, lane, nb, lb, vs));
         emit_qkv::<F>(g, fi, nq, nk, 2 * half, pos, lane, raw, v_cache, bar, qkv_at, tag, tags);
         fi += planes;
@@ -472,7 +501,11 @@ fn next_phases<F: Float, N: Size>(
             k2 = f32::cast_from(k_weight[unit + half]);
         }
     }
-    phase_barrier(bar, cubes, barrier, false, tags);
+    // With `tags`, no barrier here: E's inputs are a few words a head, which only its cubes
+    // wait for (`await_head`); the other cubes go on to the L2 prefetch at once.
+    if !tags || e_barrier {
+        phase_barrier(bar, cubes, barrier, false, tags, probe);
+    }
     if mine {
         // The cube-uniform branch: every unit of the cube takes part in the norm's tree.
         let mut x1 = 0.0f32;
@@ -491,8 +524,9 @@ fn next_phases<F: Float, N: Size>(
                 x2 = f32::cast_from(raw[c * 2 * half + unit + half]);
             }
         }
-        rope_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, q_out, k_cache, c, heads, pos, qk_eps, active, unit, f32_internal, half, units);
-        if on {
+        if !on {
+            rope_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, q_out, k_cache, c, heads, pos, qk_eps, active, unit, f32_internal, half, units);
+        } else {
             let g = c / group;
             let mut y1 = 0.0f32;
             let mut y2 = 0.0f32;
@@ -510,14 +544,25 @@ fn next_phases<F: Float, N: Size>(
                     y2 = f32::cast_from(raw[(heads + g) * 2 * half + unit + half]);
                 }
             }
-            rope_head::<F>(y1, y2, k1, k2, c1, s1, c2, s2, q_out, k_cache, heads + g, heads, pos, qk_eps, active, unit, f32_internal, half, units);
-            // This cube's q and key row, written above, for its own loads below.
-            sync_storage();
+            // The q head's and the KV head's norms through one tree (each sum `rope_head`'s).
+            let (sq, sk) = block_sum_pair(x1 * x1 + x2 * x2, y1 * y1 + y2 * y2, units);
+            put_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, head_inv(sq, qk_eps, half), q_out, k_cache, c, heads, pos, active, unit, f32_internal, half);
+            put_head::<F>(y1, y2, k1, k2, c1, s1, c2, s2, head_inv(sk, qk_eps, half), q_out, k_cache, heads + g, heads, pos, active, unit, f32_internal, half);
+            // This cube's q, key row and (with `tags`) value row, written above, for the loads of
+            // its other units below: a cube barrier orders the cube's global accesses for the
+            // cube (`e_fence`: a device-scope fence on both sides too, `sync_storage`).
+            if e_fence {
+                sync_storage();
+            } else {
+                sync_cube();
+            }
             let hd = comptime!(2 * half);
-            attend_row::<F, N>(
-                &*q_out, kv_k, kv_v, attn_out, c * hd, c * hd, g * kv_k.stride(1), g * kv_v.stride(1), pos + 1, scale, f32_internal, attend.max_keys, hd, units,
-                attend.partial_len, attend.planes, attend.ahead,
-            );
+            if comptime!(probe & PROBE_NO_ATTENTION == 0) {
+                attend_row::<F, N>(
+                    &*q_out, kv_k, kv_v, attn_out, c * hd, c * hd, g * kv_k.stride(1), g * kv_v.stride(1), pos + 1, scale, f32_internal, attend.max_keys, hd, units,
+                    attend.partial_len, attend.planes, attend.ahead,
+                );
+            }
         }
     } else if on && attend.prefetch > 0 {
         let (cube, idle) = (c - heads, cubes as usize - heads);
@@ -538,16 +583,58 @@ fn next_phases<F: Float, N: Size>(
     }
 }
 
+/// A normed phase's inputs that no cube of the launch writes, this unit's elements of them
+/// (`gemv::kernel::hold_row`): the residual into `res`, the norm's weight into `gam`.
+#[cube]
+fn hold_norm_inputs<F: Float>(residual: &Tensor<F>, gamma: &Tensor<F>, res: &mut Array<f32>, gam: &mut Array<f32>, #[comptime] hidden: usize, #[comptime] block: usize) {
+    hold_row::<F>(residual, res, true, hidden, block);
+    hold_row::<F>(gamma, gam, true, hidden, block);
+}
+
+/// The release half of a fenced barrier that ends a phase, before the next phase's first weight
+/// loads, where `released` (`late_loads`: [`grid_arrive_kind`]); nothing with `tags`, whose
+/// barriers have no release.
+#[cube]
+fn phase_release(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] barrier: u32, #[comptime] released: bool, #[comptime] tags: bool) {
+    if released && !tags {
+        grid_arrive_kind(bar, cubes, barrier);
+    }
+}
+
 /// Where the tagged words (`crate::tagged`) of a launch with `tags` start in `bar`, after the
 /// barrier's words: A's `o` (`hidden` words), B's `act` (`inter`), C's `out` (`hidden`, with
 /// `then_qkv`), D's q/k/v features (`(heads + 2 * kv_heads) * hd`). See [`super::sync_words`].
 pub(super) const TAGS: usize = BARRIER_WORDS;
 
+/// Timing probes (`probe`, a mask; [`super::DecodeMlpOptions::probe`]): each makes the launch
+/// do more or less than its job, so that its results are wrong; for measuring what a part
+/// costs. One more unfenced grid barrier before each phase barrier:
+pub const PROBE_EXTRA_BARRIER: u32 = 1;
+/// every weight load reads its matrix's first row (hot in L1/L2): the launch without its
+/// weights' DRAM traffic;
+pub const PROBE_HOT_WEIGHTS: u32 = 2;
+/// phase E's cubes skip the attention over the cache (its output is left as it was).
+pub const PROBE_NO_ATTENTION: u32 = 4;
+
+/// The first vector of row `f` of a matrix of `n` vectors a row, or row 0's with `hot`
+/// ([`PROBE_HOT_WEIGHTS`]).
+#[cube]
+fn row_of(f: usize, n: usize, #[comptime] hot: bool) -> usize {
+    let mut at = f * n;
+    if hot {
+        at = 0usize;
+    }
+    at
+}
+
 /// The grid barrier that ends a phase, after the next phase's first weight loads: unfenced with
 /// `tags` (the words order themselves); else the fenced `barrier`, its second half where
 /// `released` (the caller ran its release, `grid_arrive_kind`, before those loads).
 #[cube]
-fn phase_barrier(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] barrier: u32, #[comptime] released: bool, #[comptime] tags: bool) {
+fn phase_barrier(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] barrier: u32, #[comptime] released: bool, #[comptime] tags: bool, #[comptime] probe: u32) {
+    if comptime!(probe & PROBE_EXTRA_BARRIER != 0) {
+        grid_sync_unfenced(bar, cubes);
+    }
     if tags {
         grid_sync_unfenced(bar, cubes);
     } else if released {

@@ -41,10 +41,14 @@
 //! `BarrierKind::Counter` (`$BRAID_DECODE_MLP_BARRIER=counter`) is the fully fenced one. In
 //! either way the attention's key row at the new position is the cube's own write (its group's
 //! other cube writes the same bits), and with tags its value row too (from the value's words),
-//! read after a `sync_storage`.
+//! read by the cube's other units after a cube barrier (a `__syncthreads` orders a cube's
+//! global accesses for the cube; the device-scope fence it replaced cost 1,213.8 against
+//! 1,272.2 tok/s, H100, 2026-11-27).
 
 mod kernel;
 mod next;
+
+pub use kernel::{PROBE_EXTRA_BARRIER, PROBE_HOT_WEIGHTS, PROBE_NO_ATTENTION};
 
 use cubecl::features::Plane;
 use cubecl::prelude::*;
@@ -91,12 +95,38 @@ pub struct DecodeMlpOptions {
     /// they order no memory, the tags do; `barrier` is then unused). 16-bit dtypes (bf16, f16;
     /// f32 runs the fenced barriers); needs `bar` of [`sync_words`] words.
     pub tags: bool,
+    /// With `tags`: a grid barrier before phase E as well (without it, E's head cubes wait only
+    /// for their heads' words and the other cubes go on at once).
+    pub e_barrier: bool,
+    /// With `tags`: the residual and the norm weights of the normed phases (B, D) are loaded
+    /// before the barrier that starts the phase, rather than after its words arrive.
+    pub hold: bool,
+    /// Phase E's attention cubes see their own q, key and value rows through a device-scope
+    /// fence (`sync_storage`) rather than a cube barrier.
+    pub e_fence: bool,
+    /// Timing probes, a mask of [`PROBE_EXTRA_BARRIER`], [`PROBE_HOT_WEIGHTS`],
+    /// [`PROBE_NO_ATTENTION`]: each makes the launch do more or less than its job (its results
+    /// are then wrong), to measure what that part costs. 0 (none) but in benchmarks.
+    pub probe: u32,
 }
 
 impl Default for DecodeMlpOptions {
     fn default() -> Self {
-        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true, tags: true }
+        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true, tags: true, e_barrier: false, hold: true, e_fence: false, probe: 0 }
     }
+}
+
+/// The grid barrier rounds one launch takes (what it adds to the ticket counter, over the cube
+/// count): two for [`decode_mlp`]; for [`decode_mlp_qkv`] (`next`) four, or three with tagged
+/// phases (`tagged`: `options.tags` and a 16-bit dtype; phase E then waits on its words
+/// without a barrier, unless `options.e_barrier`); twice as many with [`PROBE_EXTRA_BARRIER`].
+pub fn rounds(next: bool, tagged: bool, options: DecodeMlpOptions) -> u32 {
+    let barriers = match (next, options.tags && tagged) {
+        (false, _) => 2,
+        (true, true) if !options.e_barrier => 3,
+        (true, _) => 4,
+    };
+    if options.probe & PROBE_EXTRA_BARRIER != 0 { 2 * barriers } else { barriers }
 }
 
 /// The most weight vectors (16 bytes, 4 registers each) a lane may hold at once with `units`
@@ -498,6 +528,10 @@ fn run(
             attend,
             options.late_loads,
             tags,
+            options.e_barrier,
+            options.hold,
+            options.e_fence,
+            options.probe,
             dtype,
         );
     }
@@ -532,6 +566,21 @@ mod tests {
         // `decode_mlp` alone: no q/k/v region.
         assert_eq!(sync_words(1024, 3072, 0), BARRIER_WORDS + 5120);
         assert_eq!(kernel::TAGS, BARRIER_WORDS);
+    }
+
+    #[test]
+    fn a_launch_takes_its_rounds() {
+        let d = DecodeMlpOptions::default();
+        let with = |tags: bool, e_barrier: bool, probe: u32| DecodeMlpOptions { tags, e_barrier, probe, ..d };
+        // `decode_mlp`: two barriers, tagged or not (f32 is never tagged).
+        assert_eq!(rounds(false, true, with(true, false, 0)), 2);
+        assert_eq!(rounds(false, false, with(true, false, 0)), 2);
+        // The next layer's phases: four barriers, or three tagged (none before E).
+        assert_eq!(rounds(true, true, with(true, false, 0)), 3);
+        assert_eq!(rounds(true, true, with(true, true, 0)), 4);
+        assert_eq!(rounds(true, false, with(true, false, 0)), 4);
+        assert_eq!(rounds(true, true, with(false, false, 0)), 4);
+        assert_eq!(rounds(true, true, with(true, false, PROBE_EXTRA_BARRIER)), 6);
     }
 
     #[test]

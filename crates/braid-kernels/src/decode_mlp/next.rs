@@ -99,9 +99,41 @@ pub(super) fn rope_head<F: Float>(
     #[comptime] half: usize,
     #[comptime] units: usize,
 ) {
-    let hd = comptime!(2 * half);
     let sq = block_sum(x1 * x1 + x2 * x2, units);
-    let inv = 1.0f32 / (sq / f32::cast_from(hd as u32) + qk_eps).sqrt();
+    put_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, head_inv(sq, qk_eps, half), q_out, k_cache, c, heads, pos, active, unit, f32_internal, half);
+}
+
+/// The QK-norm's scale of a head whose squares sum to `sq` (`2 * half` features).
+#[cube]
+pub(super) fn head_inv(sq: f32, qk_eps: f32, #[comptime] half: usize) -> f32 {
+    let hd = comptime!(2 * half);
+    1.0f32 / (sq / f32::cast_from(hd as u32) + qk_eps).sqrt()
+}
+
+/// [`rope_head`] after its sum: the pair normed by `inv` ([`head_inv`]), rotated and stored.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn put_head<F: Float>(
+    x1: f32,
+    x2: f32,
+    w1: f32,
+    w2: f32,
+    c1: f32,
+    s1: f32,
+    c2: f32,
+    s2: f32,
+    inv: f32,
+    q_out: &mut Tensor<F>,
+    k_cache: &mut Tensor<F>,
+    c: usize,
+    heads: usize,
+    pos: usize,
+    active: bool,
+    unit: usize,
+    #[comptime] f32_internal: bool,
+    #[comptime] half: usize,
+) {
+    let hd = comptime!(2 * half);
     if active {
         let (o1, o2) = norm_rope_pair::<F>(x1, x2, w1, w2, c1, s1, c2, s2, inv, f32_internal);
         if c < heads {

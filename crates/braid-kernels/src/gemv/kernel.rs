@@ -214,7 +214,8 @@ pub(crate) fn stage_rows<F: Float>(
 /// squares of this unit's elements `vals[i]` (element `unit + i * block`, zeros where
 /// `!valid` or past the row), the norm, and the staging (with `sum_out` where `write_sum`).
 /// Where the values come from is the caller's: the input rows, or words other cubes publish
-/// (`decode_mlp`'s tagged phases).
+/// (`decode_mlp`'s tagged phases). The norm weight's loads are issued first, so that they
+/// arrive during the reduction's tree instead of after it ([`stage_vals_with`]).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn stage_vals<F: Float>(
@@ -224,6 +225,54 @@ pub(crate) fn stage_vals<F: Float>(
     valid: bool,
     sum_out: &mut Tensor<F>,
     gamma: &Tensor<F>,
+    staged: &mut Shared<[f32]>,
+    eps: f32,
+    write_sum: bool,
+    #[comptime] vs: usize,
+    #[comptime] f32_internal: bool,
+    #[comptime] normalize: bool,
+    #[comptime] add_residual: bool,
+    #[comptime] add_norm_semantics: bool,
+    #[comptime] hidden: usize,
+    #[comptime] block: usize,
+    #[comptime] cube: usize,
+) {
+    let per = comptime!(hidden.div_ceil(block));
+    let mut gam = Array::<f32>::new(per);
+    if normalize {
+        hold_row::<F>(gamma, &mut gam, valid, hidden, block);
+    }
+    stage_vals_with::<F>(vals, &gam, r, row, valid, sum_out, staged, eps, write_sum, vs, f32_internal, normalize, add_residual, add_norm_semantics, hidden, block, cube);
+}
+
+/// This unit's elements `unit + i * block` of `row` (the first `hidden` elements of a tensor:
+/// a norm weight, a 1-row input) into `held[i]` as f32 (zeros where `!valid`, past the row or
+/// on units past `block`); for [`stage_vals_with`], or to have them before a wait.
+#[cube]
+pub(crate) fn hold_row<F: Float>(row: &Tensor<F>, held: &mut Array<f32>, valid: bool, #[comptime] hidden: usize, #[comptime] block: usize) {
+    let unit = UNIT_POS_X as usize;
+    let per = comptime!(hidden.div_ceil(block));
+    #[unroll]
+    for i in 0..per {
+        let k = unit + i * block;
+        held[i] = 0.0f32;
+        if valid && unit < block && k < hidden {
+            held[i] = f32::cast_from(row[k]);
+        }
+    }
+}
+
+/// [`stage_vals`] with the norm weight already in registers: `gam[i]` is element
+/// `unit + i * block` of it ([`hold_row`]; unread without `normalize`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_vals_with<F: Float>(
+    vals: &Array<f32>,
+    gam: &Array<f32>,
+    r: usize,
+    row: usize,
+    valid: bool,
+    sum_out: &mut Tensor<F>,
     staged: &mut Shared<[f32]>,
     eps: f32,
     write_sum: bool,
@@ -262,7 +311,7 @@ pub(crate) fn stage_vals<F: Float>(
                     sum_out[row * hidden + k] = F::cast_from(v);
                 }
                 if normalize {
-                    let g = f32::cast_from(gamma[k]);
+                    let g = gam[i];
                     if f32_internal {
                         n = v * inv * g;
                         if add_norm_semantics {

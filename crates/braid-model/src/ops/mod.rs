@@ -357,8 +357,12 @@ pub fn decode_mlp_fused() -> bool {
 /// `$BRAID_DECODE_MLP_BARRIER=counter|light` (the grid barrier), `$BRAID_DECODE_MLP_D_EARLY=0|1`
 /// ([`decode_mlp_qkv`]'s q/k/v weights before the second barrier), `$BRAID_DECODE_MLP_LATE_LOADS=0|1`
 /// (down's and q/k/v's weight loads after the barrier's fence), `$BRAID_DECODE_MLP_TAGS=0|1`
-/// (the phases' outputs through fenced barriers, or as tagged words behind unfenced ones). Read
-/// once per process.
+/// (the phases' outputs through fenced barriers, or as tagged words behind unfenced ones),
+/// `$BRAID_DECODE_MLP_E_BARRIER=1` (with tags, a barrier before phase E too),
+/// `$BRAID_DECODE_MLP_HOLD=0` (the normed phases' residual and norm weight loaded after their
+/// words, not before the barrier), `$BRAID_DECODE_MLP_E_FENCE=1` (phase E's attention behind a
+/// fence, not a cube barrier). Read once per
+/// process.
 pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOptions {
     use braid_kernels::decode_mlp::DecodeMlpOptions;
     static OPTIONS: std::sync::OnceLock<DecodeMlpOptions> = std::sync::OnceLock::new();
@@ -378,7 +382,40 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
                 _ => d.barrier,
             },
             tags: var("BRAID_DECODE_MLP_TAGS").map_or(d.tags, |s| s != "0"),
+            e_barrier: var("BRAID_DECODE_MLP_E_BARRIER").map_or(d.e_barrier, |s| s == "1"),
+            hold: var("BRAID_DECODE_MLP_HOLD").map_or(d.hold, |s| s != "0"),
+            e_fence: var("BRAID_DECODE_MLP_E_FENCE").is_some_and(|s| s == "1"),
+            probe: decode_probe().0,
         }
+    })
+}
+
+/// Timing probes for `bench latency` (`$BRAID_DECODE_PROBE`, comma-separated): `barrier` (one
+/// more grid barrier before each of the layer launch's), `hot` (its weight loads all read their
+/// matrix's first row), `noattn` (its attention phase skipped), `launch` (an empty launch
+/// between the layers of a decode step). Each changes what a step computes (the tokens are
+/// then wrong); the difference in step time is what that part costs. Returns the layer
+/// launch's mask (`braid_kernels::decode_mlp::DecodeMlpOptions::probe`) and `launch`; warns
+/// once on stderr when any is set. Read once per process.
+pub fn decode_probe() -> (u32, bool) {
+    use braid_kernels::decode_mlp::{PROBE_EXTRA_BARRIER, PROBE_HOT_WEIGHTS, PROBE_NO_ATTENTION};
+    static PROBE: std::sync::OnceLock<(u32, bool)> = std::sync::OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let Ok(list) = std::env::var("BRAID_DECODE_PROBE") else { return (0, false) };
+        let (mut mask, mut launch) = (0, false);
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match name {
+                "barrier" => mask |= PROBE_EXTRA_BARRIER,
+                "hot" => mask |= PROBE_HOT_WEIGHTS,
+                "noattn" => mask |= PROBE_NO_ATTENTION,
+                "launch" => launch = true,
+                other => eprintln!("warning: $BRAID_DECODE_PROBE: unknown probe {other:?} (barrier, hot, noattn, launch)"),
+            }
+        }
+        if mask != 0 || launch {
+            eprintln!("warning: $BRAID_DECODE_PROBE={list}: timing probes on, decode results are wrong");
+        }
+        (mask, launch)
     })
 }
 
@@ -891,7 +928,7 @@ pub fn decode_mlp(
 /// `(stream, q: [1, heads, 1, hd], k_cache, v_cache)`: bit for bit [`decode_mlp`] then
 /// [`qkv_rope_cache`] with the residual add. One persistent launch where
 /// [`decode_mlp_qkv_supported`] (five phases, a grid barrier then tagged words on `barrier`:
-/// [`decode_sync_words`]; four barriers in f32), else those two
+/// [`decode_sync_words`], three barriers; four in f32), else those two
 /// ops. Twin: `reference::decode_mlp_qkv`.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_mlp_qkv(
@@ -1088,6 +1125,14 @@ pub fn attention_at_units(q: Tensor<4>, k_cache: Tensor<4>, v_cache: Tensor<4>, 
         units,
     ));
     out.reshape([b, nh * hd])
+}
+
+/// The grid barrier rounds one launch of [`decode_mlp`] (`next = false`) or of
+/// [`decode_mlp_qkv`] / [`decode_mlp_attn`] takes with `dtype` activations
+/// (`braid_kernels::decode_mlp::rounds`): the ticket counter then advances by this many times
+/// [`BARRIER_CUBES`] (the checks hold it to that).
+pub fn decode_mlp_rounds(next: bool, dtype: burn::tensor::DType) -> u32 {
+    braid_kernels::decode_mlp::rounds(next, dtype.size() == 2, decode_mlp_options())
 }
 
 /// The units a cube of [`decode_mlp_attn`]'s launch has (its attention's cube width).

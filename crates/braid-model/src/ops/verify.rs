@@ -1048,7 +1048,7 @@ fn check_decode_mlp(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<O
     let o = super::linear(attn, wo);
     let (h3, act3) = super::add_rms_norm_gate_up(res, o, g, wg, wu, eps, p);
     let three = [host(h3), host(super::linear(act3, wd))].concat();
-    let two_rounds = 2.0 * f64::from(super::BARRIER_CUBES);
+    let two_rounds = f64::from(super::decode_mlp_rounds(false, ctx.dtype) * super::BARRIER_CUBES);
     let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
     vec![
         record("decode_mlp", case.name, p, &fused, &twin, &truth),
@@ -1060,8 +1060,8 @@ fn check_decode_mlp(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<O
 /// device runs it (`ops::decode_mlp_qkv_supported`; nothing elsewhere): `decode_mlp_qkv` =
 /// outputs `[stream | q | k_cache | v_cache]` against the f64 truth and the twin;
 /// `decode_mlp_qkv_bits` = the same against `decode_mlp` then `qkv_rope_cache` with the
-/// residual add, bit for bit, plus the barrier counter after the launch (four barriers of every
-/// cube). Then the same launch running the next layer's attention too: `decode_mlp_attn` =
+/// residual add, bit for bit, plus the barrier counter after the launch (its rounds of every
+/// cube, `ops::decode_mlp_rounds`). Then the same launch running the next layer's attention too: `decode_mlp_attn` =
 /// `[stream | attn | k_cache | v_cache]` against the truth (attention in f64 over the truth's
 /// caches) and the twin; `decode_mlp_attn_bits` = against `decode_mlp_qkv` then
 /// `attention_at_units` at the launch's cube width, bit for bit. Qwen3-0.6B's widths and heads
@@ -1175,10 +1175,11 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
     };
     ctx.poison(nq + hidden);
     let fused = run(0);
-    // The counter after the one launch alone: four rounds of every cube.
+    // The counter after the one launch alone: its rounds (four, three with tagged phases) of
+    // every cube.
     let count = barrier_count(bar.clone());
     let (twin, two) = (run(1), run(2));
-    let four_rounds = 4.0 * f64::from(super::BARRIER_CUBES);
+    let qkv_rounds = f64::from(super::decode_mlp_rounds(true, ctx.dtype) * super::BARRIER_CUBES);
     let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
     ctx.poison(nq + hidden);
     let before = barrier_count(bar.clone());
@@ -1187,9 +1188,9 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
     let (twin_attn, two_attn) = (run(4), run(5));
     vec![
         record("decode_mlp_qkv", case.name, p, &fused, &twin, &truth),
-        record("decode_mlp_qkv_bits", case.name, p, &with(&fused, count), &with(&two, four_rounds), &with(&truth, four_rounds)),
+        record("decode_mlp_qkv_bits", case.name, p, &with(&fused, count), &with(&two, qkv_rounds), &with(&truth, qkv_rounds)),
         record("decode_mlp_attn", case.name, p, &fused_attn, &twin_attn, &truth_attn),
-        record("decode_mlp_attn_bits", case.name, p, &with(&fused_attn, count_attn), &with(&two_attn, four_rounds), &with(&truth_attn, four_rounds)),
+        record("decode_mlp_attn_bits", case.name, p, &with(&fused_attn, count_attn), &with(&two_attn, qkv_rounds), &with(&truth_attn, qkv_rounds)),
     ]
 }
 
