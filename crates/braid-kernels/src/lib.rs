@@ -28,3 +28,4 @@ pub use cubecl;
 pub use cubecl::std::tensor::TensorHandle;
 pub use error::KernelError;
 pub use precision::Precision;
+pub use reduce::block_sum_pair_probe;

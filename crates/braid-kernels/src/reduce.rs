@@ -2,6 +2,10 @@
 //! memory (works on every runtime, planes or not), and rounding to the activation dtype.
 
 use cubecl::prelude::*;
+use cubecl::std::tensor::TensorHandle;
+
+use crate::KernelError;
+use crate::check::{Check, output_like};
 
 /// Sum of `value` over the `block` units along x of this cube; every unit gets the result.
 /// `block` must be a power of two equal to `CUBE_DIM_X`.
@@ -95,4 +99,40 @@ pub fn cube_reduce(value: f32, #[comptime] is_max: bool, #[comptime] planes: boo
 #[cube]
 pub fn round<F: Float>(value: f32) -> f32 {
     f32::cast_from(F::cast_from(value))
+}
+
+/// The probe's launch: one cube of `block` units, unit `u` holding `values[u]` and
+/// `values[block + u]`; `out = [block_sum(a), block_sum(b), block_sum_pair(a, b)]`.
+#[cube(launch)]
+fn sum_pair_probe_kernel(values: &Tensor<f32>, out: &mut Tensor<f32>, #[comptime] block: usize) {
+    let u = UNIT_POS_X as usize;
+    let a = values[u];
+    let b = values[block + u];
+    let sa = block_sum(a, block);
+    let sb = block_sum(b, block);
+    let (pa, pb) = block_sum_pair(a, b, block);
+    if u == 0 {
+        out[0] = sa;
+        out[1] = sb;
+        out[2] = pa;
+        out[3] = pb;
+    }
+}
+
+/// Sums the two rows of `values: [2, n]` (f32, `n` a power of two up to 256: one cube) with
+/// [`block_sum`] each and with [`block_sum_pair`] together: `[sum0, sum1, pair0, pair1]`
+/// (`[4]` f32). The pair's sums must equal the single ones bit for bit (`decode_mlp`'s phase E
+/// relies on it to give `qkv_rope`'s bits); tested on wgpu, where the decode launch cannot run.
+pub fn block_sum_pair_probe(client: &Client, values: &TensorHandle) -> Result<TensorHandle, KernelError> {
+    let c = Check::new("block_sum_pair_probe");
+    let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);
+    c.same_dtype("values", values, f32_t)?;
+    c.contiguous("values", values)?;
+    let n = values.shape().get(1).copied().unwrap_or(0);
+    if values.shape().len() != 2 || values.shape()[0] != 2 || !n.is_power_of_two() || n > 256 {
+        return Err(c.shape_err("values", values, "[2, n], n a power of two up to 256".into()));
+    }
+    let out = output_like(client, &[4], f32_t);
+    sum_pair_probe_kernel::launch(client, CubeCount::new_1d(1), CubeDim::new_1d(n as u32), values.clone().into_arg(), out.clone().into_arg(), n);
+    Ok(out)
 }
