@@ -68,7 +68,8 @@ const NAME_QKV: &str = "decode_mlp_qkv";
 /// with the counter barrier, 1,007 holding one gate/up feature ahead instead of all three,
 /// 963 at 512 units (fewer registers a unit), 777 at 1,024; 942 with the three launches;
 /// with the layer launch, `late_loads` 1,067 against 1,058, `c_early` 1,044, `d_early`
-/// 1,051).
+/// 1,051; with tagged phases, `hold` and no `e_barrier` 1,202.8 against 1,182.2 with neither,
+/// then 1,272.2 against `e_fence`'s 1,213.8; `c_early` 1,237, `d_early` 1,240).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeMlpOptions {
     /// Units per cube: 256, 512 or 1,024 (a power of two: phase B's norm sums over a tree of

@@ -361,8 +361,7 @@ pub fn decode_mlp_fused() -> bool {
 /// `$BRAID_DECODE_MLP_E_BARRIER=1` (with tags, a barrier before phase E too),
 /// `$BRAID_DECODE_MLP_HOLD=0` (the normed phases' residual and norm weight loaded after their
 /// words, not before the barrier), `$BRAID_DECODE_MLP_E_FENCE=1` (phase E's attention behind a
-/// fence, not a cube barrier). Read once per
-/// process.
+/// fence, not a cube barrier). Read once per process.
 pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOptions {
     use braid_kernels::decode_mlp::DecodeMlpOptions;
     static OPTIONS: std::sync::OnceLock<DecodeMlpOptions> = std::sync::OnceLock::new();
