@@ -162,7 +162,8 @@ fn latency(a: LatencyArgs) -> Result<()> {
                     (t, p, s, steps, false)
                 }
                 "graph, streamed" => {
-                    // What `generate` does: one replay and one 8-byte read per token.
+                    // What `generate` does: `next_token`, which replays a chunk of steps per
+                    // device read (as many as run in about 20 ms, up to 16).
                     let mut dec = GreedyDecoder::new(&model, &prompt, a.new_tokens, StepMode::Graph)?;
                     let (p, ahead) = (dec.prefill_secs, dec.ready());
                     let start = Instant::now();

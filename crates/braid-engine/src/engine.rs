@@ -198,7 +198,8 @@ impl Engine {
         let eos_step = usize::from(finish == Finish::Eos && !output.is_empty());
         let (prefill_secs, decode_secs, decode_steps, graph_setup_secs) = match &decoder {
             // The capture runs the first steps (their tokens come out at once): the rate covers
-            // the steps after it.
+            // the steps after it (and counts the tokens used: on an end of sequence, the steps
+            // of its chunk past it ran unread, `GreedyDecoder::next_token`).
             Some(d) => (
                 d.prefill_secs,
                 ((end - start).as_secs_f64() - d.prefill_secs - d.setup_secs).max(0.0),

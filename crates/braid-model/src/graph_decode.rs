@@ -16,6 +16,13 @@ use crate::{Logits, Qwen3, ops};
 /// Extra cache positions: the capture runs the step up to four times before the first replay.
 pub const SLACK: usize = 8;
 
+/// About how long [`GreedyDecoder::next_token`] lets a chunk of steps run before it reads
+/// their tokens: short enough that the text looks continuous.
+pub const STREAM_CHUNK_SECS: f64 = 0.02;
+
+/// The most steps [`GreedyDecoder::next_token`] takes in one chunk.
+pub const STREAM_CHUNK_MAX: usize = 16;
+
 /// The device-side state of a graph-ready decode.
 pub struct DecodeState {
     /// `[2]` u32: the token to feed and its position.
@@ -124,8 +131,8 @@ enum Steps<'m> {
 }
 
 /// A greedy token stream for one prompt (batch 1) on device-side state: the prefill runs at
-/// construction; each [`Self::next_token`] returns the next token, taking a decode step (an
-/// eager step or one graph replay) when none is ready. With [`StepMode::Graph`], construction
+/// construction; each [`Self::next_token`] returns the next token, taking decode steps (eager
+/// steps or graph replays, a chunk of them read back at once) when none is ready. With [`StepMode::Graph`], construction
 /// captures the step, which runs it up to four times (real steps: their tokens come first).
 pub struct GreedyDecoder<'m> {
     model: &'m Qwen3,
@@ -136,6 +143,8 @@ pub struct GreedyDecoder<'m> {
     /// Tokens at positions `prompt_len..` known on the host.
     known: Vec<u32>,
     returned: usize,
+    /// Steps [`Self::next_token`] takes when it has no token ready.
+    chunk: usize,
     /// Seconds the prefill took.
     pub prefill_secs: f64,
     /// Seconds the capture took (its warm-up steps, first-use kernel compilation and tuning
@@ -185,7 +194,7 @@ impl<'m> GreedyDecoder<'m> {
             }
         };
         let setup_secs = if matches!(steps, Steps::Graph(_)) { setup.elapsed().as_secs_f64() } else { 0.0 };
-        Ok(Self { model, steps, prompt_len: t, budget, known, returned: 0, prefill_secs, setup_secs })
+        Ok(Self { model, steps, prompt_len: t, budget, known, returned: 0, chunk: 1, prefill_secs, setup_secs })
     }
 
     /// Tokens already computed and not yet returned, plus those returned.
@@ -204,58 +213,61 @@ impl<'m> GreedyDecoder<'m> {
         if self.returned + n > self.budget {
             return Err(ForwardError::ContextOverflow { needed: self.prompt_len + self.returned + n, limit: self.prompt_len + self.budget });
         }
-        let missing = (self.returned + n).saturating_sub(self.known.len());
-        if missing > 0 {
-            let history = match &mut self.steps {
-                Steps::Eager(st) => {
-                    for _ in 0..missing {
-                        self.model.decode_step(st);
-                    }
-                    host_u32(&st.history)
-                }
-                Steps::Graph(g) => {
-                    for _ in 0..missing {
-                        // SAFETY: as in `next_token`.
-                        unsafe {
-                            g.replay();
-                        }
-                    }
-                    host_u32(&g.output().1)
-                }
-            };
-            let t = self.prompt_len;
-            self.known = history[t..t + self.returned + n].to_vec();
-        }
+        self.compute_upto(self.returned + n);
         let out = self.known[self.returned..self.returned + n].to_vec();
         self.returned += n;
         Ok(out)
     }
 
-    /// The next greedy token.
+    /// The next greedy token, for a stream. When none is ready it takes the next `chunk`
+    /// steps back to back and reads their tokens at once (`compute_upto`), then sets `chunk` so
+    /// that a chunk takes about [`STREAM_CHUNK_SECS`] (1 to [`STREAM_CHUNK_MAX`] steps): one
+    /// device read per chunk instead of one per token, whose round trip leaves the GPU idle
+    /// (34 us a token on an H100 at 0.79 ms a step, 2026-11-27), while the text still comes out
+    /// faster than anyone reads it. A caller that stops early (end of sequence) leaves up to
+    /// `chunk - 1` steps computed and unread.
     pub fn next_token(&mut self) -> Result<u32, ForwardError> {
         if self.returned >= self.budget {
             return Err(ForwardError::ContextOverflow { needed: self.prompt_len + self.returned + 1, limit: self.prompt_len + self.budget });
         }
         if self.returned == self.known.len() {
-            let state = match &mut self.steps {
-                Steps::Eager(st) => {
+            let n = self.chunk.min(self.budget - self.returned);
+            let start = std::time::Instant::now();
+            self.compute_upto(self.returned + n);
+            let per_step = start.elapsed().as_secs_f64() / n as f64;
+            self.chunk = if per_step > 0.0 { ((STREAM_CHUNK_SECS / per_step) as usize).clamp(1, STREAM_CHUNK_MAX) } else { STREAM_CHUNK_MAX };
+        }
+        self.returned += 1;
+        Ok(self.known[self.returned - 1])
+    }
+
+    /// Runs decode steps until the tokens of positions `prompt_len..prompt_len + upto` are
+    /// known (`upto` at most the budget), back to back, then reads them in one device read.
+    fn compute_upto(&mut self, upto: usize) {
+        let missing = upto.saturating_sub(self.known.len());
+        if missing == 0 {
+            return;
+        }
+        let history = match &mut self.steps {
+            Steps::Eager(st) => {
+                for _ in 0..missing {
                     self.model.decode_step(st);
-                    host_u32(&st.state)
                 }
-                Steps::Graph(g) => {
+                host_u32(&st.history)
+            }
+            Steps::Graph(g) => {
+                for _ in 0..missing {
                     // SAFETY: every tensor the step touches is owned by the captured closure
                     // (state, history, cache, rope tables) or by the model, which outlives this
                     // decoder; replays and reads run on the capture's device stream.
                     unsafe {
                         g.replay();
                     }
-                    host_u32(&g.output().0)
                 }
-            };
-            debug_assert_eq!(state[1] as usize, self.prompt_len + self.known.len());
-            self.known.push(state[0]);
-        }
-        self.returned += 1;
-        Ok(self.known[self.returned - 1])
+                host_u32(&g.output().1)
+            }
+        };
+        let t = self.prompt_len;
+        self.known = history[t..t + upto].to_vec();
     }
 }

@@ -77,3 +77,26 @@ fn wgpu_f16_device_steps_equal_the_eager_loop() {
         }
     }
 }
+
+/// The streamed path (`GreedyDecoder::next_token`: when no token is ready, a chunk of steps read
+/// back at once, sized by their time) gives HF's greedy ids exactly, the batched read's
+/// (`take`), and stops at the budget with an error, on Flex and on wgpu.
+#[test]
+fn streamed_tokens_come_in_chunks_and_equal_the_batched_read() {
+    use braid_model::graph_decode::GreedyDecoder;
+    for device in [Some(Device::flex()), wgpu_device()].into_iter().flatten() {
+        for dir in fixtures() {
+            let mut m = Qwen3::load(&dir, &device, DType::F32, &mut |_, _| {}).unwrap();
+            m.set_plan(KernelPlan::parse("fused", &m.config).unwrap()).unwrap();
+            let p = &expected(&dir)["prompts"][0];
+            let (ids, want) = (u32s(&p["ids"]), u32s(&p["greedy_ids"]));
+            let n = want.len();
+            let mut dec = GreedyDecoder::new(&m, &ids, n, StepMode::Graph).unwrap();
+            let streamed: Vec<u32> = (0..n).map(|_| dec.next_token().unwrap()).collect();
+            assert_eq!(streamed, want, "{}", dir.display());
+            assert!(dec.next_token().is_err(), "a token past the budget");
+            let mut batched = GreedyDecoder::new(&m, &ids, n, StepMode::Graph).unwrap();
+            assert_eq!(batched.take(n).unwrap(), want, "{}", dir.display());
+        }
+    }
+}
