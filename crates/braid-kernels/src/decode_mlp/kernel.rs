@@ -37,7 +37,7 @@ use crate::tagged::{await_words, publish, tag_of};
 ///   QK-norm + RoPE (`qk_norm_rope`'s pair function over the same tree), into `q_out` and the
 ///   key cache; with `attend.on`, one cube per q head does its q and its KV head's key (the
 ///   group's cubes write the same bits; both norms through one tree), a cube barrier
-///   (`e_fence`: a fenced one), then the row attention over the cache
+///   (`e_fence` or without `tags`: a fenced one), then the row attention over the cache
 ///   (`attention::kernel::attend_row`, at this cube's width) into `attn_out`, while the other
 ///   cubes read `attend.prefetch` of `pf0..pf3` into L2.
 ///
@@ -550,8 +550,10 @@ fn next_phases<F: Float, N: Size>(
             put_head::<F>(y1, y2, k1, k2, c1, s1, c2, s2, head_inv(sk, qk_eps, half), q_out, k_cache, heads + g, heads, pos, active, unit, f32_internal, half);
             // This cube's q, key row and (with `tags`) value row, written above, for the loads of
             // its other units below: a cube barrier orders the cube's global accesses for the
-            // cube (`e_fence`: a device-scope fence on both sides too, `sync_storage`).
-            if e_fence {
+            // cube (`e_fence`: a device-scope fence on both sides too, `sync_storage`). Without
+            // `tags` the value row is other cubes' write (phase D's): the fenced path keeps the
+            // fence, as measured and checked before (it is not the speed path).
+            if e_fence || !tags {
                 sync_storage();
             } else {
                 sync_cube();

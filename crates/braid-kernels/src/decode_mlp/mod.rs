@@ -102,8 +102,9 @@ pub struct DecodeMlpOptions {
     /// With `tags`: the residual and the norm weights of the normed phases (B, D) are loaded
     /// before the barrier that starts the phase, rather than after its words arrive.
     pub hold: bool,
-    /// Phase E's attention cubes see their own q, key and value rows through a device-scope
-    /// fence (`sync_storage`) rather than a cube barrier.
+    /// With `tags`: phase E's attention cubes see their own q, key and value rows through a
+    /// device-scope fence (`sync_storage`) rather than a cube barrier (the fenced path, where
+    /// the value row is other cubes' write, always keeps the fence).
     pub e_fence: bool,
     /// Timing probes, a mask of [`PROBE_EXTRA_BARRIER`], [`PROBE_HOT_WEIGHTS`],
     /// [`PROBE_NO_ATTENTION`]: each makes the launch do more or less than its job (its results
