@@ -2,21 +2,11 @@
 //! (CI: lavapipe): each of its sums is `block_sum`'s bit for bit, on values whose sum depends
 //! on the order of the additions (magnitudes from 1e-6 to 1e6, both signs), and near the f64 sum.
 
+mod common;
+
 use braid_kernels::{TensorHandle, block_sum_pair_probe};
-use cubecl::device::WgpuDeviceKind;
 use cubecl::ir::FloatKind;
 use cubecl::prelude::*;
-
-fn client() -> Option<Client> {
-    match std::panic::catch_unwind(|| cubecl::Device::wgpu(WgpuDeviceKind::DefaultDevice).map(|d| d.client())) {
-        Ok(Ok(c)) => Some(c),
-        _ if std::env::var_os("BRAID_REQUIRE_WGPU").is_some() => panic!("BRAID_REQUIRE_WGPU is set but no wgpu adapter works"),
-        _ => {
-            eprintln!("no wgpu adapter: skipped (CI runs this on lavapipe)");
-            None
-        }
-    }
-}
 
 fn next(seed: &mut u64) -> u64 {
     *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -32,7 +22,7 @@ fn wide(seed: &mut u64) -> f32 {
 
 #[test]
 fn a_pair_of_sums_through_one_tree_gives_each_sum_bit_for_bit() {
-    let Some(client) = client() else { return };
+    let Some(client) = common::client() else { return };
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     println!("seed {seed}");
     for n in [1usize, 2, 32, 64, 128, 256] {
@@ -55,7 +45,7 @@ fn a_pair_of_sums_through_one_tree_gives_each_sum_bit_for_bit() {
 
 #[test]
 fn the_probe_refuses_a_width_one_cube_cannot_hold() {
-    let Some(client) = client() else { return };
+    let Some(client) = common::client() else { return };
     for shape in [vec![2usize, 3], vec![2, 512], vec![3, 4], vec![8]] {
         let len: usize = shape.iter().product();
         let t = TensorHandle::new_contiguous(shape.clone(), client.create_from_slice(&vec![0u8; 4 * len]), ElemType::Float(FloatKind::F32));

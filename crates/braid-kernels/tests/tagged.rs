@@ -4,22 +4,12 @@
 //! at rounds across the tag's wrap. The decode launches that use it are checked on CUDA by
 //! `braid-cli check-kernels` (bitwise against the separate launches).
 
+mod common;
+
 use braid_kernels::TensorHandle;
 use braid_kernels::tagged::{TAG_ROUNDS, partner, tagged_probe};
-use cubecl::device::WgpuDeviceKind;
 use cubecl::ir::{FloatKind, UIntKind};
 use cubecl::prelude::*;
-
-fn client() -> Option<Client> {
-    match std::panic::catch_unwind(|| cubecl::Device::wgpu(WgpuDeviceKind::DefaultDevice).map(|d| d.client())) {
-        Ok(Ok(c)) => Some(c),
-        _ if std::env::var_os("BRAID_REQUIRE_WGPU").is_some() => panic!("BRAID_REQUIRE_WGPU is set but no wgpu adapter works"),
-        _ => {
-            eprintln!("no wgpu adapter: skipped (CI runs this on lavapipe)");
-            None
-        }
-    }
-}
 
 fn next(seed: &mut u64) -> u64 {
     *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -41,7 +31,7 @@ fn f16_bits(seed: &mut u64, n: usize) -> Vec<u16> {
 
 #[test]
 fn tagged_words_carry_f16_values_bit_for_bit() {
-    let Some(client) = client() else { return };
+    let Some(client) = common::client() else { return };
     let f16 = ElemType::Float(FloatKind::F16);
     if !client.properties().supports_type(f16) {
         eprintln!("f16 unsupported by this adapter: skipped");
@@ -79,7 +69,7 @@ fn tagged_words_carry_f16_values_bit_for_bit() {
 
 #[test]
 fn the_probe_refuses_a_32_bit_value() {
-    let Some(client) = client() else { return };
+    let Some(client) = common::client() else { return };
     let f32_t = ElemType::Float(FloatKind::F32);
     let values = TensorHandle::new_contiguous(vec![4], client.create_from_slice(&[0u8; 16]), f32_t);
     let words = TensorHandle::new_contiguous(vec![4], client.create_from_slice(&[0u8; 16]), ElemType::UInt(UIntKind::U32));
