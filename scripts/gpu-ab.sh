@@ -35,7 +35,7 @@ for run in "${runs[@]}"; do
     if has latency; then
       env $e timeout 200 $BIN bench latency --model $M --device cuda --dtype bf16 --plan $p --runs 3 --json $OUT/ab-latency-$tag.json \
         > $OUT/ab-latency-$tag.txt 2>&1
-      echo "latency $p: $(grep -E 'graph replay' $OUT/ab-latency-$tag.txt | head -2 | tr '\n' ' ')" | tee -a $OUT/summary.txt
+      echo "latency $p: $(grep -E 'graph replay|graph, streamed' $OUT/ab-latency-$tag.txt | head -2 | tr '\n' ' ')" | tee -a $OUT/summary.txt
     fi
     if has throughput; then
       env $e timeout 200 $BIN bench throughput --model $M --device cuda --dtype bf16 --plan $p --json $OUT/ab-throughput-$tag.json \

@@ -34,6 +34,6 @@ for e in "${runs[@]}"; do
   i=$((i+1))
   env $e timeout 150 $BIN bench latency --model $M --device cuda --dtype bf16 --plan fused --runs 3 --json $OUT/mlp-latency-$i.json \
     > $OUT/mlp-latency-$i.txt 2>&1
-  echo "run $i ($e): $(grep -E 'graph replay|identical|rror|panic' $OUT/mlp-latency-$i.txt | head -3 | tr '\n' ' ')" | tee -a $OUT/summary.txt
+  echo "run $i ($e): $(grep -E 'graph replay|streamed|identical|rror|panic' $OUT/mlp-latency-$i.txt | head -4 | tr '\n' ' ')" | tee -a $OUT/summary.txt
 done
 echo; echo "== summary"; cat $OUT/summary.txt
