@@ -81,14 +81,16 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     let out_base = (b * seq + i) * heads * head_dim + h * head_dim;
     let k_base = b * k.stride(0) + g * k.stride(1);
     let v_base = b * v.stride(0) + g * v.stride(1);
-    attend_row::<F, N>(q, k, v, out, q_base, out_base, k_base, v_base, past as usize + i + 1, scale, f32_internal, max_keys, head_dim, block, partial_len, planes, ahead);
+    attend_row::<F, N>(q, k, v, out, q_base, out_base, k_base, v_base, past as usize + i + 1, scale, f32_internal, max_keys, head_dim, block, partial_len, planes, ahead, true);
 }
 
 /// One query row's attention (the body of [`attention_kernel`]'s cubes): the row at
 /// `q[q_base..q_base + head_dim]` over keys `0..n_keys` of the key and value rows starting at
 /// `k_base`, `v_base` (elements; rows `k.stride(2)` apart), into `out[out_base..]`. Every unit of
 /// the cube (`block` of them) must call it. `decode_mlp`'s last phase runs it too. `ahead`: 4
-/// or 8 value vectors a unit has in flight (the same `ahead` gives the same bits).
+/// or 8 value vectors a unit has in flight (the same `ahead` gives the same bits). `values =
+/// false` (a timing probe of `decode_mlp`'s, which makes the output wrong) skips the weighted
+/// values (step 4): the output is then zeros.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_row<F: Float, N: Size>(
@@ -109,6 +111,7 @@ pub(crate) fn attend_row<F: Float, N: Size>(
     #[comptime] partial_len: usize,
     #[comptime] planes: bool,
     #[comptime] ahead: usize,
+    #[comptime] values: bool,
 ) {
     let unit = UNIT_POS_X as usize;
     let hd = head_dim;
@@ -208,6 +211,10 @@ pub(crate) fn attend_row<F: Float, N: Size>(
             acc[i] = 0.0;
         }
         let mut j = part;
+        if !values {
+            // (The probe: no keys weighed, the partials zeros.)
+            j = n_keys;
+        }
         while j < n_keys {
             #[unroll]
             for u in 0..ahead {

@@ -5,7 +5,7 @@ use crate::attention::kernel::{attend_row, touch};
 use crate::gemv::kernel::{dot_regs, hold_row, load_at, load_row, stage_rows, stage_vals, stage_vals_with};
 use crate::grid::{BARRIER_WORDS, grid_arrive_kind, grid_sync_kind, grid_sync_unfenced, grid_wait_kind};
 use crate::reduce::{block_sum_pair, round};
-use crate::tagged::{await_words, publish, tag_of};
+use crate::tagged::{await_words, publish, tag_of, value_of};
 
 /// The batch-1 decode step from the attention output to the MLP output in one launch of
 /// `cubes` cubes of `units` units (one cube per SM), three phases separated by grid barriers:
@@ -513,7 +513,7 @@ fn next_phases<F: Float, N: Size>(
         // With `tags` and `on`: [q/k pair, the KV head's k pair, its v pair], awaited together.
         let mut got = Array::<f32>::new(6usize);
         if tags && active {
-            await_head(bar, qkv_at, c, c / group, heads, kv_heads, unit, tag, &mut got, on, half);
+            await_head(bar, qkv_at, c, c / group, heads, kv_heads, unit, tag, &mut got, on, half, comptime!(probe & PROBE_NO_WAIT == 0));
         }
         if active {
             if tags {
@@ -562,7 +562,7 @@ fn next_phases<F: Float, N: Size>(
             if comptime!(probe & PROBE_NO_ATTENTION == 0) {
                 attend_row::<F, N>(
                     &*q_out, kv_k, kv_v, attn_out, c * hd, c * hd, g * kv_k.stride(1), g * kv_v.stride(1), pos + 1, scale, f32_internal, attend.max_keys, hd, units,
-                    attend.partial_len, attend.planes, attend.ahead,
+                    attend.partial_len, attend.planes, attend.ahead, comptime!(probe & PROBE_NO_VALUES == 0),
                 );
             }
         }
@@ -615,8 +615,13 @@ pub const PROBE_EXTRA_BARRIER: u32 = 1;
 /// every weight load reads its matrix's first row (hot in L1/L2): the launch without its
 /// weights' DRAM traffic;
 pub const PROBE_HOT_WEIGHTS: u32 = 2;
-/// phase E's cubes skip the attention over the cache (its output is left as it was).
+/// phase E's cubes skip the attention over the cache (its output is left as it was);
 pub const PROBE_NO_ATTENTION: u32 = 4;
+/// phase E's head cubes take their words as first read, without waiting for this round's (so
+/// they start without waiting for phase D's last cubes);
+pub const PROBE_NO_WAIT: u32 = 8;
+/// phase E's attention skips its weighted values (its output is zeros).
+pub const PROBE_NO_VALUES: u32 = 16;
 
 /// The first vector of row `f` of a matrix of `n` vectors a row, or row 0's with `hot`
 /// ([`PROBE_HOT_WEIGHTS`]).
@@ -669,7 +674,8 @@ fn read_row(bar: &Tensor<Atomic<u32>>, at: usize, tag: u32, addr: &mut Array<usi
 /// Phase E's tagged inputs for unit `unit < half` of head `c`'s cube (a q head, or with `!on`
 /// a k head at `c >= heads`): its pair `(unit, unit + half)` of head `c`'s raw q/k features;
 /// with `on`, also KV head `g`'s key pair and value pair. All read at once and awaited
-/// together ([`await_words`]); entries not needed are zeros.
+/// together ([`await_words`]); entries not needed are zeros. Without `wait` (the
+/// [`PROBE_NO_WAIT`] timing probe), the words' values as first read, whatever their round.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn await_head(
@@ -684,6 +690,7 @@ fn await_head(
     vals: &mut Array<f32>,
     #[comptime] on: bool,
     #[comptime] half: usize,
+    #[comptime] wait: bool,
 ) {
     let hd = comptime!(2 * half);
     let mut addr = Array::<usize>::new(6usize);
@@ -706,7 +713,14 @@ fn await_head(
             words[i] = bar[addr[i]].load();
         }
     }
-    await_words(bar, &addr, &mut words, vals, tag, 6usize);
+    if wait {
+        await_words(bar, &addr, &mut words, vals, tag, 6usize);
+    } else {
+        #[unroll]
+        for i in 0..6usize {
+            vals[i] = value_of(words[i]);
+        }
+    }
 }
 
 /// Phase E's attention (comptime): `on` = each q head's cube attends after its norm + RoPE;

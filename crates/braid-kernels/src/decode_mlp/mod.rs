@@ -48,7 +48,7 @@
 mod kernel;
 mod next;
 
-pub use kernel::{PROBE_EXTRA_BARRIER, PROBE_HOT_WEIGHTS, PROBE_NO_ATTENTION};
+pub use kernel::{PROBE_EXTRA_BARRIER, PROBE_HOT_WEIGHTS, PROBE_NO_ATTENTION, PROBE_NO_VALUES, PROBE_NO_WAIT};
 
 use cubecl::features::Plane;
 use cubecl::prelude::*;
@@ -107,7 +107,7 @@ pub struct DecodeMlpOptions {
     /// the value row is other cubes' write, always keeps the fence).
     pub e_fence: bool,
     /// Timing probes, a mask of [`PROBE_EXTRA_BARRIER`], [`PROBE_HOT_WEIGHTS`],
-    /// [`PROBE_NO_ATTENTION`]: each makes the launch do more or less than its job (its results
+    /// [`PROBE_NO_ATTENTION`], [`PROBE_NO_WAIT`], [`PROBE_NO_VALUES`]: each makes the launch do more or less than its job (its results
     /// are then wrong), to measure what that part costs. 0 (none) but in benchmarks.
     pub probe: u32,
 }

@@ -391,13 +391,14 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
 
 /// Timing probes for `bench latency` (`$BRAID_DECODE_PROBE`, comma-separated): `barrier` (one
 /// more grid barrier before each of the layer launch's), `hot` (its weight loads all read their
-/// matrix's first row), `noattn` (its attention phase skipped), `launch` (an empty launch
-/// between the layers of a decode step). Each changes what a step computes (the tokens are
+/// matrix's first row), `noattn` (its attention phase skipped), `nowait` (phase E's head cubes
+/// do not wait for their words), `novalues` (phase E's attention skips its weighted values),
+/// `launch` (an empty launch between the layers of a decode step). Each changes what a step computes (the tokens are
 /// then wrong); the difference in step time is what that part costs. Returns the layer
 /// launch's mask (`braid_kernels::decode_mlp::DecodeMlpOptions::probe`) and `launch`; warns
 /// once on stderr when any is set. Read once per process.
 pub fn decode_probe() -> (u32, bool) {
-    use braid_kernels::decode_mlp::{PROBE_EXTRA_BARRIER, PROBE_HOT_WEIGHTS, PROBE_NO_ATTENTION};
+    use braid_kernels::decode_mlp::{PROBE_EXTRA_BARRIER, PROBE_HOT_WEIGHTS, PROBE_NO_ATTENTION, PROBE_NO_VALUES, PROBE_NO_WAIT};
     static PROBE: std::sync::OnceLock<(u32, bool)> = std::sync::OnceLock::new();
     *PROBE.get_or_init(|| {
         let Ok(list) = std::env::var("BRAID_DECODE_PROBE") else { return (0, false) };
@@ -407,8 +408,10 @@ pub fn decode_probe() -> (u32, bool) {
                 "barrier" => mask |= PROBE_EXTRA_BARRIER,
                 "hot" => mask |= PROBE_HOT_WEIGHTS,
                 "noattn" => mask |= PROBE_NO_ATTENTION,
+                "nowait" => mask |= PROBE_NO_WAIT,
+                "novalues" => mask |= PROBE_NO_VALUES,
                 "launch" => launch = true,
-                other => eprintln!("warning: $BRAID_DECODE_PROBE: unknown probe {other:?} (barrier, hot, noattn, launch)"),
+                other => eprintln!("warning: $BRAID_DECODE_PROBE: unknown probe {other:?} (barrier, hot, noattn, nowait, novalues, launch)"),
             }
         }
         if mask != 0 || launch {
