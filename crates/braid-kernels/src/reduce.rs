@@ -8,21 +8,19 @@ use crate::KernelError;
 use crate::check::{Check, output_like};
 
 /// Sum of `value` over the `block` units along x of this cube; every unit gets the result.
-/// `block` must be a power of two equal to `CUBE_DIM_X`. The shared-memory tree, or with
-/// [`norm_planes`] (an experiment) [`cube_reduce`]'s plane sums.
+/// `block` must be a power of two equal to `CUBE_DIM_X`. Every kernel's RMSNorm and QK-norm sum
+/// goes through here (or [`block_sum_pair`]), so their bits stay equal to one another: one
+/// plane sum, the planes' sums through shared memory ([`cube_reduce`]'s), two cube barriers
+/// where the shared-memory tree took ten at 256 units. Measured on the H100 (2026-11-27 13:22):
+/// batch-1 decode 1,329.3 / 1,330.0 tok/s against the tree's 1,301.0 / 1,301.3, same call.
 #[cube]
 pub fn block_sum(value: f32, #[comptime] block: usize) -> f32 {
-    if comptime!(norm_planes()) { cube_reduce(value, false, true, block) } else { block_reduce(value, false, block) }
-}
-
-/// Whether [`block_sum`] and [`block_sum_pair`] (the RMSNorm and QK-norm sums of every kernel,
-/// so all of them at once, which keeps the kernels' bits equal to one another) sum through plane
-/// reductions instead of the shared-memory tree: `$BRAID_NORM_PLANES=1`, read once per process
-/// when a kernel is first expanded. An experiment (not measured yet): fewer cube barriers in
-/// the decode launch's norm trees, other bits; needs plane operations on the device.
-pub fn norm_planes() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BRAID_NORM_PLANES").is_ok_and(|s| s.trim() == "1"))
+    // The plane's lanes together first: CubeCL's CUDA (LLVM) plane operations shuffle among
+    // `activemask()`'s lanes, those that happen to be converged, and a norm's sum follows
+    // branches (a head's words polled, `active` lanes): without this the QK-norm sums came
+    // out wrong and varied run to run (decode_mlp_qkv, H100, 2026-11-27 12:57).
+    sync_plane();
+    cube_reduce(value, false, true, block)
 }
 
 /// Maximum of `value` over the units of the cube, as [`block_sum`].
@@ -56,56 +54,30 @@ fn block_reduce(value: f32, #[comptime] is_max: bool, #[comptime] block: usize) 
     total
 }
 
-/// [`block_sum`] of `a` and of `b` through one tree: each sum bit for bit [`block_sum`]'s (the
-/// same additions in the same order), with one set of cube barriers for both.
+/// [`block_sum`] of `a` and of `b` together: each sum bit for bit [`block_sum`]'s (the same
+/// plane sums, the planes' sums added in the same order), with one pair of cube barriers for both.
 #[cube]
 pub fn block_sum_pair(a: f32, b: f32, #[comptime] block: usize) -> (f32, f32) {
-    if comptime!(norm_planes()) {
-        // (`cube_reduce`'s plane sums, for both values.)
-        let va = plane_sum(a);
-        let vb = plane_sum(b);
-        let mut partials = Shared::<[f32]>::new_slice(comptime!(2 * block));
-        let unit = UNIT_POS_X as usize;
-        let plane = PLANE_DIM as usize;
-        if UNIT_POS_PLANE == 0 {
-            partials[unit / plane] = va;
-            partials[block + unit / plane] = vb;
-        }
-        sync_cube();
-        let mut ta = partials[0];
-        let mut tb = partials[block];
-        let n = (CUBE_DIM_X / PLANE_DIM) as usize;
-        for i in 1..n {
-            ta += partials[i];
-            tb += partials[block + i];
-        }
-        sync_cube();
-        (ta, tb)
-    } else {
-        block_sum_pair_tree(a, b, block)
-    }
-}
-
-/// [`block_sum_pair`] through the shared-memory tree.
-#[cube]
-fn block_sum_pair_tree(a: f32, b: f32, #[comptime] block: usize) -> (f32, f32) {
-    let mut scratch = Shared::<[f32]>::new_slice(comptime!(2 * block));
+    sync_plane();
+    let va = plane_sum(a);
+    let vb = plane_sum(b);
+    let mut partials = Shared::<[f32]>::new_slice(comptime!(2 * block));
     let unit = UNIT_POS_X as usize;
-    scratch[unit] = a;
-    scratch[block + unit] = b;
-    sync_cube();
-    let mut stride = (CUBE_DIM_X / 2) as usize;
-    while stride > 0 {
-        if unit < stride {
-            scratch[unit] += scratch[unit + stride];
-            scratch[block + unit] += scratch[block + unit + stride];
-        }
-        sync_cube();
-        stride /= 2;
+    let plane = PLANE_DIM as usize;
+    if UNIT_POS_PLANE == 0 {
+        partials[unit / plane] = va;
+        partials[block + unit / plane] = vb;
     }
-    let total = (scratch[0], scratch[block]);
     sync_cube();
-    total
+    let mut ta = partials[0];
+    let mut tb = partials[block];
+    let n = (CUBE_DIM_X / PLANE_DIM) as usize;
+    for i in 1..n {
+        ta += partials[i];
+        tb += partials[block + i];
+    }
+    sync_cube();
+    (ta, tb)
 }
 
 /// [`block_sum`] or [`block_max`], through plane (warp) reductions where `planes` (the device

@@ -2,7 +2,7 @@ use cubecl::prelude::*;
 
 use super::next::{emit_qkv, head_inv, load_qkv, put_head, rope_head};
 use crate::attention::kernel::{attend_row, touch};
-use crate::gemv::kernel::{dot_regs, hold_row, load_at, load_row, stage_rows, stage_vals, stage_vals_with};
+use crate::gemv::kernel::{dot_regs, hold_row, load_at, load_row, stage_rows, stage_vals, stage_vals_with, staged_at, staged_len};
 use crate::grid::{BARRIER_WORDS, grid_arrive_kind, grid_sync_kind, grid_sync_unfenced, grid_wait_kind};
 use crate::reduce::{block_sum_pair, round};
 use crate::tagged::{await_words, publish, tag_of, value_of};
@@ -132,7 +132,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     let lb = comptime!((hidden / vs).div_ceil(plane_min));
     let lc = comptime!((inter / vs).div_ceil(plane_min));
     let width = comptime!(q_dim.max(hidden).max(inter));
-    let mut staged = Shared::<[f32]>::new_slice(width);
+    let mut staged = Shared::<[f32]>::new_slice(comptime!(staged_len(1usize, width, vs)));
 
     let lane = UNIT_POS_PLANE as usize;
     let step = PLANE_DIM as usize;
@@ -188,7 +188,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     while f < hidden {
         let mut acc = Array::<f32>::new(1usize);
         acc[0] = 0.0f32;
-        dot_regs::<F, N>(&ra, &staged, &mut acc, lane, na, q_dim, 1usize, la, vs);
+        dot_regs::<F, N>(&ra, &staged, &mut acc, lane, na, 1usize, la, vs);
         let next = f + planes;
         if next < hidden {
             load_row::<F, N>(wo, row_of(next, na, hot), &mut ra, lane, step, na, la);
@@ -310,7 +310,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     while fj < hidden {
         let mut acc = Array::<f32>::new(1usize);
         acc[0] = 0.0f32;
-        dot_regs::<F, N>(&rc, &staged, &mut acc, lane, nc, inter, 1usize, lc, vs);
+        dot_regs::<F, N>(&rc, &staged, &mut acc, lane, nc, 1usize, lc, vs);
         let next = fj + planes;
         if next < hidden {
             load_row::<F, N>(wd, row_of(next, nc, hot), &mut rc, lane, step, nc, lc);
@@ -776,7 +776,7 @@ fn dot_at<F: Float, N: Size>(
             let v = regs[at + j];
             #[unroll]
             for e in 0..vs {
-                acc += f32::cast_from(v.extract(e)) * staged[e * nvec + k];
+                acc += f32::cast_from(v.extract(e)) * staged[staged_at(0usize, e, k, nvec, vs)];
             }
         }
     }

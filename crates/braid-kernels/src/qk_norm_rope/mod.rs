@@ -99,7 +99,9 @@ pub fn qk_norm_rope_into(
         });
     }
     let half = hd / 2;
-    let block = half.next_power_of_two();
+    // At least a plane: the norm's plane sum on CUDA shuffles among a whole warp's lanes (units
+    // past `half` add zeros).
+    let block = half.next_power_of_two().max(32);
     let u32_t = ElemType::UInt(cubecl::ir::UIntKind::U32);
     let q_out = output_like(client, &[batch, heads, seq, hd], dtype);
     // The u32 input a mode does not read is any u32 buffer: the other one, or a small one.

@@ -1,6 +1,6 @@
 use cubecl::prelude::*;
 
-use crate::gemv::kernel::{dot_regs, load_row, stage_rows};
+use crate::gemv::kernel::{dot_regs, load_row, stage_rows, staged_len};
 use crate::qk_norm_rope::kernel::norm_rope_pair;
 use crate::reduce::{block_sum, round};
 
@@ -101,7 +101,7 @@ pub(super) fn qkv_rope_kernel<F: Float, N: Size>(
     }
 
     // 1. The input row, staged (and normalised) as the GEMV does.
-    let mut staged = Shared::<[f32]>::new_slice(hidden);
+    let mut staged = Shared::<[f32]>::new_slice(comptime!(staged_len(1usize, hidden, vs)));
     stage_rows::<F>(
         x, residual, sum_out, gamma, &mut staged, eps, 0usize, 1usize, slot == 0, vs, f32_internal, true, add_residual, false, 1usize,
         hidden, stage_block, block,
@@ -120,11 +120,11 @@ pub(super) fn qkv_rope_kernel<F: Float, N: Size>(
             acc[i] = 0.0f32;
         }
         let (f1, f2, f3) = (f + planes, f + 2 * planes, f + 3 * planes);
-        dot_one::<F, N>(&wa, &staged, &mut acc, 0usize, true, lane, nvec, hidden, loads, vs);
-        dot_one::<F, N>(&wb, &staged, &mut acc, 1usize, f1 < hd, lane, nvec, hidden, loads, vs);
+        dot_one::<F, N>(&wa, &staged, &mut acc, 0usize, true, lane, nvec, loads, vs);
+        dot_one::<F, N>(&wb, &staged, &mut acc, 1usize, f1 < hd, lane, nvec, loads, vs);
         if four {
-            dot_one::<F, N>(&wc, &staged, &mut acc, 2usize, f2 < hd, lane, nvec, hidden, loads, vs);
-            dot_one::<F, N>(&wd, &staged, &mut acc, 3usize, f3 < hd, lane, nvec, hidden, loads, vs);
+            dot_one::<F, N>(&wc, &staged, &mut acc, 2usize, f2 < hd, lane, nvec, loads, vs);
+            dot_one::<F, N>(&wd, &staged, &mut acc, 3usize, f3 < hd, lane, nvec, loads, vs);
         }
         // The next features' loads go out before the plane sums.
         let nf = f + stride;
@@ -211,14 +211,13 @@ fn dot_one<F: Float, N: Size>(
     valid: bool,
     lane: usize,
     nvec: usize,
-    #[comptime] hidden: usize,
     #[comptime] loads: usize,
     #[comptime] vs: usize,
 ) {
     if valid {
         let mut a = Array::<f32>::new(1usize);
         a[0] = 0.0f32;
-        dot_regs::<F, N>(regs, staged, &mut a, lane, nvec, hidden, 1usize, loads, vs);
+        dot_regs::<F, N>(regs, staged, &mut a, lane, nvec, 1usize, loads, vs);
         acc[i] = a[0];
     }
 }
