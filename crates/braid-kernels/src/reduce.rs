@@ -1,5 +1,5 @@
-//! Helpers shared by the kernels: reductions across the units of one cube, through shared
-//! memory (works on every runtime, planes or not), and rounding to the activation dtype.
+//! Helpers shared by the kernels: reductions across the units of one cube (the norms' through
+//! plane sums, the others through shared memory or planes), and rounding to the activation dtype.
 
 use cubecl::prelude::*;
 use cubecl::std::tensor::TensorHandle;
@@ -8,7 +8,8 @@ use crate::KernelError;
 use crate::check::{Check, output_like};
 
 /// Sum of `value` over the `block` units along x of this cube; every unit gets the result.
-/// `block` must be a power of two equal to `CUBE_DIM_X`. Every kernel's RMSNorm and QK-norm sum
+/// `block` must be a power of two equal to `CUBE_DIM_X`, on CUDA at least a plane (32: a
+/// shuffle over a part of a warp reads lanes that do not exist). Every kernel's RMSNorm and QK-norm sum
 /// goes through here (or [`block_sum_pair`]), so their bits stay equal to one another: one
 /// plane sum, the planes' sums through shared memory ([`cube_reduce`]'s), two cube barriers
 /// where the shared-memory tree took ten at 256 units. Measured on the H100 (2026-11-27 13:22):
@@ -134,7 +135,8 @@ fn sum_pair_probe_kernel(values: &Tensor<f32>, out: &mut Tensor<f32>, #[comptime
 /// Sums the two rows of `values: [2, n]` (f32, `n` a power of two up to 256: one cube) with
 /// [`block_sum`] each and with [`block_sum_pair`] together: `[sum0, sum1, pair0, pair1]`
 /// (`[4]` f32). The pair's sums must equal the single ones bit for bit (`decode_mlp`'s phase E
-/// relies on it to give `qkv_rope`'s bits); tested on wgpu, where the decode launch cannot run.
+/// relies on it to give `qkv_rope`'s bits); tested on wgpu, where the decode launch cannot run
+/// (on CUDA a width under 32 would reduce over a part of a warp: see [`block_sum`]).
 pub fn block_sum_pair_probe(client: &Client, values: &TensorHandle) -> Result<TensorHandle, KernelError> {
     let c = Check::new("block_sum_pair_probe");
     let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);

@@ -1,4 +1,4 @@
-//! `block_sum_pair` (two sums through one reduction tree, `decode_mlp`'s phase E) on wgpu
+//! `block_sum_pair` (two sums through one reduction, `decode_mlp`'s phase E) on wgpu
 //! (CI: lavapipe): each of its sums is `block_sum`'s bit for bit, on values whose sum depends
 //! on the order of the additions (magnitudes from 1e-6 to 1e6, both signs), and near the f64 sum.
 
