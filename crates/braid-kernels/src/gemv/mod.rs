@@ -17,7 +17,8 @@ use crate::check::{Check, output_like};
 use crate::{KernelError, Precision};
 
 pub(crate) const BLOCK: usize = 256;
-/// Shared memory for staged rows, in f32 elements (32 KiB).
+/// Shared memory for staged rows, in f32 elements (32 KiB), before the staging pad
+/// (`kernel::stage_pad`: 32 more words a staged row, at most 1 KiB more at 8 rows).
 pub const SHARED_F32: usize = 8192;
 
 /// How the dot products are spread over units (the autotune candidates).
