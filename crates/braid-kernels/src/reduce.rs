@@ -1,5 +1,5 @@
 //! Helpers shared by the kernels: reductions across the units of one cube (the norms' through
-//! plane sums, the others through shared memory or planes), and rounding to the activation dtype.
+//! plane sums where the device has them, else shared memory), and rounding to the activation dtype.
 
 use cubecl::prelude::*;
 use cubecl::std::tensor::TensorHandle;
@@ -9,19 +9,41 @@ use crate::check::{Check, output_like};
 
 /// Sum of `value` over the `block` units along x of this cube; every unit gets the result.
 /// `block` must be a power of two equal to `CUBE_DIM_X`, on CUDA at least a plane (32: a
-/// shuffle over a part of a warp reads lanes that do not exist). Every kernel's RMSNorm and QK-norm sum
-/// goes through here (or [`block_sum_pair`]), so their bits stay equal to one another: one
-/// plane sum, the planes' sums through shared memory ([`cube_reduce`]'s), two cube barriers
-/// where the shared-memory tree took ten at 256 units. Measured on the H100 (2026-11-27 13:22):
-/// batch-1 decode 1,329.3 / 1,330.0 tok/s against the tree's 1,301.0 / 1,301.3, same call.
+/// shuffle over a part of a warp reads lanes that do not exist). Every kernel's RMSNorm and
+/// QK-norm sum goes through here (or [`block_sum_pair`]), so their bits stay equal to one
+/// another: where the device has plane operations ([`plane_norms`]), one plane sum and the
+/// planes' sums through shared memory ([`cube_reduce`]'s), two cube barriers where the
+/// shared-memory tree takes ten at 256 units; else that tree. Measured on the H100
+/// (2026-11-27 13:22): batch-1 decode 1,329.3 / 1,330.0 tok/s against the tree's 1,301.0 /
+/// 1,301.3, same call.
 #[cube]
 pub fn block_sum(value: f32, #[comptime] block: usize) -> f32 {
-    // The plane's lanes together first: CubeCL's CUDA (LLVM) plane operations shuffle among
-    // `activemask()`'s lanes, those that happen to be converged, and a norm's sum follows
-    // branches (a head's words polled, `active` lanes): without this the QK-norm sums came
-    // out wrong and varied run to run (decode_mlp_qkv, H100, 2026-11-27 12:57).
-    sync_plane();
-    cube_reduce(value, false, true, block)
+    if comptime!(plane_norms()) {
+        // The plane's lanes together first: CubeCL's CUDA (LLVM) plane operations shuffle among
+        // `activemask()`'s lanes, those that happen to be converged, and a norm's sum follows
+        // branches (a head's words polled, `active` lanes): without this the QK-norm sums came
+        // out wrong and varied run to run (decode_mlp_qkv, H100, 2026-11-27 12:57).
+        sync_plane();
+        cube_reduce(value, false, true, block)
+    } else {
+        block_reduce(value, false, block)
+    }
+}
+
+static PLANE_NORMS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Records, once per process, whether the norm sums ([`block_sum`], [`block_sum_pair`]) go
+/// through plane operations: whether the device has them. Every launcher whose kernel sums a
+/// norm calls it before its launch, so the first device a process launches such a kernel on
+/// decides for all (one way for every kernel keeps their bits equal to one another).
+pub(crate) fn note_device(client: &Client) {
+    PLANE_NORMS.get_or_init(|| client.properties().features.plane.contains(cubecl::features::Plane::Ops));
+}
+
+/// Whether the norm sums go through plane operations ([`note_device`]; planes until a device
+/// has been noted). Read when a kernel is expanded.
+pub fn plane_norms() -> bool {
+    *PLANE_NORMS.get().unwrap_or(&true)
 }
 
 /// Maximum of `value` over the units of the cube, as [`block_sum`].
@@ -56,29 +78,56 @@ fn block_reduce(value: f32, #[comptime] is_max: bool, #[comptime] block: usize) 
 }
 
 /// [`block_sum`] of `a` and of `b` together: each sum bit for bit [`block_sum`]'s (the same
-/// plane sums, the planes' sums added in the same order), with one pair of cube barriers for both.
+/// additions in the same order), with one set of cube barriers for both.
 #[cube]
 pub fn block_sum_pair(a: f32, b: f32, #[comptime] block: usize) -> (f32, f32) {
-    sync_plane();
-    let va = plane_sum(a);
-    let vb = plane_sum(b);
-    let mut partials = Shared::<[f32]>::new_slice(comptime!(2 * block));
+    if comptime!(plane_norms()) {
+        // (`cube_reduce`'s plane sums, for both values, the lanes together first: `block_sum`.)
+        sync_plane();
+        let va = plane_sum(a);
+        let vb = plane_sum(b);
+        let mut partials = Shared::<[f32]>::new_slice(comptime!(2 * block));
+        let unit = UNIT_POS_X as usize;
+        let plane = PLANE_DIM as usize;
+        if UNIT_POS_PLANE == 0 {
+            partials[unit / plane] = va;
+            partials[block + unit / plane] = vb;
+        }
+        sync_cube();
+        let mut ta = partials[0];
+        let mut tb = partials[block];
+        let n = (CUBE_DIM_X / PLANE_DIM) as usize;
+        for i in 1..n {
+            ta += partials[i];
+            tb += partials[block + i];
+        }
+        sync_cube();
+        (ta, tb)
+    } else {
+        block_sum_pair_tree(a, b, block)
+    }
+}
+
+/// [`block_sum_pair`] through the shared-memory tree (devices without plane operations).
+#[cube]
+fn block_sum_pair_tree(a: f32, b: f32, #[comptime] block: usize) -> (f32, f32) {
+    let mut scratch = Shared::<[f32]>::new_slice(comptime!(2 * block));
     let unit = UNIT_POS_X as usize;
-    let plane = PLANE_DIM as usize;
-    if UNIT_POS_PLANE == 0 {
-        partials[unit / plane] = va;
-        partials[block + unit / plane] = vb;
-    }
+    scratch[unit] = a;
+    scratch[block + unit] = b;
     sync_cube();
-    let mut ta = partials[0];
-    let mut tb = partials[block];
-    let n = (CUBE_DIM_X / PLANE_DIM) as usize;
-    for i in 1..n {
-        ta += partials[i];
-        tb += partials[block + i];
+    let mut stride = (CUBE_DIM_X / 2) as usize;
+    while stride > 0 {
+        if unit < stride {
+            scratch[unit] += scratch[unit + stride];
+            scratch[block + unit] += scratch[block + unit + stride];
+        }
+        sync_cube();
+        stride /= 2;
     }
+    let total = (scratch[0], scratch[block]);
     sync_cube();
-    (ta, tb)
+    total
 }
 
 /// [`block_sum`] or [`block_max`], through plane (warp) reductions where `planes` (the device
@@ -147,6 +196,7 @@ pub fn block_sum_pair_probe(client: &Client, values: &TensorHandle) -> Result<Te
         return Err(c.shape_err("values", values, "[2, n], n a power of two up to 256".into()));
     }
     let out = output_like(client, &[4], f32_t);
+    note_device(client);
     sum_pair_probe_kernel::launch(client, CubeCount::new_1d(1), CubeDim::new_1d(n as u32), values.clone().into_arg(), out.clone().into_arg(), n);
     Ok(out)
 }

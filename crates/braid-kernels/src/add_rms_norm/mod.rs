@@ -31,6 +31,7 @@ pub fn add_rms_norm(
     let residual_out = output_like(client, &[rows, dim], dtype);
     let out = output_like(client, &[rows, dim], dtype);
     if rows > 0 {
+        crate::reduce::note_device(client);
         kernel::add_rms_norm_kernel::launch(
             client,
             CubeCount::new_1d(rows as u32),
@@ -68,6 +69,7 @@ pub fn rms_norm(
     // binding rules (no buffer bound twice as writable) satisfied.
     let unused = output_like(client, &[1], dtype);
     if rows > 0 {
+        crate::reduce::note_device(client);
         kernel::add_rms_norm_kernel::launch(
             client,
             CubeCount::new_1d(rows as u32),

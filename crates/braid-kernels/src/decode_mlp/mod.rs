@@ -465,6 +465,7 @@ fn run(
         }
     });
     let then_qkv = heads > 0;
+    crate::reduce::note_device(client);
     // SAFETY: the shapes, dtypes and contiguity the kernel indexes were checked above and the
     // outputs allocated at them; every index stays below its tensor's length (features below
     // their matrix's rows, vectors below a row's; the cache rows at `state[1]`, below the

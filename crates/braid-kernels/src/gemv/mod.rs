@@ -247,6 +247,7 @@ pub(crate) fn launch_config(call: &GemvCall, config: GemvConfig) -> Result<(), S
         Some(r) => (r.residual.clone(), r.sum.clone(), true, r.add_norm_semantics),
         None => (call.x.clone(), output_like(client, &[1], dtype), false, false),
     };
+    crate::reduce::note_device(client);
     kernel::gemv_kernel::launch(
         client,
         CubeCount::new_2d(total.div_ceil(features) as u32, rows.div_ceil(rpc) as u32),

@@ -141,6 +141,7 @@ pub fn qk_norm_rope_into(
     if rows == 0 {
         return Ok((q_out, kv));
     }
+    crate::reduce::note_device(client);
     kernel::qk_norm_rope_kernel::launch(
         client,
         CubeCount::new_2d(rows as u32, (heads + 2 * kv_heads) as u32),

@@ -145,6 +145,7 @@ pub fn qkv_rope_cache(
     // (never written).
     let residual = args.residual.unwrap_or_else(|| args.x.clone());
     let sum_arg = sum.clone().unwrap_or_else(|| output_like(client, &[1], dtype));
+    crate::reduce::note_device(client);
     kernel::qkv_rope_kernel::launch(
         client,
         CubeCount::new_1d((heads + 2 * kv_heads) as u32),
