@@ -19,11 +19,6 @@ use crate::check::{Check, output_like};
 #[cube]
 pub fn block_sum(value: f32, #[comptime] block: usize) -> f32 {
     if comptime!(plane_norms()) {
-        // The plane's lanes together first: CubeCL's CUDA (LLVM) plane operations shuffle among
-        // `activemask()`'s lanes, those that happen to be converged, and a norm's sum follows
-        // branches (a head's words polled, `active` lanes): without this the QK-norm sums came
-        // out wrong and varied run to run (decode_mlp_qkv, H100, 2026-11-27 12:57).
-        sync_plane();
         cube_reduce(value, false, true, block)
     } else {
         block_reduce(value, false, block)
@@ -134,9 +129,16 @@ fn block_sum_pair_tree(a: f32, b: f32, #[comptime] block: usize) -> (f32, f32) {
 /// has plane operations): one reduction per plane, then the planes' results through shared
 /// memory, two cube barriers instead of `2 + log2(block)`. The order of the f32 additions
 /// differs from the shared-memory tree's, so the two paths may differ in the last bits.
+/// Called where every unit of the cube arrives (it has cube barriers).
 #[cube]
 pub fn cube_reduce(value: f32, #[comptime] is_max: bool, #[comptime] planes: bool, #[comptime] block: usize) -> f32 {
     if planes {
+        // The plane's lanes together first: CubeCL's CUDA (LLVM) plane operations shuffle among
+        // `activemask()`'s lanes, those that happen to be converged, and a reduction may follow
+        // branches (a head's words polled, `active` lanes): without this the QK-norm sums came
+        // out wrong and varied run to run (decode_mlp_qkv, H100, 2026-11-27 12:57). A no-op for
+        // lanes already together, so the bits of a correct run are unchanged.
+        sync_plane();
         let v = if is_max { plane_max(value) } else { plane_sum(value) };
         let mut scratch = Shared::<[f32]>::new_slice(block);
         let unit = UNIT_POS_X as usize;
