@@ -27,9 +27,6 @@ use crate::tagged::{await_words, publish, tag_of, value_of};
 /// the second barrier (the first with `c_early`), or with `late_loads` (the default) just
 /// behind its release fence, which would otherwise wait for them. Any later feature of a phase
 /// loads after the previous dot, as in the GEMV. `barrier`: which grid barrier ([`crate::grid::BarrierKind`]'s code).
-/// With `b_shared` (an experiment), a plane's held gate/up weights go from the registers into
-/// shared memory after A's dots and B reads them there, freeing their registers (96 a unit for
-/// Qwen3-0.6B) for `c_early` / `d_early` loads.
 ///
 /// With `then_qkv`, two more phases run the next layer's attention inputs, as `qkv_rope` does:
 /// - D (after a third barrier): `stream = sum + out` (written by cube 0), the next layer's input
@@ -109,7 +106,6 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     #[comptime] plane_min: usize,
     #[comptime] ahead_b: usize,
     #[comptime] c_early: bool,
-    #[comptime] b_shared: bool,
     #[comptime] barrier: u32,
     #[comptime] then_qkv: bool,
     #[comptime] heads: usize,
@@ -207,18 +203,6 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         }
         f = next;
     }
-    // With `b_shared`, B's gate/up weights move from the registers into shared memory now
-    // (each unit its own vectors, at `slot * units + unit`: no barrier, no bank conflicts), so
-    // that the first barrier and phase B hold none of them in registers.
-    let mut sb = Shared::<[Vector<F, N>]>::new_slice(comptime!(if b_shared { 2 * ahead_b * lb * units } else { 1usize }));
-    if b_shared {
-        let u = UNIT_POS_X as usize;
-        #[unroll]
-        for i in 0..comptime!(ahead_b * lb) {
-            sb[i * units + u] = rg[i];
-            sb[comptime!(ahead_b * lb * units) + i * units + u] = ru[i];
-        }
-    }
     // (`late_loads`: after the first barrier's release fence.)
     phase_release(bar, cubes, barrier, comptime!(c_early && late_loads), tags);
     if c_early && fc < hidden {
@@ -268,18 +252,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     for s in 0..ahead_b {
         let f = fb + s * planes;
         if f < inter {
-            let mut gd = 0.0f32;
-            let mut ud = 0.0f32;
-            if b_shared {
-                gd = dot_shared::<F, N>(&sb, s * lb, &staged, lane, nb, lb, vs, units);
-                ud = dot_shared::<F, N>(&sb, comptime!(ahead_b * lb) + s * lb, &staged, lane, nb, lb, vs, units);
-            }
-            if !b_shared {
-                gd = dot_at::<F, N>(&rg, s * lb, &staged, lane, nb, lb, vs);
-                ud = dot_at::<F, N>(&ru, s * lb, &staged, lane, nb, lb, vs);
-            }
-            let g = plane_sum(gd);
-            let u = plane_sum(ud);
+            let g = plane_sum(dot_at::<F, N>(&rg, s * lb, &staged, lane, nb, lb, vs));
+            let u = plane_sum(dot_at::<F, N>(&ru, s * lb, &staged, lane, nb, lb, vs));
             if lane == 0 {
                 let a = F::cast_from(silu_mul_value::<F>(g, u, f32_internal));
                 act[f] = a;
@@ -800,37 +774,6 @@ fn dot_at<F: Float, N: Size>(
         let k = lane + j * step;
         if k < nvec {
             let v = regs[at + j];
-            #[unroll]
-            for e in 0..vs {
-                acc += f32::cast_from(v.extract(e)) * staged[staged_at(0usize, e, k, nvec, vs)];
-            }
-        }
-    }
-    acc
-}
-
-/// [`dot_at`] over weight vectors a unit stored in shared memory (`b_shared`): slot `at + j` of
-/// unit `u` at `(at + j) * units + u`. The same products in the same order: the same bits.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn dot_shared<F: Float, N: Size>(
-    sb: &Shared<[Vector<F, N>]>,
-    at: usize,
-    staged: &Shared<[f32]>,
-    lane: usize,
-    nvec: usize,
-    #[comptime] loads: usize,
-    #[comptime] vs: usize,
-    #[comptime] units: usize,
-) -> f32 {
-    let step = PLANE_DIM as usize;
-    let u = UNIT_POS_X as usize;
-    let mut acc = 0.0f32;
-    #[unroll]
-    for j in 0..loads {
-        let k = lane + j * step;
-        if k < nvec {
-            let v = sb[(at + j) * units + u];
             #[unroll]
             for e in 0..vs {
                 acc += f32::cast_from(v.extract(e)) * staged[staged_at(0usize, e, k, nvec, vs)];

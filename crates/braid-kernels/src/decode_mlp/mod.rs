@@ -82,11 +82,6 @@ pub struct DecodeMlpOptions {
     pub ahead_b: Option<usize>,
     /// Phase C's first weights load before the first barrier instead of the second.
     pub c_early: bool,
-    /// A plane's held gate/up weights move from the registers into shared memory after phase
-    /// A's dots, and phase B reads them there: their registers (96 a unit at Qwen3-0.6B's
-    /// widths, of the 244 the launch holds) are free from the first barrier on, room for
-    /// `c_early` and `d_early` (which spill without it, our reading). An experiment, not run yet.
-    pub b_shared: bool,
     /// The grid barrier between phases.
     pub barrier: BarrierKind,
     /// [`decode_mlp_qkv`]: the next layer's first q/k/v weights load with down's, before the
@@ -119,7 +114,7 @@ pub struct DecodeMlpOptions {
 
 impl Default for DecodeMlpOptions {
     fn default() -> Self {
-        Self { units: 256, ahead_b: None, c_early: false, b_shared: false, barrier: BarrierKind::Light, d_early: false, late_loads: true, tags: true, e_barrier: false, hold: true, e_fence: false, probe: 0 }
+        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true, tags: true, e_barrier: false, hold: true, e_fence: false, probe: 0 }
     }
 }
 
@@ -526,7 +521,6 @@ fn run(
             client.properties().hardware.plane_size_min.max(1) as usize,
             ahead_b,
             options.c_early,
-            options.b_shared,
             options.barrier.code(),
             then_qkv,
             heads,

@@ -354,7 +354,6 @@ pub fn decode_mlp_fused() -> bool {
 /// [`decode_mlp`]'s layout: the default, or for comparisons `$BRAID_DECODE_MLP_UNITS=n` (units
 /// per cube), `$BRAID_DECODE_MLP_AHEAD=n` (gate/up features a plane loads before the first
 /// barrier), `$BRAID_DECODE_MLP_C_EARLY=1` (down's first weights before the first barrier),
-/// `$BRAID_DECODE_MLP_B_SHARED=1` (the held gate/up weights through shared memory after phase A),
 /// `$BRAID_DECODE_MLP_BARRIER=counter|light` (the grid barrier), `$BRAID_DECODE_MLP_D_EARLY=0|1`
 /// ([`decode_mlp_qkv`]'s q/k/v weights before the second barrier), `$BRAID_DECODE_MLP_LATE_LOADS=0|1`
 /// (down's and q/k/v's weight loads after the barrier's fence), `$BRAID_DECODE_MLP_TAGS=0|1`
@@ -374,7 +373,6 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
             units: num("BRAID_DECODE_MLP_UNITS").unwrap_or(d.units),
             ahead_b: num("BRAID_DECODE_MLP_AHEAD").or(d.ahead_b),
             c_early: var("BRAID_DECODE_MLP_C_EARLY").is_some_and(|s| s == "1"),
-            b_shared: var("BRAID_DECODE_MLP_B_SHARED").is_some_and(|s| s == "1"),
             d_early: var("BRAID_DECODE_MLP_D_EARLY").map_or(d.d_early, |s| s == "1"),
             late_loads: var("BRAID_DECODE_MLP_LATE_LOADS").map_or(d.late_loads, |s| s == "1"),
             barrier: match var("BRAID_DECODE_MLP_BARRIER").as_deref() {
