@@ -338,7 +338,10 @@ impl FusedOps for Cube {
 
     fn argmax(logits: FloatTensor<Self>) -> IntTensor<Self> {
         let like = logits.clone();
-        let out = launched(braid_kernels::argmax::argmax(&like.client, handle(logits)));
+        let out = launched(match super::argmax_slices() {
+            Some(slices) => braid_kernels::argmax::argmax_in(&like.client, handle(logits), slices),
+            None => braid_kernels::argmax::argmax(&like.client, handle(logits)),
+        });
         tensor(&like, out, burn::tensor::DType::U32)
     }
 

@@ -465,6 +465,13 @@ pub fn decode_mlp_qkv_supported(x: &Tensor<2>, q_dim: usize, hidden: usize, inte
     })
 }
 
+/// The argmax's slices a row, for comparisons: `$BRAID_ARGMAX_SLICES=n` (1: one cube a row, as
+/// before the split), else `None`: `braid_kernels::argmax::default_slices` (read once per process).
+pub fn argmax_slices() -> Option<usize> {
+    static SLICES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *SLICES.get_or_init(|| std::env::var("BRAID_ARGMAX_SLICES").ok().and_then(|s| s.trim().parse().ok()))
+}
+
 /// Whether the greedy decode steps run their last residual add and the final norm as one fused
 /// `add_rms_norm` launch (torch mode) where the head is fused (`Qwen3::greedy_ids`). On unless
 /// `$BRAID_FINAL_NORM_FUSED=0` (Burn's ops: for comparisons; read once per process).
