@@ -117,7 +117,7 @@ pub fn argmax_in(client: &Client, logits: TensorHandle, slices: usize) -> Result
 /// Elements a load reads: 16 bytes where the row length allows.
 fn vector(dtype: ElemType, vocab: usize) -> usize {
     let mut vector = (16 / dtype.size()).max(1);
-    while vocab % vector != 0 {
+    while !vocab.is_multiple_of(vector) {
         vector /= 2;
     }
     vector
