@@ -465,11 +465,12 @@ pub fn decode_mlp_qkv_supported(x: &Tensor<2>, q_dim: usize, hidden: usize, inte
     })
 }
 
-/// The argmax's slices a row, for comparisons: `$BRAID_ARGMAX_SLICES=n` (1: one cube a row, as
-/// before the split), else `None`: `braid_kernels::argmax::default_slices` (read once per process).
+/// The argmax's slices a row, for comparisons: `$BRAID_ARGMAX_SLICES=n` (1 to 1,024; 1: one cube
+/// a row, as before the split), else `None`: `braid_kernels::argmax::default_slices` (read once
+/// per process; a value out of range is ignored).
 pub fn argmax_slices() -> Option<usize> {
     static SLICES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *SLICES.get_or_init(|| std::env::var("BRAID_ARGMAX_SLICES").ok().and_then(|s| s.trim().parse().ok()))
+    *SLICES.get_or_init(|| std::env::var("BRAID_ARGMAX_SLICES").ok().and_then(|s| s.trim().parse().ok()).filter(|n| (1..=1024).contains(n)))
 }
 
 /// Whether the greedy decode steps run their last residual add and the final norm as one fused
