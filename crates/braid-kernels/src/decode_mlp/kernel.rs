@@ -23,10 +23,12 @@ use crate::tagged::{await_words, publish, tag_of, value_of};
 /// (A's first, B's continuing where A's ended, then C's). Each plane loads its first A feature's
 /// weights and its first `ahead_b` B features' (all of them where they fit the registers: 3
 /// for Qwen3-0.6B at 256 units) before anything else, so B's weight reads stream during A and
-/// the first barrier; C's first feature loads after B's dots (`c_early`: after A's), ahead of
-/// the second barrier (the first with `c_early`), or with `late_loads` (the default) just
-/// behind its release fence, which would otherwise wait for them. Any later feature of a phase
-/// loads after the previous dot, as in the GEMV. `barrier`: which grid barrier ([`crate::grid::BarrierKind`]'s code).
+/// the first barrier; C's first feature loads where `at.c_at` says: by default after B's
+/// staging, before B's dots (so its reads are in flight during B's dots and the second
+/// barrier, but do not delay the reads B's staging waits for), else after B's dots (with
+/// `late_loads` just behind the release fence, which would otherwise wait for them), after the
+/// first barrier, or with `c_early` after A's dots. Any later feature of a phase loads after
+/// the previous dot, as in the GEMV. `barrier`: which grid barrier ([`crate::grid::BarrierKind`]'s code).
 ///
 /// With `then_qkv`, two more phases run the next layer's attention inputs, as `qkv_rope` does:
 /// - D (after a third barrier): `stream = sum + out` (written by cube 0), the next layer's input
@@ -41,8 +43,9 @@ use crate::tagged::{await_words, publish, tag_of, value_of};
 ///   (`attention::kernel::attend_row`, at this cube's width) into `attn_out`, while the other
 ///   cubes read `attend.prefetch` of `pf0..pf3` into L2.
 ///
-/// Each plane loads its first `ahead_d` q/k/v features' weights after C's dots (`d_early`:
-/// with C's, before the second barrier). Bit for bit `qkv_rope` after the three launches:
+/// Each plane loads its first `ahead_d` q/k/v features' weights where `at.d_at` says: by
+/// default after C's staging, before C's dots; else after C's dots, after the second barrier,
+/// or with `d_early` with C's. Bit for bit `qkv_rope` after the three launches:
 /// the staging, per-feature order and pair function are that kernel's. Without `then_qkv` the
 /// extra tensors are never touched (any of the right types may stand in).
 ///
@@ -120,9 +123,13 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     #[comptime] hold: bool,
     #[comptime] e_fence: bool,
     #[comptime] probe: u32,
+    #[comptime] at: LoadPoints,
     #[define(F)] _dtype: ElemType,
 ) {
-    let hot = comptime!(probe & PROBE_HOT_WEIGHTS != 0);
+    let hot_a = comptime!(probe & (PROBE_HOT_WEIGHTS | PROBE_HOT_A) != 0);
+    let hot_b = comptime!(probe & (PROBE_HOT_WEIGHTS | PROBE_HOT_B) != 0);
+    let hot_c = comptime!(probe & (PROBE_HOT_WEIGHTS | PROBE_HOT_C) != 0);
+    let hot_d = comptime!(probe & (PROBE_HOT_WEIGHTS | PROBE_HOT_D) != 0);
     let vs = wo.vector_size();
     let na = q_dim / vs;
     let nb = hidden / vs;
@@ -158,14 +165,14 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     // Phase D's weights of this plane's first `ahead_d` q/k/v features, feature `s` at `s * lb`.
     let mut rq = Array::<Vector<F, N>>::new(comptime!(if then_qkv { ahead_d * lb } else { 1usize }));
     if fa < hidden {
-        load_row::<F, N>(wo, row_of(fa, na, hot), &mut ra, lane, step, na, la);
+        load_row::<F, N>(wo, row_of(fa, na, hot_a), &mut ra, lane, step, na, la);
     }
     #[unroll]
     for s in 0..ahead_b {
         let f = fb + s * planes;
         if f < inter {
-            load_at::<F, N>(wg, row_of(f, nb, hot), &mut rg, s * lb, lane, step, nb, lb);
-            load_at::<F, N>(wu, row_of(f, nb, hot), &mut ru, s * lb, lane, step, nb, lb);
+            load_at::<F, N>(wg, row_of(f, nb, hot_b), &mut rg, s * lb, lane, step, nb, lb);
+            load_at::<F, N>(wu, row_of(f, nb, hot_b), &mut ru, s * lb, lane, step, nb, lb);
         }
     }
 
@@ -191,7 +198,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         dot_regs::<F, N>(&ra, &staged, &mut acc, lane, na, 1usize, la, vs);
         let next = f + planes;
         if next < hidden {
-            load_row::<F, N>(wo, row_of(next, na, hot), &mut ra, lane, step, na, la);
+            load_row::<F, N>(wo, row_of(next, na, hot_a), &mut ra, lane, step, na, la);
         }
         let g = plane_sum(acc[0]);
         if lane == 0 {
@@ -206,7 +213,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     // (`late_loads`: after the first barrier's release fence.)
     phase_release(bar, cubes, barrier, comptime!(c_early && late_loads), tags);
     if c_early && fc < hidden {
-        load_row::<F, N>(wd, row_of(fc, nc, hot), &mut rc, lane, step, nc, lc);
+        load_row::<F, N>(wd, row_of(fc, nc, hot_c), &mut rc, lane, step, nc, lc);
     }
     // With `tags` and `hold`, B's operands that no cube of the launch writes (the residual,
     // the norm's weight) into registers before the barrier, off the phase's chain of round trips.
@@ -217,6 +224,9 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         hold_norm_inputs::<F>(residual, gamma, &mut res_b, &mut gam_b, hidden, block);
     }
     phase_barrier(bar, cubes, barrier, comptime!(c_early && late_loads), tags, probe);
+    if at.c_at == 2 && !c_early && fc < hidden {
+        load_row::<F, N>(wd, row_of(fc, nc, hot_c), &mut rc, lane, step, nc, lc);
+    }
 
     // B: residual add + post-attention RMSNorm + gate/up + SiLU.
     let first = CUBE_POS_X == 0;
@@ -248,6 +258,9 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         stage_rows::<F>(&*o, residual, sum, gamma, &mut staged, eps, 0usize, 1usize, first, vs, f32_internal, true, true, true, 1usize, hidden, block, units);
     }
     sync_cube();
+    if at.c_at == 1 && !c_early && fc < hidden {
+        load_row::<F, N>(wd, row_of(fc, nc, hot_c), &mut rc, lane, step, nc, lc);
+    }
     #[unroll]
     for s in 0..ahead_b {
         let f = fb + s * planes;
@@ -266,8 +279,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     // Features past those held (planes wider than `plane_min`): one at a time.
     let mut fi = fb + ahead_b * planes;
     while fi < inter {
-        load_at::<F, N>(wg, row_of(fi, nb, hot), &mut rg, 0usize, lane, step, nb, lb);
-        load_at::<F, N>(wu, row_of(fi, nb, hot), &mut ru, 0usize, lane, step, nb, lb);
+        load_at::<F, N>(wg, row_of(fi, nb, hot_b), &mut rg, 0usize, lane, step, nb, lb);
+        load_at::<F, N>(wu, row_of(fi, nb, hot_b), &mut ru, 0usize, lane, step, nb, lb);
         let g = plane_sum(dot_at::<F, N>(&rg, 0usize, &staged, lane, nb, lb, vs));
         let u = plane_sum(dot_at::<F, N>(&ru, 0usize, &staged, lane, nb, lb, vs));
         if lane == 0 {
@@ -282,16 +295,22 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     // (`late_loads`: after the barrier's release fence, which would otherwise wait for them.
     // With `tags` the barrier has no fence: C re-reads any of its words not there yet.)
     phase_release(bar, cubes, barrier, late_loads, tags);
-    if !c_early && fc < hidden {
-        load_row::<F, N>(wd, row_of(fc, nc, hot), &mut rc, lane, step, nc, lc);
+    if !c_early && at.c_at == 0 && fc < hidden {
+        load_row::<F, N>(wd, row_of(fc, nc, hot_c), &mut rc, lane, step, nc, lc);
     }
     if then_qkv && d_early {
         #[unroll]
         for s in 0..ahead_d {
-            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot), nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
         }
     }
     phase_barrier(bar, cubes, barrier, late_loads, tags, probe);
+    if then_qkv && at.d_at == 2 && !d_early {
+        #[unroll]
+        for s in 0..ahead_d {
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
+        }
+    }
 
     // C: down_proj.
     if tags {
@@ -306,6 +325,12 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         stage_rows::<F>(&*act, &*act, o, gamma, &mut staged, eps, 0usize, 1usize, false, vs, f32_internal, false, false, false, 1usize, inter, block, block);
     }
     sync_cube();
+    if then_qkv && at.d_at == 1 && !d_early {
+        #[unroll]
+        for s in 0..ahead_d {
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
+        }
+    }
     let mut fj = fc;
     while fj < hidden {
         let mut acc = Array::<f32>::new(1usize);
@@ -313,7 +338,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         dot_regs::<F, N>(&rc, &staged, &mut acc, lane, nc, 1usize, lc, vs);
         let next = fj + planes;
         if next < hidden {
-            load_row::<F, N>(wd, row_of(next, nc, hot), &mut rc, lane, step, nc, lc);
+            load_row::<F, N>(wd, row_of(next, nc, hot_c), &mut rc, lane, step, nc, lc);
         }
         let g = plane_sum(acc[0]);
         if lane == 0 {
@@ -328,7 +353,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if then_qkv {
         next_phases::<F, N>(
             residual, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq,
-            eps_in, qk_eps, scale, fd, planes, first, tag, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, d_early, attend, late_loads, tags, e_barrier, hold, e_fence, probe,
+            eps_in, qk_eps, scale, fd, planes, first, tag, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, comptime!(d_early || at.d_at > 0), attend, late_loads, tags, e_barrier, hold, e_fence, probe,
         );
     }
 }
@@ -395,7 +420,7 @@ fn next_phases<F: Float, N: Size>(
     #[comptime] e_fence: bool,
     #[comptime] probe: u32,
 ) {
-    let hot = comptime!(probe & PROBE_HOT_WEIGHTS != 0);
+    let hot_d = comptime!(probe & (PROBE_HOT_WEIGHTS | PROBE_HOT_D) != 0);
     let vs = wq.vector_size();
     let nb = hidden / vs;
     let lb = comptime!((hidden / vs).div_ceil(plane_min));
@@ -409,7 +434,7 @@ fn next_phases<F: Float, N: Size>(
     if !d_early {
         #[unroll]
         for s in 0..ahead_d {
-            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot), nq, nk, nqkv, rq, s * lb, lane, nb, lb);
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), nq, nk, nqkv, rq, s * lb, lane, nb, lb);
         }
     }
     // (As B's: the residual and the norm's weight before the barrier, with `tags` and `hold`.)
@@ -461,7 +486,7 @@ fn next_phases<F: Float, N: Size>(
     }
     let mut fi = fd + ahead_d * planes;
     while fi < nqkv {
-        load_qkv::<F, N>(wq, wk, wv, row_of(fi, 1usize, hot), nq, nk, nqkv, rq, 0usize, lane, nb, lb);
+        load_qkv::<F, N>(wq, wk, wv, row_of(fi, 1usize, hot_d), nq, nk, nqkv, rq, 0usize, lane, nb, lb);
         let g = plane_sum(dot_at::<F, N>(&*rq, 0usize, &*staged, lane, nb, lb, vs));
         emit_qkv::<F>(g, fi, nq, nk, 2 * half, pos, lane, raw, v_cache, bar, qkv_at, tag, tags);
         fi += planes;
@@ -620,8 +645,16 @@ pub const PROBE_NO_ATTENTION: u32 = 4;
 /// phase E's head cubes take their words as first read, without waiting for this round's (so
 /// they start without waiting for phase D's last cubes);
 pub const PROBE_NO_WAIT: u32 = 8;
-/// phase E's attention skips its weighted values (its output is zeros).
+/// phase E's attention skips its weighted values (its output is zeros);
 pub const PROBE_NO_VALUES: u32 = 16;
+/// [`PROBE_HOT_WEIGHTS`] for one phase's weights only: A's (o_proj),
+pub const PROBE_HOT_A: u32 = 32;
+/// B's (gate and up),
+pub const PROBE_HOT_B: u32 = 64;
+/// C's (down),
+pub const PROBE_HOT_C: u32 = 128;
+/// D's (the next layer's q, k and v).
+pub const PROBE_HOT_D: u32 = 256;
 
 /// The first vector of row `f` of a matrix of `n` vectors a row, or row 0's with `hot`
 /// ([`PROBE_HOT_WEIGHTS`]).
@@ -721,6 +754,18 @@ fn await_head(
             vals[i] = value_of(words[i]);
         }
     }
+}
+
+/// Where down's and the next layer's q/k/v's first weights load (comptime;
+/// [`super::DecodeMlpOptions::c_at`], [`super::DecodeMlpOptions::d_at`]), unless `c_early` /
+/// `d_early` load them earlier still: 0 after the previous phase's dots; 1 after its staging,
+/// before its dots; 2 after the barrier that starts it, before its staging.
+#[derive(CubeType, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct LoadPoints {
+    #[cube(comptime)]
+    pub c_at: u32,
+    #[cube(comptime)]
+    pub d_at: u32,
 }
 
 /// Phase E's attention (comptime): `on` = each q head's cube attends after its norm + RoPE;

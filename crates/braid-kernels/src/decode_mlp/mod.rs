@@ -48,7 +48,7 @@
 mod kernel;
 mod next;
 
-pub use kernel::{PROBE_EXTRA_BARRIER, PROBE_HOT_WEIGHTS, PROBE_NO_ATTENTION, PROBE_NO_VALUES, PROBE_NO_WAIT};
+pub use kernel::{PROBE_EXTRA_BARRIER, PROBE_HOT_A, PROBE_HOT_B, PROBE_HOT_C, PROBE_HOT_D, PROBE_HOT_WEIGHTS, PROBE_NO_ATTENTION, PROBE_NO_VALUES, PROBE_NO_WAIT};
 
 use cubecl::features::Plane;
 use cubecl::prelude::*;
@@ -110,11 +110,24 @@ pub struct DecodeMlpOptions {
     /// [`PROBE_NO_ATTENTION`], [`PROBE_NO_WAIT`], [`PROBE_NO_VALUES`]: each makes the launch do more or less than its job (its results
     /// are then wrong), to measure what that part costs. 0 (none) but in benchmarks.
     pub probe: u32,
+    /// Where down's first weights load (unless `c_early`): 0 after phase B's dots (before
+    /// the second barrier), 1 after B's staging, before its dots (the default: 1,389.6-1,390.2
+    /// tok/s against 1,340.0-1,343.1 with 0 at batch 1, H100, 2026-11-27), 2 after the first
+    /// barrier, before B's staging (1,308.7-1,309.0 with `d_at` 1, against 1,400.6-1,401.2).
+    /// Where a lane's down row does not fit the register budget beside its held gate/up rows,
+    /// 0.
+    pub c_at: u32,
+    /// Where the next layer's first q/k/v weights load in [`decode_mlp_qkv`] (unless
+    /// `d_early`): 0 after phase C's dots, 1 after C's staging, before its dots (the default:
+    /// with `c_at` 1, 1,405.1-1,405.5 tok/s against 1,389.6-1,390.2 with 0), 2 after the second
+    /// barrier (1,366.8-1,367.0 against 1,400.6-1,401.2). Where the held q/k/v rows do not fit
+    /// beside a down row, 0.
+    pub d_at: u32,
 }
 
 impl Default for DecodeMlpOptions {
     fn default() -> Self {
-        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true, tags: true, e_barrier: false, hold: true, e_fence: false, probe: 0 }
+        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true, tags: true, e_barrier: false, hold: true, e_fence: false, probe: 0, c_at: 1, d_at: 1 }
     }
 }
 
@@ -279,6 +292,22 @@ fn held_ahead(widths: [usize; 3], vs: usize, (pmin, pmax): (usize, usize), units
     Ok(ahead)
 }
 
+/// Where down's first weights load ([`DecodeMlpOptions::c_at`]): as asked where a lane's down
+/// row fits the register budget beside its held gate/up rows (loaded during phase B), else
+/// after B's dots (0).
+fn c_point(widths: [usize; 3], vs: usize, pmin: usize, units: usize, ahead_b: usize, c_at: u32) -> u32 {
+    let lanes = |w: usize| (w / vs).div_ceil(pmin);
+    let (lb, lc) = (lanes(widths[1]), lanes(widths[2]));
+    if 2 * lb * ahead_b + lc <= max_held(units) { c_at.min(2) } else { 0 }
+}
+
+/// Where the next layer's first q/k/v weights load ([`DecodeMlpOptions::d_at`]): as asked
+/// where a lane's held q/k/v rows fit the register budget beside its down row (loaded during
+/// phase C), else after C's dots (0).
+fn d_point(hidden: usize, inter: usize, vs: usize, pmin: usize, units: usize, ahead_d: usize, d_at: u32) -> u32 {
+    let lanes = |w: usize| (w / vs).div_ceil(pmin);
+    if ahead_d * lanes(hidden) + lanes(inter) <= max_held(units) { d_at.min(2) } else { 0 }
+}
 
 /// Runs the three phases; returns `(sum, out)`: `sum = residual + attn @ wo^T` (rounded: the
 /// residual stream) and `out = down(silu(gate(n)) * up(n))` with `n` the normed `sum`, bit
@@ -535,6 +564,7 @@ fn run(
             options.hold,
             options.e_fence,
             options.probe,
+            kernel::LoadPoints { c_at: c_point([q_dim, hidden, inter], vs, client.properties().hardware.plane_size_min.max(1) as usize, units, ahead_b, options.c_at), d_at: d_point(hidden, inter, vs, client.properties().hardware.plane_size_min.max(1) as usize, units, ahead_d, options.d_at) },
             dtype,
         );
     }
@@ -545,6 +575,25 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn down_loads_during_b_only_where_its_row_fits_beside_gate_and_up() {
+        // Qwen3-0.6B in bf16 at 256 units: 2 x 4 x 3 + 12 = 36, the budget.
+        assert_eq!(c_point([2048, 1024, 3072], 8, 32, 256, 3, 1), 1);
+        assert_eq!(c_point([2048, 1024, 3072], 8, 32, 256, 3, 7), 2);
+        // Wider rows: 2 x 4 x 3 + 16 > 36: after B's dots.
+        assert_eq!(c_point([2048, 1024, 4096], 8, 32, 256, 3, 1), 0);
+        assert_eq!(c_point([2048, 1024, 3072], 8, 32, 512, 1, 2), 0);
+    }
+
+    #[test]
+    fn qkv_loads_during_c_only_where_they_fit_beside_down() {
+        // Qwen3-0.6B in bf16 at 256 units: 4 x 4 + 12 = 28 of 36.
+        assert_eq!(d_point(1024, 3072, 8, 32, 256, 4, 1), 1);
+        // At 512 units (18 a lane): 2 x 4 + 12 = 20: after C's dots.
+        assert_eq!(d_point(1024, 3072, 8, 32, 512, 2, 2), 0);
+        assert_eq!(d_point(1024, 3072, 8, 32, 512, 1, 2), 2);
+    }
 
     #[test]
     fn register_budget_admits_the_measured_layouts_only() {

@@ -361,7 +361,9 @@ pub fn decode_mlp_fused() -> bool {
 /// `$BRAID_DECODE_MLP_E_BARRIER=1` (with tags, a barrier before phase E too),
 /// `$BRAID_DECODE_MLP_HOLD=0` (the normed phases' residual and norm weight loaded after their
 /// words, not before the barrier), `$BRAID_DECODE_MLP_E_FENCE=1` (phase E's attention behind a
-/// fence, not a cube barrier). Read once per process.
+/// fence, not a cube barrier), `$BRAID_DECODE_MLP_C_AT=0|1|2` and `_D_AT=0|1|2` (where down's
+/// and the next q/k/v's weights load: after the previous phase's dots, after its staging, after
+/// the barrier before it). Read once per process.
 pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOptions {
     use braid_kernels::decode_mlp::DecodeMlpOptions;
     static OPTIONS: std::sync::OnceLock<DecodeMlpOptions> = std::sync::OnceLock::new();
@@ -385,20 +387,22 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
             hold: var("BRAID_DECODE_MLP_HOLD").map_or(d.hold, |s| s != "0"),
             e_fence: var("BRAID_DECODE_MLP_E_FENCE").is_some_and(|s| s == "1"),
             probe: decode_probe().0,
+            c_at: num("BRAID_DECODE_MLP_C_AT").map_or(d.c_at, |n| n as u32),
+            d_at: num("BRAID_DECODE_MLP_D_AT").map_or(d.d_at, |n| n as u32),
         }
     })
 }
 
 /// Timing probes for `bench latency` (`$BRAID_DECODE_PROBE`, comma-separated): `barrier` (one
 /// more grid barrier before each of the layer launch's), `hot` (its weight loads all read their
-/// matrix's first row), `noattn` (its attention phase skipped), `nowait` (phase E's head cubes
+/// matrix's first row; `hot_a` .. `hot_d` only phase A's .. D's), `noattn` (its attention phase skipped), `nowait` (phase E's head cubes
 /// do not wait for their words), `novalues` (phase E's attention skips its weighted values),
 /// `launch` (an empty launch between the layers of a decode step). Each changes what a step computes (the tokens are
 /// then wrong); the difference in step time is what that part costs. Returns the layer
 /// launch's mask (`braid_kernels::decode_mlp::DecodeMlpOptions::probe`) and `launch`; warns
 /// once on stderr when any is set. Read once per process.
 pub fn decode_probe() -> (u32, bool) {
-    use braid_kernels::decode_mlp::{PROBE_EXTRA_BARRIER, PROBE_HOT_WEIGHTS, PROBE_NO_ATTENTION, PROBE_NO_VALUES, PROBE_NO_WAIT};
+    use braid_kernels::decode_mlp::{PROBE_EXTRA_BARRIER, PROBE_HOT_A, PROBE_HOT_B, PROBE_HOT_C, PROBE_HOT_D, PROBE_HOT_WEIGHTS, PROBE_NO_ATTENTION, PROBE_NO_VALUES, PROBE_NO_WAIT};
     static PROBE: std::sync::OnceLock<(u32, bool)> = std::sync::OnceLock::new();
     *PROBE.get_or_init(|| {
         let Ok(list) = std::env::var("BRAID_DECODE_PROBE") else { return (0, false) };
@@ -407,11 +411,15 @@ pub fn decode_probe() -> (u32, bool) {
             match name {
                 "barrier" => mask |= PROBE_EXTRA_BARRIER,
                 "hot" => mask |= PROBE_HOT_WEIGHTS,
+                "hot_a" => mask |= PROBE_HOT_A,
+                "hot_b" => mask |= PROBE_HOT_B,
+                "hot_c" => mask |= PROBE_HOT_C,
+                "hot_d" => mask |= PROBE_HOT_D,
                 "noattn" => mask |= PROBE_NO_ATTENTION,
                 "nowait" => mask |= PROBE_NO_WAIT,
                 "novalues" => mask |= PROBE_NO_VALUES,
                 "launch" => launch = true,
-                other => eprintln!("warning: $BRAID_DECODE_PROBE: unknown probe {other:?} (barrier, hot, noattn, nowait, novalues, launch)"),
+                other => eprintln!("warning: $BRAID_DECODE_PROBE: unknown probe {other:?} (barrier, hot, hot_a, hot_b, hot_c, hot_d, noattn, nowait, novalues, launch)"),
             }
         }
         if mask != 0 || launch {
