@@ -115,13 +115,13 @@ pub struct DecodeMlpOptions {
     /// tok/s against 1,340.0-1,343.1 with 0 at batch 1, H100, 2026-11-27), 2 after the first
     /// barrier, before B's staging (1,308.7-1,309.0 with `d_at` 1, against 1,400.6-1,401.2).
     /// Where a lane's down row does not fit the register budget beside its held gate/up rows,
-    /// 0.
+    /// or without `tags` (the fenced barriers' release fence would wait for the loads), 0.
     pub c_at: u32,
     /// Where the next layer's first q/k/v weights load in [`decode_mlp_qkv`] (unless
     /// `d_early`): 0 after phase C's dots, 1 after C's staging, before its dots (the default:
     /// with `c_at` 1, 1,405.1-1,405.5 tok/s against 1,389.6-1,390.2 with 0), 2 after the second
     /// barrier (1,366.8-1,367.0 against 1,400.6-1,401.2). Where the held q/k/v rows do not fit
-    /// beside a down row, 0.
+    /// beside a down row, or without `tags`, 0.
     pub d_at: u32,
 }
 
@@ -564,7 +564,8 @@ fn run(
             options.hold,
             options.e_fence,
             options.probe,
-            kernel::LoadPoints { c_at: c_point([q_dim, hidden, inter], vs, client.properties().hardware.plane_size_min.max(1) as usize, units, ahead_b, options.c_at), d_at: d_point(hidden, inter, vs, client.properties().hardware.plane_size_min.max(1) as usize, units, ahead_d, options.d_at) },
+            // (The fenced path keeps the loads after the dots: its release fence would wait for them.)
+            kernel::LoadPoints { c_at: if !tags { 0 } else { c_point([q_dim, hidden, inter], vs, client.properties().hardware.plane_size_min.max(1) as usize, units, ahead_b, options.c_at) }, d_at: if !tags { 0 } else { d_point(hidden, inter, vs, client.properties().hardware.plane_size_min.max(1) as usize, units, ahead_d, options.d_at) } },
             dtype,
         );
     }
