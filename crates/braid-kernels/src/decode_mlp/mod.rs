@@ -106,8 +106,9 @@ pub struct DecodeMlpOptions {
     /// device-scope fence (`sync_storage`) rather than a cube barrier (the fenced path, where
     /// the value row is other cubes' write, always keeps the fence).
     pub e_fence: bool,
-    /// Timing probes, a mask of [`PROBE_EXTRA_BARRIER`], [`PROBE_HOT_WEIGHTS`],
-    /// [`PROBE_NO_ATTENTION`], [`PROBE_NO_WAIT`], [`PROBE_NO_VALUES`]: each makes the launch do more or less than its job (its results
+    /// Timing probes, a mask of [`PROBE_EXTRA_BARRIER`], [`PROBE_HOT_WEIGHTS`] (or one
+    /// phase's: [`PROBE_HOT_A`] .. [`PROBE_HOT_D`]), [`PROBE_NO_ATTENTION`], [`PROBE_NO_WAIT`],
+    /// [`PROBE_NO_VALUES`]: each makes the launch do more or less than its job (its results
     /// are then wrong), to measure what that part costs. 0 (none) but in benchmarks.
     pub probe: u32,
     /// Where down's first weights load (unless `c_early`): 0 after phase B's dots (before
