@@ -30,7 +30,7 @@ pub fn argmax(client: &Client, logits: TensorHandle) -> Result<TensorHandle, Ker
 }
 
 /// Slices a row of `vocab` logits (in vectors of `vector`) is split into for `rows` rows: one
-/// cube per row from [`SPLIT_ROWS`] rows, else one load round per unit of a [`PART_BLOCK`]-unit
+/// cube per row from `SPLIT_ROWS` (16) rows, else one load round per unit of a `PART_BLOCK`-unit (256)
 /// cube per slice (19 for Qwen3's vocabulary in bf16).
 pub fn default_slices(rows: usize, vocab: usize, vector: usize) -> usize {
     if rows >= SPLIT_ROWS {
