@@ -256,7 +256,7 @@ fn next_layout(client: &Client, dtype: ElemType, hidden: usize, inter: usize, ne
 /// [`max_held`] beside what the lane holds then (down's row with `d_early`), else as many as
 /// fit (the rest one at a time), at least one.
 fn held_next(hidden: usize, inter: usize, nqkv: usize, vs: usize, (pmin, pmax): (usize, usize), options: DecodeMlpOptions) -> Result<usize, String> {
-    let lanes = |w: usize| (w / vs).div_ceil(pmin);
+    let lanes = |w: usize| lanes_of(w, vs, pmin);
     let (lb, lc) = (lanes(hidden), lanes(inter));
     let planes = (BARRIER_CUBES as usize * options.units / pmax).max(1);
     let limit = max_held(options.units);
@@ -276,7 +276,7 @@ fn held_next(hidden: usize, inter: usize, nqkv: usize, vs: usize, (pmin, pmax): 
 /// holds that many (at most all, at least one), the rest loading one at a time.
 fn held_ahead(widths: [usize; 3], vs: usize, (pmin, pmax): (usize, usize), units: usize, want: Option<usize>) -> Result<usize, String> {
     let [q_dim, hidden, inter] = widths;
-    let lanes = |w: usize| (w / vs).div_ceil(pmin);
+    let lanes = |w: usize| lanes_of(w, vs, pmin);
     let (la, lb, lc) = (lanes(q_dim), lanes(hidden), lanes(inter));
     // Gate/up features per plane (the fewest planes: the widest).
     let planes = (BARRIER_CUBES as usize * units / pmax).max(1);
@@ -293,11 +293,17 @@ fn held_ahead(widths: [usize; 3], vs: usize, (pmin, pmax): (usize, usize), units
     Ok(ahead)
 }
 
+/// Weight vectors (of `vs` elements) a lane holds of a row `w` elements wide, at planes of at
+/// least `pmin` lanes.
+fn lanes_of(w: usize, vs: usize, pmin: usize) -> usize {
+    (w / vs).div_ceil(pmin)
+}
+
 /// Where down's first weights load ([`DecodeMlpOptions::c_at`]): as asked where a lane's down
 /// row fits the register budget beside its held gate/up rows (loaded during phase B), else
 /// after B's dots (0).
 fn c_point(widths: [usize; 3], vs: usize, pmin: usize, units: usize, ahead_b: usize, c_at: u32) -> u32 {
-    let lanes = |w: usize| (w / vs).div_ceil(pmin);
+    let lanes = |w: usize| lanes_of(w, vs, pmin);
     let (lb, lc) = (lanes(widths[1]), lanes(widths[2]));
     if 2 * lb * ahead_b + lc <= max_held(units) { c_at.min(2) } else { 0 }
 }
@@ -306,7 +312,7 @@ fn c_point(widths: [usize; 3], vs: usize, pmin: usize, units: usize, ahead_b: us
 /// where a lane's held q/k/v rows fit the register budget beside its down row (loaded during
 /// phase C), else after C's dots (0).
 fn d_point(hidden: usize, inter: usize, vs: usize, pmin: usize, units: usize, ahead_d: usize, d_at: u32) -> u32 {
-    let lanes = |w: usize| (w / vs).div_ceil(pmin);
+    let lanes = |w: usize| lanes_of(w, vs, pmin);
     if ahead_d * lanes(hidden) + lanes(inter) <= max_held(units) { d_at.min(2) } else { 0 }
 }
 
@@ -490,6 +496,7 @@ fn run(
         }
     });
     let then_qkv = heads > 0;
+    let pmin = client.properties().hardware.plane_size_min.max(1) as usize;
     crate::reduce::note_device(client);
     // SAFETY: the shapes, dtypes and contiguity the kernel indexes were checked above and the
     // outputs allocated at them; every index stays below its tensor's length (features below
@@ -548,7 +555,7 @@ fn run(
             BARRIER_CUBES,
             crate::gemv::BLOCK,
             units,
-            client.properties().hardware.plane_size_min.max(1) as usize,
+            pmin,
             ahead_b,
             options.c_early,
             options.barrier.code(),
@@ -566,7 +573,10 @@ fn run(
             options.e_fence,
             options.probe,
             // (The fenced path keeps the loads after the dots: its release fence would wait for them.)
-            kernel::LoadPoints { c_at: if !tags { 0 } else { c_point([q_dim, hidden, inter], vs, client.properties().hardware.plane_size_min.max(1) as usize, units, ahead_b, options.c_at) }, d_at: if !tags { 0 } else { d_point(hidden, inter, vs, client.properties().hardware.plane_size_min.max(1) as usize, units, ahead_d, options.d_at) } },
+            kernel::LoadPoints {
+                c_at: if tags { c_point([q_dim, hidden, inter], vs, pmin, units, ahead_b, options.c_at) } else { 0 },
+                d_at: if tags { d_point(hidden, inter, vs, pmin, units, ahead_d, options.d_at) } else { 0 },
+            },
             dtype,
         );
     }
