@@ -36,6 +36,11 @@ pub struct DecodeState {
     /// `ops::decode_mlp` (one for every layer: each launch leaves the counter a multiple of its
     /// cube count and rewrites the words it uses).
     pub barrier: Tensor<1, Int>,
+    /// With the model's layer stacks (`Qwen3::decode_layers_ready`): the caches of layers
+    /// `1..n`, `[n - 1, kv_heads, capacity, hd]` each, which the step's `ops::decode_layers`
+    /// launch reads and writes (those layers' own in `cache` are then row ranges of these, and
+    /// not used by the step).
+    pub stacked: Option<(Tensor<4>, Tensor<4>)>,
 }
 
 /// How the decode steps ran.
@@ -69,8 +74,57 @@ impl Qwen3 {
         let (mut x, cos, sin) =
             ops::decode_inputs(self.model.embed_tokens.val(), s.rope.cos.clone(), s.rope.sin.clone(), s.state.clone());
         let rope = Rope { cos, sin };
-        let mut carry = Carry::None;
         let (layers, plans) = (&self.model.layers, &self.plan().layers);
+        if let (Some(w), Some(p)) = (&self.stacks, self.layers_precision(&x))
+            && let Some((kc, vc)) = s.stacked.take()
+        {
+            // The first layer to its attention output, the layers after it in one launch up to
+            // the last one's attention output, the last one's MLP.
+            let n = layers.len();
+            let (first, last) = (&layers[0], &layers[n - 1]);
+            let (x, attn) = first.decode_attention(x, &rope, &mut s.cache.layers[0], &s.state, &plans[0], first.first_weights());
+            let a = &layers[1].self_attn;
+            let (x, attn, kc, vc) = ops::decode_layers(
+                attn,
+                x,
+                w.post_norm.clone(),
+                w.wo.clone(),
+                w.gate.clone(),
+                w.up.clone(),
+                w.down.clone(),
+                first.post_attention_layernorm.eps,
+                p,
+                &s.barrier,
+                w.input_norm.clone(),
+                w.wq.clone(),
+                w.wk.clone(),
+                w.wv.clone(),
+                w.q_norm.clone(),
+                w.k_norm.clone(),
+                rope.cos.clone(),
+                rope.sin.clone(),
+                a.shape(1, 1),
+                layers[1].input_layernorm.eps,
+                a.q_norm.eps,
+                kc,
+                vc,
+                s.state.clone(),
+                last.first_weights(),
+                n - 1,
+            );
+            s.stacked = Some((kc, vc));
+            let (x, carry) = last.decode_step(x, Carry::Attn(attn), &rope, &mut s.cache.layers[n - 1], &s.state, &s.barrier, &plans[n - 1], None);
+            let pending = match carry {
+                Carry::Down(down) => Some(down),
+                Carry::None | Carry::Q(_) | Carry::Attn(_) => None,
+            };
+            let ids = self.greedy_ids(x, pending);
+            let (state, history) = ops::advance(ids, s.state.clone(), s.history.clone());
+            s.state = state;
+            s.history = history;
+            return;
+        }
+        let mut carry = Carry::None;
         for i in 0..layers.len() {
             if i > 0 && ops::decode_probe().1 {
                 // (A timing probe: one more launch between two layers' launches.)
@@ -91,6 +145,17 @@ impl Qwen3 {
         let (state, history) = ops::advance(ids, s.state.clone(), s.history.clone());
         s.state = state;
         s.history = history;
+    }
+
+    /// The precision of the batch-1 decode step's one launch over its layers
+    /// (`ops::decode_layers`), where the model has its layer stacks and every layer but the last
+    /// runs on into the next one's attention in one mode (as `DecoderLayer::decode_step` would
+    /// pick it), else `None`.
+    fn layers_precision(&self, x: &Tensor<2>) -> Option<ops::Precision> {
+        self.stacks.as_ref()?;
+        let (layers, plans) = (&self.model.layers, &self.plan().layers);
+        let p = layers[0].attends_into(&plans[0], &plans[1], x)?;
+        (1..layers.len() - 1).all(|i| layers[i].attends_into(&plans[i], &plans[i + 1], x) == Some(p)).then_some(p)
     }
 
     /// Whether [`GreedyDecoder`] may run this model's plan: every layer's attention fused (the
@@ -121,6 +186,20 @@ impl Qwen3 {
             decode_secs: start.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Layers `1..n`'s caches stacked (`DecodeState::stacked`), each of those layers' own made a
+/// range of the stack (a view where the backend's slices at its offsets are views; else a copy
+/// the step does not use).
+fn stack_caches(cache: &mut KvCache) -> (Tensor<4>, Tensor<4>) {
+    let rest = &mut cache.layers[1..];
+    let k = Tensor::cat(rest.iter().map(|c| c.k.clone()).collect(), 0);
+    let v = Tensor::cat(rest.iter().map(|c| c.v.clone()).collect(), 0);
+    for (i, c) in rest.iter_mut().enumerate() {
+        c.k = k.clone().slice([i..i + 1]);
+        c.v = v.clone().slice([i..i + 1]);
+    }
+    (k, v)
 }
 
 type Out = (Tensor<1, Int>, Tensor<1, Int>);
@@ -177,7 +256,9 @@ impl<'m> GreedyDecoder<'m> {
         let c = &model.config;
         let words = ops::decode_sync_words(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_kv_heads(), c.head_dim());
         let barrier = Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; words], [words]), (&device, DType::U32));
-        let mut st = DecodeState { state, history, cache, rope, barrier };
+        let mut cache = cache;
+        let stacked = model.stacks.as_ref().map(|_| stack_caches(&mut cache));
+        let mut st = DecodeState { state, history, cache, rope, barrier, stacked };
         let setup = std::time::Instant::now();
         let (steps, known) = match mode {
             StepMode::Eager => (Steps::Eager(Box::new(st)), vec![first]),

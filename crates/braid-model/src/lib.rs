@@ -14,6 +14,7 @@ pub mod paged;
 pub mod plan;
 pub mod profile;
 pub mod qwen3;
+pub mod stacks;
 pub mod taps;
 pub mod timing;
 pub mod weights;

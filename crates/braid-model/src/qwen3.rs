@@ -11,6 +11,7 @@ use crate::error::{ForwardError, LoadError, Result};
 use crate::kv_cache::KvCache;
 use crate::nn::{Attention, DecoderLayer, Linear, Mlp, RmsNorm, RotaryEmbedding};
 use crate::plan::{KernelPlan, OpChoice};
+use crate::stacks::LayerStacks;
 use crate::taps::Taps;
 use crate::weights;
 
@@ -44,6 +45,11 @@ pub struct Qwen3 {
     /// Per layer and op: reference or fused (see [`KernelPlan`]); `reference` after loading.
     #[module(skip)]
     plan: KernelPlan,
+    /// The layers' weights stacked per kind for the batch-1 decode step's one launch over its
+    /// layers (`ops::decode_layers`), on the CubeCL backend (`None` elsewhere, with fewer than
+    /// three layers, attention biases, or `$BRAID_DECODE_LAYERS=0`).
+    #[module(skip)]
+    pub(crate) stacks: Option<LayerStacks>,
 }
 
 /// Progress callback for loading: `(tensors done, tensors total)`.
@@ -124,7 +130,9 @@ impl Qwen3 {
                 mlp,
             });
         }
-        let embed_tokens = Param::from_tensor(t2(need(get("model.embed_tokens.weight".into()))));
+        let embed = t2(need(get("model.embed_tokens.weight".into())));
+        let stacks = if !c.attention_bias && crate::ops::decode_layers_fused() && crate::ops::on_cube(&embed) { LayerStacks::build(&mut layers) } else { None };
+        let embed_tokens = Param::from_tensor(embed);
         let norm = RmsNorm::new(t1(need(get("model.norm.weight".into()))), eps);
         let lm_head = get("lm_head.weight".into()).map(|w| Linear::new(t2(w), None));
         progress(total, total);
@@ -134,6 +142,7 @@ impl Qwen3 {
             rotary: RotaryEmbedding::new(c.head_dim(), c.rope_theta()),
             plan: KernelPlan::uniform(c.num_hidden_layers, OpChoice::Reference),
             config: c,
+            stacks,
         }
     }
 

@@ -41,7 +41,12 @@ fn run(device: Option<Device>, dtype: DType) {
     let prefill = checks.iter().filter(|c| c.op == "prefill_attn").count();
     let qkv_rope = checks.iter().filter(|c| c.op.starts_with("qkv_rope")).count();
     assert!(qkv_rope == 0 || qkv_rope == 4 * 2 * 2 * 2, "qkv_rope checks: {qkv_rope}");
-    assert_eq!(checks.len() - prefill - qkv_rope, 4 * (2 * (7 + 1 + 1 + 2 + 2) + 2 + 3) + 2 * 2 + 2 * 3 * 2, "every op, case and precision ran");
+    // `decode_layers` (three stacked layers) everywhere; its bits against one launch a layer
+    // where the device runs the one launch.
+    let layers = checks.iter().filter(|c| c.op == "decode_layers").count();
+    let layers_bits = checks.iter().filter(|c| c.op == "decode_layers_bits").count();
+    assert!(layers == 4 * 2 && (layers_bits == 0 || layers_bits == 4 * 2), "decode_layers checks: {layers} + {layers_bits}");
+    assert_eq!(checks.len() - prefill - qkv_rope - layers - layers_bits, 4 * (2 * (7 + 1 + 1 + 2 + 2) + 2 + 3) + 2 * 2 + 2 * 3 * 2, "every op, case and precision ran");
     for case in ["decode", "prefill-odd", "adversarial", "prefill-long"] {
         let n = checks.iter().filter(|c| c.op == "prefill_attn" && c.case.split('/').next() == Some(case)).count();
         assert!(n >= 2 && n % 2 == 0, "prefill attention in both modes for {case}: {n} checks");

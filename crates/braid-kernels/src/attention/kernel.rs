@@ -81,7 +81,7 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
     let out_base = (b * seq + i) * heads * head_dim + h * head_dim;
     let k_base = b * k.stride(0) + g * k.stride(1);
     let v_base = b * v.stride(0) + g * v.stride(1);
-    attend_row::<F, N>(q, k, v, out, q_base, out_base, k_base, v_base, past as usize + i + 1, scale, f32_internal, max_keys, head_dim, block, partial_len, planes, ahead, true);
+    let _ = attend_row::<F, N>(q, k, v, out, q_base, out_base, k_base, v_base, past as usize + i + 1, scale, f32_internal, max_keys, head_dim, block, partial_len, planes, ahead, true);
 }
 
 /// One query row's attention (the body of [`attention_kernel`]'s cubes): the row at
@@ -90,7 +90,9 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
 /// the cube (`block` of them) must call it. `decode_mlp`'s last phase runs it too. `ahead`: 4
 /// or 8 value vectors a unit has in flight (the same `ahead` gives the same bits). `values =
 /// false` (a timing probe of `decode_mlp`'s, which makes the output wrong) skips the weighted
-/// values (step 4): the output is then zeros.
+/// values (step 4): the output is then zeros. Returns, unrounded, the output element this unit
+/// wrote last (element `unit` where `head_dim <= block`; 0 for a unit that wrote none), so that
+/// a caller can publish it without reading it back.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_row<F: Float, N: Size>(
@@ -112,7 +114,7 @@ pub(crate) fn attend_row<F: Float, N: Size>(
     #[comptime] planes: bool,
     #[comptime] ahead: usize,
     #[comptime] values: bool,
-) {
+) -> f32 {
     let unit = UNIT_POS_X as usize;
     let hd = head_dim;
     // K and V rows are read in vectors of `vs` elements (16 bytes where hd allows); strides and
@@ -245,6 +247,7 @@ pub(crate) fn attend_row<F: Float, N: Size>(
         }
     }
     sync_cube();
+    let mut own = 0.0f32;
     let mut d = unit;
     while d < hd {
         let mut acc = 0.0f32;
@@ -252,8 +255,10 @@ pub(crate) fn attend_row<F: Float, N: Size>(
             acc += partial[p * hd + d];
         }
         out[out_base + d] = F::cast_from(acc);
+        own = acc;
         d += block;
     }
+    own
 }
 
 /// `q . k_row` in f32 over one key row of `head_dim / vs` vectors starting at vector index

@@ -124,6 +124,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     #[comptime] e_fence: bool,
     #[comptime] probe: u32,
     #[comptime] at: LoadPoints,
+    #[comptime] layers: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let hot_a = comptime!(probe & (PROBE_HOT_WEIGHTS | PROBE_HOT_A) != 0);
@@ -157,6 +158,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
 
     let o_at = comptime!(TAGS);
     let act_at = comptime!(TAGS + hidden);
+    // (With `layers` > 1: the attention output's words, after the q/k/v's.)
+    let attn_at = comptime!(TAGS + 2 * hidden + inter + (heads + 2 * kv_heads) * 2 * half);
     let mut ra = Array::<Vector<F, N>>::new(la);
     // Gate and up weights of this plane's first `ahead_b` B features, feature `s` at `s * lb`.
     let mut rg = Array::<Vector<F, N>>::new(comptime!(ahead_b * lb));
@@ -164,32 +167,59 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     let mut rc = Array::<Vector<F, N>>::new(lc);
     // Phase D's weights of this plane's first `ahead_d` q/k/v features, feature `s` at `s * lb`.
     let mut rq = Array::<Vector<F, N>>::new(comptime!(if then_qkv { ahead_d * lb } else { 1usize }));
-    if fa < hidden {
-        load_row::<F, N>(wo, row_of(fa, na, hot_a), &mut ra, lane, step, na, la);
-    }
-    #[unroll]
-    for s in 0..ahead_b {
-        let f = fb + s * planes;
-        if f < inter {
-            load_at::<F, N>(wg, row_of(f, nb, hot_b), &mut rg, s * lb, lane, step, nb, lb);
-            load_at::<F, N>(wu, row_of(f, nb, hot_b), &mut ru, s * lb, lane, step, nb, lb);
-        }
-    }
+    let per_h = comptime!(hidden.div_ceil(block));
+    // With `layers` > 1: this unit's elements of the stream entering the next iteration (phase
+    // D's `sum + out`, as `hold_row` deals them), which is that layer's residual.
+    let mut carried = Array::<f32>::new(per_h);
 
     // With `tags`, the launch's round: the ticket counter over the cube count, read before
     // this cube's first ticket (no round of the launch can complete before, so every cube reads
-    // the same); it tags every word the launch publishes.
+    // the same); iteration `l` tags every word it publishes with round `start + l`.
     let mut start = Shared::<[u32]>::new_slice(1usize);
     if tags && UNIT_POS == 0 {
         start[0] = bar[0].load() / cubes;
     }
 
-    // A: o_proj.
-    stage_rows::<F>(attn, attn, o, gamma, &mut staged, eps, 0usize, 1usize, false, vs, f32_internal, false, false, false, 1usize, q_dim, block, block);
+    // One iteration a layer: A-C of layer `l` of the stacked weights, D-E of the next layer's
+    // (the stacked tensors of `head`, whose layer `l` is that next layer).
+    #[unroll(layers == 1)]
+    for l in 0..layers {
+    // Row offsets of this iteration's layer in the stacked matrices (0 with one layer).
+    let lh = l * hidden;
+    let li = l * inter;
+    if fa < hidden {
+        load_row::<F, N>(wo, row_of(lh + fa, na, hot_a), &mut ra, lane, step, na, la);
+    }
+    #[unroll]
+    for s in 0..ahead_b {
+        let f = fb + s * planes;
+        if f < inter {
+            load_at::<F, N>(wg, row_of(li + f, nb, hot_b), &mut rg, s * lb, lane, step, nb, lb);
+            load_at::<F, N>(wu, row_of(li + f, nb, hot_b), &mut ru, s * lb, lane, step, nb, lb);
+        }
+    }
+
+    // A: o_proj, of `attn` in the first iteration, later of the previous iteration's attention
+    // output, from its words (published under that iteration's round) behind an unfenced grid
+    // barrier (the head cubes arrive last; the others wait there with this layer's first A and B
+    // weights already in flight).
+    if l == 0 {
+        stage_rows::<F>(attn, attn, o, gamma, &mut staged, eps, 0usize, 1usize, false, vs, f32_internal, false, false, false, 1usize, q_dim, block, block);
+    } else {
+        grid_sync_unfenced(bar, cubes);
+        let prev = tag_of(start[0] + u32::cast_from(l) - 1u32);
+        let per = comptime!(q_dim.div_ceil(block));
+        let mut addr = Array::<usize>::new(per);
+        let mut words = Array::<u32>::new(per);
+        let mut vals = Array::<f32>::new(per);
+        read_row(bar, attn_at, prev, &mut addr, &mut words, 0usize, q_dim, block);
+        await_words(bar, &addr, &mut words, &mut vals, prev, per);
+        stage_vals::<F>(&vals, 0usize, 0usize, (UNIT_POS_X as usize) < block, o, gamma, &mut staged, eps, false, vs, f32_internal, false, false, false, q_dim, block, block);
+    }
     sync_cube();
     let mut tag = 0u32;
     if tags {
-        tag = tag_of(start[0]);
+        tag = tag_of(start[0] + u32::cast_from(l));
     }
     let mut f = fa;
     while f < hidden {
@@ -198,7 +228,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         dot_regs::<F, N>(&ra, &staged, &mut acc, lane, na, 1usize, la, vs);
         let next = f + planes;
         if next < hidden {
-            load_row::<F, N>(wo, row_of(next, na, hot_a), &mut ra, lane, step, na, la);
+            load_row::<F, N>(wo, row_of(lh + next, na, hot_a), &mut ra, lane, step, na, la);
         }
         let g = plane_sum(acc[0]);
         if lane == 0 {
@@ -213,19 +243,18 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     // (`late_loads`: after the first barrier's release fence.)
     phase_release(bar, cubes, barrier, comptime!(c_early && late_loads), tags);
     if c_early && fc < hidden {
-        load_row::<F, N>(wd, row_of(fc, nc, hot_c), &mut rc, lane, step, nc, lc);
+        load_row::<F, N>(wd, row_of(lh + fc, nc, hot_c), &mut rc, lane, step, nc, lc);
     }
     // With `tags` and `hold`, B's operands that no cube of the launch writes (the residual,
     // the norm's weight) into registers before the barrier, off the phase's chain of round trips.
-    let per_h = comptime!(hidden.div_ceil(block));
     let mut res_b = Array::<f32>::new(per_h);
     let mut gam_b = Array::<f32>::new(per_h);
     if tags && hold {
-        hold_norm_inputs::<F>(residual, gamma, &mut res_b, &mut gam_b, hidden, block);
+        hold_layer_inputs::<F>(residual, gamma, &carried, l, &mut res_b, &mut gam_b, hidden, block);
     }
     phase_barrier(bar, cubes, barrier, comptime!(c_early && late_loads), tags, probe);
     if at.c_at == 2 && !c_early && fc < hidden {
-        load_row::<F, N>(wd, row_of(fc, nc, hot_c), &mut rc, lane, step, nc, lc);
+        load_row::<F, N>(wd, row_of(lh + fc, nc, hot_c), &mut rc, lane, step, nc, lc);
     }
 
     // B: residual add + post-attention RMSNorm + gate/up + SiLU.
@@ -239,7 +268,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         read_row(bar, o_at, tag, &mut addr, &mut words, 0usize, hidden, block);
         await_words(bar, &addr, &mut words, &mut vals, tag, per);
         if !hold {
-            hold_norm_inputs::<F>(residual, gamma, &mut res_b, &mut gam_b, hidden, block);
+            hold_layer_inputs::<F>(residual, gamma, &carried, l, &mut res_b, &mut gam_b, hidden, block);
         }
         #[unroll]
         for i in 0..per {
@@ -259,7 +288,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     }
     sync_cube();
     if at.c_at == 1 && !c_early && fc < hidden {
-        load_row::<F, N>(wd, row_of(fc, nc, hot_c), &mut rc, lane, step, nc, lc);
+        load_row::<F, N>(wd, row_of(lh + fc, nc, hot_c), &mut rc, lane, step, nc, lc);
     }
     #[unroll]
     for s in 0..ahead_b {
@@ -279,8 +308,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     // Features past those held (planes wider than `plane_min`): one at a time.
     let mut fi = fb + ahead_b * planes;
     while fi < inter {
-        load_at::<F, N>(wg, row_of(fi, nb, hot_b), &mut rg, 0usize, lane, step, nb, lb);
-        load_at::<F, N>(wu, row_of(fi, nb, hot_b), &mut ru, 0usize, lane, step, nb, lb);
+        load_at::<F, N>(wg, row_of(li + fi, nb, hot_b), &mut rg, 0usize, lane, step, nb, lb);
+        load_at::<F, N>(wu, row_of(li + fi, nb, hot_b), &mut ru, 0usize, lane, step, nb, lb);
         let g = plane_sum(dot_at::<F, N>(&rg, 0usize, &staged, lane, nb, lb, vs));
         let u = plane_sum(dot_at::<F, N>(&ru, 0usize, &staged, lane, nb, lb, vs));
         if lane == 0 {
@@ -296,19 +325,19 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     // With `tags` the barrier has no fence: C re-reads any of its words not there yet.)
     phase_release(bar, cubes, barrier, late_loads, tags);
     if !c_early && at.c_at == 0 && fc < hidden {
-        load_row::<F, N>(wd, row_of(fc, nc, hot_c), &mut rc, lane, step, nc, lc);
+        load_row::<F, N>(wd, row_of(lh + fc, nc, hot_c), &mut rc, lane, step, nc, lc);
     }
     if then_qkv && d_early {
         #[unroll]
         for s in 0..ahead_d {
-            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), l, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
         }
     }
     phase_barrier(bar, cubes, barrier, late_loads, tags, probe);
     if then_qkv && at.d_at == 2 && !d_early {
         #[unroll]
         for s in 0..ahead_d {
-            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), l, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
         }
     }
 
@@ -328,7 +357,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if then_qkv && at.d_at == 1 && !d_early {
         #[unroll]
         for s in 0..ahead_d {
-            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), l, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
         }
     }
     let mut fj = fc;
@@ -338,7 +367,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         dot_regs::<F, N>(&rc, &staged, &mut acc, lane, nc, 1usize, lc, vs);
         let next = fj + planes;
         if next < hidden {
-            load_row::<F, N>(wd, row_of(next, nc, hot_c), &mut rc, lane, step, nc, lc);
+            load_row::<F, N>(wd, row_of(lh + next, nc, hot_c), &mut rc, lane, step, nc, lc);
         }
         let g = plane_sum(acc[0]);
         if lane == 0 {
@@ -353,8 +382,9 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if then_qkv {
         next_phases::<F, N>(
             residual, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq,
-            eps_in, qk_eps, scale, fd, planes, first, tag, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, comptime!(d_early || at.d_at > 0), attend, late_loads, tags, e_barrier, hold, e_fence, probe,
+            eps_in, qk_eps, scale, fd, planes, first, tag, l, &mut carried, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, comptime!(d_early || at.d_at > 0), attend, late_loads, tags, e_barrier, hold, e_fence, probe, attn_at, layers,
         );
+    }
     }
 }
 
@@ -399,6 +429,8 @@ fn next_phases<F: Float, N: Size>(
     planes: usize,
     first: bool,
     tag: u32,
+    l: usize,
+    carried: &mut Array<f32>,
     #[comptime] f32_internal: bool,
     #[comptime] hidden: usize,
     #[comptime] inter: usize,
@@ -419,6 +451,8 @@ fn next_phases<F: Float, N: Size>(
     #[comptime] hold: bool,
     #[comptime] e_fence: bool,
     #[comptime] probe: u32,
+    #[comptime] attn_at: usize,
+    #[comptime] layers: usize,
 ) {
     let hot_d = comptime!(probe & (PROBE_HOT_WEIGHTS | PROBE_HOT_D) != 0);
     let vs = wq.vector_size();
@@ -429,12 +463,15 @@ fn next_phases<F: Float, N: Size>(
     let nqkv = comptime!((heads + 2 * kv_heads) * 2 * half);
     let lane = UNIT_POS_PLANE as usize;
     let pos = state[1] as usize;
+    // This layer's caches in the stacked `[layers, kv_heads, capacity, hd]` ones.
+    let kc_at = l * k_cache.stride(0);
+    let vc_at = l * v_cache.stride(0);
     let qkv_at = comptime!(TAGS + 2 * hidden + inter);
     phase_release(bar, cubes, barrier, late_loads, tags);
     if !d_early {
         #[unroll]
         for s in 0..ahead_d {
-            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), nq, nk, nqkv, rq, s * lb, lane, nb, lb);
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), l, nq, nk, nqkv, rq, s * lb, lane, nb, lb);
         }
     }
     // (As B's: the residual and the norm's weight before the barrier, with `tags` and `hold`.)
@@ -442,7 +479,7 @@ fn next_phases<F: Float, N: Size>(
     let mut res_d = Array::<f32>::new(per_h);
     let mut gam_d = Array::<f32>::new(per_h);
     if tags && hold {
-        hold_norm_inputs::<F>(residual, gamma_in, &mut res_d, &mut gam_d, hidden, block);
+        hold_layer_inputs::<F>(residual, gamma_in, &*carried, l, &mut res_d, &mut gam_d, hidden, block);
     }
     phase_barrier(bar, cubes, barrier, late_loads, tags, probe);
 
@@ -459,7 +496,7 @@ fn next_phases<F: Float, N: Size>(
         read_row(bar, comptime!(TAGS + hidden + inter), tag, &mut addr, &mut words, per, hidden, block);
         await_words(bar, &addr, &mut words, &mut got, tag, comptime!(2 * per));
         if !hold {
-            hold_norm_inputs::<F>(residual, gamma_in, &mut res_d, &mut gam_d, hidden, block);
+            hold_layer_inputs::<F>(residual, gamma_in, &*carried, l, &mut res_d, &mut gam_d, hidden, block);
         }
         let mut vals = Array::<f32>::new(per);
         #[unroll]
@@ -469,6 +506,12 @@ fn next_phases<F: Float, N: Size>(
             if (UNIT_POS_X as usize) < block && k < hidden {
                 let s = f32::cast_from(F::cast_from(res_d[i] + got[i]));
                 vals[i] = f32::cast_from(F::cast_from(s + got[per + i]));
+            }
+        }
+        if comptime!(layers > 1) {
+            #[unroll]
+            for i in 0..per {
+                carried[i] = vals[i];
             }
         }
         stage_vals_with::<F>(&vals, &gam_d, 0usize, 0usize, (UNIT_POS_X as usize) < block, stream, staged, eps_in, first, vs, f32_internal, true, true, false, hidden, block, units);
@@ -481,14 +524,14 @@ fn next_phases<F: Float, N: Size>(
         let f = fd + s * planes;
         if f < nqkv {
             let g = plane_sum(dot_at::<F, N>(&*rq, s * lb, &*staged, lane, nb, lb, vs));
-            emit_qkv::<F>(g, f, nq, nk, 2 * half, pos, lane, raw, v_cache, bar, qkv_at, tag, tags);
+            emit_qkv::<F>(g, f, nq, nk, 2 * half, pos, lane, raw, v_cache, vc_at, bar, qkv_at, tag, tags);
         }
     }
     let mut fi = fd + ahead_d * planes;
     while fi < nqkv {
-        load_qkv::<F, N>(wq, wk, wv, row_of(fi, 1usize, hot_d), nq, nk, nqkv, rq, 0usize, lane, nb, lb);
+        load_qkv::<F, N>(wq, wk, wv, row_of(fi, 1usize, hot_d), l, nq, nk, nqkv, rq, 0usize, lane, nb, lb);
         let g = plane_sum(dot_at::<F, N>(&*rq, 0usize, &*staged, lane, nb, lb, vs));
-        emit_qkv::<F>(g, fi, nq, nk, 2 * half, pos, lane, raw, v_cache, bar, qkv_at, tag, tags);
+        emit_qkv::<F>(g, fi, nq, nk, 2 * half, pos, lane, raw, v_cache, vc_at, bar, qkv_at, tag, tags);
         fi += planes;
     }
     // E: one cube per q and k head (its operands loaded before the barrier); with `attend`,
@@ -509,21 +552,23 @@ fn next_phases<F: Float, N: Size>(
     let mut s1 = 0.0f32;
     let mut c2 = 0.0f32;
     let mut s2 = 0.0f32;
+    // This layer's QK-norm weights in the stacked `[layers * hd]` rows.
+    let lq = l * comptime!(2 * half);
     if active {
         c1 = cos[unit];
         s1 = sin[unit];
         c2 = cos[unit + half];
         s2 = sin[unit + half];
         if c < heads {
-            w1 = f32::cast_from(q_weight[unit]);
-            w2 = f32::cast_from(q_weight[unit + half]);
+            w1 = f32::cast_from(q_weight[lq + unit]);
+            w2 = f32::cast_from(q_weight[lq + unit + half]);
         } else {
-            w1 = f32::cast_from(k_weight[unit]);
-            w2 = f32::cast_from(k_weight[unit + half]);
+            w1 = f32::cast_from(k_weight[lq + unit]);
+            w2 = f32::cast_from(k_weight[lq + unit + half]);
         }
         if on {
-            k1 = f32::cast_from(k_weight[unit]);
-            k2 = f32::cast_from(k_weight[unit + half]);
+            k1 = f32::cast_from(k_weight[lq + unit]);
+            k2 = f32::cast_from(k_weight[lq + unit + half]);
         }
     }
     // With `tags`, no barrier here: E's inputs are a few words a head, which only its cubes
@@ -550,7 +595,7 @@ fn next_phases<F: Float, N: Size>(
             }
         }
         if !on {
-            rope_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, q_out, k_cache, c, heads, pos, qk_eps, active, unit, f32_internal, half, units);
+            rope_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, q_out, k_cache, kc_at, c, heads, pos, qk_eps, active, unit, f32_internal, half, units);
         } else {
             let g = c / group;
             let mut y1 = 0.0f32;
@@ -561,7 +606,7 @@ fn next_phases<F: Float, N: Size>(
                     y2 = got[3];
                     // The KV head's value row too, into the cache (the same bits as phase D's
                     // write there, which no fence makes visible to this cube).
-                    let dst = g * v_cache.stride(1) + pos * v_cache.stride(2);
+                    let dst = vc_at + g * v_cache.stride(1) + pos * v_cache.stride(2);
                     v_cache[dst + unit] = F::cast_from(got[4]);
                     v_cache[dst + unit + half] = F::cast_from(got[5]);
                 } else {
@@ -571,8 +616,8 @@ fn next_phases<F: Float, N: Size>(
             }
             // The q head's and the KV head's norms through one tree (each sum `rope_head`'s).
             let (sq, sk) = block_sum_pair(x1 * x1 + x2 * x2, y1 * y1 + y2 * y2, units);
-            put_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, head_inv(sq, qk_eps, half), q_out, k_cache, c, heads, pos, active, unit, f32_internal, half);
-            put_head::<F>(y1, y2, k1, k2, c1, s1, c2, s2, head_inv(sk, qk_eps, half), q_out, k_cache, heads + g, heads, pos, active, unit, f32_internal, half);
+            put_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, head_inv(sq, qk_eps, half), q_out, k_cache, kc_at, c, heads, pos, active, unit, f32_internal, half);
+            put_head::<F>(y1, y2, k1, k2, c1, s1, c2, s2, head_inv(sk, qk_eps, half), q_out, k_cache, kc_at, heads + g, heads, pos, active, unit, f32_internal, half);
             // This cube's q, key row and (with `tags`) value row, written above, for the loads of
             // its other units below: a cube barrier orders the cube's global accesses for the
             // cube (`e_fence`: a device-scope fence on both sides too, `sync_storage`). Without
@@ -585,13 +630,21 @@ fn next_phases<F: Float, N: Size>(
             }
             let hd = comptime!(2 * half);
             if comptime!(probe & PROBE_NO_ATTENTION == 0) {
-                attend_row::<F, N>(
-                    &*q_out, kv_k, kv_v, attn_out, c * hd, c * hd, g * kv_k.stride(1), g * kv_v.stride(1), pos + 1, scale, f32_internal, attend.max_keys, hd, units,
+                let own = attend_row::<F, N>(
+                    &*q_out, kv_k, kv_v, attn_out, c * hd, c * hd, l * kv_k.stride(0) + g * kv_k.stride(1), l * kv_v.stride(0) + g * kv_v.stride(1), pos + 1, scale, f32_internal, attend.max_keys, hd, units,
                     attend.partial_len, attend.planes, attend.ahead, comptime!(probe & PROBE_NO_VALUES == 0),
                 );
+                // With `layers` > 1, the next iteration's phase A reads the output from its
+                // words: each unit below `hd` publishes the element it wrote (`own`).
+                if comptime!(layers > 1) {
+                    if l + 1 < layers && unit < hd {
+                        publish::<F>(bar, attn_at + c * hd + unit, F::cast_from(own), tag);
+                    }
+                }
             }
         }
     } else if on && attend.prefetch > 0 {
+        if l + 1 == layers {
         let (cube, idle) = (c - heads, cubes as usize - heads);
         let mut acc = touch::<F, N>(pf0, cube, idle, units);
         if attend.prefetch > 1 {
@@ -607,15 +660,45 @@ fn next_phases<F: Float, N: Size>(
         if acc.is_nan() {
             sink[0] = acc;
         }
+        }
     }
 }
 
 /// A normed phase's inputs that no cube of the launch writes, this unit's elements of them
-/// (`gemv::kernel::hold_row`): the residual into `res`, the norm's weight into `gam`.
+/// (`gemv::kernel::hold_row`'s): the residual into `res` (`residual` in iteration `l` 0, later
+/// `carried`, the stream phase D left), layer `l`'s norm weight (of the stacked `gamma`) into
+/// `gam`.
 #[cube]
-fn hold_norm_inputs<F: Float>(residual: &Tensor<F>, gamma: &Tensor<F>, res: &mut Array<f32>, gam: &mut Array<f32>, #[comptime] hidden: usize, #[comptime] block: usize) {
-    hold_row::<F>(residual, res, true, hidden, block);
-    hold_row::<F>(gamma, gam, true, hidden, block);
+#[allow(clippy::too_many_arguments)]
+fn hold_layer_inputs<F: Float>(
+    residual: &Tensor<F>,
+    gamma: &Tensor<F>,
+    carried: &Array<f32>,
+    l: usize,
+    res: &mut Array<f32>,
+    gam: &mut Array<f32>,
+    #[comptime] hidden: usize,
+    #[comptime] block: usize,
+) {
+    let per = comptime!(hidden.div_ceil(block));
+    if l == 0 {
+        hold_row::<F>(residual, res, true, hidden, block);
+    } else {
+        #[unroll]
+        for i in 0..per {
+            res[i] = carried[i];
+        }
+    }
+    let unit = UNIT_POS_X as usize;
+    let base = l * hidden;
+    #[unroll]
+    for i in 0..per {
+        let k = unit + i * block;
+        gam[i] = 0.0f32;
+        if unit < block && k < hidden {
+            gam[i] = f32::cast_from(gamma[base + k]);
+        }
+    }
 }
 
 /// The release half of a fenced barrier that ends a phase, before the next phase's first weight

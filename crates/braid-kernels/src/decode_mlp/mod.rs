@@ -62,6 +62,7 @@ use crate::{KernelError, Precision};
 
 const NAME: &str = "decode_mlp";
 const NAME_QKV: &str = "decode_mlp_qkv";
+const NAME_LAYERS: &str = "decode_layers";
 
 /// How a launch is laid out (comparison knobs; [`Default`] is the measured choice: on an H100,
 /// 2026-11-27, batch-1 decode at 256 units 1,015 tok/s with the light barrier against 974
@@ -135,7 +136,14 @@ impl Default for DecodeMlpOptions {
 /// The grid barrier rounds one launch takes (what it adds to the ticket counter, over the cube
 /// count): two for [`decode_mlp`]; for [`decode_mlp_qkv`] (`next`) four, or three with tagged
 /// phases (`tagged`: `options.tags` and a 16-bit dtype; phase E then waits on its words
-/// without a barrier, unless `options.e_barrier`); twice as many with [`PROBE_EXTRA_BARRIER`].
+/// without a barrier, unless `options.e_barrier`); twice as many with [`PROBE_EXTRA_BARRIER`];
+/// for [`decode_layers`] of `layers` layers, that many a layer and one more before each layer's
+/// phase A but the first.
+pub fn rounds_layers(next: bool, tagged: bool, options: DecodeMlpOptions, layers: u32) -> u32 {
+    rounds(next, tagged, options) * layers + layers.saturating_sub(1)
+}
+
+/// [`rounds_layers`] of one layer.
 pub fn rounds(next: bool, tagged: bool, options: DecodeMlpOptions) -> u32 {
     let barriers = match (next, options.tags && tagged) {
         (false, _) => 2,
@@ -172,13 +180,15 @@ pub struct DecodeMlpArgs {
 }
 
 /// Words of the `bar` buffer a launch with tagged phases needs ([`DecodeMlpOptions::tags`]):
-/// the barrier's, then one per element of `o` (`hidden`), `act` (`inter`), `out` (`hidden`) and
-/// of the next layer's q/k/v (`nqkv = (heads + 2 * kv_heads) * head_dim`; 0 for [`decode_mlp`]).
+/// the barrier's, then one per element of `o` (`hidden`), `act` (`inter`), `out` (`hidden`), of
+/// the next layer's q/k/v (`nqkv = (heads + 2 * kv_heads) * head_dim`; 0 for [`decode_mlp`])
+/// and of its attention output (`q_dim = heads * head_dim`, read by [`decode_layers`]' next
+/// iteration; 0 for [`decode_mlp`]).
 /// A word read with a stale tag from [`crate::tagged::TAG_ROUNDS`] rounds before would pass
 /// for the current round: one buffer per stream whose launches rewrite each region they read
 /// at least that often (a decode step rewrites all of them).
-pub fn sync_words(hidden: usize, inter: usize, nqkv: usize) -> usize {
-    kernel::TAGS + 2 * hidden + inter + nqkv
+pub fn sync_words(hidden: usize, inter: usize, nqkv: usize, q_dim: usize) -> usize {
+    kernel::TAGS + 2 * hidden + inter + nqkv + q_dim
 }
 
 /// Elements of a 16-byte weight vector: every width must be a multiple (the vector the GEMV
@@ -326,7 +336,7 @@ pub fn decode_mlp(
     precision: Precision,
     options: DecodeMlpOptions,
 ) -> Result<(TensorHandle, TensorHandle), KernelError> {
-    run(client, args, None, eps, precision, options).map(|(sum, out, _)| (sum, out))
+    run(client, args, None, eps, precision, options, 1).map(|(sum, out, _)| (sum, out))
 }
 
 /// The next layer's attention inputs for [`decode_mlp_qkv`].
@@ -367,7 +377,33 @@ pub fn decode_mlp_qkv(
     precision: Precision,
     options: DecodeMlpOptions,
 ) -> Result<NextOut, KernelError> {
-    let (stream, q, attn) = run(client, args, Some(next), eps, precision, options)?;
+    let (stream, q, attn) = run(client, args, Some(next), eps, precision, options, 1)?;
+    Ok(NextOut { stream, q, attn })
+}
+
+/// [`decode_mlp_qkv`] with the attention ([`NextLayer::attend`]) over `layers` layers in one
+/// launch: iteration `l` runs phases A-C of layer `l` of `args`' stacked weights (`wo: [layers
+/// * hidden, q_dim]`, `gamma: [layers * hidden]`, `wg`, `wu: [layers * inter, hidden]`, `wd:
+/// [layers * hidden, inter]`) and phases D-E of layer `l` of `next.head`'s (`gamma: [layers *
+/// hidden]`, `wq: [layers * heads * hd, hidden]`, `wk`, `wv: [layers * kv_heads * hd, hidden]`,
+/// `q_weight`, `k_weight: [layers * hd]`, caches `[layers, kv_heads, capacity, hd]`: each the
+/// layer after `args`' layer `l`); the next iteration starts from that attention output (as
+/// tagged words behind an unfenced grid barrier) and the stream (in registers). `args.attn`
+/// and `args.residual` enter the first; returns the last's stream and attention output (`q`:
+/// the last's q), and the tensors `next.attend` names are read into L2 during the last
+/// iteration's attention only. Bit for bit `layers` launches of [`decode_mlp_qkv`] over the
+/// layers' views. Needs the tagged phases (bf16 or f16 with [`DecodeMlpOptions::tags`]);
+/// `layers == 1` is [`decode_mlp_qkv`].
+pub fn decode_layers(
+    client: &Client,
+    args: DecodeMlpArgs,
+    next: NextLayer,
+    layers: usize,
+    eps: f32,
+    precision: Precision,
+    options: DecodeMlpOptions,
+) -> Result<NextOut, KernelError> {
+    let (stream, q, attn) = run(client, args, Some(next), eps, precision, options, layers)?;
     Ok(NextOut { stream, q, attn })
 }
 
@@ -394,8 +430,8 @@ fn attend_layout(client: &Client, head: &HeadInputs, shape: QkShape, units: usiz
     Ok((crate::attention::row_partial_len(client, hd, units, vs, 0), crate::attention::row_planes(client)))
 }
 
-/// [`decode_mlp`] (`next: None`: returns `(sum, out, None)`) or [`decode_mlp_qkv`]
-/// (`(stream, q, attn)`).
+/// [`decode_mlp`] (`next: None`: returns `(sum, out, None)`), [`decode_mlp_qkv`]
+/// (`(stream, q, attn)`) or with `layers` > 1 [`decode_layers`].
 fn run(
     client: &Client,
     args: DecodeMlpArgs,
@@ -403,21 +439,23 @@ fn run(
     eps: f32,
     precision: Precision,
     options: DecodeMlpOptions,
+    layers: usize,
 ) -> Result<(TensorHandle, TensorHandle, Option<TensorHandle>), KernelError> {
-    let c = Check::new(if next.is_some() { NAME_QKV } else { NAME });
+    let c = Check::new(if layers > 1 { NAME_LAYERS } else if next.is_some() { NAME_QKV } else { NAME });
     let [rows, q_dim] = c.matrix("attn", &args.attn)?;
     if rows != 1 {
         return Err(c.shape_err("attn", &args.attn, format!("[1, {q_dim}]")));
     }
     let dtype = args.attn.dtype;
-    let [hidden, _] = c.matrix("wo", &args.wo)?;
-    c.shape("wo", &args.wo, &[hidden, q_dim])?;
-    let [inter, _] = c.matrix("wg", &args.wg)?;
-    c.shape("wg", &args.wg, &[inter, hidden])?;
-    c.shape("wu", &args.wu, &[inter, hidden])?;
-    c.shape("wd", &args.wd, &[hidden, inter])?;
+    let [_, hidden] = c.matrix("residual", &args.residual)?;
     c.shape("residual", &args.residual, &[1, hidden])?;
-    c.shape("gamma", &args.gamma, &[hidden])?;
+    let [rows_g, _] = c.matrix("wg", &args.wg)?;
+    let inter = rows_g / layers.max(1);
+    c.shape("wo", &args.wo, &[layers * hidden, q_dim])?;
+    c.shape("wg", &args.wg, &[layers * inter, hidden])?;
+    c.shape("wu", &args.wu, &[layers * inter, hidden])?;
+    c.shape("wd", &args.wd, &[layers * hidden, inter])?;
+    c.shape("gamma", &args.gamma, &[layers * hidden])?;
     for (name, t) in [("residual", &args.residual), ("gamma", &args.gamma), ("wo", &args.wo), ("wg", &args.wg), ("wu", &args.wu), ("wd", &args.wd)] {
         c.contiguous(name, t)?;
         c.same_dtype(name, t, dtype)?;
@@ -428,18 +466,23 @@ fn run(
     // Tagged words hold a 16-bit value beside the tag (`crate::tagged`).
     let tags = options.tags && dtype.size() == 2;
     let nqkv = next.as_ref().map_or(0, |n| (n.shape.heads + 2 * n.shape.kv_heads) * n.shape.head_dim);
-    let words = if tags { sync_words(hidden, inter, nqkv) } else { BARRIER_WORDS };
+    let next_q = next.as_ref().map_or(0, |n| n.shape.heads * n.shape.head_dim);
+    let words = if tags { sync_words(hidden, inter, nqkv, next_q) } else { BARRIER_WORDS };
     if args.bar.shape().len() != 1 || args.bar.shape()[0] < words {
         let why = if tags { format!("[{words}] or more: the barrier's words and the tagged phases' (sync_words)") } else { format!("[{BARRIER_WORDS}] or more") };
         return Err(c.shape_err("bar", &args.bar, why));
     }
     let refuse = |why: String| KernelError::Unsupported { kernel: c.kernel(), what: format!("{q_dim} -> {hidden} -> {inter} on this device"), why };
+    // Each iteration after the first reads the one before's attention output as tagged words.
+    if layers == 0 || (layers > 1 && !(tags && next.as_ref().is_some_and(|n| n.attend.is_some() && n.shape.heads * n.shape.head_dim == q_dim))) {
+        return Err(refuse(format!("{layers} layers in one launch: at least one; more need the tagged phases (bf16 or f16 with tags on) and the attention, whose output is the next layer's o_proj input")));
+    }
     let ahead_b = layout(client, dtype, q_dim, hidden, inter, options).map_err(refuse)?;
     let units = options.units;
     let vs = vector(dtype);
     let (ahead_d, attend) = match &next {
         Some(n) => {
-            n.head.check(&c, n.shape, hidden, dtype)?;
+            n.head.check_layers(&c, n.shape, hidden, dtype, layers)?;
             let ahead = next_layout(client, dtype, hidden, inter, n.shape, options).map_err(refuse)?;
             let attend = match &n.attend {
                 Some(pf) => {
@@ -577,6 +620,7 @@ fn run(
                 c_at: if tags { c_point([q_dim, hidden, inter], vs, pmin, units, ahead_b, options.c_at) } else { 0 },
                 d_at: if tags { d_point(hidden, inter, vs, pmin, units, ahead_d, options.d_at) } else { 0 },
             },
+            layers,
             dtype,
         );
     }
@@ -626,9 +670,10 @@ mod tests {
     #[test]
     fn tagged_words_follow_the_barrier_words() {
         // Qwen3-0.6B: o and out 1,024 words each, act 3,072, q/k/v (16 + 2 x 8) x 128 = 4,096.
-        assert_eq!(sync_words(1024, 3072, 4096), BARRIER_WORDS + 2 * 1024 + 3072 + 4096);
-        // `decode_mlp` alone: no q/k/v region.
-        assert_eq!(sync_words(1024, 3072, 0), BARRIER_WORDS + 5120);
+        // and the attention output 16 x 128 = 2,048.
+        assert_eq!(sync_words(1024, 3072, 4096, 2048), BARRIER_WORDS + 2 * 1024 + 3072 + 4096 + 2048);
+        // `decode_mlp` alone: no q/k/v or attention region.
+        assert_eq!(sync_words(1024, 3072, 0, 0), BARRIER_WORDS + 5120);
         assert_eq!(kernel::TAGS, BARRIER_WORDS);
     }
 
@@ -645,6 +690,9 @@ mod tests {
         assert_eq!(rounds(true, false, with(true, false, 0)), 4);
         assert_eq!(rounds(true, true, with(false, false, 0)), 4);
         assert_eq!(rounds(true, true, with(true, false, PROBE_EXTRA_BARRIER)), 6);
+        // `decode_layers`: three a layer and one before each layer's phase A but the first.
+        assert_eq!(rounds_layers(true, true, with(true, false, 0), 27), 27 * 3 + 26);
+        assert_eq!(rounds_layers(true, true, with(true, false, 0), 1), 3);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use crate::qk_norm_rope::kernel::norm_rope_pair;
 use crate::reduce::block_sum;
 use crate::tagged::publish;
 
-/// Lane `lane`'s vectors of q/k/v feature `f` (rows of `wq`, then `wk`, then `wv`) into
+/// Lane `lane`'s vectors of q/k/v feature `f` (rows of `wq`, then `wk`, then `wv`) of layer
+/// `layer` of the stacked matrices (`[layers * nq, ..]`, `[layers * nk, ..]` x 2) into
 /// `regs[at..at + loads]`, where `f < nqkv` (else leaves them).
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -17,6 +18,7 @@ pub(super) fn load_qkv<F: Float, N: Size>(
     wk: &Tensor<Vector<F, N>>,
     wv: &Tensor<Vector<F, N>>,
     f: usize,
+    layer: usize,
     nq: usize,
     nk: usize,
     nqkv: usize,
@@ -28,16 +30,17 @@ pub(super) fn load_qkv<F: Float, N: Size>(
 ) {
     let step = PLANE_DIM as usize;
     if f < nq {
-        load_at::<F, N>(wq, f * nvec, regs, at, lane, step, nvec, loads);
+        load_at::<F, N>(wq, (layer * nq + f) * nvec, regs, at, lane, step, nvec, loads);
     } else if f < nq + nk {
-        load_at::<F, N>(wk, (f - nq) * nvec, regs, at, lane, step, nvec, loads);
+        load_at::<F, N>(wk, (layer * nk + f - nq) * nvec, regs, at, lane, step, nvec, loads);
     } else if f < nqkv {
-        load_at::<F, N>(wv, (f - nq - nk) * nvec, regs, at, lane, step, nvec, loads);
+        load_at::<F, N>(wv, (layer * nk + f - nq - nk) * nvec, regs, at, lane, step, nvec, loads);
     }
 }
 
 /// Lane 0 stores q/k/v feature `f`'s sum `g` rounded to F: a q or k feature into `raw[f]`, a v
-/// feature into the value cache row of its head at `pos` (as `qkv_rope`'s `emit`); with
+/// feature into the value cache row of its head at `pos` (from `cache_at`: the layer's cache in
+/// a stacked one; as `qkv_rope`'s `emit`); with
 /// `tags`, every feature also into its tagged word `bar[at + f]` (`crate::tagged`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -51,6 +54,7 @@ pub(super) fn emit_qkv<F: Float>(
     lane: usize,
     raw: &mut Tensor<F>,
     v_cache: &mut Tensor<F>,
+    cache_at: usize,
     bar: &Tensor<Atomic<u32>>,
     at: usize,
     tag: u32,
@@ -63,7 +67,7 @@ pub(super) fn emit_qkv<F: Float>(
         } else {
             let j = f - nq - nk;
             let h = j / hd;
-            let dst = h * v_cache.stride(1) + pos * v_cache.stride(2) + j % hd;
+            let dst = cache_at + h * v_cache.stride(1) + pos * v_cache.stride(2) + j % hd;
             v_cache[dst] = value;
         }
         if tags {
@@ -74,7 +78,8 @@ pub(super) fn emit_qkv<F: Float>(
 
 /// QK-norm + RoPE of head `c` (a q head below `heads`, else k head `c - heads`) from its raw
 /// pair `(x1, x2)` on unit `unit < half` (`active`; the other units add zeros to the tree, so
-/// the sum is `qkv_rope`'s), into `q_out` or the key cache at `pos`. Every unit of the cube
+/// the sum is `qkv_rope`'s), into `q_out` or the key cache at `pos` (from `cache_at`: the
+/// layer's cache in a stacked one). Every unit of the cube
 /// must call it.
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -89,6 +94,7 @@ pub(super) fn rope_head<F: Float>(
     s2: f32,
     q_out: &mut Tensor<F>,
     k_cache: &mut Tensor<F>,
+    cache_at: usize,
     c: usize,
     heads: usize,
     pos: usize,
@@ -100,7 +106,7 @@ pub(super) fn rope_head<F: Float>(
     #[comptime] units: usize,
 ) {
     let sq = block_sum(x1 * x1 + x2 * x2, units);
-    put_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, head_inv(sq, qk_eps, half), q_out, k_cache, c, heads, pos, active, unit, f32_internal, half);
+    put_head::<F>(x1, x2, w1, w2, c1, s1, c2, s2, head_inv(sq, qk_eps, half), q_out, k_cache, cache_at, c, heads, pos, active, unit, f32_internal, half);
 }
 
 /// The QK-norm's scale of a head whose squares sum to `sq` (`2 * half` features).
@@ -125,6 +131,7 @@ pub(super) fn put_head<F: Float>(
     inv: f32,
     q_out: &mut Tensor<F>,
     k_cache: &mut Tensor<F>,
+    cache_at: usize,
     c: usize,
     heads: usize,
     pos: usize,
@@ -140,7 +147,7 @@ pub(super) fn put_head<F: Float>(
             q_out[c * hd + unit] = F::cast_from(o1);
             q_out[c * hd + unit + half] = F::cast_from(o2);
         } else {
-            let dst = (c - heads) * k_cache.stride(1) + pos * k_cache.stride(2);
+            let dst = cache_at + (c - heads) * k_cache.stride(1) + pos * k_cache.stride(2);
             k_cache[dst + unit] = F::cast_from(o1);
             k_cache[dst + unit + half] = F::cast_from(o2);
         }

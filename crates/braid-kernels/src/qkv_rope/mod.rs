@@ -51,6 +51,12 @@ impl HeadInputs {
     /// Shapes, dtypes and layouts against `shape` (batch 1, one row), an input `hidden` wide
     /// and the activations' `dtype`; an even head_dim.
     pub(crate) fn check(&self, c: &Check, shape: QkShape, hidden: usize, dtype: ElemType) -> Result<(), KernelError> {
+        self.check_layers(c, shape, hidden, dtype, 1)
+    }
+
+    /// [`Self::check`] of `layers` layers' tensors stacked (`decode_mlp::decode_layers`): the
+    /// weights' rows and the caches' first dimension `layers` times one layer's.
+    pub(crate) fn check_layers(&self, c: &Check, shape: QkShape, hidden: usize, dtype: ElemType, layers: usize) -> Result<(), KernelError> {
         let QkShape { batch, seq, heads, kv_heads, head_dim: hd } = shape;
         if batch != 1 || seq != 1 {
             return Err(KernelError::Unsupported { kernel: c.kernel(), what: format!("{batch} x {seq} rows"), why: "one decode row only".into() });
@@ -58,12 +64,12 @@ impl HeadInputs {
         if hd == 0 || hd % 2 != 0 {
             return Err(KernelError::Unsupported { kernel: c.kernel(), what: format!("head_dim {hd}"), why: "RoPE pairs need an even head_dim".into() });
         }
-        c.shape("gamma", &self.gamma, &[hidden])?;
-        c.shape("wq", &self.wq, &[heads * hd, hidden])?;
-        c.shape("wk", &self.wk, &[kv_heads * hd, hidden])?;
-        c.shape("wv", &self.wv, &[kv_heads * hd, hidden])?;
-        c.shape("q_weight", &self.q_weight, &[hd])?;
-        c.shape("k_weight", &self.k_weight, &[hd])?;
+        c.shape("gamma", &self.gamma, &[layers * hidden])?;
+        c.shape("wq", &self.wq, &[layers * heads * hd, hidden])?;
+        c.shape("wk", &self.wk, &[layers * kv_heads * hd, hidden])?;
+        c.shape("wv", &self.wv, &[layers * kv_heads * hd, hidden])?;
+        c.shape("q_weight", &self.q_weight, &[layers * hd])?;
+        c.shape("k_weight", &self.k_weight, &[layers * hd])?;
         for (name, t) in [("gamma", &self.gamma), ("wq", &self.wq), ("wk", &self.wk), ("wv", &self.wv), ("q_weight", &self.q_weight), ("k_weight", &self.k_weight)] {
             c.same_dtype(name, t, dtype)?;
             c.contiguous(name, t)?;
@@ -76,8 +82,8 @@ impl HeadInputs {
         }
         for (name, t) in [("k_cache", &self.k_cache), ("v_cache", &self.v_cache)] {
             let s = t.shape();
-            if s.len() != 4 || s[0] != 1 || s[1] != kv_heads || s[2] == 0 || s[3] != hd {
-                return Err(c.shape_err(name, t, format!("[1, {kv_heads}, capacity, {hd}]")));
+            if s.len() != 4 || s[0] != layers || s[1] != kv_heads || s[2] == 0 || s[3] != hd {
+                return Err(c.shape_err(name, t, format!("[{layers}, {kv_heads}, capacity, {hd}]")));
             }
             c.same_dtype(name, t, dtype)?;
             if hd > 1 && t.strides()[3] != 1 {

@@ -246,8 +246,6 @@ impl DecoderLayer {
         plan: &LayerPlan,
         next: Option<(&DecoderLayer, &mut LayerCache, &LayerPlan)>,
     ) -> (Tensor<2>, Carry) {
-        let shape = self.self_attn.shape(1, 1);
-        let a = &self.self_attn;
         let pending = match carry {
             // The previous layer's launch ran this layer's attention inputs.
             Carry::Q(q) => return self.decode_rest(x, q, cache, state, barrier, plan, rope, next),
@@ -255,7 +253,71 @@ impl DecoderLayer {
             Carry::Down(down) => Some(down),
             Carry::None => None,
         };
-        let (x, q) = match (plan.rms_norm_qkv, plan.qk_norm_rope) {
+        let (x, q) = self.attention_inputs(x, pending, rope, cache, state, plan);
+        self.decode_rest(x, q, cache, state, barrier, plan, rope, next)
+    }
+
+    /// The first layer's share of a decode step run as one `ops::decode_layers` launch for the
+    /// layers after it: its attention inputs (`x` the complete stream) and its attention, with
+    /// `prefetch` (the first of the launch's weights) read into L2 meanwhile. Returns `(stream,
+    /// attn: [1, heads * hd])`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_attention(
+        &self,
+        x: Tensor<2>,
+        rope: &Rope,
+        cache: &mut LayerCache,
+        state: &Tensor<1, Int>,
+        plan: &LayerPlan,
+        prefetch: [Tensor<2>; 4],
+    ) -> (Tensor<2>, Tensor<2>) {
+        let (x, q) = self.attention_inputs(x, None, rope, cache, state, plan);
+        let p = match plan.attention {
+            OpChoice::Fused(p) => p,
+            OpChoice::Reference => ops::Precision::Torch,
+        };
+        (x, ops::attention_at_prefetch(q, cache.k.clone(), cache.v.clone(), state.clone(), p, prefetch))
+    }
+
+    /// The precision of this layer's persistent launch running on into `next`'s attention
+    /// (`ops::decode_mlp_attn`, as [`Self::decode_step`] would pick it), or `None` where it
+    /// would not.
+    pub fn attends_into(&self, plan: &LayerPlan, next: &LayerPlan, x: &Tensor<2>) -> Option<ops::Precision> {
+        match (plan.linear, plan.add_rms_norm, plan.silu_mul) {
+            (OpChoice::Fused(_), OpChoice::Fused(p1), OpChoice::Fused(p2))
+                if p1 == p2
+                    && ops::decode_mlp_fused()
+                    && chains_into(next, p1, x)
+                    && next.attention == OpChoice::Fused(p1)
+                    && ops::decode_mlp_attn_fused() =>
+            {
+                Some(p1)
+            }
+            _ => None,
+        }
+    }
+
+    /// The weights [`Self::decode_step`]'s launch after this layer's attention reads first (for
+    /// the L2 prefetch beside an attention).
+    pub fn first_weights(&self) -> [Tensor<2>; 4] {
+        self.prefetch()
+    }
+
+    /// [`Self::decode_step`]'s attention inputs: the previous layer's `pending` MLP output added
+    /// to the stream, this layer's input norm + QKV, QK-norm + RoPE and KV write: `(x, q)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_inputs(
+        &self,
+        x: Tensor<2>,
+        pending: Option<Tensor<2>>,
+        rope: &Rope,
+        cache: &mut LayerCache,
+        state: &Tensor<1, Int>,
+        plan: &LayerPlan,
+    ) -> (Tensor<2>, Tensor<4>) {
+        let shape = self.self_attn.shape(1, 1);
+        let a = &self.self_attn;
+        match (plan.rms_norm_qkv, plan.qk_norm_rope) {
             // One launch from the stream to the cache: (add +) norm + QKV + QK-norm + RoPE + KV write.
             (OpChoice::Fused(p1), OpChoice::Fused(p2))
                 if p1 == p2 && ops::kv_write_fused() && ops::qkv_rope_fused() && ops::qkv_rope_supported(&x) =>
@@ -319,8 +381,7 @@ impl DecoderLayer {
                 };
                 (x, q)
             }
-        };
-        self.decode_rest(x, q, cache, state, barrier, plan, rope, next)
+        }
     }
 
     /// [`Self::decode_step`] from the attention on: `x` the stream, `q: [1, heads, 1, hd]` with

@@ -708,6 +708,120 @@ impl FusedOps for Cube {
         (h, a, kc, vc)
     }
 
+    fn decode_layers(
+        attn: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wo: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        w_down: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        barrier: IntTensor<Self>,
+        gamma_in: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps_in: f64,
+        qk_eps: f64,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        w0: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        w3: FloatTensor<Self>,
+        layers: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (like, dtype) = (attn.clone(), attn.dtype);
+        let options = super::decode_mlp_options();
+        let pf = [w0, w1, w2, w3];
+        if layers > 1 {
+            let args = mlp_args(attn.clone(), residual.clone(), gamma.clone(), wo.clone(), w_gate.clone(), w_up.clone(), w_down.clone(), barrier.clone());
+            let count = braid_kernels::attention::l2_prefetch_count().min(4);
+            let next = braid_kernels::decode_mlp::NextLayer {
+                head: head_inputs(
+                    gamma_in.clone(),
+                    wq.clone(),
+                    wk.clone(),
+                    wv.clone(),
+                    q_weight.clone(),
+                    k_weight.clone(),
+                    cos.clone(),
+                    sin.clone(),
+                    &k_cache,
+                    &v_cache,
+                    state.clone(),
+                ),
+                shape,
+                eps: eps_in as f32,
+                qk_eps: qk_eps as f32,
+                attend: Some(pf[..count].iter().map(|t| handle(t.clone())).collect()),
+            };
+            match braid_kernels::decode_mlp::decode_layers(&like.client, args, next, layers, eps as f32, precision, options) {
+                Ok(out) => {
+                    let a = out.attn.expect("an attending launch returns the attention");
+                    return (tensor(&like, out.stream, dtype), tensor(&like, a, dtype), k_cache, v_cache);
+                }
+                // The device, the dtype, the options or the caches (one layer a launch below).
+                Err(KernelError::Unsupported { .. }) => {}
+                Err(e) => launched::<()>(Err(e)),
+            }
+        }
+        // One `decode_mlp_attn` a layer over its rows of the stacks; its caches written back
+        // (a no-op where the slice is a view of the stack, as at aligned offsets).
+        let rows = |t: &FloatTensor<Self>, l: usize| {
+            let n = t.meta.shape()[0] / layers;
+            Self::float_slice(t.clone(), &[burn::tensor::Slice::from(l * n..(l + 1) * n)])
+        };
+        let (mut x, mut a, mut kc, mut vc) = (residual, attn, k_cache, v_cache);
+        for l in 0..layers {
+            let at = [burn::tensor::Slice::from(l..l + 1)];
+            let (h, next, k, v) = Self::decode_mlp_attn(
+                a,
+                x,
+                rows(&gamma, l),
+                rows(&wo, l),
+                rows(&w_gate, l),
+                rows(&w_up, l),
+                rows(&w_down, l),
+                eps,
+                precision,
+                barrier.clone(),
+                rows(&gamma_in, l),
+                rows(&wq, l),
+                rows(&wk, l),
+                rows(&wv, l),
+                rows(&q_weight, l),
+                rows(&k_weight, l),
+                cos.clone(),
+                sin.clone(),
+                shape,
+                eps_in,
+                qk_eps,
+                Self::float_slice(kc.clone(), &at),
+                Self::float_slice(vc.clone(), &at),
+                state.clone(),
+                pf[0].clone(),
+                pf[1].clone(),
+                pf[2].clone(),
+                pf[3].clone(),
+            );
+            kc = Self::float_slice_assign(kc, &at, k);
+            vc = Self::float_slice_assign(vc, &at, v);
+            let n = next.meta.shape().iter().product::<usize>();
+            (x, a) = (h, Self::float_reshape(next, burn::tensor::Shape::new([1, n])));
+        }
+        let n = a.meta.shape()[1];
+        (x, Self::float_reshape(a, burn::tensor::Shape::new([1, 1, n])), kc, vc)
+    }
+
     fn attention_at_units(
         q: FloatTensor<Self>,
         k_cache: FloatTensor<Self>,

@@ -427,6 +427,67 @@ impl FusedOps for Flex {
         (unwrap(h), unwrap(a.reshape([b, 1, n])), unwrap(k), unwrap(v))
     }
 
+    fn decode_layers(
+        attn: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wo: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        w_down: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        _barrier: IntTensor<Self>,
+        gamma_in: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps_in: f64,
+        qk_eps: f64,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        _w0: FloatTensor<Self>,
+        _w1: FloatTensor<Self>,
+        _w2: FloatTensor<Self>,
+        _w3: FloatTensor<Self>,
+        layers: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (h, a, k, v) = reference::decode_layers(
+            wrap(attn),
+            wrap(residual),
+            wrap(gamma),
+            wrap(wo),
+            wrap(w_gate),
+            wrap(w_up),
+            wrap(w_down),
+            eps,
+            precision,
+            wrap(gamma_in),
+            wrap(wq),
+            wrap(wk),
+            wrap(wv),
+            wrap(q_weight),
+            wrap(k_weight),
+            wrap(cos),
+            wrap(sin),
+            shape,
+            eps_in,
+            qk_eps,
+            wrap(k_cache),
+            wrap(v_cache),
+            iwrap(state),
+            layers,
+        );
+        let [b, n] = a.dims();
+        (unwrap(h), unwrap(a.reshape([b, 1, n])), unwrap(k), unwrap(v))
+    }
+
     fn attention_at_units(
         q: FloatTensor<Self>,
         k_cache: FloatTensor<Self>,

@@ -308,6 +308,39 @@ pub trait FusedOps: Backend {
         w2: FloatTensor<Self>,
         w3: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// See [`decode_layers`].
+    #[allow(clippy::too_many_arguments)]
+    fn decode_layers(
+        attn: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wo: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_up: FloatTensor<Self>,
+        w_down: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        barrier: IntTensor<Self>,
+        gamma_in: FloatTensor<Self>,
+        wq: FloatTensor<Self>,
+        wk: FloatTensor<Self>,
+        wv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        shape: QkShape,
+        eps_in: f64,
+        qk_eps: f64,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        w0: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        w3: FloatTensor<Self>,
+        layers: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
     /// See [`attention_at_units`].
     fn attention_at_units(
         q: FloatTensor<Self>,
@@ -433,7 +466,7 @@ pub fn decode_probe() -> (u32, bool) {
 /// [`decode_mlp_qkv`], [`decode_mlp_attn`]) for a model of these widths and heads: the grid
 /// barrier's and the tagged words of their phases (`braid_kernels::decode_mlp::sync_words`).
 pub fn decode_sync_words(hidden: usize, inter: usize, heads: usize, kv_heads: usize, head_dim: usize) -> usize {
-    braid_kernels::decode_mlp::sync_words(hidden, inter, (heads + 2 * kv_heads) * head_dim)
+    braid_kernels::decode_mlp::sync_words(hidden, inter, (heads + 2 * kv_heads) * head_dim, heads * head_dim)
 }
 
 /// Whether `x`'s device runs [`decode_mlp`] as its one persistent launch at these widths (the
@@ -1128,6 +1161,98 @@ pub fn decode_mlp_attn(
     let a: Tensor<3> = Tensor::from_dispatch(a);
     let [b, _, n] = a.dims();
     (Tensor::from_dispatch(h), a.reshape([b, n]), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
+}
+
+/// [`decode_mlp_attn`] over `layers` consecutive layers, their tensors stacked along the first
+/// dimension (layer-major rows): layer `l` of `gamma: [layers * hidden]`, `wo: [layers *
+/// hidden, q_dim]`, `w_gate`, `w_up: [layers * inter, hidden]`, `w_down: [layers * hidden,
+/// inter]` is one decoder layer's post-attention norm and MLP, and layer `l` of `gamma_in`,
+/// `wq: [layers * heads * hd, hidden]`, `wk`, `wv`, `q_weight`, `k_weight: [layers * hd]` and the
+/// caches `[layers, kv_heads, capacity, hd]` the next decoder layer's. `attn`, `residual`: the
+/// first layer's attention output and stream. Returns the last layer's `(stream, attn: [1, heads
+/// * hd], k_cache, v_cache)`: layer `l`'s outputs feed layer `l + 1` as [`decode_mlp_attn`]'s
+/// would. On the CubeCL backend one persistent launch for all the layers where the device can
+/// (`braid_kernels::decode_mlp::decode_layers`: no launch boundary between the layers, and each
+/// layer's first weights in flight during the attention before), `prefetch` read into L2
+/// during the last attention; bit for bit [`decode_mlp_attn`] layer by layer, which is what
+/// runs where it cannot. Twin: `reference::decode_layers`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_layers(
+    attn: Tensor<2>,
+    residual: Tensor<2>,
+    gamma: Tensor<1>,
+    wo: Tensor<2>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    w_down: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+    barrier: &Tensor<1, Int>,
+    gamma_in: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps_in: f64,
+    qk_eps: f64,
+    k_cache: Tensor<4>,
+    v_cache: Tensor<4>,
+    state: Tensor<1, Int>,
+    prefetch: [Tensor<2>; 4],
+    layers: usize,
+) -> (Tensor<2>, Tensor<2>, Tensor<4>, Tensor<4>) {
+    let [w0, w1, w2, w3] = prefetch;
+    let (h, a, k, v) = <Dispatch as FusedOps>::decode_layers(
+        attn.into_dispatch(),
+        residual.into_dispatch(),
+        gamma.into_dispatch(),
+        wo.into_dispatch(),
+        w_gate.into_dispatch(),
+        w_up.into_dispatch(),
+        w_down.into_dispatch(),
+        eps,
+        precision,
+        barrier.clone().into_dispatch(),
+        gamma_in.into_dispatch(),
+        wq.into_dispatch(),
+        wk.into_dispatch(),
+        wv.into_dispatch(),
+        q_weight.into_dispatch(),
+        k_weight.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+        shape,
+        eps_in,
+        qk_eps,
+        k_cache.into_dispatch(),
+        v_cache.into_dispatch(),
+        state.into_dispatch(),
+        w0.into_dispatch(),
+        w1.into_dispatch(),
+        w2.into_dispatch(),
+        w3.into_dispatch(),
+        layers,
+    );
+    let a: Tensor<3> = Tensor::from_dispatch(a);
+    let [b, _, n] = a.dims();
+    (Tensor::from_dispatch(h), a.reshape([b, n]), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
+}
+
+/// Whether `x` lives on the CubeCL backend (CUDA, wgpu), where `braid-kernels` launch.
+pub fn on_cube(x: &Tensor<2>) -> bool {
+    x.clone().try_into_primitive::<burn::backend::Cube>().is_ok()
+}
+
+/// Whether the batch-1 decode step runs all its layers but the first's attention inputs and
+/// the last's MLP as one [`decode_layers`] launch where the device can (`$BRAID_DECODE_LAYERS=0`:
+/// one [`decode_mlp_attn`] launch a layer, for comparisons).
+pub fn decode_layers_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_DECODE_LAYERS").map_or(true, |s| s.trim() != "0"))
 }
 
 /// [`attention_at`] with `units` units a cube on the CubeCL backend's row kernel (what

@@ -473,6 +473,78 @@ pub fn decode_mlp_attn(
     (h, a, k, v)
 }
 
+/// Twin of `ops::decode_layers`: [`decode_mlp_attn`] layer by layer over the stacked tensors'
+/// layers (rows `l * n..(l + 1) * n` of each, cache `l`), each layer's stream and attention
+/// output the next's inputs: the last layer's `(stream, attn, k_cache, v_cache)`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_layers(
+    attn: Tensor<2>,
+    residual: Tensor<2>,
+    gamma: Tensor<1>,
+    wo: Tensor<2>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    w_down: Tensor<2>,
+    eps: f64,
+    precision: Precision,
+    gamma_in: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    q_weight: Tensor<1>,
+    k_weight: Tensor<1>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    shape: QkShape,
+    eps_in: f64,
+    qk_eps: f64,
+    k_cache: Tensor<4>,
+    v_cache: Tensor<4>,
+    state: Tensor<1, Int>,
+    layers: usize,
+) -> (Tensor<2>, Tensor<2>, Tensor<4>, Tensor<4>) {
+    let rows2 = |t: &Tensor<2>, l: usize| {
+        let n = t.dims()[0] / layers;
+        t.clone().slice([l * n..(l + 1) * n])
+    };
+    let rows1 = |t: &Tensor<1>, l: usize| {
+        let n = t.dims()[0] / layers;
+        t.clone().slice([l * n..(l + 1) * n])
+    };
+    let (mut x, mut a, mut kc, mut vc) = (residual, attn, k_cache, v_cache);
+    for l in 0..layers {
+        let (h, next, k, v) = decode_mlp_attn(
+            a,
+            x,
+            rows1(&gamma, l),
+            rows2(&wo, l),
+            rows2(&w_gate, l),
+            rows2(&w_up, l),
+            rows2(&w_down, l),
+            eps,
+            precision,
+            rows1(&gamma_in, l),
+            rows2(&wq, l),
+            rows2(&wk, l),
+            rows2(&wv, l),
+            rows1(&q_weight, l),
+            rows1(&k_weight, l),
+            cos.clone(),
+            sin.clone(),
+            shape,
+            eps_in,
+            qk_eps,
+            kc.clone().slice([l..l + 1]),
+            vc.clone().slice([l..l + 1]),
+            state.clone(),
+        );
+        kc = kc.slice_assign([l..l + 1], k);
+        vc = vc.slice_assign([l..l + 1], v);
+        (x, a) = (h, next);
+    }
+    (x, a, kc, vc)
+}
+
 fn host_ints<const D: usize>(t: Tensor<D, Int>) -> Vec<usize> {
     t.into_data().convert::<i64>().try_to_vec::<i64>().expect("int tensor").into_iter().map(|i| i as usize).collect()
 }

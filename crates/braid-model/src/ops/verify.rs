@@ -161,7 +161,7 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
 }
 
 /// The check groups [`verify_some`] filters on (each names the op, or ops, it checks).
-pub const CHECK_GROUPS: [&str; 17] = [
+pub const CHECK_GROUPS: [&str; 18] = [
     "add_rms_norm",
     "rms_norm_qkv",
     "qk_norm_rope",
@@ -175,6 +175,7 @@ pub const CHECK_GROUPS: [&str; 17] = [
     "qkv_rope_cache",
     "decode_mlp",
     "decode_mlp_qkv",
+    "decode_layers",
     "argmax",
     "paged",
     "paged_prefill",
@@ -231,6 +232,9 @@ pub fn verify_some(device: &Device, dtype: DType, seed: u64, want: &dyn Fn(&str)
             }
             if want("decode_mlp_qkv") {
                 out.extend(check_decode_mlp_qkv(&ctx, &mut rng, case, p));
+            }
+            if want("decode_layers") {
+                out.extend(check_decode_layers(&ctx, &mut rng, case, p));
             }
         }
         if want("argmax") {
@@ -630,7 +634,7 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
 }
 
 /// Checks whose "twin" is the launches a fused op replaces: they must agree bit for bit.
-pub const BITWISE_OPS: [&str; 4] = ["qkv_rope_bits", "decode_mlp_bits", "decode_mlp_qkv_bits", "decode_mlp_attn_bits"];
+pub const BITWISE_OPS: [&str; 5] = ["qkv_rope_bits", "decode_mlp_bits", "decode_mlp_qkv_bits", "decode_mlp_attn_bits", "decode_layers_bits"];
 
 /// Ops that only move data, checked for exact equality.
 pub const EXACT_OPS: [&str; 2] = ["decode_state", "paged_io"];
@@ -1192,6 +1196,128 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
         record("decode_mlp_attn", case.name, p, &fused_attn, &twin_attn, &truth_attn),
         record("decode_mlp_attn_bits", case.name, p, &with(&fused_attn, count_attn), &with(&two_attn, qkv_rounds), &with(&truth_attn, qkv_rounds)),
     ]
+}
+
+/// `decode_layers` over three layers (their weights stacked, fresh random ones each, the case's
+/// magnitudes in the residual stream and the norms' weights; Qwen3-0.6B's widths and heads at
+/// decode over 301 keys, odd widths and small heads elsewhere), on every device:
+/// `decode_layers` = `[stream | attn | k_cache | v_cache]` against the twin and a float32
+/// truth (the twin in f32 mode on the inputs widened to f32); where the device runs the one
+/// launch (`ops::decode_mlp_qkv_supported`), `decode_layers_bits` = the same against three
+/// `decode_mlp_attn` launches over the layers' rows, bit for bit, plus the barrier counter
+/// after the launch (`braid_kernels::decode_mlp::rounds_layers` of every cube).
+fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpCheck> {
+    use burn::tensor::Int;
+    const LAYERS: usize = 3;
+    let decode = case.name == "decode";
+    // (A layer's attention output is the next one's o_proj input: q_dim = heads x hd.)
+    let (heads, kv_heads, hd) = if decode { (16, 8, 128) } else { (4, 2, 40) };
+    let (q_dim, hidden, inter) = if decode { (2048, 1024, 3072) } else { (heads * hd, 264, 2056) };
+    let shape = QkShape { batch: 1, seq: 1, heads, kv_heads, head_dim: hd };
+    let eps = 1e-6;
+    let l = LAYERS;
+    let (nq, nk) = (heads * hd, kv_heads * hd);
+    let attn = ctx.t(rng.vec(q_dim, 1.0), [1, q_dim]);
+    let res = ctx.t(input(rng, 1, hidden, case), [1, hidden]);
+    let norms = |rng: &mut Rng, n: usize, peak: f32| -> Vec<f32> { (0..l).flat_map(|_| rng.norm_weights(n, 1.0, 0.2, peak)).collect() };
+    let g = ctx.t(norms(rng, hidden, case.peak), [l * hidden]);
+    let wo = ctx.t(rng.vec(l * hidden * q_dim, 0.02), [l * hidden, q_dim]);
+    let wg = ctx.t(rng.vec(l * inter * hidden, 0.1), [l * inter, hidden]);
+    let wu = ctx.t(rng.vec(l * inter * hidden, 0.1), [l * inter, hidden]);
+    let wd = ctx.t(rng.vec(l * hidden * inter, 0.02), [l * hidden, inter]);
+    let g_in = ctx.t(norms(rng, hidden, case.peak), [l * hidden]);
+    let ws: Vec<Tensor<2>> = [nq, nk, nk].iter().map(|&n| ctx.t(rng.vec(l * n * hidden, 0.1), [l * n, hidden])).collect();
+    let qw = ctx.t(norms(rng, hd, 0.0), [l * hd]);
+    let kw = ctx.t(norms(rng, hd, case.peak), [l * hd]);
+    let pos = if decode { 300 } else { 3 + case.rows % 5 };
+    let cap = pos + 4;
+    let rope = RotaryEmbedding::new(hd, 1.0e6).tables(pos, 1, ctx.device);
+    let (cos, sin) = (rope.cos, rope.sin);
+    let state = Tensor::<1, Int>::from_data(TensorData::new(vec![1u32, pos as u32], [2]), (ctx.device, DType::U32));
+    let dims = [l, kv_heads, cap, hd];
+    let len = l * kv_heads * cap * hd;
+    let (k_dev, v_dev) = (ctx.t(rng.vec(len, 1.0), dims), ctx.t(rng.vec(len, 1.0), dims));
+    let words = super::decode_sync_words(hidden, inter, heads, kv_heads, hd);
+    let bar = Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; words], [words]), (ctx.device, DType::U32));
+    let pf = || [wo.clone(), wg.clone(), wu.clone(), wd.clone()];
+    // 0: the op; 1: the twin; 2: the truth (the twin in f32); 3: one `decode_mlp_attn` a layer.
+    let run = |way: usize| -> Vec<f64> {
+        let wide = |t: &Tensor<2>| if way == 2 { t.clone().cast(DType::F32) } else { t.clone() };
+        let wide1 = |t: &Tensor<1>| if way == 2 { t.clone().cast(DType::F32) } else { t.clone() };
+        // Fresh copies: the ops write the caches in place.
+        let (k2, v2) = if way == 2 { (k_dev.clone().cast(DType::F32), v_dev.clone().cast(DType::F32)) } else { (k_dev.clone() + 0.0, v_dev.clone() + 0.0) };
+        let (attn, res, g, wo, wg, wu, wd) = (wide(&attn), wide(&res), wide1(&g), wide(&wo), wide(&wg), wide(&wu), wide(&wd));
+        let (g_in, qw, kw, cos, sin, st) = (wide1(&g_in), wide1(&qw), wide1(&kw), cos.clone(), sin.clone(), state.clone());
+        let [wq, wk, wv] = [wide(&ws[0]), wide(&ws[1]), wide(&ws[2])];
+        let (s, a, k2, v2) = match way {
+            0 => super::decode_layers(attn, res, g, wo, wg, wu, wd, eps, p, &bar, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st, pf(), l),
+            1 => reference::decode_layers(attn, res, g, wo, wg, wu, wd, eps, p, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st, l),
+            2 => reference::decode_layers(attn, res, g, wo, wg, wu, wd, eps, Precision::F32, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st, l),
+            _ => {
+                let rows2 = |t: &Tensor<2>, i: usize| {
+                    let n = t.dims()[0] / l;
+                    t.clone().slice([i * n..(i + 1) * n])
+                };
+                let rows1 = |t: &Tensor<1>, i: usize| {
+                    let n = t.dims()[0] / l;
+                    t.clone().slice([i * n..(i + 1) * n])
+                };
+                let (mut x, mut a, mut kc, mut vc) = (res, attn, k2, v2);
+                for i in 0..l {
+                    let at = [i..i + 1];
+                    let (h, next, k, v) = super::decode_mlp_attn(
+                        a,
+                        x,
+                        rows1(&g, i),
+                        rows2(&wo, i),
+                        rows2(&wg, i),
+                        rows2(&wu, i),
+                        rows2(&wd, i),
+                        eps,
+                        p,
+                        &bar,
+                        rows1(&g_in, i),
+                        rows2(&wq, i),
+                        rows2(&wk, i),
+                        rows2(&wv, i),
+                        rows1(&qw, i),
+                        rows1(&kw, i),
+                        cos.clone(),
+                        sin.clone(),
+                        shape,
+                        eps,
+                        eps,
+                        kc.clone().slice(at.clone()) + 0.0,
+                        vc.clone().slice(at.clone()) + 0.0,
+                        st.clone(),
+                        pf(),
+                    );
+                    kc = kc.slice_assign(at.clone(), k);
+                    vc = vc.slice_assign(at, v);
+                    (x, a) = (h, next);
+                }
+                (x, a, kc, vc)
+            }
+        };
+        [host(s), host(a), host(k2), host(v2)].concat()
+    };
+    ctx.poison(nq + hidden);
+    let fused = run(0);
+    let count = barrier_count(bar.clone());
+    let (twin, truth) = (run(1), run(2));
+    let mut out = vec![record("decode_layers", case.name, p, &fused, &twin, &truth)];
+    let probe = ctx.t(vec![0.0; q_dim], [1, q_dim]);
+    if super::decode_mlp_qkv_supported(&probe, q_dim, hidden, inter, shape) {
+        // One launch where its phases are tagged (bf16, f16), else one a layer.
+        let options = super::decode_mlp_options();
+        let tagged = ctx.dtype.size() == 2;
+        let launch = if tagged && options.tags { braid_kernels::decode_mlp::rounds_layers(true, true, options, l as u32) } else { l as u32 * super::decode_mlp_rounds(true, ctx.dtype) };
+        let rounds = f64::from(launch * super::BARRIER_CUBES);
+        let layered = run(3);
+        let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
+        out.push(record("decode_layers_bits", case.name, p, &with(&fused, count), &with(&layered, rounds), &with(&truth, rounds)));
+    }
+    out
 }
 
 /// The ticket counter of a barrier buffer (cube arrivals since it was zeros).

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One device call (issue 6): the batch-1 decode step's one launch over its layers
+# (`ops::decode_layers`, `braid_kernels::decode_mlp::decode_layers`): its checks (bits against
+# one launch a layer) in bf16 and f16 (and f32's fallback), greedy text with it on and off,
+# then batch-1 latency on and off, each run in its own process, alternating. Builds nothing:
+# carry dist/.
+#   LAYERS_RUNS  `;`-separated env settings, one latency run each (default below)
+#   LAYERS_CHECKS  check groups (default decode_layers decode_mlp_qkv)
+# Results: $OUT/results.tar.gz, a summary printed last.
+source scripts/gpu-setup.sh
+DEFAULT='BRAID_DECODE_LAYERS=1;BRAID_DECODE_LAYERS=0;BRAID_DECODE_LAYERS=1;BRAID_DECODE_LAYERS=0'
+only=""
+for g in ${LAYERS_CHECKS:-decode_layers decode_mlp_qkv}; do only="$only --only $g"; done
+for dt in ${LAYERS_DTYPES-bf16 f16 f32}; do
+  timeout 200 $BIN check-kernels --device cuda --dtype $dt $only > $OUT/check-$dt.txt 2>&1
+  echo "exit $?" >> $OUT/check-$dt.txt
+  echo "check $dt: $(grep -cE ' ok$' $OUT/check-$dt.txt) ok" | tee -a $OUT/summary.txt
+  grep -vE ' ok$' $OUT/check-$dt.txt | tail -n +2 | head -20 | tee -a $OUT/summary.txt
+done
+for on in 1 0; do
+  BRAID_DECODE_LAYERS=$on timeout 150 $BIN generate --model $M --device cuda --plan fused --temperature 0 --ignore-eos --max-tokens 200 \
+    --prompt "It was a truth universally acknowledged" > $OUT/generate-$on.txt 2> $OUT/generate-$on.err
+  echo "generate (layers $on): exit $? $(wc -c < $OUT/generate-$on.txt) bytes" | tee -a $OUT/summary.txt
+done
+if cmp -s $OUT/generate-1.txt $OUT/generate-0.txt; then echo "generate: identical text on and off" | tee -a $OUT/summary.txt; else echo "generate: TEXT DIFFERS" | tee -a $OUT/summary.txt; fi
+IFS=';' read -ra runs <<< "${LAYERS_RUNS:-$DEFAULT}"
+i=0
+for e in "${runs[@]}"; do
+  i=$((i+1))
+  env $e timeout 150 $BIN bench latency --model $M --device cuda --dtype bf16 --plan fused --runs 3 --json $OUT/latency-$i.json \
+    > $OUT/latency-$i.txt 2>&1
+  echo "run $i ($e): $(grep -E 'graph replay|streamed|identical|rror|panic' $OUT/latency-$i.txt | head -4 | tr '\n' ' ')" | tee -a $OUT/summary.txt
+done
+echo; echo "== summary"; cat $OUT/summary.txt
