@@ -5,24 +5,25 @@
 # then batch-1 latency on and off, each run in its own process, alternating. Builds nothing:
 # carry dist/.
 #   LAYERS_RUNS  `;`-separated env settings, one latency run each (default below)
-#   LAYERS_CHECKS  check groups (default decode_layers decode_mlp_qkv)
+#   LAYERS_CHECKS  check groups (default decode_layers decode_mlp_qkv); LAYERS_DTYPES (default
+#   bf16 f16 f32); LAYERS_CHECK_ENV  env settings for the checks; LAYERS_GENERATE=0 skips the text
 # Results: $OUT/results.tar.gz, a summary printed last.
 source scripts/gpu-setup.sh
 DEFAULT='BRAID_DECODE_LAYERS=1;BRAID_DECODE_LAYERS=0;BRAID_DECODE_LAYERS=1;BRAID_DECODE_LAYERS=0'
 only=""
 for g in ${LAYERS_CHECKS:-decode_layers decode_mlp_qkv}; do only="$only --only $g"; done
 for dt in ${LAYERS_DTYPES-bf16 f16 f32}; do
-  timeout 200 $BIN check-kernels --device cuda --dtype $dt $only > $OUT/check-$dt.txt 2>&1
+  env ${LAYERS_CHECK_ENV:-BRAID_CHECK=1} timeout 200 $BIN check-kernels --device cuda --dtype $dt $only > $OUT/check-$dt.txt 2>&1
   echo "exit $?" >> $OUT/check-$dt.txt
   echo "check $dt: $(grep -cE ' ok$' $OUT/check-$dt.txt) ok" | tee -a $OUT/summary.txt
   grep -vE ' ok$' $OUT/check-$dt.txt | tail -n +2 | head -20 | tee -a $OUT/summary.txt
 done
-for on in 1 0; do
+for on in $([ "${LAYERS_GENERATE:-1}" = 1 ] && echo 1 0); do
   BRAID_DECODE_LAYERS=$on timeout 150 $BIN generate --model $M --device cuda --plan fused --temperature 0 --ignore-eos --max-tokens 200 \
     --prompt "It was a truth universally acknowledged" > $OUT/generate-$on.txt 2> $OUT/generate-$on.err
   echo "generate (layers $on): exit $? $(wc -c < $OUT/generate-$on.txt) bytes" | tee -a $OUT/summary.txt
 done
-if cmp -s $OUT/generate-1.txt $OUT/generate-0.txt; then echo "generate: identical text on and off" | tee -a $OUT/summary.txt; else echo "generate: TEXT DIFFERS" | tee -a $OUT/summary.txt; fi
+[ "${LAYERS_GENERATE:-1}" = 1 ] && if cmp -s $OUT/generate-1.txt $OUT/generate-0.txt; then echo "generate: identical text on and off" | tee -a $OUT/summary.txt; else echo "generate: TEXT DIFFERS" | tee -a $OUT/summary.txt; fi
 IFS=';' read -ra runs <<< "${LAYERS_RUNS:-$DEFAULT}"
 i=0
 for e in "${runs[@]}"; do

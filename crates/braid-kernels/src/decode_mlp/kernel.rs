@@ -187,15 +187,33 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     // Row offsets of this iteration's layer in the stacked matrices (0 with one layer).
     let lh = l * hidden;
     let li = l * inter;
-    if fa < hidden {
+    // (After the first iteration, `at.e_loads` of o_proj, gate and up load here, during the
+    // previous iteration's phase E; the rest after the barrier that starts phase A.)
+    let mut now_a = l == 0;
+    let mut now_g = l == 0;
+    let mut now_u = l == 0;
+    if comptime!(at.e_loads >= 1) {
+        now_a = true;
+    }
+    if comptime!(at.e_loads >= 2) {
+        now_g = true;
+    }
+    if comptime!(at.e_loads >= 3) {
+        now_u = true;
+    }
+    if fa < hidden && now_a {
         load_row::<F, N>(wo, row_of(lh + fa, na, hot_a), &mut ra, lane, step, na, la);
     }
     #[unroll]
     for s in 0..ahead_b {
         let f = fb + s * planes;
         if f < inter {
-            load_at::<F, N>(wg, row_of(li + f, nb, hot_b), &mut rg, s * lb, lane, step, nb, lb);
-            load_at::<F, N>(wu, row_of(li + f, nb, hot_b), &mut ru, s * lb, lane, step, nb, lb);
+            if now_g {
+                load_at::<F, N>(wg, row_of(li + f, nb, hot_b), &mut rg, s * lb, lane, step, nb, lb);
+            }
+            if now_u {
+                load_at::<F, N>(wu, row_of(li + f, nb, hot_b), &mut ru, s * lb, lane, step, nb, lb);
+            }
         }
     }
 
@@ -206,7 +224,24 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if l == 0 {
         stage_rows::<F>(attn, attn, o, gamma, &mut staged, eps, 0usize, 1usize, false, vs, f32_internal, false, false, false, 1usize, q_dim, block, block);
     } else {
-        grid_sync_unfenced(bar, cubes);
+        if at.a_barrier {
+            grid_sync_unfenced(bar, cubes);
+        }
+        if fa < hidden && !now_a {
+            load_row::<F, N>(wo, row_of(lh + fa, na, hot_a), &mut ra, lane, step, na, la);
+        }
+        #[unroll]
+        for s in 0..ahead_b {
+            let f = fb + s * planes;
+            if f < inter {
+                if !now_g {
+                    load_at::<F, N>(wg, row_of(li + f, nb, hot_b), &mut rg, s * lb, lane, step, nb, lb);
+                }
+                if !now_u {
+                    load_at::<F, N>(wu, row_of(li + f, nb, hot_b), &mut ru, s * lb, lane, step, nb, lb);
+                }
+            }
+        }
         let prev = tag_of(start[0] + u32::cast_from(l) - 1u32);
         let per = comptime!(q_dim.div_ceil(block));
         let mut addr = Array::<usize>::new(per);
@@ -381,8 +416,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     }
     if then_qkv {
         next_phases::<F, N>(
-            residual, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq,
-            eps_in, qk_eps, scale, fd, planes, first, tag, l, &mut carried, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, comptime!(d_early || at.d_at > 0), attend, late_loads, tags, e_barrier, hold, e_fence, probe, attn_at, layers,
+            residual, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq, wo, wg, wu,
+            eps_in, qk_eps, scale, fd, planes, first, tag, l, &mut carried, at, ahead_b, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, comptime!(d_early || at.d_at > 0), attend, late_loads, tags, e_barrier, hold, e_fence, probe, attn_at, layers,
         );
     }
     }
@@ -422,6 +457,9 @@ fn next_phases<F: Float, N: Size>(
     bar: &Tensor<Atomic<u32>>,
     staged: &mut Shared<[f32]>,
     rq: &mut Array<Vector<F, N>>,
+    wo: &Tensor<Vector<F, N>>,
+    wg: &Tensor<Vector<F, N>>,
+    wu: &Tensor<Vector<F, N>>,
     eps_in: f32,
     qk_eps: f32,
     scale: f32,
@@ -431,6 +469,8 @@ fn next_phases<F: Float, N: Size>(
     tag: u32,
     l: usize,
     carried: &mut Array<f32>,
+    #[comptime] at: LoadPoints,
+    #[comptime] ahead_b: usize,
     #[comptime] f32_internal: bool,
     #[comptime] hidden: usize,
     #[comptime] inter: usize,
@@ -643,6 +683,32 @@ fn next_phases<F: Float, N: Size>(
                 }
             }
         }
+    } else if on && comptime!(layers > 1 && at.e_touch) && l + 1 < layers {
+        // The rows the head cubes' planes load first in the next iteration (o_proj's, gate's
+        // and up's as `at.e_loads` has the others load them here) into L2.
+        let (cube, idle) = (c - heads, cubes as usize - heads);
+        let per_cube = (CUBE_DIM_X / PLANE_DIM) as usize;
+        let hp_now = heads * per_cube;
+        // (With `layers` > 1 o_proj's input is the attention output: `heads * hd` wide.)
+        let vw = wo.vector_size();
+        let (na, nb) = (comptime!(heads * 2 * half) / vw, hidden / vw);
+        let planes = cubes as usize * per_cube;
+        let lh = (l + 1) * hidden;
+        let li = (l + 1) * inter;
+        let mut acc = 0.0f32;
+        if comptime!(at.e_loads >= 1) {
+            acc += touch_plane_rows::<F, N>(wo, lh, na, hp_now, 0usize, planes, hidden, cube, idle, 1usize, units);
+        }
+        if comptime!(at.e_loads >= 2) {
+            acc += touch_plane_rows::<F, N>(wg, li, nb, hp_now, hidden % planes, planes, inter, cube, idle, ahead_b, units);
+        }
+        if comptime!(at.e_loads >= 3) {
+            acc += touch_plane_rows::<F, N>(wu, li, nb, hp_now, hidden % planes, planes, inter, cube, idle, ahead_b, units);
+        }
+        // Never true for finite weights; keeps the loads alive.
+        if acc.is_nan() {
+            sink[0] = acc;
+        }
     } else if on && attend.prefetch > 0 {
         if l + 1 == layers {
         let (cube, idle) = (c - heads, cubes as usize - heads);
@@ -709,6 +775,41 @@ fn phase_release(bar: &Tensor<Atomic<u32>>, #[comptime] cubes: u32, #[comptime] 
     if released && !tags {
         grid_arrive_kind(bar, cubes, barrier);
     }
+}
+
+/// Reads into L2 (idle cube `cube` of `idle`, `units` units each) the first rows planes
+/// `0..hp` of a grid of `planes` load of a matrix of `rows` rows of `n` vectors (from row
+/// `base`: a layer of a stacked matrix): plane `p`'s rows `(p + planes - shift) % planes + s *
+/// planes` for `s < count` (the deal of `decode_mlp_kernel`: `shift` is where the product's
+/// features start in it). Returns a sum of one element a vector (keeps the loads alive).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn touch_plane_rows<F: Float, N: Size>(
+    w: &Tensor<Vector<F, N>>,
+    base: usize,
+    n: usize,
+    hp: usize,
+    shift: usize,
+    planes: usize,
+    rows: usize,
+    cube: usize,
+    idle: usize,
+    #[comptime] count: usize,
+    #[comptime] units: usize,
+) -> f32 {
+    let total = hp * count * n;
+    let mut acc = 0.0f32;
+    let mut i = cube * units + UNIT_POS_X as usize;
+    while i < total {
+        let r = i / n;
+        let p = r % hp;
+        let f = (p + planes - shift) % planes + (r / hp) * planes;
+        if f < rows {
+            acc += f32::cast_from(w[(base + f) * n + i % n].extract(0usize));
+        }
+        i += idle * units;
+    }
+    acc
 }
 
 /// Where the tagged words (`crate::tagged`) of a launch with `tags` start in `bar`, after the
@@ -849,6 +950,19 @@ pub(crate) struct LoadPoints {
     pub c_at: u32,
     #[cube(comptime)]
     pub d_at: u32,
+    /// With `layers` > 1: how many of a plane's first A and B weights (o_proj's row, then gate's,
+    /// then up's) it loads at the top of an iteration after the first, during the previous
+    /// iteration's phase E, rather than after the grid barrier that starts phase A.
+    #[cube(comptime)]
+    pub e_loads: u32,
+    /// With `layers` > 1: phase E's idle cubes read into L2 the rows of those weights that the
+    /// head cubes' planes load (at the top of the next iteration, after their attention).
+    #[cube(comptime)]
+    pub e_touch: bool,
+    /// With `layers` > 1: an unfenced grid barrier before phase A's wait for the attention
+    /// output's words (without it, every unit polls its words).
+    #[cube(comptime)]
+    pub a_barrier: bool,
 }
 
 /// Phase E's attention (comptime): `on` = each q head's cube attends after its norm + RoPE;

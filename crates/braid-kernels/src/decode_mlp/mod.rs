@@ -125,11 +125,38 @@ pub struct DecodeMlpOptions {
     /// barrier (1,366.8-1,367.0 against 1,400.6-1,401.2). Where the held q/k/v rows do not fit
     /// beside a down row, or without `tags`, 0.
     pub d_at: u32,
+    /// [`decode_layers`]: how many of a plane's first o_proj, gate and up rows (in that order,
+    /// 0 to 3) an iteration after the first loads during the previous iteration's phase E, the
+    /// rest after the grid barrier that starts its phase A.
+    pub e_loads: u32,
+    /// [`decode_layers`]: phase E's idle cubes read into L2 the rows the head cubes' planes
+    /// load first (those `e_loads` covers), which the head cubes ask for after their attention.
+    pub e_touch: bool,
+    /// [`decode_layers`]: an unfenced grid barrier before phase A's wait for the previous
+    /// iteration's attention output (without it, every unit polls its words).
+    pub a_barrier: bool,
 }
 
 impl Default for DecodeMlpOptions {
     fn default() -> Self {
-        Self { units: 256, ahead_b: None, c_early: false, barrier: BarrierKind::Light, d_early: false, late_loads: true, tags: true, e_barrier: false, hold: true, e_fence: false, probe: 0, c_at: 1, d_at: 1 }
+        Self {
+            units: 256,
+            ahead_b: None,
+            c_early: false,
+            barrier: BarrierKind::Light,
+            d_early: false,
+            late_loads: true,
+            tags: true,
+            e_barrier: false,
+            hold: true,
+            e_fence: false,
+            probe: 0,
+            c_at: 1,
+            d_at: 1,
+            e_loads: 3,
+            e_touch: false,
+            a_barrier: true,
+        }
     }
 }
 
@@ -140,7 +167,8 @@ impl Default for DecodeMlpOptions {
 /// for [`decode_layers`] of `layers` layers, that many a layer and one more before each layer's
 /// phase A but the first.
 pub fn rounds_layers(next: bool, tagged: bool, options: DecodeMlpOptions, layers: u32) -> u32 {
-    rounds(next, tagged, options) * layers + layers.saturating_sub(1)
+    let a = if options.a_barrier { layers.saturating_sub(1) } else { 0 };
+    rounds(next, tagged, options) * layers + a
 }
 
 /// [`rounds_layers`] of one layer.
@@ -619,6 +647,9 @@ fn run(
             kernel::LoadPoints {
                 c_at: if tags { c_point([q_dim, hidden, inter], vs, pmin, units, ahead_b, options.c_at) } else { 0 },
                 d_at: if tags { d_point(hidden, inter, vs, pmin, units, ahead_d, options.d_at) } else { 0 },
+                e_loads: options.e_loads.min(3),
+                e_touch: options.e_touch,
+                a_barrier: options.a_barrier,
             },
             layers,
             dtype,

@@ -422,6 +422,9 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
             probe: decode_probe().0,
             c_at: num("BRAID_DECODE_MLP_C_AT").map_or(d.c_at, |n| n as u32),
             d_at: num("BRAID_DECODE_MLP_D_AT").map_or(d.d_at, |n| n as u32),
+            e_loads: num("BRAID_DECODE_LAYERS_E_LOADS").map_or(d.e_loads, |n| n as u32),
+            e_touch: num("BRAID_DECODE_LAYERS_E_TOUCH").map_or(d.e_touch, |n| n != 0),
+            a_barrier: num("BRAID_DECODE_LAYERS_A_BARRIER").map_or(d.a_barrier, |n| n != 0),
         }
     })
 }

@@ -1103,43 +1103,12 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
     let len = kv_heads * cap * hd;
     let (k_dev, v_dev) = (ctx.t(rng.vec(len, 1.0), dims), ctx.t(rng.vec(len, 1.0), dims));
     let pf: Vec<Tensor<2>> = (0..4).map(|i| [&wg, &wu, &wd, &wo][i].clone()).collect();
-    // Truth in f64 from the stored inputs: the MLP half, the stream, then the next layer's
-    // projections (stored in the dtype, the op's rounding point in both modes) and norm + RoPE.
-    let o = host_matmul_t(&host(attn.clone()), &host(wo.clone()), 1, q_dim, hidden);
-    let h: Vec<f64> = host(res.clone()).iter().zip(&o).map(|(a, b)| a + b).collect();
-    let normed = rms_rows(&h, &host(g.clone()), 1, hidden, eps);
-    let gg = host_matmul_t(&normed, &host(wg.clone()), 1, hidden, inter);
-    let uu = host_matmul_t(&normed, &host(wu.clone()), 1, hidden, inter);
-    let act: Vec<f64> = gg.iter().zip(&uu).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-    let down = host_matmul_t(&act, &host(wd.clone()), 1, inter, hidden);
-    let stream: Vec<f64> = h.iter().zip(&down).map(|(a, b)| a + b).collect();
-    let normed_in = rms_rows(&stream, &host(g_in.clone()), 1, hidden, eps);
-    let mut proj = Vec::with_capacity(nq + 2 * nk);
-    for w in &ws {
-        proj.extend(host_matmul_t(&normed_in, &host(w.clone()), 1, hidden, w.dims()[0]));
-    }
-    let proj = host(ctx.t(proj.iter().map(|&v| v as f32).collect(), [1, nq + 2 * nk]));
-    let [tq, tk, tv] = qk_truth(&proj, &host(qw.clone()), &host(kw.clone()), &host(cos.clone()), &host(sin.clone()), shape, eps);
     let (mut kt, mut vt) = (host(k_dev.clone()), host(v_dev.clone()));
-    for hh in 0..kv_heads {
-        let dst = (hh * cap + pos) * hd;
-        kt[dst..dst + hd].copy_from_slice(&tk[hh * hd..(hh + 1) * hd]);
-        vt[dst..dst + hd].copy_from_slice(&tv[hh * hd..(hh + 1) * hd]);
-    }
-    // Its attention: q head h over keys 0..=pos of KV head h / (heads / kv_heads).
-    let mut ta = Vec::with_capacity(nq);
-    for h in 0..heads {
-        let g = h / (heads / kv_heads);
-        let q = &tq[h * hd..(h + 1) * hd];
-        let row = |t: &[f64], j: usize| -> Vec<f64> { t[(g * cap + j) * hd..][..hd].to_vec() };
-        let scores: Vec<f64> = (0..=pos).map(|j| row(&kt, j).iter().zip(q).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()).collect();
-        let m = scores.iter().copied().fold(f64::MIN, f64::max);
-        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-        let z: f64 = e.iter().sum();
-        for d in 0..hd {
-            ta.push((0..=pos).map(|j| e[j] / z * vt[(g * cap + j) * hd + d]).sum());
-        }
-    }
+    let h = |t: &Tensor<2>| host(t.clone());
+    let h1 = |t: &Tensor<1>| host(t.clone());
+    let mats = [h(&wo), h(&wg), h(&wu), h(&wd), h(&ws[0]), h(&ws[1]), h(&ws[2])];
+    let norms = [h1(&g), h1(&g_in), h1(&qw), h1(&kw)];
+    let (stream, tq, ta) = layer_truth(ctx, &h(&attn), &h(&res), &mats, &norms, (&h(&cos), &h(&sin)), shape, (hidden, inter), (&mut kt, &mut vt), (pos, cap), eps);
     let truth_attn = [stream.clone(), ta, kt.clone(), vt.clone()].concat();
     let truth = [stream, tq, kt, vt].concat();
     let words = super::decode_sync_words(hidden, inter, heads, kv_heads, hd);
@@ -1201,8 +1170,9 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
 /// `decode_layers` over three layers (their weights stacked, fresh random ones each, the case's
 /// magnitudes in the residual stream and the norms' weights; Qwen3-0.6B's widths and heads at
 /// decode over 301 keys, odd widths and small heads elsewhere), on every device:
-/// `decode_layers` = `[stream | attn | k_cache | v_cache]` against the twin and a float32
-/// truth (the twin in f32 mode on the inputs widened to f32); where the device runs the one
+/// `decode_layers` = `[stream | attn | k_cache | v_cache]` against the twin and the f64 truth
+/// ([`layer_truth`] layer by layer, each layer's stream and attention the next one's); where
+/// the device runs the one
 /// launch (`ops::decode_mlp_qkv_supported`), `decode_layers_bits` = the same against three
 /// `decode_mlp_attn` launches over the layers' rows, bit for bit, plus the barrier counter
 /// after the launch (`braid_kernels::decode_mlp::rounds_layers` of every cube).
@@ -1240,19 +1210,34 @@ fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Ve
     let words = super::decode_sync_words(hidden, inter, heads, kv_heads, hd);
     let bar = Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; words], [words]), (ctx.device, DType::U32));
     let pf = || [wo.clone(), wg.clone(), wu.clone(), wd.clone()];
-    // 0: the op; 1: the twin; 2: the truth (the twin in f32); 3: one `decode_mlp_attn` a layer.
+    // The truth, layer by layer on the host.
+    let truth = {
+        let (hm, hv) = (|t: &Tensor<2>| host(t.clone()), |t: &Tensor<1>| host(t.clone()));
+        let part = |v: &[f64], i: usize| v[i * v.len() / l..(i + 1) * v.len() / l].to_vec();
+        let mats = [hm(&wo), hm(&wg), hm(&wu), hm(&wd), hm(&ws[0]), hm(&ws[1]), hm(&ws[2])];
+        let norms = [hv(&g), hv(&g_in), hv(&qw), hv(&kw)];
+        let (mut kt, mut vt) = (host(k_dev.clone()), host(v_dev.clone()));
+        let per = kt.len() / l;
+        let (mut x, mut a) = (hm(&res), hm(&attn));
+        for i in 0..l {
+            let m = mats.clone().map(|v| part(&v, i));
+            let nw = norms.clone().map(|v| part(&v, i));
+            let (kc, vc) = (&mut kt[i * per..(i + 1) * per], &mut vt[i * per..(i + 1) * per]);
+            let (stream, _, ta) = layer_truth(ctx, &a, &x, &m, &nw, (&hm(&cos), &hm(&sin)), shape, (hidden, inter), (kc, vc), (pos, cap), eps);
+            (x, a) = (stream, ta);
+        }
+        [x, a, kt, vt].concat()
+    };
+    // 0: the op; 1: the twin; 2: one `decode_mlp_attn` a layer.
     let run = |way: usize| -> Vec<f64> {
-        let wide = |t: &Tensor<2>| if way == 2 { t.clone().cast(DType::F32) } else { t.clone() };
-        let wide1 = |t: &Tensor<1>| if way == 2 { t.clone().cast(DType::F32) } else { t.clone() };
         // Fresh copies: the ops write the caches in place.
-        let (k2, v2) = if way == 2 { (k_dev.clone().cast(DType::F32), v_dev.clone().cast(DType::F32)) } else { (k_dev.clone() + 0.0, v_dev.clone() + 0.0) };
-        let (attn, res, g, wo, wg, wu, wd) = (wide(&attn), wide(&res), wide1(&g), wide(&wo), wide(&wg), wide(&wu), wide(&wd));
-        let (g_in, qw, kw, cos, sin, st) = (wide1(&g_in), wide1(&qw), wide1(&kw), cos.clone(), sin.clone(), state.clone());
-        let [wq, wk, wv] = [wide(&ws[0]), wide(&ws[1]), wide(&ws[2])];
+        let (k2, v2) = (k_dev.clone() + 0.0, v_dev.clone() + 0.0);
+        let (attn, res, g, wo, wg, wu, wd) = (attn.clone(), res.clone(), g.clone(), wo.clone(), wg.clone(), wu.clone(), wd.clone());
+        let (g_in, qw, kw, cos, sin, st) = (g_in.clone(), qw.clone(), kw.clone(), cos.clone(), sin.clone(), state.clone());
+        let [wq, wk, wv] = [ws[0].clone(), ws[1].clone(), ws[2].clone()];
         let (s, a, k2, v2) = match way {
             0 => super::decode_layers(attn, res, g, wo, wg, wu, wd, eps, p, &bar, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st, pf(), l),
             1 => reference::decode_layers(attn, res, g, wo, wg, wu, wd, eps, p, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st, l),
-            2 => reference::decode_layers(attn, res, g, wo, wg, wu, wd, eps, Precision::F32, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st, l),
             _ => {
                 let rows2 = |t: &Tensor<2>, i: usize| {
                     let n = t.dims()[0] / l;
@@ -1304,7 +1289,7 @@ fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Ve
     ctx.poison(nq + hidden);
     let fused = run(0);
     let count = barrier_count(bar.clone());
-    let (twin, truth) = (run(1), run(2));
+    let twin = run(1);
     let mut out = vec![record("decode_layers", case.name, p, &fused, &twin, &truth)];
     let probe = ctx.t(vec![0.0; q_dim], [1, q_dim]);
     if super::decode_mlp_qkv_supported(&probe, q_dim, hidden, inter, shape) {
@@ -1313,11 +1298,74 @@ fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Ve
         let tagged = ctx.dtype.size() == 2;
         let launch = if tagged && options.tags { braid_kernels::decode_mlp::rounds_layers(true, true, options, l as u32) } else { l as u32 * super::decode_mlp_rounds(true, ctx.dtype) };
         let rounds = f64::from(launch * super::BARRIER_CUBES);
-        let layered = run(3);
+        let layered = run(2);
         let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
         out.push(record("decode_layers_bits", case.name, p, &with(&fused, count), &with(&layered, rounds), &with(&truth, rounds)));
     }
     out
+}
+
+/// The f64 truth of one layer's decode step from its attention output `attn` and stream `res`
+/// (host values) through the next layer's attention, as `decode_mlp_attn` computes it: the MLP
+/// half, the stream, the next layer's projections (rounded to the dtype, the op's rounding
+/// point in both modes), its QK-norm + RoPE, its new key and value written into the host
+/// caches `kt`, `vt` (`[kv_heads, cap, hd]`) at `pos`, and its attention over keys `0..=pos`.
+/// `mats = [wo, wg, wu, wd, wq, wk, wv]`, `norms = [gamma, gamma_in, q_weight, k_weight]`.
+/// Returns `(stream, q, attn)`.
+#[allow(clippy::too_many_arguments)]
+fn layer_truth(
+    ctx: &Ctx,
+    attn: &[f64],
+    res: &[f64],
+    mats: &[Vec<f64>; 7],
+    norms: &[Vec<f64>; 4],
+    (cos, sin): (&[f64], &[f64]),
+    shape: QkShape,
+    (hidden, inter): (usize, usize),
+    (kt, vt): (&mut [f64], &mut [f64]),
+    (pos, cap): (usize, usize),
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let QkShape { heads, kv_heads, head_dim: hd, .. } = shape;
+    let (nq, nk) = (heads * hd, kv_heads * hd);
+    let [wo, wg, wu, wd, wq, wk, wv] = mats;
+    let [g, g_in, qw, kw] = norms;
+    let q_dim = attn.len();
+    let o = host_matmul_t(attn, wo, 1, q_dim, hidden);
+    let h: Vec<f64> = res.iter().zip(&o).map(|(a, b)| a + b).collect();
+    let normed = rms_rows(&h, g, 1, hidden, eps);
+    let gg = host_matmul_t(&normed, wg, 1, hidden, inter);
+    let uu = host_matmul_t(&normed, wu, 1, hidden, inter);
+    let act: Vec<f64> = gg.iter().zip(&uu).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+    let down = host_matmul_t(&act, wd, 1, inter, hidden);
+    let stream: Vec<f64> = h.iter().zip(&down).map(|(a, b)| a + b).collect();
+    let normed_in = rms_rows(&stream, g_in, 1, hidden, eps);
+    let mut proj = Vec::with_capacity(nq + 2 * nk);
+    for (w, n) in [(wq, nq), (wk, nk), (wv, nk)] {
+        proj.extend(host_matmul_t(&normed_in, w, 1, hidden, n));
+    }
+    let proj = host(ctx.t(proj.iter().map(|&v| v as f32).collect(), [1, nq + 2 * nk]));
+    let [tq, tk, tv] = qk_truth(&proj, qw, kw, cos, sin, shape, eps);
+    for hh in 0..kv_heads {
+        let dst = (hh * cap + pos) * hd;
+        kt[dst..dst + hd].copy_from_slice(&tk[hh * hd..(hh + 1) * hd]);
+        vt[dst..dst + hd].copy_from_slice(&tv[hh * hd..(hh + 1) * hd]);
+    }
+    // The attention: q head h over keys 0..=pos of KV head h / (heads / kv_heads).
+    let mut ta = Vec::with_capacity(nq);
+    for h in 0..heads {
+        let g = h / (heads / kv_heads);
+        let q = &tq[h * hd..(h + 1) * hd];
+        let row = |t: &[f64], j: usize| -> Vec<f64> { t[(g * cap + j) * hd..][..hd].to_vec() };
+        let scores: Vec<f64> = (0..=pos).map(|j| row(kt, j).iter().zip(q).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()).collect();
+        let m = scores.iter().copied().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for d in 0..hd {
+            ta.push((0..=pos).map(|j| e[j] / z * vt[(g * cap + j) * hd + d]).sum());
+        }
+    }
+    (stream, tq, ta)
 }
 
 /// The ticket counter of a barrier buffer (cube arrivals since it was zeros).
