@@ -42,10 +42,11 @@ fn run(device: Option<Device>, dtype: DType) {
     let qkv_rope = checks.iter().filter(|c| c.op.starts_with("qkv_rope")).count();
     assert!(qkv_rope == 0 || qkv_rope == 4 * 2 * 2 * 2, "qkv_rope checks: {qkv_rope}");
     // `decode_layers` (three stacked layers) everywhere; its bits against one launch a layer
-    // where the device runs the one launch.
+    // for the cases whose widths the device runs as one persistent launch (none without plane
+    // operations and 128 SMs; in f32 Qwen3-0.6B's widths pass a lane's register budget).
     let layers = checks.iter().filter(|c| c.op == "decode_layers").count();
     let layers_bits = checks.iter().filter(|c| c.op == "decode_layers_bits").count();
-    assert!(layers == 4 * 2 && (layers_bits == 0 || layers_bits == 4 * 2), "decode_layers checks: {layers} + {layers_bits}");
+    assert!(layers == 4 * 2 && layers_bits <= 4 * 2 && layers_bits % 2 == 0, "decode_layers checks: {layers} + {layers_bits}");
     assert_eq!(checks.len() - prefill - qkv_rope - layers - layers_bits, 4 * (2 * (7 + 1 + 1 + 2 + 2) + 2 + 3) + 2 * 2 + 2 * 3 * 2, "every op, case and precision ran");
     for case in ["decode", "prefill-odd", "adversarial", "prefill-long"] {
         let n = checks.iter().filter(|c| c.op == "prefill_attn" && c.case.split('/').next() == Some(case)).count();

@@ -320,11 +320,16 @@ fn weight_or_zero(scores: &Shared<[f32]>, j: usize, n_keys: usize) -> f32 {
 /// returns their sum (f32).
 #[cube]
 pub(crate) fn touch<F: Float, N: Size>(t: &Tensor<Vector<F, N>>, cube: usize, cubes: usize, #[comptime] block: usize) -> f32 {
+    touch_span::<F, N>(t, 0usize, t.len(), cube, cubes, block)
+}
+
+/// [`touch`] of vectors `from..from + len` of `t` only.
+#[cube]
+pub(crate) fn touch_span<F: Float, N: Size>(t: &Tensor<Vector<F, N>>, from: usize, len: usize, cube: usize, cubes: usize, #[comptime] block: usize) -> f32 {
     let vs = t.vector_size();
-    let n = t.len();
-    let per = n.div_ceil(cubes);
-    let start = cube * per;
-    let end = min(start + per, n);
+    let per = len.div_ceil(cubes);
+    let start = from + cube * per;
+    let end = min(start + per, from + len);
     let unit = UNIT_POS_X as usize;
     let mut acc = 0.0f32;
     let mut i = start + unit;

@@ -1,7 +1,7 @@
 use cubecl::prelude::*;
 
 use super::next::{emit_qkv, head_inv, load_qkv, put_head, rope_head};
-use crate::attention::kernel::{attend_row, touch};
+use crate::attention::kernel::{attend_row, touch, touch_span};
 use crate::gemv::kernel::{dot_regs, hold_row, load_at, load_row, stage_rows, stage_vals, stage_vals_with, staged_at, staged_len};
 use crate::grid::{BARRIER_WORDS, grid_arrive_kind, grid_sync_kind, grid_sync_unfenced, grid_wait_kind};
 use crate::reduce::{block_sum_pair, round};
@@ -705,6 +705,13 @@ fn next_phases<F: Float, N: Size>(
         if comptime!(at.e_loads >= 3) {
             acc += touch_plane_rows::<F, N>(wu, li, nb, hp_now, hidden % planes, planes, inter, cube, idle, ahead_b, units);
         }
+        if comptime!(at.e_touch_qkv >= 1) {
+            acc += touch_span::<F, N>(wq, (l + 1) * nq * nb, nq * nb, cube, idle, units);
+        }
+        if comptime!(at.e_touch_qkv >= 2) {
+            acc += touch_span::<F, N>(wk, (l + 1) * nk * nb, nk * nb, cube, idle, units);
+            acc += touch_span::<F, N>(wv, (l + 1) * nk * nb, nk * nb, cube, idle, units);
+        }
         // Never true for finite weights; keeps the loads alive.
         if acc.is_nan() {
             sink[0] = acc;
@@ -963,6 +970,10 @@ pub(crate) struct LoadPoints {
     /// output's words (without it, every unit polls its words).
     #[cube(comptime)]
     pub a_barrier: bool,
+    /// With `layers` > 1 and `e_touch`: phase E's idle cubes also read into L2 the next
+    /// iteration's q rows (1), or its q, k and v rows (2), which its phase D loads.
+    #[cube(comptime)]
+    pub e_touch_qkv: u32,
 }
 
 /// Phase E's attention (comptime): `on` = each q head's cube attends after its norm + RoPE;

@@ -135,6 +135,9 @@ pub struct DecodeMlpOptions {
     /// [`decode_layers`]: an unfenced grid barrier before phase A's wait for the previous
     /// iteration's attention output (without it, every unit polls its words).
     pub a_barrier: bool,
+    /// [`decode_layers`] with `e_touch`: phase E's idle cubes also read into L2 the next
+    /// iteration's q rows (1), or q, k and v rows (2).
+    pub e_touch_qkv: u32,
 }
 
 impl Default for DecodeMlpOptions {
@@ -154,8 +157,9 @@ impl Default for DecodeMlpOptions {
             c_at: 1,
             d_at: 1,
             e_loads: 3,
-            e_touch: false,
-            a_barrier: true,
+            e_touch: true,
+            a_barrier: false,
+            e_touch_qkv: 0,
         }
     }
 }
@@ -650,6 +654,7 @@ fn run(
                 e_loads: options.e_loads.min(3),
                 e_touch: options.e_touch,
                 a_barrier: options.a_barrier,
+                e_touch_qkv: options.e_touch_qkv.min(2),
             },
             layers,
             dtype,

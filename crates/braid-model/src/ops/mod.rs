@@ -425,6 +425,7 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
             e_loads: num("BRAID_DECODE_LAYERS_E_LOADS").map_or(d.e_loads, |n| n as u32),
             e_touch: num("BRAID_DECODE_LAYERS_E_TOUCH").map_or(d.e_touch, |n| n != 0),
             a_barrier: num("BRAID_DECODE_LAYERS_A_BARRIER").map_or(d.a_barrier, |n| n != 0),
+            e_touch_qkv: num("BRAID_DECODE_LAYERS_E_TOUCH_QKV").map_or(d.e_touch_qkv, |n| n as u32),
         }
     })
 }
