@@ -416,7 +416,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     }
     if then_qkv {
         next_phases::<F, N>(
-            residual, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq, wo, wg, wu,
+            residual, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq, wo, wg, wu, wd,
             eps_in, qk_eps, scale, fd, planes, first, tag, l, &mut carried, at, ahead_b, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, comptime!(d_early || at.d_at > 0), attend, late_loads, tags, e_barrier, hold, e_fence, probe, attn_at, layers,
         );
     }
@@ -460,6 +460,7 @@ fn next_phases<F: Float, N: Size>(
     wo: &Tensor<Vector<F, N>>,
     wg: &Tensor<Vector<F, N>>,
     wu: &Tensor<Vector<F, N>>,
+    wd: &Tensor<Vector<F, N>>,
     eps_in: f32,
     qk_eps: f32,
     scale: f32,
@@ -705,10 +706,14 @@ fn next_phases<F: Float, N: Size>(
         if comptime!(at.e_loads >= 3) {
             acc += touch_plane_rows::<F, N>(wu, li, nb, hp_now, hidden % planes, planes, inter, cube, idle, ahead_b, units);
         }
-        if comptime!(at.e_touch_qkv >= 1) {
+        if comptime!(at.e_touch_qkv & 4 != 0) {
+            let nc = inter / vw;
+            acc += touch_span::<F, N>(wd, (l + 1) * hidden * nc, hidden * nc, cube, idle, units);
+        }
+        if comptime!(at.e_touch_qkv & 1 != 0) {
             acc += touch_span::<F, N>(wq, (l + 1) * nq * nb, nq * nb, cube, idle, units);
         }
-        if comptime!(at.e_touch_qkv >= 2) {
+        if comptime!(at.e_touch_qkv & 2 != 0) {
             acc += touch_span::<F, N>(wk, (l + 1) * nk * nb, nk * nb, cube, idle, units);
             acc += touch_span::<F, N>(wv, (l + 1) * nk * nb, nk * nb, cube, idle, units);
         }
@@ -971,7 +976,7 @@ pub(crate) struct LoadPoints {
     #[cube(comptime)]
     pub a_barrier: bool,
     /// With `layers` > 1 and `e_touch`: phase E's idle cubes also read into L2 the next
-    /// iteration's q rows (1), or its q, k and v rows (2), which its phase D loads.
+    /// iteration's weights of a mask: its q rows (1), k and v rows (2), down's (4).
     #[cube(comptime)]
     pub e_touch_qkv: u32,
 }

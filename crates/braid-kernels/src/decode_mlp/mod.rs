@@ -136,7 +136,7 @@ pub struct DecodeMlpOptions {
     /// iteration's attention output (without it, every unit polls its words).
     pub a_barrier: bool,
     /// [`decode_layers`] with `e_touch`: phase E's idle cubes also read into L2 the next
-    /// iteration's q rows (1), or q, k and v rows (2).
+    /// iteration's weights of a mask: q rows (1), k and v rows (2), down's (4).
     pub e_touch_qkv: u32,
 }
 
@@ -654,7 +654,7 @@ fn run(
                 e_loads: options.e_loads.min(3),
                 e_touch: options.e_touch,
                 a_barrier: options.a_barrier,
-                e_touch_qkv: options.e_touch_qkv.min(2),
+                e_touch_qkv: options.e_touch_qkv & 7,
             },
             layers,
             dtype,
