@@ -36,10 +36,10 @@ pub struct DecodeState {
     /// `ops::decode_mlp` (one for every layer: each launch leaves the counter a multiple of its
     /// cube count and rewrites the words it uses).
     pub barrier: Tensor<1, Int>,
-    /// With the model's layer stacks (`Qwen3::decode_layers_ready`): the caches of layers
-    /// `1..n`, `[n - 1, kv_heads, capacity, hd]` each, which the step's `ops::decode_layers`
-    /// launch reads and writes (those layers' own in `cache` are then row ranges of these, and
-    /// not used by the step).
+    /// With the model's layer stacks: every layer's cache, `[n, kv_heads, capacity, hd]` each,
+    /// which the step's `ops::decode_layers` launch reads and writes (each layer's own in
+    /// `cache` is then a range of these: a view where the backend's slices at its offsets are
+    /// views; the step uses only layer 0's, where the launch does not run its attention).
     pub stacked: Option<(Tensor<4>, Tensor<4>)>,
 }
 
@@ -75,14 +75,19 @@ impl Qwen3 {
             ops::decode_inputs(self.model.embed_tokens.val(), s.rope.cos.clone(), s.rope.sin.clone(), s.state.clone());
         let rope = Rope { cos, sin };
         let (layers, plans) = (&self.model.layers, &self.plan().layers);
-        if let (Some(w), Some(p)) = (&self.stacks, self.layers_precision(&x))
+        if let (Some(w), Some((p, first_fused))) = (&self.stacks, self.layers_precision(&x))
             && let Some((kc, vc)) = s.stacked.take()
         {
-            // The first layer to its attention output, the layers after it in one launch up to
-            // the last one's attention output, the last one's MLP.
+            // One launch up to the last layer's attention output (from the first layer's
+            // attention inputs with `pre`, else from its attention output), the last one's MLP.
             let n = layers.len();
             let (first, last) = (&layers[0], &layers[n - 1]);
-            let (x, attn) = first.decode_attention(x, &rope, &mut s.cache.layers[0], &s.state, &plans[0], first.first_weights());
+            let pre = first_fused && ops::decode_layers_pre();
+            let (x, attn) = if pre {
+                (x.clone(), x)
+            } else {
+                first.decode_attention(x, &rope, &mut s.cache.layers[0], &s.state, &plans[0], first.first_weights())
+            };
             let a = &layers[1].self_attn;
             let (x, attn, kc, vc) = ops::decode_layers(
                 attn,
@@ -111,6 +116,7 @@ impl Qwen3 {
                 s.state.clone(),
                 last.first_weights(),
                 n - 1,
+                pre,
             );
             s.stacked = Some((kc, vc));
             let (x, carry) = last.decode_step(x, Carry::Attn(attn), &rope, &mut s.cache.layers[n - 1], &s.state, &s.barrier, &plans[n - 1], None);
@@ -150,12 +156,16 @@ impl Qwen3 {
     /// The precision of the batch-1 decode step's one launch over its layers
     /// (`ops::decode_layers`), where the model has its layer stacks and every layer but the last
     /// runs on into the next one's attention in one mode (as `DecoderLayer::decode_step` would
-    /// pick it), else `None`.
-    fn layers_precision(&self, x: &Tensor<2>) -> Option<ops::Precision> {
+    /// pick it), else `None`; and whether the first layer's attention inputs and attention are
+    /// fused in that mode too (the launch may then run them: `pre`).
+    fn layers_precision(&self, x: &Tensor<2>) -> Option<(ops::Precision, bool)> {
         self.stacks.as_ref()?;
         let (layers, plans) = (&self.model.layers, &self.plan().layers);
         let p = layers[0].attends_into(&plans[0], &plans[1], x)?;
-        (1..layers.len() - 1).all(|i| layers[i].attends_into(&plans[i], &plans[i + 1], x) == Some(p)).then_some(p)
+        let all = (1..layers.len() - 1).all(|i| layers[i].attends_into(&plans[i], &plans[i + 1], x) == Some(p));
+        let first = &plans[0];
+        let fused = crate::plan::OpChoice::Fused(p);
+        all.then_some((p, first.rms_norm_qkv == fused && first.qk_norm_rope == fused && first.attention == fused))
     }
 
     /// Whether [`GreedyDecoder`] may run this model's plan: every layer's attention fused (the
@@ -188,11 +198,11 @@ impl Qwen3 {
     }
 }
 
-/// Layers `1..n`'s caches stacked (`DecodeState::stacked`), each of those layers' own made a
-/// range of the stack (a view where the backend's slices at its offsets are views; else a copy
-/// the step does not use).
+/// Every layer's cache stacked (`DecodeState::stacked`), each layer's own made a range of the
+/// stack (a view where the backend's slices at its offsets are views; else a copy, which the
+/// step uses only for layer 0 without `pre`, whose attention alone reads it).
 fn stack_caches(cache: &mut KvCache) -> (Tensor<4>, Tensor<4>) {
-    let rest = &mut cache.layers[1..];
+    let rest = &mut cache.layers[..];
     let k = Tensor::cat(rest.iter().map(|c| c.k.clone()).collect(), 0);
     let v = Tensor::cat(rest.iter().map(|c| c.v.clone()).collect(), 0);
     for (i, c) in rest.iter_mut().enumerate() {

@@ -8,8 +8,9 @@ use burn::tensor::Tensor;
 use crate::nn::DecoderLayer;
 
 /// Of a model of `n` decoder layers: layers `0..n - 1`'s post-attention norms and MLP weights
-/// (what `ops::decode_layers`' iteration `l` runs phases A-C with) and layers `1..n`'s attention
-/// inputs (phases D-E), each kind stacked along its first dimension.
+/// (what `ops::decode_layers`' iteration `l` runs phases A-C with) and every layer's attention
+/// inputs (iteration `l` runs phases D-E with layer `l + 1`'s), each kind stacked along its
+/// first dimension.
 #[derive(Debug, Clone)]
 pub struct LayerStacks {
     /// `[(n - 1) * hidden]`
@@ -21,13 +22,13 @@ pub struct LayerStacks {
     pub up: Tensor<2>,
     /// `[(n - 1) * hidden, inter]`
     pub down: Tensor<2>,
-    /// `[(n - 1) * hidden]`: layers `1..n`'s input norms.
+    /// `[n * hidden]`: the input norms.
     pub input_norm: Tensor<1>,
-    /// `[(n - 1) * heads * hd, hidden]`, `[(n - 1) * kv_heads * hd, hidden]` x 2
+    /// `[n * heads * hd, hidden]`, `[n * kv_heads * hd, hidden]` x 2
     pub wq: Tensor<2>,
     pub wk: Tensor<2>,
     pub wv: Tensor<2>,
-    /// `[(n - 1) * hd]` each
+    /// `[n * hd]` each
     pub q_norm: Tensor<1>,
     pub k_norm: Tensor<1>,
 }
@@ -70,7 +71,7 @@ impl LayerStacks {
         let gate = stack_matrix!(mlp, mlp.gate_proj.weight);
         let up = stack_matrix!(mlp, mlp.up_proj.weight);
         let down = stack_matrix!(mlp, mlp.down_proj.weight);
-        let next = &mut layers[1..];
+        let next = &mut layers[..];
         let input_norm = stack_vector!(next, input_layernorm.weight);
         let wq = stack_matrix!(next, self_attn.q_proj.weight);
         let wk = stack_matrix!(next, self_attn.k_proj.weight);

@@ -125,6 +125,8 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     #[comptime] probe: u32,
     #[comptime] at: LoadPoints,
     #[comptime] layers: usize,
+    #[comptime] pre: bool,
+    #[comptime] head_from: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let hot_a = comptime!(probe & (PROBE_HOT_WEIGHTS | PROBE_HOT_A) != 0);
@@ -179,6 +181,19 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if tags && UNIT_POS == 0 {
         start[0] = bar[0].load() / cubes;
     }
+    // Iteration `l` runs D-E of `head`'s layer `l + head_from`. With `pre` (and `head_from` 1),
+    // phases D and E of `head`'s layer 0 come first, from the stream `residual` (the embedding
+    // row: no residual add), under round `start`; iteration `l` then publishes under round
+    // `start + 1 + l`.
+    let t0 = comptime!(if pre { 1u32 } else { 0u32 });
+    if pre {
+        sync_cube();
+        let tag0 = tag_of(start[0]);
+        next_phases::<F, N>(
+            residual, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq, wo, wg, wu, wd,
+            eps_in, qk_eps, scale, fd, planes, first_cube(), tag0, 0usize, 0usize, true, true, &mut carried, at, ahead_b, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, false, attend, late_loads, tags, e_barrier, hold, e_fence, probe, attn_at, layers, true,
+        );
+    }
 
     // One iteration a layer: A-C of layer `l` of the stacked weights, D-E of the next layer's
     // (the stacked tensors of `head`, whose layer `l` is that next layer).
@@ -189,9 +204,14 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     let li = l * inter;
     // (After the first iteration, `at.e_loads` of o_proj, gate and up load here, during the
     // previous iteration's phase E; the rest after the barrier that starts phase A.)
-    let mut now_a = l == 0;
-    let mut now_g = l == 0;
-    let mut now_u = l == 0;
+    // (No phase E before the first iteration, unless `pre`.)
+    let mut top = l == 0;
+    if pre {
+        top = false;
+    }
+    let mut now_a = top;
+    let mut now_g = top;
+    let mut now_u = top;
     if comptime!(at.e_loads >= 1) {
         now_a = true;
     }
@@ -221,7 +241,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     // output, from its words (published under that iteration's round) behind an unfenced grid
     // barrier (the head cubes arrive last; the others wait there with this layer's first A and B
     // weights already in flight).
-    if l == 0 {
+    if top {
         stage_rows::<F>(attn, attn, o, gamma, &mut staged, eps, 0usize, 1usize, false, vs, f32_internal, false, false, false, 1usize, q_dim, block, block);
     } else {
         if at.a_barrier {
@@ -242,7 +262,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
                 }
             }
         }
-        let prev = tag_of(start[0] + u32::cast_from(l) - 1u32);
+        let prev = tag_of(start[0] + t0 + u32::cast_from(l) - 1u32);
         let per = comptime!(q_dim.div_ceil(block));
         let mut addr = Array::<usize>::new(per);
         let mut words = Array::<u32>::new(per);
@@ -254,7 +274,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     sync_cube();
     let mut tag = 0u32;
     if tags {
-        tag = tag_of(start[0] + u32::cast_from(l));
+        tag = tag_of(start[0] + t0 + u32::cast_from(l));
     }
     let mut f = fa;
     while f < hidden {
@@ -285,7 +305,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     let mut res_b = Array::<f32>::new(per_h);
     let mut gam_b = Array::<f32>::new(per_h);
     if tags && hold {
-        hold_layer_inputs::<F>(residual, gamma, &carried, l, &mut res_b, &mut gam_b, hidden, block);
+        hold_layer_inputs::<F>(residual, gamma, &carried, l == 0, l, &mut res_b, &mut gam_b, hidden, block);
     }
     phase_barrier(bar, cubes, barrier, comptime!(c_early && late_loads), tags, probe);
     if at.c_at == 2 && !c_early && fc < hidden {
@@ -303,7 +323,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         read_row(bar, o_at, tag, &mut addr, &mut words, 0usize, hidden, block);
         await_words(bar, &addr, &mut words, &mut vals, tag, per);
         if !hold {
-            hold_layer_inputs::<F>(residual, gamma, &carried, l, &mut res_b, &mut gam_b, hidden, block);
+            hold_layer_inputs::<F>(residual, gamma, &carried, l == 0, l, &mut res_b, &mut gam_b, hidden, block);
         }
         #[unroll]
         for i in 0..per {
@@ -365,14 +385,14 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if then_qkv && d_early {
         #[unroll]
         for s in 0..ahead_d {
-            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), l, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), l + head_from, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
         }
     }
     phase_barrier(bar, cubes, barrier, late_loads, tags, probe);
     if then_qkv && at.d_at == 2 && !d_early {
         #[unroll]
         for s in 0..ahead_d {
-            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), l, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), l + head_from, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
         }
     }
 
@@ -392,7 +412,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if then_qkv && at.d_at == 1 && !d_early {
         #[unroll]
         for s in 0..ahead_d {
-            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), l, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), l + head_from, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
         }
     }
     let mut fj = fc;
@@ -417,7 +437,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if then_qkv {
         next_phases::<F, N>(
             residual, &*sum, &*out, gamma_in, wq, wk, wv, q_weight, k_weight, cos, sin, raw, stream, q_out, k_cache, v_cache, state, kv_k, kv_v, attn_out, pf0, pf1, pf2, pf3, sink, bar, &mut staged, &mut rq, wo, wg, wu, wd,
-            eps_in, qk_eps, scale, fd, planes, first, tag, l, &mut carried, at, ahead_b, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, comptime!(d_early || at.d_at > 0), attend, late_loads, tags, e_barrier, hold, e_fence, probe, attn_at, layers,
+            eps_in, qk_eps, scale, fd, planes, first, tag, l + head_from, l + 1, l + 1 < layers, l == 0, &mut carried, at, ahead_b, f32_internal, hidden, inter, cubes, block, units, plane_min, barrier, heads, kv_heads, half, ahead_d, comptime!(d_early || at.d_at > 0), attend, late_loads, tags, e_barrier, hold, e_fence, probe, attn_at, layers, false,
         );
     }
     }
@@ -468,7 +488,10 @@ fn next_phases<F: Float, N: Size>(
     planes: usize,
     first: bool,
     tag: u32,
-    l: usize,
+    hl: usize,
+    next_a: usize,
+    has_next: bool,
+    first_iter: bool,
     carried: &mut Array<f32>,
     #[comptime] at: LoadPoints,
     #[comptime] ahead_b: usize,
@@ -494,6 +517,7 @@ fn next_phases<F: Float, N: Size>(
     #[comptime] probe: u32,
     #[comptime] attn_at: usize,
     #[comptime] layers: usize,
+    #[comptime] from_x: bool,
 ) {
     let hot_d = comptime!(probe & (PROBE_HOT_WEIGHTS | PROBE_HOT_D) != 0);
     let vs = wq.vector_size();
@@ -505,27 +529,41 @@ fn next_phases<F: Float, N: Size>(
     let lane = UNIT_POS_PLANE as usize;
     let pos = state[1] as usize;
     // This layer's caches in the stacked `[layers, kv_heads, capacity, hd]` ones.
-    let kc_at = l * k_cache.stride(0);
-    let vc_at = l * v_cache.stride(0);
+    let kc_at = hl * k_cache.stride(0);
+    let vc_at = hl * v_cache.stride(0);
     let qkv_at = comptime!(TAGS + 2 * hidden + inter);
-    phase_release(bar, cubes, barrier, late_loads, tags);
+    if !from_x {
+        phase_release(bar, cubes, barrier, late_loads, tags);
+    }
     if !d_early {
         #[unroll]
         for s in 0..ahead_d {
-            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), l, nq, nk, nqkv, rq, s * lb, lane, nb, lb);
+            load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), hl, nq, nk, nqkv, rq, s * lb, lane, nb, lb);
         }
     }
     // (As B's: the residual and the norm's weight before the barrier, with `tags` and `hold`.)
     let per_h = comptime!(hidden.div_ceil(block));
     let mut res_d = Array::<f32>::new(per_h);
     let mut gam_d = Array::<f32>::new(per_h);
-    if tags && hold {
-        hold_layer_inputs::<F>(residual, gamma_in, &*carried, l, &mut res_d, &mut gam_d, hidden, block);
+    if (tags && hold) || from_x {
+        hold_layer_inputs::<F>(residual, gamma_in, &*carried, first_iter, hl, &mut res_d, &mut gam_d, hidden, block);
     }
-    phase_barrier(bar, cubes, barrier, late_loads, tags, probe);
+    if !from_x {
+        phase_barrier(bar, cubes, barrier, late_loads, tags, probe);
+    }
 
     // D: the next layer's residual add + input norm + q/k/v, as `qkv_rope` stages and sums.
-    if tags {
+    if from_x {
+        // (`pre`: the stream as it is, no add.)
+        let per = comptime!(hidden.div_ceil(block));
+        if comptime!(layers > 1) {
+            #[unroll]
+            for i in 0..per {
+                carried[i] = res_d[i];
+            }
+        }
+        stage_vals_with::<F>(&res_d, &gam_d, 0usize, 0usize, (UNIT_POS_X as usize) < block, stream, staged, eps_in, first, vs, f32_internal, true, true, false, hidden, block, units);
+    } else if tags {
         // `sum` again from its operands (cube 0 wrote it without a barrier since), then down's
         // output as its words arrive: `input`'s `sum + out`, rounded.
         let per = comptime!(hidden.div_ceil(block));
@@ -537,7 +575,7 @@ fn next_phases<F: Float, N: Size>(
         read_row(bar, comptime!(TAGS + hidden + inter), tag, &mut addr, &mut words, per, hidden, block);
         await_words(bar, &addr, &mut words, &mut got, tag, comptime!(2 * per));
         if !hold {
-            hold_layer_inputs::<F>(residual, gamma_in, &*carried, l, &mut res_d, &mut gam_d, hidden, block);
+            hold_layer_inputs::<F>(residual, gamma_in, &*carried, first_iter, hl, &mut res_d, &mut gam_d, hidden, block);
         }
         let mut vals = Array::<f32>::new(per);
         #[unroll]
@@ -570,7 +608,7 @@ fn next_phases<F: Float, N: Size>(
     }
     let mut fi = fd + ahead_d * planes;
     while fi < nqkv {
-        load_qkv::<F, N>(wq, wk, wv, row_of(fi, 1usize, hot_d), l, nq, nk, nqkv, rq, 0usize, lane, nb, lb);
+        load_qkv::<F, N>(wq, wk, wv, row_of(fi, 1usize, hot_d), hl, nq, nk, nqkv, rq, 0usize, lane, nb, lb);
         let g = plane_sum(dot_at::<F, N>(&*rq, 0usize, &*staged, lane, nb, lb, vs));
         emit_qkv::<F>(g, fi, nq, nk, 2 * half, pos, lane, raw, v_cache, vc_at, bar, qkv_at, tag, tags);
         fi += planes;
@@ -594,7 +632,7 @@ fn next_phases<F: Float, N: Size>(
     let mut c2 = 0.0f32;
     let mut s2 = 0.0f32;
     // This layer's QK-norm weights in the stacked `[layers * hd]` rows.
-    let lq = l * comptime!(2 * half);
+    let lq = hl * comptime!(2 * half);
     if active {
         c1 = cos[unit];
         s1 = sin[unit];
@@ -672,19 +710,19 @@ fn next_phases<F: Float, N: Size>(
             let hd = comptime!(2 * half);
             if comptime!(probe & PROBE_NO_ATTENTION == 0) {
                 let own = attend_row::<F, N>(
-                    &*q_out, kv_k, kv_v, attn_out, c * hd, c * hd, l * kv_k.stride(0) + g * kv_k.stride(1), l * kv_v.stride(0) + g * kv_v.stride(1), pos + 1, scale, f32_internal, attend.max_keys, hd, units,
+                    &*q_out, kv_k, kv_v, attn_out, c * hd, c * hd, hl * kv_k.stride(0) + g * kv_k.stride(1), hl * kv_v.stride(0) + g * kv_v.stride(1), pos + 1, scale, f32_internal, attend.max_keys, hd, units,
                     attend.partial_len, attend.planes, attend.ahead, comptime!(probe & PROBE_NO_VALUES == 0),
                 );
                 // With `layers` > 1, the next iteration's phase A reads the output from its
                 // words: each unit below `hd` publishes the element it wrote (`own`).
-                if comptime!(layers > 1) {
-                    if l + 1 < layers && unit < hd {
+                if comptime!(layers > 1 || from_x) {
+                    if has_next && unit < hd {
                         publish::<F>(bar, attn_at + c * hd + unit, F::cast_from(own), tag);
                     }
                 }
             }
         }
-    } else if on && comptime!(layers > 1 && at.e_touch) && l + 1 < layers {
+    } else if on && comptime!((layers > 1 || from_x) && at.e_touch) && has_next {
         // The rows the head cubes' planes load first in the next iteration (o_proj's, gate's
         // and up's as `at.e_loads` has the others load them here) into L2.
         let (cube, idle) = (c - heads, cubes as usize - heads);
@@ -694,8 +732,8 @@ fn next_phases<F: Float, N: Size>(
         let vw = wo.vector_size();
         let (na, nb) = (comptime!(heads * 2 * half) / vw, hidden / vw);
         let planes = cubes as usize * per_cube;
-        let lh = (l + 1) * hidden;
-        let li = (l + 1) * inter;
+        let lh = next_a * hidden;
+        let li = next_a * inter;
         let mut acc = 0.0f32;
         if comptime!(at.e_loads >= 1) {
             acc += touch_plane_rows::<F, N>(wo, lh, na, hp_now, 0usize, planes, hidden, cube, idle, 1usize, units);
@@ -708,21 +746,21 @@ fn next_phases<F: Float, N: Size>(
         }
         if comptime!(at.e_touch_qkv & 4 != 0) {
             let nc = inter / vw;
-            acc += touch_span::<F, N>(wd, (l + 1) * hidden * nc, hidden * nc, cube, idle, units);
+            acc += touch_span::<F, N>(wd, next_a * hidden * nc, hidden * nc, cube, idle, units);
         }
         if comptime!(at.e_touch_qkv & 1 != 0) {
-            acc += touch_span::<F, N>(wq, (l + 1) * nq * nb, nq * nb, cube, idle, units);
+            acc += touch_span::<F, N>(wq, (hl + 1) * nq * nb, nq * nb, cube, idle, units);
         }
         if comptime!(at.e_touch_qkv & 2 != 0) {
-            acc += touch_span::<F, N>(wk, (l + 1) * nk * nb, nk * nb, cube, idle, units);
-            acc += touch_span::<F, N>(wv, (l + 1) * nk * nb, nk * nb, cube, idle, units);
+            acc += touch_span::<F, N>(wk, (hl + 1) * nk * nb, nk * nb, cube, idle, units);
+            acc += touch_span::<F, N>(wv, (hl + 1) * nk * nb, nk * nb, cube, idle, units);
         }
         // Never true for finite weights; keeps the loads alive.
         if acc.is_nan() {
             sink[0] = acc;
         }
     } else if on && attend.prefetch > 0 {
-        if l + 1 == layers {
+        if !has_next {
         let (cube, idle) = (c - heads, cubes as usize - heads);
         let mut acc = touch::<F, N>(pf0, cube, idle, units);
         if attend.prefetch > 1 {
@@ -743,15 +781,16 @@ fn next_phases<F: Float, N: Size>(
 }
 
 /// A normed phase's inputs that no cube of the launch writes, this unit's elements of them
-/// (`gemv::kernel::hold_row`'s): the residual into `res` (`residual` in iteration `l` 0, later
-/// `carried`, the stream phase D left), layer `l`'s norm weight (of the stacked `gamma`) into
-/// `gam`.
+/// (`gemv::kernel::hold_row`'s): the residual into `res` (`residual` with `from_res`, the first
+/// iteration's; else `carried`, the stream phase D left), layer `l`'s norm weight (of the stacked
+/// `gamma`) into `gam`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn hold_layer_inputs<F: Float>(
     residual: &Tensor<F>,
     gamma: &Tensor<F>,
     carried: &Array<f32>,
+    from_res: bool,
     l: usize,
     res: &mut Array<f32>,
     gam: &mut Array<f32>,
@@ -759,7 +798,7 @@ fn hold_layer_inputs<F: Float>(
     #[comptime] block: usize,
 ) {
     let per = comptime!(hidden.div_ceil(block));
-    if l == 0 {
+    if from_res {
         hold_row::<F>(residual, res, true, hidden, block);
     } else {
         #[unroll]
@@ -777,6 +816,12 @@ fn hold_layer_inputs<F: Float>(
             gam[i] = f32::cast_from(gamma[base + k]);
         }
     }
+}
+
+/// Whether this is cube 0 (which writes the F copies of the stream).
+#[cube]
+fn first_cube() -> bool {
+    CUBE_POS_X == 0
 }
 
 /// The release half of a fenced barrier that ends a phase, before the next phase's first weight

@@ -368,7 +368,7 @@ pub fn decode_mlp(
     precision: Precision,
     options: DecodeMlpOptions,
 ) -> Result<(TensorHandle, TensorHandle), KernelError> {
-    run(client, args, None, eps, precision, options, 1).map(|(sum, out, _)| (sum, out))
+    run(client, args, None, eps, precision, options, 1, 0, false).map(|(sum, out, _)| (sum, out))
 }
 
 /// The next layer's attention inputs for [`decode_mlp_qkv`].
@@ -409,7 +409,7 @@ pub fn decode_mlp_qkv(
     precision: Precision,
     options: DecodeMlpOptions,
 ) -> Result<NextOut, KernelError> {
-    let (stream, q, attn) = run(client, args, Some(next), eps, precision, options, 1)?;
+    let (stream, q, attn) = run(client, args, Some(next), eps, precision, options, 1, 0, false)?;
     Ok(NextOut { stream, q, attn })
 }
 
@@ -426,16 +426,29 @@ pub fn decode_mlp_qkv(
 /// iteration's attention only. Bit for bit `layers` launches of [`decode_mlp_qkv`] over the
 /// layers' views. Needs the tagged phases (bf16 or f16 with [`DecodeMlpOptions::tags`]);
 /// `layers == 1` is [`decode_mlp_qkv`].
+///
+/// `head_from` 1: `next.head`'s stacks and caches have one layer more than `args`' and start
+/// one layer before (iteration `l` runs D-E of their layer `l + 1`: the whole model's stacks
+/// serve). With `pre` (and `head_from` 1) the launch starts one layer earlier: phases D-E of
+/// `next.head`'s layer 0 from the stream `args.residual` itself (the embedding row: no residual
+/// add; `args.attn` is not read), bit for bit `qkv_rope::qkv_rope_cache` without the add and
+/// `attention::attention_at_units`.
+#[allow(clippy::too_many_arguments)]
 pub fn decode_layers(
     client: &Client,
     args: DecodeMlpArgs,
     next: NextLayer,
     layers: usize,
+    head_from: usize,
+    pre: bool,
     eps: f32,
     precision: Precision,
     options: DecodeMlpOptions,
 ) -> Result<NextOut, KernelError> {
-    let (stream, q, attn) = run(client, args, Some(next), eps, precision, options, layers)?;
+    if head_from > 1 || (pre && head_from != 1) {
+        return Err(KernelError::Unsupported { kernel: NAME_LAYERS, what: format!("head_from {head_from}, pre {pre}"), why: "the next layer's stacks start at `args`' layer (0) or one before (1; `pre` needs 1)".into() });
+    }
+    let (stream, q, attn) = run(client, args, Some(next), eps, precision, options, layers, head_from, pre)?;
     Ok(NextOut { stream, q, attn })
 }
 
@@ -463,7 +476,8 @@ fn attend_layout(client: &Client, head: &HeadInputs, shape: QkShape, units: usiz
 }
 
 /// [`decode_mlp`] (`next: None`: returns `(sum, out, None)`), [`decode_mlp_qkv`]
-/// (`(stream, q, attn)`) or with `layers` > 1 [`decode_layers`].
+/// (`(stream, q, attn)`) or with `layers` > 1 or `pre` [`decode_layers`].
+#[allow(clippy::too_many_arguments)]
 fn run(
     client: &Client,
     args: DecodeMlpArgs,
@@ -472,12 +486,21 @@ fn run(
     precision: Precision,
     options: DecodeMlpOptions,
     layers: usize,
+    head_from: usize,
+    pre: bool,
 ) -> Result<(TensorHandle, TensorHandle, Option<TensorHandle>), KernelError> {
-    let c = Check::new(if layers > 1 { NAME_LAYERS } else if next.is_some() { NAME_QKV } else { NAME });
-    let [rows, q_dim] = c.matrix("attn", &args.attn)?;
-    if rows != 1 {
-        return Err(c.shape_err("attn", &args.attn, format!("[1, {q_dim}]")));
-    }
+    let c = Check::new(if layers > 1 || pre { NAME_LAYERS } else if next.is_some() { NAME_QKV } else { NAME });
+    // (With `pre` the attention output is the launch's own first phase E's: `attn` is unread.)
+    let q_dim = match (&next, pre) {
+        (Some(n), true) => n.shape.heads * n.shape.head_dim,
+        _ => {
+            let [rows, q_dim] = c.matrix("attn", &args.attn)?;
+            if rows != 1 {
+                return Err(c.shape_err("attn", &args.attn, format!("[1, {q_dim}]")));
+            }
+            q_dim
+        }
+    };
     let dtype = args.attn.dtype;
     let [_, hidden] = c.matrix("residual", &args.residual)?;
     c.shape("residual", &args.residual, &[1, hidden])?;
@@ -492,7 +515,9 @@ fn run(
         c.contiguous(name, t)?;
         c.same_dtype(name, t, dtype)?;
     }
-    c.contiguous("attn", &args.attn)?;
+    if !pre {
+        c.contiguous("attn", &args.attn)?;
+    }
     c.same_dtype("bar", &args.bar, ElemType::UInt(cubecl::ir::UIntKind::U32))?;
     c.contiguous("bar", &args.bar)?;
     // Tagged words hold a 16-bit value beside the tag (`crate::tagged`).
@@ -506,7 +531,7 @@ fn run(
     }
     let refuse = |why: String| KernelError::Unsupported { kernel: c.kernel(), what: format!("{q_dim} -> {hidden} -> {inter} on this device"), why };
     // Each iteration after the first reads the one before's attention output as tagged words.
-    if layers == 0 || (layers > 1 && !(tags && next.as_ref().is_some_and(|n| n.attend.is_some() && n.shape.heads * n.shape.head_dim == q_dim))) {
+    if layers == 0 || ((layers > 1 || pre || head_from > 0) && !(tags && next.as_ref().is_some_and(|n| n.attend.is_some() && n.shape.heads * n.shape.head_dim == q_dim))) {
         return Err(refuse(format!("{layers} layers in one launch: at least one; more need the tagged phases (bf16 or f16 with tags on) and the attention, whose output is the next layer's o_proj input")));
     }
     let ahead_b = layout(client, dtype, q_dim, hidden, inter, options).map_err(refuse)?;
@@ -514,7 +539,7 @@ fn run(
     let vs = vector(dtype);
     let (ahead_d, attend) = match &next {
         Some(n) => {
-            n.head.check_layers(&c, n.shape, hidden, dtype, layers)?;
+            n.head.check_layers(&c, n.shape, hidden, dtype, layers + head_from)?;
             let ahead = next_layout(client, dtype, hidden, inter, n.shape, options).map_err(refuse)?;
             let attend = match &n.attend {
                 Some(pf) => {
@@ -657,6 +682,8 @@ fn run(
                 e_touch_qkv: options.e_touch_qkv & 7,
             },
             layers,
+            pre,
+            head_from,
             dtype,
         );
     }
@@ -726,9 +753,12 @@ mod tests {
         assert_eq!(rounds(true, false, with(true, false, 0)), 4);
         assert_eq!(rounds(true, true, with(false, false, 0)), 4);
         assert_eq!(rounds(true, true, with(true, false, PROBE_EXTRA_BARRIER)), 6);
-        // `decode_layers`: three a layer and one before each layer's phase A but the first.
-        assert_eq!(rounds_layers(true, true, with(true, false, 0), 27), 27 * 3 + 26);
-        assert_eq!(rounds_layers(true, true, with(true, false, 0), 1), 3);
+        // `decode_layers`: three a layer, and with `a_barrier` one before each layer's phase A
+        // but the first.
+        assert_eq!(rounds_layers(true, true, with(true, false, 0), 27), 27 * 3);
+        let a = DecodeMlpOptions { a_barrier: true, ..with(true, false, 0) };
+        assert_eq!(rounds_layers(true, true, a, 27), 27 * 3 + 26);
+        assert_eq!(rounds_layers(true, true, a, 1), 3);
     }
 
     #[test]

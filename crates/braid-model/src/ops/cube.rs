@@ -738,11 +738,14 @@ impl FusedOps for Cube {
         w2: FloatTensor<Self>,
         w3: FloatTensor<Self>,
         layers: usize,
+        pre: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (like, dtype) = (attn.clone(), attn.dtype);
+        let (like, dtype) = (residual.clone(), residual.dtype);
         let options = super::decode_mlp_options();
         let pf = [w0, w1, w2, w3];
-        if layers > 1 {
+        // (With `pre` the kernel does not read `attn`: the stream stands in.)
+        let attn = if pre { residual.clone() } else { attn };
+        if layers > 1 || pre {
             let args = mlp_args(attn.clone(), residual.clone(), gamma.clone(), wo.clone(), w_gate.clone(), w_up.clone(), w_down.clone(), barrier.clone());
             let count = braid_kernels::attention::l2_prefetch_count().min(4);
             let next = braid_kernels::decode_mlp::NextLayer {
@@ -764,7 +767,7 @@ impl FusedOps for Cube {
                 qk_eps: qk_eps as f32,
                 attend: Some(pf[..count].iter().map(|t| handle(t.clone())).collect()),
             };
-            match braid_kernels::decode_mlp::decode_layers(&like.client, args, next, layers, eps as f32, precision, options) {
+            match braid_kernels::decode_mlp::decode_layers(&like.client, args, next, layers, 1, pre, eps as f32, precision, options) {
                 Ok(out) => {
                     let a = out.attn.expect("an attending launch returns the attention");
                     return (tensor(&like, out.stream, dtype), tensor(&like, a, dtype), k_cache, v_cache);
@@ -774,32 +777,63 @@ impl FusedOps for Cube {
                 Err(e) => launched::<()>(Err(e)),
             }
         }
-        // One `decode_mlp_attn` a layer over its rows of the stacks; its caches written back
-        // (a no-op where the slice is a view of the stack, as at aligned offsets).
-        let rows = |t: &FloatTensor<Self>, l: usize| {
-            let n = t.meta.shape()[0] / layers;
+        // `qkv_rope_cache` + `attention_at_units` (with `pre`), then one `decode_mlp_attn` a
+        // layer over its rows of the stacks; the caches written back (a no-op where the slice is
+        // a view of the stack, as at aligned offsets).
+        let rows = |t: &FloatTensor<Self>, l: usize, of: usize| {
+            let n = t.meta.shape()[0] / of;
             Self::float_slice(t.clone(), &[burn::tensor::Slice::from(l * n..(l + 1) * n)])
         };
+        let heads = layers + 1;
         let (mut x, mut a, mut kc, mut vc) = (residual, attn, k_cache, v_cache);
+        if pre {
+            let at = [burn::tensor::Slice::from(0..1)];
+            let (h, q, k, v) = Self::qkv_rope_cache(
+                x.clone(),
+                x,
+                false,
+                rows(&gamma_in, 0, heads),
+                rows(&wq, 0, heads),
+                rows(&wk, 0, heads),
+                rows(&wv, 0, heads),
+                rows(&q_weight, 0, heads),
+                rows(&k_weight, 0, heads),
+                cos.clone(),
+                sin.clone(),
+                shape,
+                eps_in,
+                qk_eps,
+                precision,
+                Self::float_slice(kc.clone(), &at),
+                Self::float_slice(vc.clone(), &at),
+                state.clone(),
+            );
+            let att = Self::attention_at_units(q, k.clone(), v.clone(), state.clone(), precision, super::decode_mlp_units());
+            kc = Self::float_slice_assign(kc, &at, k);
+            vc = Self::float_slice_assign(vc, &at, v);
+            let n = att.meta.shape().iter().product::<usize>();
+            (x, a) = (h, Self::float_reshape(att, burn::tensor::Shape::new([1, n])));
+        }
         for l in 0..layers {
-            let at = [burn::tensor::Slice::from(l..l + 1)];
+            let n = l + 1;
+            let at = [burn::tensor::Slice::from(n..n + 1)];
             let (h, next, k, v) = Self::decode_mlp_attn(
                 a,
                 x,
-                rows(&gamma, l),
-                rows(&wo, l),
-                rows(&w_gate, l),
-                rows(&w_up, l),
-                rows(&w_down, l),
+                rows(&gamma, l, layers),
+                rows(&wo, l, layers),
+                rows(&w_gate, l, layers),
+                rows(&w_up, l, layers),
+                rows(&w_down, l, layers),
                 eps,
                 precision,
                 barrier.clone(),
-                rows(&gamma_in, l),
-                rows(&wq, l),
-                rows(&wk, l),
-                rows(&wv, l),
-                rows(&q_weight, l),
-                rows(&k_weight, l),
+                rows(&gamma_in, n, heads),
+                rows(&wq, n, heads),
+                rows(&wk, n, heads),
+                rows(&wv, n, heads),
+                rows(&q_weight, n, heads),
+                rows(&k_weight, n, heads),
                 cos.clone(),
                 sin.clone(),
                 shape,

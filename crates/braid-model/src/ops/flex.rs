@@ -457,6 +457,7 @@ impl FusedOps for Flex {
         _w2: FloatTensor<Self>,
         _w3: FloatTensor<Self>,
         layers: usize,
+        pre: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (h, a, k, v) = reference::decode_layers(
             wrap(attn),
@@ -483,6 +484,7 @@ impl FusedOps for Flex {
             wrap(v_cache),
             iwrap(state),
             layers,
+            pre,
         );
         let [b, n] = a.dims();
         (unwrap(h), unwrap(a.reshape([b, 1, n])), unwrap(k), unwrap(v))

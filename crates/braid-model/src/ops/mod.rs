@@ -340,6 +340,7 @@ pub trait FusedOps: Backend {
         w2: FloatTensor<Self>,
         w3: FloatTensor<Self>,
         layers: usize,
+        pre: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
     /// See [`attention_at_units`].
     fn attention_at_units(
@@ -1170,11 +1171,14 @@ pub fn decode_mlp_attn(
 /// [`decode_mlp_attn`] over `layers` consecutive layers, their tensors stacked along the first
 /// dimension (layer-major rows): layer `l` of `gamma: [layers * hidden]`, `wo: [layers *
 /// hidden, q_dim]`, `w_gate`, `w_up: [layers * inter, hidden]`, `w_down: [layers * hidden,
-/// inter]` is one decoder layer's post-attention norm and MLP, and layer `l` of `gamma_in`,
-/// `wq: [layers * heads * hd, hidden]`, `wk`, `wv`, `q_weight`, `k_weight: [layers * hd]` and the
-/// caches `[layers, kv_heads, capacity, hd]` the next decoder layer's. `attn`, `residual`: the
-/// first layer's attention output and stream. Returns the last layer's `(stream, attn: [1, heads
-/// * hd], k_cache, v_cache)`: layer `l`'s outputs feed layer `l + 1` as [`decode_mlp_attn`]'s
+/// inter]` is decoder layer `l`'s post-attention norm and MLP, and layer `l` of `gamma_in`, `wq:
+/// [(layers + 1) * heads * hd, hidden]`, `wk`, `wv`, `q_weight`, `k_weight: [(layers + 1) * hd]`
+/// and the caches `[layers + 1, kv_heads, capacity, hd]` decoder layer `l`'s attention inputs
+/// (so iteration `l` runs their layer `l + 1`: a model's stacks serve whole). `attn`,
+/// `residual`: layer 0's attention output and stream; with `pre`, `residual` is the embedding
+/// row and layer 0's attention inputs and attention run first (`qkv_rope_cache` without the add,
+/// `attention_at_units`; `attn` unread). Returns the last layer's `(stream, attn: [1, heads *
+/// hd], k_cache, v_cache)`: layer `l`'s outputs feed layer `l + 1` as [`decode_mlp_attn`]'s
 /// would. On the CubeCL backend one persistent launch for all the layers where the device can
 /// (`braid_kernels::decode_mlp::decode_layers`: no launch boundary between the layers, and each
 /// layer's first weights in flight during the attention before), `prefetch` read into L2
@@ -1208,6 +1212,7 @@ pub fn decode_layers(
     state: Tensor<1, Int>,
     prefetch: [Tensor<2>; 4],
     layers: usize,
+    pre: bool,
 ) -> (Tensor<2>, Tensor<2>, Tensor<4>, Tensor<4>) {
     let [w0, w1, w2, w3] = prefetch;
     let (h, a, k, v) = <Dispatch as FusedOps>::decode_layers(
@@ -1240,6 +1245,7 @@ pub fn decode_layers(
         w2.into_dispatch(),
         w3.into_dispatch(),
         layers,
+        pre,
     );
     let a: Tensor<3> = Tensor::from_dispatch(a);
     let [b, _, n] = a.dims();
@@ -1251,12 +1257,19 @@ pub fn on_cube(x: &Tensor<2>) -> bool {
     x.clone().try_into_primitive::<burn::backend::Cube>().is_ok()
 }
 
-/// Whether the batch-1 decode step runs all its layers but the first's attention inputs and
-/// the last's MLP as one [`decode_layers`] launch where the device can (`$BRAID_DECODE_LAYERS=0`:
-/// one [`decode_mlp_attn`] launch a layer, for comparisons).
+/// Whether the batch-1 decode step runs all its layers but the last's MLP as one
+/// [`decode_layers`] launch where the device can (`$BRAID_DECODE_LAYERS=0`: one
+/// [`decode_mlp_attn`] launch a layer, for comparisons).
 pub fn decode_layers_fused() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("BRAID_DECODE_LAYERS").map_or(true, |s| s.trim() != "0"))
+}
+
+/// Whether that launch runs the first layer's attention inputs and attention too
+/// (`decode_layers`' `pre`; `$BRAID_DECODE_LAYERS_PRE=0`: their own launches, as before).
+pub fn decode_layers_pre() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_DECODE_LAYERS_PRE").map_or(true, |s| s.trim() != "0"))
 }
 
 /// [`attention_at`] with `units` units a cube on the CubeCL backend's row kernel (what

@@ -473,9 +473,11 @@ pub fn decode_mlp_attn(
     (h, a, k, v)
 }
 
-/// Twin of `ops::decode_layers`: [`decode_mlp_attn`] layer by layer over the stacked tensors'
-/// layers (rows `l * n..(l + 1) * n` of each, cache `l`), each layer's stream and attention
-/// output the next's inputs: the last layer's `(stream, attn, k_cache, v_cache)`.
+/// Twin of `ops::decode_layers`: with `pre`, [`qkv_rope_cache`] without the add and
+/// [`attention_at`] of the attention inputs' layer 0 first; then [`decode_mlp_attn`] layer by
+/// layer over the stacks' layers (rows `l * n..(l + 1) * n` of the MLP's, `(l + 1) * n..(l + 2)
+/// * n` of the attention inputs', cache `l + 1`), each layer's stream and attention output the
+/// next's inputs: the last layer's `(stream, attn, k_cache, v_cache)`.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_layers(
     attn: Tensor<2>,
@@ -502,44 +504,76 @@ pub fn decode_layers(
     v_cache: Tensor<4>,
     state: Tensor<1, Int>,
     layers: usize,
+    pre: bool,
 ) -> (Tensor<2>, Tensor<2>, Tensor<4>, Tensor<4>) {
-    let rows2 = |t: &Tensor<2>, l: usize| {
-        let n = t.dims()[0] / layers;
+    // Layer `l` of a stack of `of` layers.
+    let rows2 = |t: &Tensor<2>, l: usize, of: usize| {
+        let n = t.dims()[0] / of;
         t.clone().slice([l * n..(l + 1) * n])
     };
-    let rows1 = |t: &Tensor<1>, l: usize| {
-        let n = t.dims()[0] / layers;
+    let rows1 = |t: &Tensor<1>, l: usize, of: usize| {
+        let n = t.dims()[0] / of;
         t.clone().slice([l * n..(l + 1) * n])
     };
+    let heads = layers + 1;
     let (mut x, mut a, mut kc, mut vc) = (residual, attn, k_cache, v_cache);
-    for l in 0..layers {
-        let (h, next, k, v) = decode_mlp_attn(
-            a,
+    if pre {
+        let (h, q, k, v) = qkv_rope_cache(
+            x.clone(),
             x,
-            rows1(&gamma, l),
-            rows2(&wo, l),
-            rows2(&w_gate, l),
-            rows2(&w_up, l),
-            rows2(&w_down, l),
-            eps,
-            precision,
-            rows1(&gamma_in, l),
-            rows2(&wq, l),
-            rows2(&wk, l),
-            rows2(&wv, l),
-            rows1(&q_weight, l),
-            rows1(&k_weight, l),
+            false,
+            rows1(&gamma_in, 0, heads),
+            rows2(&wq, 0, heads),
+            rows2(&wk, 0, heads),
+            rows2(&wv, 0, heads),
+            rows1(&q_weight, 0, heads),
+            rows1(&k_weight, 0, heads),
             cos.clone(),
             sin.clone(),
             shape,
             eps_in,
             qk_eps,
-            kc.clone().slice([l..l + 1]),
-            vc.clone().slice([l..l + 1]),
+            precision,
+            kc.clone().slice([0..1]),
+            vc.clone().slice([0..1]),
             state.clone(),
         );
-        kc = kc.slice_assign([l..l + 1], k);
-        vc = vc.slice_assign([l..l + 1], v);
+        a = attention_at(q, k.clone(), v.clone(), state.clone(), precision);
+        kc = kc.slice_assign([0..1], k);
+        vc = vc.slice_assign([0..1], v);
+        x = h;
+    }
+    let rows2_mlp = |t: &Tensor<2>, l: usize| rows2(t, l, layers);
+    let rows1_mlp = |t: &Tensor<1>, l: usize| rows1(t, l, layers);
+    for l in 0..layers {
+        let n = l + 1;
+        let (h, next, k, v) = decode_mlp_attn(
+            a,
+            x,
+            rows1_mlp(&gamma, l),
+            rows2_mlp(&wo, l),
+            rows2_mlp(&w_gate, l),
+            rows2_mlp(&w_up, l),
+            rows2_mlp(&w_down, l),
+            eps,
+            precision,
+            rows1(&gamma_in, n, heads),
+            rows2(&wq, n, heads),
+            rows2(&wk, n, heads),
+            rows2(&wv, n, heads),
+            rows1(&q_weight, n, heads),
+            rows1(&k_weight, n, heads),
+            cos.clone(),
+            sin.clone(),
+            shape,
+            eps_in,
+            qk_eps,
+            kc.clone().slice([n..n + 1]),
+            vc.clone().slice([n..n + 1]),
+            state.clone(),
+        );
+        kc = kc.slice_assign([n..n + 1], k);
+        vc = vc.slice_assign([n..n + 1], v);
         (x, a) = (h, next);
     }
     (x, a, kc, vc)

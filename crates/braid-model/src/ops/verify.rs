@@ -634,7 +634,7 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
 }
 
 /// Checks whose "twin" is the launches a fused op replaces: they must agree bit for bit.
-pub const BITWISE_OPS: [&str; 5] = ["qkv_rope_bits", "decode_mlp_bits", "decode_mlp_qkv_bits", "decode_mlp_attn_bits", "decode_layers_bits"];
+pub const BITWISE_OPS: [&str; 6] = ["qkv_rope_bits", "decode_mlp_bits", "decode_mlp_qkv_bits", "decode_mlp_attn_bits", "decode_layers_bits", "decode_layers_pre_bits"];
 
 /// Ops that only move data, checked for exact equality.
 pub const EXACT_OPS: [&str; 2] = ["decode_state", "paged_io"];
@@ -1167,15 +1167,18 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
     ]
 }
 
-/// `decode_layers` over three layers (their weights stacked, fresh random ones each, the case's
-/// magnitudes in the residual stream and the norms' weights; Qwen3-0.6B's widths and heads at
-/// decode over 301 keys, odd widths and small heads elsewhere), on every device:
-/// `decode_layers` = `[stream | attn | k_cache | v_cache]` against the twin and the f64 truth
-/// ([`layer_truth`] layer by layer, each layer's stream and attention the next one's); where
-/// the device runs the one
-/// launch (`ops::decode_mlp_qkv_supported`), `decode_layers_bits` = the same against three
-/// `decode_mlp_attn` launches over the layers' rows, bit for bit, plus the barrier counter
-/// after the launch (`braid_kernels::decode_mlp::rounds_layers` of every cube).
+/// `decode_layers` over three layers (their weights stacked, four layers' attention inputs and
+/// caches, fresh random ones each, the case's magnitudes in the residual stream and the norms'
+/// weights; Qwen3-0.6B's widths and heads at decode over 301 keys, odd widths and small heads
+/// elsewhere), from layer 0's attention output and, as `decode_layers_pre`, from its stream
+/// (the launch running layer 0's attention inputs and attention first), on every device:
+/// `[stream | attn | k_cache | v_cache]` against the twin and the f64 truth ([`layer_truth`]
+/// layer by layer, each layer's stream and attention the next one's); where the device runs
+/// the one
+/// launch (`ops::decode_mlp_qkv_supported`), `decode_layers_bits` (`_pre_bits`) = the same
+/// against three `decode_mlp_attn` launches over the layers' rows (after `qkv_rope_cache` and
+/// `attention_at_units` for layer 0), bit for bit, plus the barrier counter after the launch
+/// (`braid_kernels::decode_mlp::rounds_layers` of every cube).
 fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpCheck> {
     use burn::tensor::Int;
     const LAYERS: usize = 3;
@@ -1185,88 +1188,127 @@ fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Ve
     let (q_dim, hidden, inter) = if decode { (2048, 1024, 3072) } else { (heads * hd, 264, 2056) };
     let shape = QkShape { batch: 1, seq: 1, heads, kv_heads, head_dim: hd };
     let eps = 1e-6;
-    let l = LAYERS;
+    // `l` layers' MLPs, `n` layers' attention inputs and caches (iteration `i` runs `i + 1`'s).
+    let (l, n) = (LAYERS, LAYERS + 1);
     let (nq, nk) = (heads * hd, kv_heads * hd);
     let attn = ctx.t(rng.vec(q_dim, 1.0), [1, q_dim]);
     let res = ctx.t(input(rng, 1, hidden, case), [1, hidden]);
-    let norms = |rng: &mut Rng, n: usize, peak: f32| -> Vec<f32> { (0..l).flat_map(|_| rng.norm_weights(n, 1.0, 0.2, peak)).collect() };
-    let g = ctx.t(norms(rng, hidden, case.peak), [l * hidden]);
+    let norms = |rng: &mut Rng, len: usize, of: usize, peak: f32| -> Vec<f32> { (0..of).flat_map(|_| rng.norm_weights(len, 1.0, 0.2, peak)).collect() };
+    let g = ctx.t(norms(rng, hidden, l, case.peak), [l * hidden]);
     let wo = ctx.t(rng.vec(l * hidden * q_dim, 0.02), [l * hidden, q_dim]);
     let wg = ctx.t(rng.vec(l * inter * hidden, 0.1), [l * inter, hidden]);
     let wu = ctx.t(rng.vec(l * inter * hidden, 0.1), [l * inter, hidden]);
     let wd = ctx.t(rng.vec(l * hidden * inter, 0.02), [l * hidden, inter]);
-    let g_in = ctx.t(norms(rng, hidden, case.peak), [l * hidden]);
-    let ws: Vec<Tensor<2>> = [nq, nk, nk].iter().map(|&n| ctx.t(rng.vec(l * n * hidden, 0.1), [l * n, hidden])).collect();
-    let qw = ctx.t(norms(rng, hd, 0.0), [l * hd]);
-    let kw = ctx.t(norms(rng, hd, case.peak), [l * hd]);
+    let g_in = ctx.t(norms(rng, hidden, n, case.peak), [n * hidden]);
+    let ws: Vec<Tensor<2>> = [nq, nk, nk].iter().map(|&w| ctx.t(rng.vec(n * w * hidden, 0.1), [n * w, hidden])).collect();
+    let qw = ctx.t(norms(rng, hd, n, 0.0), [n * hd]);
+    let kw = ctx.t(norms(rng, hd, n, case.peak), [n * hd]);
     let pos = if decode { 300 } else { 3 + case.rows % 5 };
     let cap = pos + 4;
     let rope = RotaryEmbedding::new(hd, 1.0e6).tables(pos, 1, ctx.device);
     let (cos, sin) = (rope.cos, rope.sin);
     let state = Tensor::<1, Int>::from_data(TensorData::new(vec![1u32, pos as u32], [2]), (ctx.device, DType::U32));
-    let dims = [l, kv_heads, cap, hd];
-    let len = l * kv_heads * cap * hd;
+    let dims = [n, kv_heads, cap, hd];
+    let len = n * kv_heads * cap * hd;
     let (k_dev, v_dev) = (ctx.t(rng.vec(len, 1.0), dims), ctx.t(rng.vec(len, 1.0), dims));
     let words = super::decode_sync_words(hidden, inter, heads, kv_heads, hd);
     let bar = Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; words], [words]), (ctx.device, DType::U32));
     let pf = || [wo.clone(), wg.clone(), wu.clone(), wd.clone()];
-    // The truth, layer by layer on the host.
-    let truth = {
+    // The truth, layer by layer on the host (`pre`: layer 0's attention inputs and attention
+    // from the stream first).
+    let truth = |pre: bool| -> Vec<f64> {
         let (hm, hv) = (|t: &Tensor<2>| host(t.clone()), |t: &Tensor<1>| host(t.clone()));
-        let part = |v: &[f64], i: usize| v[i * v.len() / l..(i + 1) * v.len() / l].to_vec();
-        let mats = [hm(&wo), hm(&wg), hm(&wu), hm(&wd), hm(&ws[0]), hm(&ws[1]), hm(&ws[2])];
-        let norms = [hv(&g), hv(&g_in), hv(&qw), hv(&kw)];
+        let part = |v: &[f64], i: usize, of: usize| v[i * v.len() / of..(i + 1) * v.len() / of].to_vec();
+        let (mlp, inputs) = ([hm(&wo), hm(&wg), hm(&wu), hm(&wd)], [hm(&ws[0]), hm(&ws[1]), hm(&ws[2])]);
+        let (g_h, inputs_n) = (hv(&g), [hv(&g_in), hv(&qw), hv(&kw)]);
         let (mut kt, mut vt) = (host(k_dev.clone()), host(v_dev.clone()));
-        let per = kt.len() / l;
+        let per = kt.len() / n;
+        let rope = (hm(&cos), hm(&sin));
         let (mut x, mut a) = (hm(&res), hm(&attn));
+        if pre {
+            let w = inputs.clone().map(|v| part(&v, 0, n));
+            let nw = inputs_n.clone().map(|v| part(&v, 0, n));
+            let (kc, vc) = (&mut kt[..per], &mut vt[..per]);
+            a = head_truth(ctx, &x, &w, &nw, (&rope.0, &rope.1), shape, hidden, (kc, vc), (pos, cap), eps).1;
+        }
         for i in 0..l {
-            let m = mats.clone().map(|v| part(&v, i));
-            let nw = norms.clone().map(|v| part(&v, i));
-            let (kc, vc) = (&mut kt[i * per..(i + 1) * per], &mut vt[i * per..(i + 1) * per]);
-            let (stream, _, ta) = layer_truth(ctx, &a, &x, &m, &nw, (&hm(&cos), &hm(&sin)), shape, (hidden, inter), (kc, vc), (pos, cap), eps);
+            let m = mlp.clone().map(|v| part(&v, i, l));
+            let w = inputs.clone().map(|v| part(&v, i + 1, n));
+            let nw = inputs_n.clone().map(|v| part(&v, i + 1, n));
+            let mats = [m[0].clone(), m[1].clone(), m[2].clone(), m[3].clone(), w[0].clone(), w[1].clone(), w[2].clone()];
+            let norms = [part(&g_h, i, l), nw[0].clone(), nw[1].clone(), nw[2].clone()];
+            let (kc, vc) = (&mut kt[(i + 1) * per..(i + 2) * per], &mut vt[(i + 1) * per..(i + 2) * per]);
+            let (stream, _, ta) = layer_truth(ctx, &a, &x, &mats, &norms, (&rope.0, &rope.1), shape, (hidden, inter), (kc, vc), (pos, cap), eps);
             (x, a) = (stream, ta);
         }
         [x, a, kt, vt].concat()
     };
-    // 0: the op; 1: the twin; 2: one `decode_mlp_attn` a layer.
-    let run = |way: usize| -> Vec<f64> {
+    // 0: the op; 1: the twin; 2: `qkv_rope_cache` + `attention_at_units` (with `pre`), then one
+    // `decode_mlp_attn` a layer.
+    let run = |way: usize, pre: bool| -> Vec<f64> {
         // Fresh copies: the ops write the caches in place.
         let (k2, v2) = (k_dev.clone() + 0.0, v_dev.clone() + 0.0);
         let (attn, res, g, wo, wg, wu, wd) = (attn.clone(), res.clone(), g.clone(), wo.clone(), wg.clone(), wu.clone(), wd.clone());
         let (g_in, qw, kw, cos, sin, st) = (g_in.clone(), qw.clone(), kw.clone(), cos.clone(), sin.clone(), state.clone());
         let [wq, wk, wv] = [ws[0].clone(), ws[1].clone(), ws[2].clone()];
         let (s, a, k2, v2) = match way {
-            0 => super::decode_layers(attn, res, g, wo, wg, wu, wd, eps, p, &bar, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st, pf(), l),
-            1 => reference::decode_layers(attn, res, g, wo, wg, wu, wd, eps, p, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st, l),
+            0 => super::decode_layers(attn, res, g, wo, wg, wu, wd, eps, p, &bar, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st, pf(), l, pre),
+            1 => reference::decode_layers(attn, res, g, wo, wg, wu, wd, eps, p, g_in, wq, wk, wv, qw, kw, cos, sin, shape, eps, eps, k2, v2, st, l, pre),
             _ => {
-                let rows2 = |t: &Tensor<2>, i: usize| {
-                    let n = t.dims()[0] / l;
-                    t.clone().slice([i * n..(i + 1) * n])
+                let rows2 = |t: &Tensor<2>, i: usize, of: usize| {
+                    let w = t.dims()[0] / of;
+                    t.clone().slice([i * w..(i + 1) * w])
                 };
-                let rows1 = |t: &Tensor<1>, i: usize| {
-                    let n = t.dims()[0] / l;
-                    t.clone().slice([i * n..(i + 1) * n])
+                let rows1 = |t: &Tensor<1>, i: usize, of: usize| {
+                    let w = t.dims()[0] / of;
+                    t.clone().slice([i * w..(i + 1) * w])
                 };
                 let (mut x, mut a, mut kc, mut vc) = (res, attn, k2, v2);
+                if pre {
+                    let (h, q, k, v) = super::qkv_rope_cache(
+                        x.clone(),
+                        x,
+                        false,
+                        rows1(&g_in, 0, n),
+                        rows2(&wq, 0, n),
+                        rows2(&wk, 0, n),
+                        rows2(&wv, 0, n),
+                        rows1(&qw, 0, n),
+                        rows1(&kw, 0, n),
+                        cos.clone(),
+                        sin.clone(),
+                        shape,
+                        eps,
+                        eps,
+                        p,
+                        kc.clone().slice([0..1]) + 0.0,
+                        vc.clone().slice([0..1]) + 0.0,
+                        st.clone(),
+                    );
+                    a = super::attention_at_units(q, k.clone(), v.clone(), st.clone(), p, super::decode_mlp_units());
+                    kc = kc.slice_assign([0..1], k);
+                    vc = vc.slice_assign([0..1], v);
+                    x = h;
+                }
                 for i in 0..l {
-                    let at = [i..i + 1];
+                    let at = [i + 1..i + 2];
                     let (h, next, k, v) = super::decode_mlp_attn(
                         a,
                         x,
-                        rows1(&g, i),
-                        rows2(&wo, i),
-                        rows2(&wg, i),
-                        rows2(&wu, i),
-                        rows2(&wd, i),
+                        rows1(&g, i, l),
+                        rows2(&wo, i, l),
+                        rows2(&wg, i, l),
+                        rows2(&wu, i, l),
+                        rows2(&wd, i, l),
                         eps,
                         p,
                         &bar,
-                        rows1(&g_in, i),
-                        rows2(&wq, i),
-                        rows2(&wk, i),
-                        rows2(&wv, i),
-                        rows1(&qw, i),
-                        rows1(&kw, i),
+                        rows1(&g_in, i + 1, n),
+                        rows2(&wq, i + 1, n),
+                        rows2(&wk, i + 1, n),
+                        rows2(&wv, i + 1, n),
+                        rows1(&qw, i + 1, n),
+                        rows1(&kw, i + 1, n),
                         cos.clone(),
                         sin.clone(),
                         shape,
@@ -1286,21 +1328,28 @@ fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Ve
         };
         [host(s), host(a), host(k2), host(v2)].concat()
     };
-    ctx.poison(nq + hidden);
-    let fused = run(0);
-    let count = barrier_count(bar.clone());
-    let twin = run(1);
-    let mut out = vec![record("decode_layers", case.name, p, &fused, &twin, &truth)];
-    let probe = ctx.t(vec![0.0; q_dim], [1, q_dim]);
-    if super::decode_mlp_qkv_supported(&probe, q_dim, hidden, inter, shape) {
-        // One launch where its phases are tagged (bf16, f16), else one a layer.
-        let options = super::decode_mlp_options();
-        let tagged = ctx.dtype.size() == 2;
-        let launch = if tagged && options.tags { braid_kernels::decode_mlp::rounds_layers(true, true, options, l as u32) } else { l as u32 * super::decode_mlp_rounds(true, ctx.dtype) };
-        let rounds = f64::from(launch * super::BARRIER_CUBES);
-        let layered = run(2);
-        let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
-        out.push(record("decode_layers_bits", case.name, p, &with(&fused, count), &with(&layered, rounds), &with(&truth, rounds)));
+    let mut out = Vec::new();
+    for pre in [false, true] {
+        let (name, bits) = if pre { ("decode_layers_pre", "decode_layers_pre_bits") } else { ("decode_layers", "decode_layers_bits") };
+        let truth = truth(pre);
+        ctx.poison(nq + hidden);
+        let before = barrier_count(bar.clone());
+        let fused = run(0, pre);
+        let count = barrier_count(bar.clone()) - before;
+        let twin = run(1, pre);
+        out.push(record(name, case.name, p, &fused, &twin, &truth));
+        let probe = ctx.t(vec![0.0; q_dim], [1, q_dim]);
+        if super::decode_mlp_qkv_supported(&probe, q_dim, hidden, inter, shape) {
+            // One launch where its phases are tagged (bf16, f16; `pre` takes no barrier), else
+            // `qkv_rope_cache` (none) and one launch a layer.
+            let options = super::decode_mlp_options();
+            let tagged = ctx.dtype.size() == 2;
+            let launch = if tagged && options.tags { braid_kernels::decode_mlp::rounds_layers(true, true, options, l as u32) } else { l as u32 * super::decode_mlp_rounds(true, ctx.dtype) };
+            let rounds = f64::from(launch * super::BARRIER_CUBES);
+            let layered = run(2, pre);
+            let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
+            out.push(record(bits, case.name, p, &with(&fused, count), &with(&layered, rounds), &with(&truth, rounds)));
+        }
     }
     out
 }
@@ -1326,8 +1375,6 @@ fn layer_truth(
     (pos, cap): (usize, usize),
     eps: f64,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let QkShape { heads, kv_heads, head_dim: hd, .. } = shape;
-    let (nq, nk) = (heads * hd, kv_heads * hd);
     let [wo, wg, wu, wd, wq, wk, wv] = mats;
     let [g, g_in, qw, kw] = norms;
     let q_dim = attn.len();
@@ -1339,7 +1386,31 @@ fn layer_truth(
     let act: Vec<f64> = gg.iter().zip(&uu).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
     let down = host_matmul_t(&act, wd, 1, inter, hidden);
     let stream: Vec<f64> = h.iter().zip(&down).map(|(a, b)| a + b).collect();
-    let normed_in = rms_rows(&stream, g_in, 1, hidden, eps);
+    let (tq, ta) = head_truth(ctx, &stream, &[wq.clone(), wk.clone(), wv.clone()], &[g_in.clone(), qw.clone(), kw.clone()], (cos, sin), shape, hidden, (kt, vt), (pos, cap), eps);
+    (stream, tq, ta)
+}
+
+/// [`layer_truth`]'s second half: from the stream, a layer's input norm, projections (`ws = [wq,
+/// wk, wv]`, rounded to the dtype), QK-norm + RoPE (`norms = [gamma_in, q_weight, k_weight]`),
+/// its new key and value into `kt`, `vt` at `pos`, and its attention: `(q, attn)`.
+#[allow(clippy::too_many_arguments)]
+fn head_truth(
+    ctx: &Ctx,
+    stream: &[f64],
+    ws: &[Vec<f64>; 3],
+    norms: &[Vec<f64>; 3],
+    (cos, sin): (&[f64], &[f64]),
+    shape: QkShape,
+    hidden: usize,
+    (kt, vt): (&mut [f64], &mut [f64]),
+    (pos, cap): (usize, usize),
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let QkShape { heads, kv_heads, head_dim: hd, .. } = shape;
+    let (nq, nk) = (heads * hd, kv_heads * hd);
+    let [wq, wk, wv] = ws;
+    let [g_in, qw, kw] = norms;
+    let normed_in = rms_rows(stream, g_in, 1, hidden, eps);
     let mut proj = Vec::with_capacity(nq + 2 * nk);
     for (w, n) in [(wq, nq), (wk, nk), (wv, nk)] {
         proj.extend(host_matmul_t(&normed_in, w, 1, hidden, n));
@@ -1365,7 +1436,7 @@ fn layer_truth(
             ta.push((0..=pos).map(|j| e[j] / z * vt[(g * cap + j) * hd + d]).sum());
         }
     }
-    (stream, tq, ta)
+    (tq, ta)
 }
 
 /// The ticket counter of a barrier buffer (cube arrivals since it was zeros).
