@@ -206,8 +206,8 @@ fn stack_caches(cache: &mut KvCache) -> (Tensor<4>, Tensor<4>) {
     let k = Tensor::cat(rest.iter().map(|c| c.k.clone()).collect(), 0);
     let v = Tensor::cat(rest.iter().map(|c| c.v.clone()).collect(), 0);
     for (i, c) in rest.iter_mut().enumerate() {
-        c.k = k.clone().slice([i..i + 1]);
-        c.v = v.clone().slice([i..i + 1]);
+        c.k = k.clone().slice(i..i + 1);
+        c.v = v.clone().slice(i..i + 1);
     }
     (k, v)
 }

@@ -414,13 +414,15 @@ pub fn decode_mlp_qkv(
 }
 
 /// [`decode_mlp_qkv`] with the attention ([`NextLayer::attend`]) over `layers` layers in one
-/// launch: iteration `l` runs phases A-C of layer `l` of `args`' stacked weights (`wo: [layers
-/// * hidden, q_dim]`, `gamma: [layers * hidden]`, `wg`, `wu: [layers * inter, hidden]`, `wd:
-/// [layers * hidden, inter]`) and phases D-E of layer `l` of `next.head`'s (`gamma: [layers *
-/// hidden]`, `wq: [layers * heads * hd, hidden]`, `wk`, `wv: [layers * kv_heads * hd, hidden]`,
-/// `q_weight`, `k_weight: [layers * hd]`, caches `[layers, kv_heads, capacity, hd]`: each the
-/// layer after `args`' layer `l`); the next iteration starts from that attention output (as
-/// tagged words behind an unfenced grid barrier) and the stream (in registers). `args.attn`
+/// launch: iteration `l` runs phases A-C of layer `l` of `args`' stacked weights
+/// (`wo: [layers * hidden, q_dim]`, `gamma: [layers * hidden]`, `wg`,
+/// `wu: [layers * inter, hidden]`, `wd: [layers * hidden, inter]`) and phases D-E of layer
+/// `l + head_from` of `next.head`'s (`gamma: [n * hidden]`, `wq: [n * heads * hd, hidden]`,
+/// `wk`, `wv: [n * kv_heads * hd, hidden]`, `q_weight`, `k_weight: [n * hd]`, caches
+/// `[n, kv_heads, capacity, hd]`, `n = layers + head_from`: that layer is the one after `args`'
+/// layer `l`); the next iteration starts from that attention output (as
+/// tagged words, awaited without a barrier unless [`DecodeMlpOptions::a_barrier`]) and the
+/// stream (in registers). `args.attn`
 /// and `args.residual` enter the first; returns the last's stream and attention output (`q`:
 /// the last's q), and the tensors `next.attend` names are read into L2 during the last
 /// iteration's attention only. Bit for bit `layers` launches of [`decode_mlp_qkv`] over the

@@ -351,7 +351,7 @@ pub fn advance(ids: Tensor<1, Int>, state: Tensor<1, Int>, history: Tensor<1, In
     let state = Tensor::<1, Int>::from_data(TensorData::new(vec![next, pos as i64 + 1], [2]), (&device, dtype));
     let cap = history.dims()[0];
     #[allow(clippy::single_range_in_vec_init)] // one range: a 1-D slice
-    let history = if pos + 1 < cap { history.slice_assign([pos + 1..pos + 2], ids.narrow(0, 0, 1).cast(dtype)) } else { history };
+    let history = if pos + 1 < cap { history.slice_assign(pos + 1..pos + 2, ids.narrow(0, 0, 1).cast(dtype)) } else { history };
     (state, history)
 }
 
@@ -509,11 +509,11 @@ pub fn decode_layers(
     // Layer `l` of a stack of `of` layers.
     let rows2 = |t: &Tensor<2>, l: usize, of: usize| {
         let n = t.dims()[0] / of;
-        t.clone().slice([l * n..(l + 1) * n])
+        t.clone().slice(l * n..(l + 1) * n)
     };
     let rows1 = |t: &Tensor<1>, l: usize, of: usize| {
         let n = t.dims()[0] / of;
-        t.clone().slice([l * n..(l + 1) * n])
+        t.clone().slice(l * n..(l + 1) * n)
     };
     let heads = layers + 1;
     let (mut x, mut a, mut kc, mut vc) = (residual, attn, k_cache, v_cache);
@@ -534,13 +534,13 @@ pub fn decode_layers(
             eps_in,
             qk_eps,
             precision,
-            kc.clone().slice([0..1]),
-            vc.clone().slice([0..1]),
+            kc.clone().slice(0..1),
+            vc.clone().slice(0..1),
             state.clone(),
         );
         a = attention_at(q, k.clone(), v.clone(), state.clone(), precision);
-        kc = kc.slice_assign([0..1], k);
-        vc = vc.slice_assign([0..1], v);
+        kc = kc.slice_assign(0..1, k);
+        vc = vc.slice_assign(0..1, v);
         x = h;
     }
     let rows2_mlp = |t: &Tensor<2>, l: usize| rows2(t, l, layers);
@@ -568,12 +568,12 @@ pub fn decode_layers(
             shape,
             eps_in,
             qk_eps,
-            kc.clone().slice([n..n + 1]),
-            vc.clone().slice([n..n + 1]),
+            kc.clone().slice(n..n + 1),
+            vc.clone().slice(n..n + 1),
             state.clone(),
         );
-        kc = kc.slice_assign([n..n + 1], k);
-        vc = vc.slice_assign([n..n + 1], v);
+        kc = kc.slice_assign(n..n + 1, k);
+        vc = vc.slice_assign(n..n + 1, v);
         (x, a) = (h, next);
     }
     (x, a, kc, vc)

@@ -1167,7 +1167,8 @@ fn check_decode_mlp_qkv(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> V
     ]
 }
 
-/// `decode_layers` over three layers (their weights stacked, four layers' attention inputs and
+/// `decode_layers` over three layers where the device runs `decode_mlp_attn`'s launches or
+/// their fallbacks (Flex; CubeCL devices with plane operations) (their weights stacked, four layers' attention inputs and
 /// caches, fresh random ones each, the case's magnitudes in the residual stream and the norms'
 /// weights; Qwen3-0.6B's widths and heads at decode over 301 keys, odd widths and small heads
 /// elsewhere), from layer 0's attention output and, as `decode_layers_pre`, from its stream
@@ -1188,6 +1189,12 @@ fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Ve
     let (q_dim, hidden, inter) = if decode { (2048, 1024, 3072) } else { (heads * hd, 264, 2056) };
     let shape = QkShape { batch: 1, seq: 1, heads, kv_heads, head_dim: hd };
     let eps = 1e-6;
+    // (On the CubeCL backend the op, and the launches it falls back to, need the one-launch
+    // QKV + RoPE: plane operations. Flex runs the twin.)
+    let probe = ctx.t(vec![0.0; q_dim], [1, q_dim]);
+    if super::on_cube(&probe) && !super::qkv_rope_supported(&probe) {
+        return Vec::new();
+    }
     // `l` layers' MLPs, `n` layers' attention inputs and caches (iteration `i` runs `i + 1`'s).
     let (l, n) = (LAYERS, LAYERS + 1);
     let (nq, nk) = (heads * hd, kv_heads * hd);
@@ -1257,11 +1264,11 @@ fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Ve
             _ => {
                 let rows2 = |t: &Tensor<2>, i: usize, of: usize| {
                     let w = t.dims()[0] / of;
-                    t.clone().slice([i * w..(i + 1) * w])
+                    t.clone().slice(i * w..(i + 1) * w)
                 };
                 let rows1 = |t: &Tensor<1>, i: usize, of: usize| {
                     let w = t.dims()[0] / of;
-                    t.clone().slice([i * w..(i + 1) * w])
+                    t.clone().slice(i * w..(i + 1) * w)
                 };
                 let (mut x, mut a, mut kc, mut vc) = (res, attn, k2, v2);
                 if pre {
@@ -1281,17 +1288,17 @@ fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Ve
                         eps,
                         eps,
                         p,
-                        kc.clone().slice([0..1]) + 0.0,
-                        vc.clone().slice([0..1]) + 0.0,
+                        kc.clone().slice(0..1) + 0.0,
+                        vc.clone().slice(0..1) + 0.0,
                         st.clone(),
                     );
                     a = super::attention_at_units(q, k.clone(), v.clone(), st.clone(), p, super::decode_mlp_units());
-                    kc = kc.slice_assign([0..1], k);
-                    vc = vc.slice_assign([0..1], v);
+                    kc = kc.slice_assign(0..1, k);
+                    vc = vc.slice_assign(0..1, v);
                     x = h;
                 }
                 for i in 0..l {
-                    let at = [i + 1..i + 2];
+                    let at = i + 1..i + 2;
                     let (h, next, k, v) = super::decode_mlp_attn(
                         a,
                         x,
@@ -1338,7 +1345,6 @@ fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Ve
         let count = barrier_count(bar.clone()) - before;
         let twin = run(1, pre);
         out.push(record(name, case.name, p, &fused, &twin, &truth));
-        let probe = ctx.t(vec![0.0; q_dim], [1, q_dim]);
         if super::decode_mlp_qkv_supported(&probe, q_dim, hidden, inter, shape) {
             // One launch where its phases are tagged (bf16, f16; `pre` takes no barrier), else
             // `qkv_rope_cache` (none) and one launch a layer.
