@@ -120,15 +120,7 @@ impl Qwen3 {
             );
             s.stacked = Some((kc, vc));
             let (x, carry) = last.decode_step(x, Carry::Attn(attn), &rope, &mut s.cache.layers[n - 1], &s.state, &s.barrier, &plans[n - 1], None);
-            let pending = match carry {
-                Carry::Down(down) => Some(down),
-                Carry::None | Carry::Q(_) | Carry::Attn(_) => None,
-            };
-            let ids = self.greedy_ids(x, pending);
-            let (state, history) = ops::advance(ids, s.state.clone(), s.history.clone());
-            s.state = state;
-            s.history = history;
-            return;
+            return self.finish_step(s, x, carry);
         }
         let mut carry = Carry::None;
         for i in 0..layers.len() {
@@ -142,6 +134,13 @@ impl Qwen3 {
             x = stream;
             carry = c;
         }
+        self.finish_step(s, x, carry);
+    }
+
+    /// The step's end after the last layer (`x` its stream, `carry` what it left): the final
+    /// norm (with the pending MLP output added), the head, the argmax, and `state` and `history`
+    /// advanced by it.
+    fn finish_step(&self, s: &mut DecodeState, x: Tensor<2>, carry: Carry) {
         // (The last layer has no next to carry a `q` to.)
         let pending = match carry {
             Carry::Down(down) => Some(down),

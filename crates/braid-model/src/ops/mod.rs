@@ -1268,7 +1268,8 @@ pub fn decode_layers_fused() -> bool {
 /// Whether that launch runs the first layer's attention inputs and attention too
 /// (`decode_layers`' `pre`, `$BRAID_DECODE_LAYERS_PRE=1`). Off: their own launches (1,443.4 /
 /// 1,444.1 tok/s against 1,334.0 / 1,329.6 with `pre`, H100, 2026-11-27: bit for bit the same,
-/// but the launch with the first layer's phases D and E before its loop is 8% slower).
+/// but the launch with a second copy of phases D and E before its loop needs 255 registers a
+/// unit and spills, where it holds 252 and none without).
 pub fn decode_layers_pre() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("BRAID_DECODE_LAYERS_PRE").is_ok_and(|s| s.trim() == "1"))
