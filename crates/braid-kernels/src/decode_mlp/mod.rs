@@ -168,11 +168,23 @@ impl Default for DecodeMlpOptions {
 /// count): two for [`decode_mlp`]; for [`decode_mlp_qkv`] (`next`) four, or three with tagged
 /// phases (`tagged`: `options.tags` and a 16-bit dtype; phase E then waits on its words
 /// without a barrier, unless `options.e_barrier`); twice as many with [`PROBE_EXTRA_BARRIER`];
-/// for [`decode_layers`] of `layers` layers, that many a layer and one more before each layer's
-/// phase A but the first.
-pub fn rounds_layers(next: bool, tagged: bool, options: DecodeMlpOptions, layers: u32) -> u32 {
-    let a = if options.a_barrier { layers.saturating_sub(1) } else { 0 };
+/// for [`decode_layers`] of `layers` layers, that many a layer and with `options.a_barrier` one
+/// more before each layer's phase A but the first (the first's too with `pre`).
+pub fn rounds_layers(next: bool, tagged: bool, options: DecodeMlpOptions, layers: u32, pre: bool) -> u32 {
+    let a = if options.a_barrier { (layers + u32::from(pre)).saturating_sub(1) } else { 0 };
     rounds(next, tagged, options) * layers + a
+}
+
+/// `options` as [`decode_layers`] runs them on `client` for next layers of `nqkv` q/k/v
+/// features: the barrier before phase A ([`DecodeMlpOptions::a_barrier`]) forced on where the
+/// grid may have more planes than features. Without the barrier a cube starts the next
+/// iteration's phase A once every head's words exist, which holds back only the cubes whose
+/// planes compute a q/k/v feature: a cube with none could still be reading the `o` words the
+/// next iteration rewrites (it would then wait for a round that never comes).
+pub fn layers_options(client: &Client, options: DecodeMlpOptions, nqkv: usize) -> DecodeMlpOptions {
+    let pmin = client.properties().hardware.plane_size_min.max(1) as usize;
+    let planes = BARRIER_CUBES as usize * options.units / pmin;
+    DecodeMlpOptions { a_barrier: options.a_barrier || nqkv < planes, ..options }
 }
 
 /// [`rounds_layers`] of one layer.
@@ -532,6 +544,7 @@ fn run(
         return Err(c.shape_err("bar", &args.bar, why));
     }
     let refuse = |why: String| KernelError::Unsupported { kernel: c.kernel(), what: format!("{q_dim} -> {hidden} -> {inter} on this device"), why };
+    let options = if layers > 1 || pre { layers_options(client, options, nqkv) } else { options };
     // Each iteration after the first reads the one before's attention output as tagged words.
     if layers == 0 || ((layers > 1 || pre || head_from > 0) && !(tags && next.as_ref().is_some_and(|n| n.attend.is_some() && n.shape.heads * n.shape.head_dim == q_dim))) {
         return Err(refuse(format!("{layers} layers in one launch: at least one; more need the tagged phases (bf16 or f16 with tags on) and the attention, whose output is the next layer's o_proj input")));
@@ -757,10 +770,12 @@ mod tests {
         assert_eq!(rounds(true, true, with(true, false, PROBE_EXTRA_BARRIER)), 6);
         // `decode_layers`: three a layer, and with `a_barrier` one before each layer's phase A
         // but the first.
-        assert_eq!(rounds_layers(true, true, with(true, false, 0), 27), 27 * 3);
+        assert_eq!(rounds_layers(true, true, with(true, false, 0), 27, false), 27 * 3);
+        assert_eq!(rounds_layers(true, true, with(true, false, 0), 27, true), 27 * 3);
         let a = DecodeMlpOptions { a_barrier: true, ..with(true, false, 0) };
-        assert_eq!(rounds_layers(true, true, a, 27), 27 * 3 + 26);
-        assert_eq!(rounds_layers(true, true, a, 1), 3);
+        assert_eq!(rounds_layers(true, true, a, 27, false), 27 * 3 + 26);
+        assert_eq!(rounds_layers(true, true, a, 27, true), 27 * 3 + 27);
+        assert_eq!(rounds_layers(true, true, a, 1, false), 3);
     }
 
     #[test]

@@ -1252,6 +1252,16 @@ pub fn decode_layers(
     (Tensor::from_dispatch(h), a.reshape([b, n]), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
 }
 
+/// The grid barrier rounds one [`decode_layers`] launch of `layers` layers (with `pre` or not)
+/// with next layers' heads `shape` takes on `x`'s device, where it runs as one launch in bf16 or f16
+/// (`braid_kernels::decode_mlp::rounds_layers` with the options it runs: `layers_options`).
+pub fn decode_layers_rounds(x: &Tensor<2>, layers: usize, shape: QkShape, pre: bool) -> Option<u32> {
+    let t = x.clone().try_into_primitive::<burn::backend::Cube>().ok()?;
+    let nqkv = (shape.heads + 2 * shape.kv_heads) * shape.head_dim;
+    let options = braid_kernels::decode_mlp::layers_options(&t.client, decode_mlp_options(), nqkv);
+    Some(braid_kernels::decode_mlp::rounds_layers(true, true, options, layers as u32, pre))
+}
+
 /// Whether `x` lives on the CubeCL backend (CUDA, wgpu), where `braid-kernels` launch.
 pub fn on_cube(x: &Tensor<2>) -> bool {
     x.clone().try_into_primitive::<burn::backend::Cube>().is_ok()

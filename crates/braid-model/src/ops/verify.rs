@@ -1350,7 +1350,8 @@ fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Ve
             // `qkv_rope_cache` (none) and one launch a layer.
             let options = super::decode_mlp_options();
             let tagged = ctx.dtype.size() == 2;
-            let launch = if tagged && options.tags { braid_kernels::decode_mlp::rounds_layers(true, true, options, l as u32) } else { l as u32 * super::decode_mlp_rounds(true, ctx.dtype) };
+            let one = super::decode_layers_rounds(&probe, l, shape, pre).filter(|_| tagged && options.tags);
+            let launch = one.unwrap_or(l as u32 * super::decode_mlp_rounds(true, ctx.dtype));
             let rounds = f64::from(launch * super::BARRIER_CUBES);
             let layered = run(2, pre);
             let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
