@@ -81,3 +81,73 @@ impl LayerStacks {
         Some(Self { post_norm, wo, gate, up, down, input_norm, wq, wk, wv, q_norm, k_norm })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{DType, Device, Tensor, TensorData};
+
+    use super::LayerStacks;
+    use crate::nn::{Attention, DecoderLayer, Linear, Mlp, RmsNorm};
+
+    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    }
+
+    /// Layer `l` of a model whose every weight element is `1000 * l + its kind + its index`.
+    fn layer(l: usize, d: &Device) -> DecoderLayer {
+        let (hidden, inter, hd, heads, kv) = (8, 12, 4, 2, 1);
+        let t2 = |kind: usize, r: usize, c: usize| {
+            let v = (0..r * c).map(|i| (1000 * l + 100 * kind + i) as f32).collect();
+            Tensor::<2>::from_data(TensorData::new(v, [r, c]), (d, DType::F32))
+        };
+        let t1 = |kind: usize, n: usize| {
+            let v = (0..n).map(|i| (1000 * l + 100 * kind + i) as f32).collect();
+            Tensor::<1>::from_data(TensorData::new(v, [n]), (d, DType::F32))
+        };
+        DecoderLayer {
+            input_layernorm: RmsNorm::new(t1(0, hidden), 1e-6),
+            self_attn: Attention {
+                q_proj: Linear::new(t2(1, heads * hd, hidden), None),
+                k_proj: Linear::new(t2(2, kv * hd, hidden), None),
+                v_proj: Linear::new(t2(3, kv * hd, hidden), None),
+                o_proj: Linear::new(t2(4, hidden, heads * hd), None),
+                q_norm: RmsNorm::new(t1(5, hd), 1e-6),
+                k_norm: RmsNorm::new(t1(6, hd), 1e-6),
+                num_heads: heads,
+                num_kv_heads: kv,
+                head_dim: hd,
+            },
+            post_attention_layernorm: RmsNorm::new(t1(7, hidden), 1e-6),
+            mlp: Mlp { gate_proj: Linear::new(t2(8, inter, hidden), None), up_proj: Linear::new(t2(9, inter, hidden), None), down_proj: Linear::new(t2(10, hidden, inter), None) },
+        }
+    }
+
+    #[test]
+    fn stacks_hold_each_layers_rows_in_order_and_leave_the_layers_their_weights() {
+        let d = Device::flex();
+        let mut layers: Vec<DecoderLayer> = (0..4).map(|l| layer(l, &d)).collect();
+        assert!(LayerStacks::build(&mut layers[..2]).is_none(), "two layers: nothing to stack");
+        let before: Vec<Vec<f32>> = layers.iter().flat_map(|l| [host(l.self_attn.o_proj.weight.val()), host(l.mlp.down_proj.weight.val()), host(l.self_attn.q_proj.weight.val())]).collect();
+        let s = LayerStacks::build(&mut layers).expect("four layers stack");
+        // The MLP side: layers 0..3; the attention inputs: all four.
+        let cat = |f: &dyn Fn(&DecoderLayer) -> Vec<f32>, range: std::ops::Range<usize>| -> Vec<f32> { layers[range].iter().flat_map(f).collect() };
+        assert_eq!(host(s.wo.clone()), cat(&|l| host(l.self_attn.o_proj.weight.val()), 0..3));
+        assert_eq!(host(s.gate.clone()), cat(&|l| host(l.mlp.gate_proj.weight.val()), 0..3));
+        assert_eq!(host(s.up.clone()), cat(&|l| host(l.mlp.up_proj.weight.val()), 0..3));
+        assert_eq!(host(s.down.clone()), cat(&|l| host(l.mlp.down_proj.weight.val()), 0..3));
+        assert_eq!(host(s.post_norm.clone()), cat(&|l| host(l.post_attention_layernorm.weight.val()), 0..3));
+        assert_eq!(host(s.wq.clone()), cat(&|l| host(l.self_attn.q_proj.weight.val()), 0..4));
+        assert_eq!(host(s.wk.clone()), cat(&|l| host(l.self_attn.k_proj.weight.val()), 0..4));
+        assert_eq!(host(s.wv.clone()), cat(&|l| host(l.self_attn.v_proj.weight.val()), 0..4));
+        assert_eq!(host(s.input_norm.clone()), cat(&|l| host(l.input_layernorm.weight.val()), 0..4));
+        assert_eq!(host(s.q_norm.clone()), cat(&|l| host(l.self_attn.q_norm.weight.val()), 0..4));
+        assert_eq!(host(s.k_norm.clone()), cat(&|l| host(l.self_attn.k_norm.weight.val()), 0..4));
+        assert_eq!(s.wo.dims(), [3 * 8, 8]);
+        assert_eq!(s.wq.dims(), [4 * 8, 8]);
+        // Each layer's parameters, now ranges of the stacks, hold what they held.
+        let after: Vec<Vec<f32>> = layers.iter().flat_map(|l| [host(l.self_attn.o_proj.weight.val()), host(l.mlp.down_proj.weight.val()), host(l.self_attn.q_proj.weight.val())]).collect();
+        assert_eq!(after, before);
+        // (The element values name their layer: the stacks did not mix layers up.)
+        assert_eq!(host(s.wq.clone())[3 * 64], (3000 + 100) as f32);
+    }
+}
