@@ -86,7 +86,7 @@ impl Qwen3 {
             let (x, attn) = if pre {
                 (x.clone(), x)
             } else {
-                first.decode_attention(x, &rope, &mut s.cache.layers[0], &s.state, &plans[0], first.first_weights())
+                first.decode_attention(x, &rope, &mut s.cache.layers[0], &s.state, &plans[0], first.prefetch())
             };
             let a = &layers[1].self_attn;
             let (x, attn, kc, vc) = ops::decode_layers(
@@ -114,7 +114,7 @@ impl Qwen3 {
                 kc,
                 vc,
                 s.state.clone(),
-                last.first_weights(),
+                last.prefetch(),
                 n - 1,
                 pre,
             );

@@ -90,7 +90,7 @@ mod tests {
     use crate::nn::{Attention, DecoderLayer, Linear, Mlp, RmsNorm};
 
     fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
     }
 
     /// Layer `l` of a model whose every weight element is `1000 * l + its kind + its index`.

@@ -297,12 +297,6 @@ impl DecoderLayer {
         }
     }
 
-    /// The weights [`Self::decode_step`]'s launch after this layer's attention reads first (for
-    /// the L2 prefetch beside an attention).
-    pub fn first_weights(&self) -> [Tensor<2>; 4] {
-        self.prefetch()
-    }
-
     /// [`Self::decode_step`]'s attention inputs: the previous layer's `pending` MLP output added
     /// to the stream, this layer's input norm + QKV, QK-norm + RoPE and KV write: `(x, q)`.
     #[allow(clippy::too_many_arguments)]
@@ -409,11 +403,12 @@ impl DecoderLayer {
     }
 
     /// The weights the step reads after its attention, the most useful in L2 first: o_proj
-    /// (the next launch's first phase, whose loads nothing else hides), then gate, up, down.
+    /// (the next launch's first phase, whose loads nothing else hides), then gate, up, down
+    /// (also what `ops::decode_layers` reads into L2 for the launch after it).
     /// With the default two prefetched (`attention::L2_PREFETCH`): 1,161.3-1,161.9 tok/s
     /// against 1,147.9-1,151.0 with gate and up (H100, 2026-11-27); `$BRAID_L2_PREFETCH_O=0`
     /// for that order.
-    fn prefetch(&self) -> [Tensor<2>; 4] {
+    pub(crate) fn prefetch(&self) -> [Tensor<2>; 4] {
         static O_FIRST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let m = &self.mlp;
         let (g, u, d, o) = (m.gate_proj.weight.val(), m.up_proj.weight.val(), m.down_proj.weight.val(), self.self_attn.o_proj.weight.val());
