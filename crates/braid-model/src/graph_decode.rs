@@ -36,7 +36,8 @@ pub struct DecodeState {
     /// `ops::decode_mlp` (one for every layer: each launch leaves the counter a multiple of its
     /// cube count and rewrites the words it uses).
     pub barrier: Tensor<1, Int>,
-    /// With the model's layer stacks: every layer's cache, `[n, kv_heads, capacity, hd]` each,
+    /// Where the one launch over the layers runs (`Qwen3::decode_layers_ready`): every layer's
+    /// cache, `[n, kv_heads, capacity, hd]` each,
     /// which the step's `ops::decode_layers` launch reads and writes (each layer's own in
     /// `cache` is then a range of these: a view where the backend's slices at its offsets are
     /// views; the step uses only layer 0's, where the launch does not run its attention).
@@ -266,7 +267,8 @@ impl<'m> GreedyDecoder<'m> {
         let words = ops::decode_sync_words(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_kv_heads(), c.head_dim());
         let barrier = Tensor::<1, Int>::from_data(TensorData::new(vec![0u32; words], [words]), (&device, DType::U32));
         let mut cache = cache;
-        let stacked = model.stacks.as_ref().map(|_| stack_caches(&mut cache));
+        // (Only where the one launch runs at this capacity: elsewhere the per-layer steps below.)
+        let stacked = model.decode_layers_ready(cap).then(|| stack_caches(&mut cache));
         let mut st = DecodeState { state, history, cache, rope, barrier, stacked };
         let setup = std::time::Instant::now();
         let (steps, known) = match mode {

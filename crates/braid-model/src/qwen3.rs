@@ -46,10 +46,18 @@ pub struct Qwen3 {
     #[module(skip)]
     plan: KernelPlan,
     /// The layers' weights stacked per kind for the batch-1 decode step's one launch over its
-    /// layers (`ops::decode_layers`), on the CubeCL backend (`None` elsewhere, with fewer than
-    /// three layers, attention biases, or `$BRAID_DECODE_LAYERS=0`).
+    /// layers (`ops::decode_layers`), where the device runs it at this model's widths and dtype
+    /// (`None` elsewhere, with fewer than three layers, attention biases, or
+    /// `$BRAID_DECODE_LAYERS=0`).
     #[module(skip)]
     pub(crate) stacks: Option<LayerStacks>,
+}
+
+/// Whether `like`'s device runs `ops::decode_layers` as one launch for `c`'s layers in `like`'s
+/// dtype over caches of `capacity` positions.
+fn decode_layers_fit(c: &Qwen3Config, like: &Tensor<2>, capacity: usize) -> bool {
+    let shape = crate::ops::QkShape { batch: 1, seq: 1, heads: c.num_attention_heads, kv_heads: c.num_kv_heads(), head_dim: c.head_dim() };
+    crate::ops::decode_layers_supported(like, c.num_attention_heads * c.head_dim(), c.hidden_size, c.intermediate_size, shape, capacity)
 }
 
 /// Progress callback for loading: `(tensors done, tensors total)`.
@@ -131,7 +139,7 @@ impl Qwen3 {
             });
         }
         let embed = t2(need(get("model.embed_tokens.weight".into())));
-        let stacks = if !c.attention_bias && crate::ops::decode_layers_fused() && crate::ops::on_cube(&embed) { LayerStacks::build(&mut layers) } else { None };
+        let stacks = if !c.attention_bias && crate::ops::decode_layers_fused() && decode_layers_fit(&c, &embed, 1) { LayerStacks::build(&mut layers) } else { None };
         let embed_tokens = Param::from_tensor(embed);
         let norm = RmsNorm::new(t1(need(get("model.norm.weight".into()))), eps);
         let lm_head = get("lm_head.weight".into()).map(|w| Linear::new(t2(w), None));
@@ -144,6 +152,13 @@ impl Qwen3 {
             config: c,
             stacks,
         }
+    }
+
+    /// Whether the batch-1 decode step runs its layers as one launch (`ops::decode_layers`)
+    /// over caches of `capacity` positions: the model has its layer stacks and the device runs
+    /// that launch at this capacity (`GreedyDecoder` then stacks the caches too).
+    pub fn decode_layers_ready(&self, capacity: usize) -> bool {
+        self.stacks.is_some() && decode_layers_fit(&self.config, &self.model.embed_tokens.val(), capacity)
     }
 
     /// The kernel plan in use.

@@ -240,10 +240,11 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     // A: o_proj, of `attn` in the first iteration, later of the previous iteration's attention
     // output, from its words (published under that iteration's round), awaited without a
     // barrier (`at.a_barrier`: behind an unfenced one); the cubes idle in that phase E wait here
-    // with this layer's first A and B weights already in flight. Safe without the barrier: a
-    // cube reaches this point only once every head's words exist, and each head's q/k/v words
-    // need every plane's phase D output, so no cube is still reading a word of the previous
-    // iteration's that this iteration overwrites.
+    // with this layer's first A and B weights already in flight. Safe without the barrier where
+    // every plane computes a q/k/v feature (else `layers_options` keeps it): a cube reaches this
+    // point only once every head's words exist, and each head's q/k/v words need every plane's
+    // phase D output, so no cube is still reading a word of the previous iteration's that this
+    // iteration overwrites.
     if top {
         stage_rows::<F>(attn, attn, o, gamma, &mut staged, eps, 0usize, 1usize, false, vs, f32_internal, false, false, false, 1usize, q_dim, block, block);
     } else {

@@ -470,8 +470,19 @@ pub fn decode_layers(
 /// row kernel's `(partial_len, planes)` at this cube width (the standalone's values, so that
 /// the bits match `attention_at_units`).
 fn attend_layout(client: &Client, head: &HeadInputs, shape: QkShape, units: usize, vs: usize) -> Result<(usize, bool), String> {
+    let hd = shape.head_dim;
+    attend_limits(head.k_cache.shape()[2], shape, units)?;
+    let vector = crate::attention::vector_width(&head.k_cache, &head.v_cache, hd).map_err(|e| e.to_string())?;
+    if vector != vs {
+        return Err(format!("cache rows in vectors of {vector}, weights of {vs}"));
+    }
+    Ok((crate::attention::row_partial_len(client, hd, units, vs, 0), crate::attention::row_planes(client)))
+}
+
+/// [`attend_layout`]'s conditions that do not depend on the caches' layout: a cache of
+/// `capacity` positions, `units` a cube, `shape`'s heads.
+fn attend_limits(capacity: usize, shape: QkShape, units: usize) -> Result<(), String> {
     let QkShape { heads, kv_heads, head_dim: hd, .. } = shape;
-    let capacity = head.k_cache.shape()[2];
     let limit = crate::attention::decode_row_max_keys().min(crate::attention::MAX_KEYS);
     if capacity > limit {
         return Err(format!("a cache of {capacity} positions (the row attention serves up to {limit})"));
@@ -482,11 +493,36 @@ fn attend_layout(client: &Client, head: &HeadInputs, shape: QkShape, units: usiz
     if hd > units || hd > crate::attention::MAX_HEAD_DIM || heads % kv_heads != 0 {
         return Err(format!("head_dim {hd} over {units} units, {heads} heads over {kv_heads}"));
     }
-    let vector = crate::attention::vector_width(&head.k_cache, &head.v_cache, hd).map_err(|e| e.to_string())?;
-    if vector != vs {
-        return Err(format!("cache rows in vectors of {vector}, weights of {vs}"));
+    Ok(())
+}
+
+/// Why this device cannot run [`decode_layers`] as one launch (more than one layer) for
+/// `q_dim -> hidden -> inter` layers whose attention inputs have `next`'s heads, in `dtype`,
+/// over contiguous caches of `capacity` positions, with `options`; or `None`. Where this says
+/// `None`, stacked weights and caches of those shapes pass the launch's checks; elsewhere the
+/// model keeps one launch a layer (the `ops` fallback, layer by layer over slices of the stacks,
+/// serves direct calls only).
+#[allow(clippy::too_many_arguments)]
+pub fn unsupported_layers(client: &Client, dtype: ElemType, q_dim: usize, hidden: usize, inter: usize, next: QkShape, capacity: usize, options: DecodeMlpOptions) -> Option<String> {
+    if !(options.tags && dtype.size() == 2) {
+        return Some("the layers hand on tagged words: bf16 or f16 with the tagged phases on".into());
     }
-    Ok((crate::attention::row_partial_len(client, hd, units, vs, 0), crate::attention::row_planes(client)))
+    if next.heads * next.head_dim != q_dim {
+        return Some(format!("{} heads of {} against o_proj's {q_dim} inputs", next.heads, next.head_dim));
+    }
+    if let Some(why) = unsupported_qkv(client, dtype, q_dim, hidden, inter, next, options) {
+        return Some(why);
+    }
+    if let Err(why) = attend_limits(capacity, next, options.units) {
+        return Some(why);
+    }
+    // (Contiguous cache rows: `attention::vector_width`'s vector, the widest dividing head_dim.)
+    let vs = vector(dtype);
+    let mut rows = vs;
+    while !next.head_dim.is_multiple_of(rows) {
+        rows /= 2;
+    }
+    (rows != vs).then(|| format!("head_dim {} in vectors of {rows}, weights of {vs}", next.head_dim))
 }
 
 /// [`decode_mlp`] (`next: None`: returns `(sum, out, None)`), [`decode_mlp_qkv`]

@@ -1262,6 +1262,17 @@ pub fn decode_layers_rounds(x: &Tensor<2>, layers: usize, shape: QkShape, pre: b
     Some(braid_kernels::decode_mlp::rounds_layers(true, true, options, layers as u32, pre))
 }
 
+/// Whether `x`'s device runs [`decode_layers`] as its one launch for layers of these widths and
+/// heads in `x`'s dtype over caches of `capacity` positions
+/// (`braid_kernels::decode_mlp::unsupported_layers`); elsewhere the model keeps one launch a
+/// layer.
+pub fn decode_layers_supported(x: &Tensor<2>, q_dim: usize, hidden: usize, inter: usize, shape: QkShape, capacity: usize) -> bool {
+    x.clone().try_into_primitive::<burn::backend::Cube>().is_ok_and(|t| {
+        let dtype = braid_kernels::TensorHandle::from(t.clone()).dtype;
+        braid_kernels::decode_mlp::unsupported_layers(&t.client, dtype, q_dim, hidden, inter, shape, capacity, decode_mlp_options()).is_none()
+    })
+}
+
 /// Whether `x` lives on the CubeCL backend (CUDA, wgpu), where `braid-kernels` launch.
 pub fn on_cube(x: &Tensor<2>) -> bool {
     x.clone().try_into_primitive::<burn::backend::Cube>().is_ok()
