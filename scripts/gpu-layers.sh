@@ -6,7 +6,8 @@
 # carry dist/.
 #   LAYERS_RUNS  `;`-separated env settings, one latency run each (default below)
 #   LAYERS_CHECKS  check groups (default decode_layers decode_mlp_qkv); LAYERS_DTYPES (default
-#   bf16 f16 f32); LAYERS_CHECK_ENV  env settings for the checks; LAYERS_GENERATE=0 skips the text
+#   bf16 f16 f32); LAYERS_CHECK_ENV  env settings for the checks; LAYERS_GENERATE=0 skips the text;
+#   GEN_VAR  the switch the text is compared across (default BRAID_DECODE_LAYERS, 1 and 0)
 # Results: $OUT/results.tar.gz, a summary printed last.
 source scripts/gpu-setup.sh
 DEFAULT='BRAID_DECODE_LAYERS=1;BRAID_DECODE_LAYERS=0;BRAID_DECODE_LAYERS=1;BRAID_DECODE_LAYERS=0'
@@ -19,9 +20,9 @@ for dt in ${LAYERS_DTYPES-bf16 f16 f32}; do
   grep -vE ' ok$' $OUT/check-$dt.txt | tail -n +2 | head -20 | tee -a $OUT/summary.txt
 done
 for on in $([ "${LAYERS_GENERATE:-1}" = 1 ] && echo 1 0); do
-  BRAID_DECODE_LAYERS=$on timeout 150 $BIN generate --model $M --device cuda --plan fused --temperature 0 --ignore-eos --max-tokens 200 \
+  env ${GEN_VAR:-BRAID_DECODE_LAYERS}=$on timeout 150 $BIN generate --model $M --device cuda --plan fused --temperature 0 --ignore-eos --max-tokens 200 \
     --prompt "It was a truth universally acknowledged" > $OUT/generate-$on.txt 2> $OUT/generate-$on.err
-  echo "generate (layers $on): exit $? $(wc -c < $OUT/generate-$on.txt) bytes" | tee -a $OUT/summary.txt
+  echo "generate (${GEN_VAR:-BRAID_DECODE_LAYERS}=$on): exit $? $(wc -c < $OUT/generate-$on.txt) bytes" | tee -a $OUT/summary.txt
 done
 [ "${LAYERS_GENERATE:-1}" = 1 ] && if cmp -s $OUT/generate-1.txt $OUT/generate-0.txt; then echo "generate: identical text on and off" | tee -a $OUT/summary.txt; else echo "generate: TEXT DIFFERS" | tee -a $OUT/summary.txt; fi
 IFS=';' read -ra runs <<< "${LAYERS_RUNS:-$DEFAULT}"

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod decode;
 pub mod decode_mlp;
 pub mod gemv;
+pub mod greedy_head;
 pub mod grid;
 pub mod paged;
 pub mod qk_norm_rope;

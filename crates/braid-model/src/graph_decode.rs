@@ -140,15 +140,14 @@ impl Qwen3 {
 
     /// The step's end after the last layer (`x` its stream, `carry` what it left): the final
     /// norm (with the pending MLP output added), the head, the argmax, and `state` and `history`
-    /// advanced by it.
+    /// advanced by it (`Qwen3::greedy_advance`: two launches where the head is fused).
     fn finish_step(&self, s: &mut DecodeState, x: Tensor<2>, carry: Carry) {
         // (The last layer has no next to carry a `q` to.)
         let pending = match carry {
             Carry::Down(down) => Some(down),
             Carry::None | Carry::Q(_) | Carry::Attn(_) => None,
         };
-        let ids = self.greedy_ids(x, pending);
-        let (state, history) = ops::advance(ids, s.state.clone(), s.history.clone());
+        let (state, history) = self.greedy_advance(x, pending, s.state.clone(), s.history.clone());
         s.state = state;
         s.history = history;
     }

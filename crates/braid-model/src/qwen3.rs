@@ -244,6 +244,30 @@ impl Qwen3 {
         crate::ops::argmax_device(self.head_logits(normed, self.plan.lm_head))
     }
 
+    /// The batch-1 device-state step's end: [`Self::greedy_ids`] then `ops::advance` by the
+    /// token -> `(state, history)`. With a fused head and the last add pending (the fused
+    /// decode step's case), one `ops::greedy_head` instead: the same four ops' bits in two
+    /// launches on the CubeCL backend.
+    pub(crate) fn greedy_advance(
+        &self,
+        x: Tensor<2>,
+        pending: Option<Tensor<2>>,
+        state: Tensor<1, Int>,
+        history: Tensor<1, Int>,
+    ) -> (Tensor<1, Int>, Tensor<1, Int>) {
+        match pending {
+            Some(down) if matches!(self.plan.lm_head, OpChoice::Fused(_)) && crate::ops::final_norm_fused() => {
+                let norm = &self.model.norm;
+                let w = match &self.lm_head {
+                    Some(head) => head.weight.val(),
+                    None => self.model.embed_tokens.val(),
+                };
+                crate::ops::greedy_head(x, down, norm.weight.val(), norm.eps, crate::ops::Precision::Torch, w, state, history)
+            }
+            pending => crate::ops::advance(self.greedy_ids(x, pending), state, history),
+        }
+    }
+
     /// The final-normed hidden states `[batch, seq, hidden]` (cache appended).
     pub fn hidden_states(&self, ids: &[Vec<u32>], cache: &mut KvCache) -> Result<Tensor<3>, ForwardError> {
         self.hidden_states_tapped(ids, cache, None)

@@ -30,7 +30,8 @@ fn run(device: Option<Device>, dtype: DType) {
             failures.push(format!("{op}/{case}/{}: {e}", precision.name()));
         }
     }
-    // Per case: 7 ops, attention_at, the row-kernel decode, the two residual-add fusions and
+    // Per case: 7 ops, attention_at, the row-kernel decode, the two residual-add fusions, the
+    // greedy head (planted winner and bits) and
     // QK-norm+RoPE writing into a cache and into a pool in both modes; argmax and the decode-state ops once; the paged write once and paged
     // attention in both modes; the prefill attention in both modes for each tile shape the
     // device fits (one on Flex); linear and rms_norm_qkv in both modes for the `prefill-mma`
@@ -49,7 +50,7 @@ fn run(device: Option<Device>, dtype: DType) {
     let layers = checks.iter().filter(|c| c.op == "decode_layers" || c.op == "decode_layers_pre").count();
     let layers_bits = checks.iter().filter(|c| c.op == "decode_layers_bits" || c.op == "decode_layers_pre_bits").count();
     assert!((layers == 0 || layers == 4 * 2 * 2) && layers_bits <= layers && layers_bits % 4 == 0, "decode_layers checks: {layers} + {layers_bits}");
-    assert_eq!(checks.len() - prefill - qkv_rope - layers - layers_bits, 4 * (2 * (7 + 1 + 1 + 2 + 2) + 2 + 3) + 2 * 2 + 2 * 3 * 2, "every op, case and precision ran");
+    assert_eq!(checks.len() - prefill - qkv_rope - layers - layers_bits, 4 * (2 * (7 + 1 + 1 + 2 + 2 + 2) + 2 + 3) + 2 * 2 + 2 * 3 * 2, "every op, case and precision ran");
     for case in ["decode", "prefill-odd", "adversarial", "prefill-long"] {
         let n = checks.iter().filter(|c| c.op == "prefill_attn" && c.case.split('/').next() == Some(case)).count();
         assert!(n >= 2 && n % 2 == 0, "prefill attention in both modes for {case}: {n} checks");

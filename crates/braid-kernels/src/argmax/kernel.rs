@@ -149,7 +149,7 @@ fn scan<F: Float, N: Size>(
 /// `vals[0]` / `idxs[0]`: a shared-memory tree over `CUBE_DIM_X` (a power of two) units, the
 /// larger value winning, then the smaller index.
 #[cube]
-fn cube_best(vals: &mut Shared<[f32]>, idxs: &mut Shared<[u32]>) {
+pub(crate) fn cube_best(vals: &mut Shared<[f32]>, idxs: &mut Shared<[u32]>) {
     let unit = UNIT_POS_X as usize;
     sync_cube();
     let mut stride = (CUBE_DIM_X / 2) as usize;

@@ -3,6 +3,8 @@
 
 mod kernel;
 
+pub(crate) use kernel::cube_best;
+
 use cubecl::prelude::*;
 use cubecl::std::tensor::TensorHandle;
 

@@ -371,7 +371,7 @@ fn input<F: Float>(x: &Tensor<F>, residual: &Tensor<F>, i: usize, #[comptime] ad
 /// weight row (`N` elements each).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn dot_rows<F: Float, N: Size>(
+pub(crate) fn dot_rows<F: Float, N: Size>(
     w: &Tensor<Vector<F, N>>,
     row: usize,
     staged: &Shared<[f32]>,

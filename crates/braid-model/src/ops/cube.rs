@@ -189,6 +189,24 @@ fn head_inputs(
     }
 }
 
+/// The head's spread for [`FusedOps::greedy_head`] on `t`'s device: the candidate
+/// `super::greedy_head_choice` names, else the one `linear` runs at one row (`gemv_tuning`:
+/// plane-1, or `$BRAID_GEMV`'s; `unit` where the device has no plane operations), so that the
+/// logits have `linear`'s bits; `None` where it is switched off or names no candidate this
+/// device runs.
+fn greedy_head_config(t: &CubeTensor) -> Option<braid_kernels::gemv::GemvConfig> {
+    use braid_kernels::gemv::{GemvConfig, GemvStrategy, Tuning, named_configs};
+    let choice = super::greedy_head_choice()?;
+    if !choice.is_empty() {
+        return named_configs().into_iter().find(|(n, c)| n == choice && c.strategy.supported(&t.client)).map(|(_, c)| c);
+    }
+    match gemv_tuning(&t.client, &t.device, 1) {
+        Tuning::Fixed(c) => Some(c),
+        // Only `unit` to tune among without plane operations.
+        Tuning::Autotune(_) => Some(GemvConfig { strategy: GemvStrategy::Unit, features_per_plane: None }),
+    }
+}
+
 /// A kernel's handle from a contiguous copy of `t` (no copy when already contiguous).
 fn handle(t: FloatTensor<Cube>) -> TensorHandle {
     TensorHandle::from(into_contiguous(t))
@@ -491,6 +509,44 @@ impl FusedOps for Cube {
         let (sh, hh) = (TensorHandle::from(state.clone()), TensorHandle::from(history.clone()));
         launched(braid_kernels::decode::advance(&client, TensorHandle::from(ids), &sh, &hh));
         (state, history)
+    }
+
+    fn greedy_head(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        w: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        history: IntTensor<Self>,
+    ) -> (IntTensor<Self>, IntTensor<Self>) {
+        let [rows, hidden] = [x.meta.shape()[0], x.meta.shape()[1]];
+        if let Some(config) = greedy_head_config(&x)
+            && rows == 1
+            && hidden <= braid_kernels::gemv::SHARED_F32
+        {
+            let client = x.client.clone();
+            let (sh, hh) = (TensorHandle::from(state.clone()), TensorHandle::from(history.clone()));
+            launched(braid_kernels::greedy_head::greedy_head(
+                &client,
+                handle(residual),
+                handle(x),
+                handle(gamma),
+                eps as f32,
+                precision,
+                handle(w),
+                &sh,
+                &hh,
+                config,
+                super::greedy_head_norm_inside(),
+            ));
+            return (state, history);
+        }
+        // Off batch 1 or switched off: the launches it replaces.
+        let (_, normed) = Self::add_rms_norm(residual, x, gamma, eps, precision);
+        let ids = Self::argmax(Self::linear(normed, w));
+        Self::advance(ids, state, history)
     }
 
     fn add_rms_norm_qkv(

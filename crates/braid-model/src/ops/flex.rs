@@ -270,6 +270,20 @@ impl FusedOps for Flex {
         (iunwrap(s), iunwrap(h))
     }
 
+    fn greedy_head(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        w: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        history: IntTensor<Self>,
+    ) -> (IntTensor<Self>, IntTensor<Self>) {
+        let (s, h) = reference::greedy_head(wrap(residual), wrap(x), wrap(gamma), eps, precision, wrap(w), iwrap(state), iwrap(history));
+        (iunwrap(s), iunwrap(h))
+    }
+
     fn add_rms_norm_qkv(
         residual: FloatTensor<Self>,
         x: FloatTensor<Self>,

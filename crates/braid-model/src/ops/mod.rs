@@ -176,6 +176,18 @@ pub trait FusedOps: Backend {
     fn advance(ids: IntTensor<Self>, state: IntTensor<Self>, history: IntTensor<Self>) -> (IntTensor<Self>, IntTensor<Self>);
 
     #[allow(clippy::too_many_arguments)]
+    fn greedy_head(
+        residual: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+        precision: Precision,
+        w: FloatTensor<Self>,
+        state: IntTensor<Self>,
+        history: IntTensor<Self>,
+    ) -> (IntTensor<Self>, IntTensor<Self>);
+
+    #[allow(clippy::too_many_arguments)]
     fn add_rms_norm_qkv(
         residual: FloatTensor<Self>,
         x: FloatTensor<Self>,
@@ -856,6 +868,60 @@ pub fn attention_at_prefetch(
 pub fn advance(ids: Tensor<1, Int>, state: Tensor<1, Int>, history: Tensor<1, Int>) -> (Tensor<1, Int>, Tensor<1, Int>) {
     let (s, h) = <Dispatch as FusedOps>::advance(ids.into_dispatch(), state.into_dispatch(), history.into_dispatch());
     (Tensor::from_dispatch(s), Tensor::from_dispatch(h))
+}
+
+/// The batch-1 decode step's end: `h = residual + x` (`[1, hidden]` each), its RMSNorm with
+/// `gamma` (`precision`: `add_rms_norm`'s rounding points), the logits `normed @ w^T` (`w:
+/// [vocab, hidden]`), their argmax, and [`advance`] by it: returns `(state, history)`, written in
+/// place on the CubeCL backend. The twin (`reference::greedy_head`) is those four ops; the CubeCL
+/// backend runs two launches (`braid_kernels::greedy_head`: no logits written, each cube's best
+/// then one pick) with the bits of [`add_rms_norm`], [`linear`], [`argmax_device`] and
+/// [`advance`], which it runs instead off batch 1 and with `$BRAID_GREEDY_HEAD=0`.
+#[allow(clippy::too_many_arguments)]
+pub fn greedy_head(
+    residual: Tensor<2>,
+    x: Tensor<2>,
+    gamma: Tensor<1>,
+    eps: f64,
+    precision: Precision,
+    w: Tensor<2>,
+    state: Tensor<1, Int>,
+    history: Tensor<1, Int>,
+) -> (Tensor<1, Int>, Tensor<1, Int>) {
+    let (s, h) = <Dispatch as FusedOps>::greedy_head(
+        residual.into_dispatch(),
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        eps,
+        precision,
+        w.into_dispatch(),
+        state.into_dispatch(),
+        history.into_dispatch(),
+    );
+    (Tensor::from_dispatch(s), Tensor::from_dispatch(h))
+}
+
+/// How [`greedy_head`] spreads the head over cubes on the CubeCL backend: `$BRAID_GREEDY_HEAD`
+/// names one of `gemv`'s candidates (`plane-1`, `plane-2`, ..., `unit`), or is `0`: the four
+/// launches it replaces. Unset or `1`: `Some("")`, the candidate [`linear`] runs at one row
+/// (so the logits have its bits). Read once per process.
+pub fn greedy_head_choice() -> Option<&'static str> {
+    static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CHOICE
+        .get_or_init(|| match std::env::var("BRAID_GREEDY_HEAD") {
+            Ok(s) if s.trim() == "0" => None,
+            Ok(s) if !s.trim().is_empty() && s.trim() != "1" => Some(s.trim().to_string()),
+            _ => Some(String::new()),
+        })
+        .as_deref()
+}
+
+/// Whether [`greedy_head`]'s head cubes each redo the add and the final norm as they stage their
+/// input (`$BRAID_GREEDY_HEAD_NORM=1`), instead of one `add_rms_norm` launch before them
+/// (default). Read once per process.
+pub fn greedy_head_norm_inside() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_GREEDY_HEAD_NORM").is_ok_and(|s| s.trim() == "1"))
 }
 
 /// `logits: [rows, vocab]` -> the index of each row's largest value, on the device (u32 on

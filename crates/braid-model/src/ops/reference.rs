@@ -355,6 +355,23 @@ pub fn advance(ids: Tensor<1, Int>, state: Tensor<1, Int>, history: Tensor<1, In
     (state, history)
 }
 
+/// The batch-1 decode step's end: [`add_rms_norm`], the head ([`linear`]), [`argmax`] and
+/// [`advance`] (`residual, x: [1, hidden]`, `w: [vocab, hidden]`) -> `(state, history)`.
+#[allow(clippy::too_many_arguments)]
+pub fn greedy_head(
+    residual: Tensor<2>,
+    x: Tensor<2>,
+    gamma: Tensor<1>,
+    eps: f64,
+    precision: Precision,
+    w: Tensor<2>,
+    state: Tensor<1, Int>,
+    history: Tensor<1, Int>,
+) -> (Tensor<1, Int>, Tensor<1, Int>) {
+    let (_, normed) = add_rms_norm(residual, x, gamma, eps, precision);
+    advance(argmax(linear(normed, w)), state, history)
+}
+
 /// A residual add then [`rms_norm_qkv`]: `(h = residual + x, rms_norm_qkv(h))` (the decode
 /// step's fusion of a layer's last residual add with the next layer's input norm and QKV).
 #[allow(clippy::too_many_arguments)]

@@ -161,7 +161,7 @@ pub fn verify_all(device: &Device, dtype: DType, seed: u64) -> Vec<OpCheck> {
 }
 
 /// The check groups [`verify_some`] filters on (each names the op, or ops, it checks).
-pub const CHECK_GROUPS: [&str; 18] = [
+pub const CHECK_GROUPS: [&str; 19] = [
     "add_rms_norm",
     "rms_norm_qkv",
     "qk_norm_rope",
@@ -176,6 +176,7 @@ pub const CHECK_GROUPS: [&str; 18] = [
     "decode_mlp",
     "decode_mlp_qkv",
     "decode_layers",
+    "greedy_head",
     "argmax",
     "paged",
     "paged_prefill",
@@ -235,6 +236,9 @@ pub fn verify_some(device: &Device, dtype: DType, seed: u64, want: &dyn Fn(&str)
             }
             if want("decode_layers") {
                 out.extend(check_decode_layers(&ctx, &mut rng, case, p));
+            }
+            if want("greedy_head") {
+                out.extend(check_greedy_head(&ctx, &mut rng, case, p));
             }
         }
         if want("argmax") {
@@ -413,6 +417,112 @@ fn check_argmax(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
         fused_vs_twin: fused.iter().zip(&twin).filter(|(x, y)| x != y).count() as f64 / rows as f64,
         finite: fused.len() == rows,
     }
+}
+
+/// `greedy_head` (the decode step's last add, final norm, head, argmax and advance), twice:
+/// - `greedy_head`: exact against the host, with a planted winner: head row `a` is the sign
+///   of the f64 normalised row (its logit is the row's L1 norm, far above every random row's),
+///   and rows `a + 1` and one in another cube's range are copies of it (ties of equal bits: the
+///   first index must win, within a cube and across cubes);
+/// - `greedy_head_bits`: every value equal to the launches it replaces (`add_rms_norm`,
+///   `linear`, `argmax_device`, `advance`), on random rows (near-ties among the rounded logits)
+///   and on rows with a planted rounding tie (below).
+///
+/// Qwen3's vocabulary at decode (the pick over ~19k partials on a GPU), odd widths elsewhere.
+fn check_greedy_head(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpCheck> {
+    use burn::tensor::Int;
+    let (vocab, hidden) = match case.name {
+        "decode" => (151_936, 128),
+        "prefill-odd" | "adversarial" => (5000 + 11, 200 + 13),
+        _ => (4096 + 8, 96),
+    };
+    let (eps, cap) = (1e-6, 12);
+    let pos = (case.rows * 5) % (cap - 1);
+    let u32s = |v: Vec<u32>| {
+        let n = v.len();
+        Tensor::<1, Int>::from_data(TensorData::new(v, [n]), (ctx.device, DType::U32))
+    };
+    let ints = |t: Tensor<1, Int>| -> Vec<f64> {
+        t.into_data().convert::<i64>().try_to_vec::<i64>().expect("ints").into_iter().map(|x| x as f64).collect()
+    };
+    let res = ctx.t(rng.vec(hidden, case.scale), [1, hidden]);
+    let x = ctx.t(rng.vec(hidden, case.scale), [1, hidden]);
+    let gamma = ctx.t(rng.norm_weights(hidden, 1.0, 0.2, case.peak), [hidden]);
+    let (hr, xr, gr) = (host(res.clone()), host(x.clone()), host(gamma.clone()));
+    let h: Vec<f64> = hr.iter().zip(&xr).map(|(a, b)| a + b).collect();
+    let normed = rms_rows(&h, &gr, 1, hidden, eps);
+    // The planted winner and its copies.
+    let a = (rng.next_u64() as usize) % (vocab / 2);
+    let far = a + vocab / 2;
+    let mut wv = rng.vec(vocab * hidden, 0.05);
+    for k in 0..hidden {
+        let s = if normed[k] < 0.0 { -1.0 } else { 1.0 };
+        for row in [a, a + 1, far] {
+            wv[row * hidden + k] = s;
+        }
+    }
+    let w = ctx.t(wv, [vocab, hidden]);
+    let run = |w: &Tensor<2>, way: u8| -> Vec<f64> {
+        let (st, hist) = (u32s(vec![7, pos as u32]), u32s(vec![0; cap]));
+        let (st, hist) = match way {
+            0 => super::greedy_head(res.clone(), x.clone(), gamma.clone(), eps, p, w.clone(), st, hist),
+            1 => reference::greedy_head(res.clone(), x.clone(), gamma.clone(), eps, p, w.clone(), st, hist),
+            _ => {
+                let (_, n) = super::add_rms_norm(res.clone(), x.clone(), gamma.clone(), eps, p);
+                super::advance(super::argmax_device(super::linear(n, w.clone())), st, hist)
+            }
+        };
+        let mut out = ints(st);
+        out.extend(ints(hist));
+        out
+    };
+    let mut truth = vec![a as f64, (pos + 1) as f64];
+    let mut hist = vec![0.0; cap];
+    hist[pos + 1] = a as f64;
+    truth.extend(hist);
+    let wrong = |x: &[f64], y: &[f64]| {
+        if x.len() != y.len() {
+            return 1.0;
+        }
+        x.iter().zip(y).filter(|(u, v)| u != v).count() as f64 / y.len() as f64
+    };
+    let (fused, twin) = (run(&w, 0), run(&w, 1));
+    let planted = OpCheck {
+        op: "greedy_head",
+        case: case.name.to_string(),
+        precision: p,
+        fused_err: wrong(&fused, &truth),
+        twin_err: wrong(&twin, &truth),
+        fused_vs_twin: wrong(&fused, &twin),
+        finite: fused.len() == truth.len(),
+    };
+    let w = ctx.t(rng.vec(vocab * hidden, 1.0 / (hidden as f32).sqrt()), [vocab, hidden]);
+    let (mut fused, mut launches) = (run(&w, 0), run(&w, 2));
+    // A rounding tie: row `b < a` is row `a` with one weight 2^-7 smaller, so its f32 logit is
+    // a hair below `a`'s and (but where the two straddle a rounding point) rounds to the same
+    // stored value, which makes `b` the first index of the largest: a pick that compared
+    // unrounded logits would take `a`.
+    let b = a / 2;
+    let mut wv = rng.vec(vocab * hidden, 0.05);
+    for k in 0..hidden {
+        let s = if normed[k] < 0.0 { -1.0 } else { 1.0 };
+        wv[a * hidden + k] = s;
+        wv[b * hidden + k] = if k == 0 { s * (1.0 - 1.0 / 128.0) } else { s };
+    }
+    let w = ctx.t(wv, [vocab, hidden]);
+    fused.extend(run(&w, 0));
+    launches.extend(run(&w, 2));
+    let diff = wrong(&fused, &launches);
+    let bits = OpCheck {
+        op: "greedy_head_bits",
+        case: case.name.to_string(),
+        precision: p,
+        fused_err: diff,
+        twin_err: diff,
+        fused_vs_twin: diff,
+        finite: fused.len() == launches.len(),
+    };
+    vec![planted, bits]
 }
 
 fn input(rng: &mut Rng, rows: usize, dim: usize, case: Case) -> Vec<f32> {
@@ -634,10 +744,10 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
 }
 
 /// Checks whose "twin" is the launches a fused op replaces: they must agree bit for bit.
-pub const BITWISE_OPS: [&str; 6] = ["qkv_rope_bits", "decode_mlp_bits", "decode_mlp_qkv_bits", "decode_mlp_attn_bits", "decode_layers_bits", "decode_layers_pre_bits"];
+pub const BITWISE_OPS: [&str; 7] = ["greedy_head_bits", "qkv_rope_bits", "decode_mlp_bits", "decode_mlp_qkv_bits", "decode_mlp_attn_bits", "decode_layers_bits", "decode_layers_pre_bits"];
 
 /// Ops that only move data, checked for exact equality.
-pub const EXACT_OPS: [&str; 2] = ["decode_state", "paged_io"];
+pub const EXACT_OPS: [&str; 3] = ["decode_state", "paged_io", "greedy_head"];
 
 /// The pass rule, the same in tests and `braid-cli check-kernels`:
 /// - every output element written and finite;
