@@ -42,6 +42,11 @@ pub struct DecodeState {
     /// `cache` is then a range of these: a view where the backend's slices at its offsets are
     /// views; the step uses only layer 0's, where the launch does not run its attention).
     pub stacked: Option<(Tensor<4>, Tensor<4>)>,
+    /// Where the step's end writes them (`Qwen3::step_writes_inputs`): the next step's inputs,
+    /// `x: [1, hidden]` and f32 `cos, sin: [1, hd]` (the first step's gathered at construction),
+    /// written in place by each step's `ops::greedy_head`; else each step gathers its own
+    /// (`ops::decode_inputs`) from `state`.
+    pub inputs: Option<[Tensor<2>; 3]>,
 }
 
 /// How the decode steps ran.
@@ -72,8 +77,10 @@ fn host_u32(t: &Tensor<1, Int>) -> Vec<u32> {
 impl Qwen3 {
     /// One greedy decode step on [`DecodeState`] (batch 1).
     pub fn decode_step(&self, s: &mut DecodeState) {
-        let (mut x, cos, sin) =
-            ops::decode_inputs(self.model.embed_tokens.val(), s.rope.cos.clone(), s.rope.sin.clone(), s.state.clone());
+        let (mut x, cos, sin) = match &s.inputs {
+            Some([x, cos, sin]) => (x.clone(), cos.clone(), sin.clone()),
+            None => ops::decode_inputs(self.model.embed_tokens.val(), s.rope.cos.clone(), s.rope.sin.clone(), s.state.clone()),
+        };
         let rope = Rope { cos, sin };
         let (layers, plans) = (&self.model.layers, &self.plan().layers);
         if let (Some(w), Some((p, first_fused))) = (&self.stacks, self.layers_precision(&x))
@@ -140,14 +147,16 @@ impl Qwen3 {
 
     /// The step's end after the last layer (`x` its stream, `carry` what it left): the final
     /// norm (with the pending MLP output added), the head, the argmax, and `state` and `history`
-    /// advanced by it (`Qwen3::greedy_advance`: two launches where the head is fused).
+    /// advanced by it, and the next step's inputs where it writes them (`Qwen3::greedy_advance`:
+    /// two launches where the head is fused).
     fn finish_step(&self, s: &mut DecodeState, x: Tensor<2>, carry: Carry) {
         // (The last layer has no next to carry a `q` to.)
         let pending = match carry {
             Carry::Down(down) => Some(down),
             Carry::None | Carry::Q(_) | Carry::Attn(_) => None,
         };
-        let (state, history) = self.greedy_advance(x, pending, s.state.clone(), s.history.clone());
+        let (state, history, inputs) = self.greedy_advance(x, pending, s.state.clone(), s.history.clone(), &s.rope, s.inputs.take());
+        s.inputs = inputs;
         s.state = state;
         s.history = history;
     }
@@ -268,7 +277,11 @@ impl<'m> GreedyDecoder<'m> {
         let mut cache = cache;
         // (Only where the one launch runs at this capacity: elsewhere the per-layer steps below.)
         let stacked = model.decode_layers_ready(cap).then(|| stack_caches(&mut cache));
-        let mut st = DecodeState { state, history, cache, rope, barrier, stacked };
+        let inputs = model.step_writes_inputs().then(|| {
+            let (x, cos, sin) = ops::decode_inputs(model.model.embed_tokens.val(), rope.cos.clone(), rope.sin.clone(), state.clone());
+            [x, cos, sin]
+        });
+        let mut st = DecodeState { state, history, cache, rope, barrier, stacked, inputs };
         let setup = std::time::Instant::now();
         let (steps, known) = match mode {
             StepMode::Eager => (Steps::Eager(Box::new(st)), vec![first]),

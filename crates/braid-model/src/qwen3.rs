@@ -244,27 +244,43 @@ impl Qwen3 {
         crate::ops::argmax_device(self.head_logits(normed, self.plan.lm_head))
     }
 
+    /// Whether the batch-1 device-state step's end writes the next step's inputs
+    /// ([`Self::greedy_advance`] with `next`): a fused head with the fused final norm.
+    pub(crate) fn step_writes_inputs(&self) -> bool {
+        matches!(self.plan.lm_head, OpChoice::Fused(_)) && crate::ops::final_norm_fused()
+    }
+
     /// The batch-1 device-state step's end: [`Self::greedy_ids`] then `ops::advance` by the
-    /// token -> `(state, history)`. With a fused head and the last add pending (the fused
-    /// decode step's case), one `ops::greedy_head` instead: the same four ops' bits in two
-    /// launches on the CubeCL backend.
+    /// token -> `(state, history, None)`. Where [`Self::step_writes_inputs`] (`next`: the
+    /// buffers the next step reads its inputs from; the last add pending, as the decode step
+    /// always leaves it), one `ops::greedy_head` instead, which also writes those inputs (in
+    /// place on the CubeCL backend) -> `(state, history, Some(next))`: the same ops' bits in two
+    /// launches there.
     pub(crate) fn greedy_advance(
         &self,
         x: Tensor<2>,
         pending: Option<Tensor<2>>,
         state: Tensor<1, Int>,
         history: Tensor<1, Int>,
-    ) -> (Tensor<1, Int>, Tensor<1, Int>) {
-        match pending {
-            Some(down) if matches!(self.plan.lm_head, OpChoice::Fused(_)) && crate::ops::final_norm_fused() => {
+        rope: &crate::nn::Rope,
+        next: Option<[Tensor<2>; 3]>,
+    ) -> (Tensor<1, Int>, Tensor<1, Int>, Option<[Tensor<2>; 3]>) {
+        match (pending, next) {
+            (Some(down), Some(next)) if self.step_writes_inputs() => {
                 let norm = &self.model.norm;
                 let w = match &self.lm_head {
                     Some(head) => head.weight.val(),
                     None => self.model.embed_tokens.val(),
                 };
-                crate::ops::greedy_head(x, down, norm.weight.val(), norm.eps, crate::ops::Precision::Torch, w, state, history)
+                let tables = [self.model.embed_tokens.val(), rope.cos.clone(), rope.sin.clone()];
+                let (s, h, next) = crate::ops::greedy_head(x, down, norm.weight.val(), norm.eps, crate::ops::Precision::Torch, w, state, history, tables, next);
+                (s, h, Some(next))
             }
-            pending => crate::ops::advance(self.greedy_ids(x, pending), state, history),
+            (pending, next) => {
+                debug_assert!(next.is_none(), "the step's end writes the next inputs only with the fused head and the last add pending");
+                let (s, h) = crate::ops::advance(self.greedy_ids(x, pending), state, history);
+                (s, h, None)
+            }
         }
     }
 

@@ -74,6 +74,52 @@ pub fn inputs(
     Ok((x, cos, sin))
 }
 
+/// [`inputs`] into `x: [1, hidden]`, f32 `cos, sin: [1, hd]` (contiguous), in place: how a
+/// captured step writes the next step's inputs where the next step reads them.
+#[allow(clippy::too_many_arguments)]
+pub fn inputs_into(
+    client: &Client,
+    embed: TensorHandle,
+    cos_table: TensorHandle,
+    sin_table: TensorHandle,
+    state: TensorHandle,
+    x: &TensorHandle,
+    cos: &TensorHandle,
+    sin: &TensorHandle,
+) -> Result<(), KernelError> {
+    let c = Check::new("decode_inputs_into");
+    let [_, hidden] = c.matrix("embed", &embed)?;
+    let [cap, hd] = c.matrix("cos_table", &cos_table)?;
+    c.shape("sin_table", &sin_table, &[cap, hd])?;
+    let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);
+    for (name, t) in [("cos_table", &cos_table), ("sin_table", &sin_table), ("cos", cos), ("sin", sin)] {
+        c.same_dtype(name, t, f32_t)?;
+    }
+    c.shape("x", x, &[1, hidden])?;
+    c.same_dtype("x", x, embed.dtype)?;
+    c.shape("cos", cos, &[1, hd])?;
+    c.shape("sin", sin, &[1, hd])?;
+    for (name, t) in [("x", x), ("cos", cos), ("sin", sin)] {
+        c.contiguous(name, t)?;
+    }
+    check_state(&c, &state)?;
+    let dtype = embed.dtype;
+    kernel::inputs_kernel::launch(
+        client,
+        cubes(hidden + 2 * hd),
+        CubeDim::new_1d(BLOCK),
+        embed.into_arg(),
+        cos_table.into_arg(),
+        sin_table.into_arg(),
+        state.into_arg(),
+        x.clone().into_arg(),
+        cos.clone().into_arg(),
+        sin.clone().into_arg(),
+        dtype,
+    );
+    Ok(())
+}
+
 /// Writes `k, v: [batch, kv, 1, hd]` (contiguous) into `k_cache, v_cache: [batch, kv,
 /// capacity, hd]` at position `state[1]`, in place (`state[1] < capacity` is the caller's
 /// invariant).

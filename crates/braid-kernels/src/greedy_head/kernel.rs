@@ -137,13 +137,78 @@ pub(super) fn argmax_advance_kernel(
     #[comptime] block: usize,
     #[comptime] batch: usize,
 ) {
+    let pos = state[1] + 1;
+    let next = pick(vals, idxs, parts, vocab, block, batch);
+    if UNIT_POS_X == 0 {
+        advance(state, history, next, pos);
+    }
+}
+
+/// [`argmax_advance_kernel`], then the next step's inputs as `decode::inputs` gathers them from
+/// the new state, into `x`, `cos`, `sin` in place: the embedding row of the picked token (zeros
+/// where none was finite) and the RoPE rows of the next position (zeros past the tables).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn argmax_advance_inputs_kernel<F: Float>(
+    vals: &Tensor<f32>,        // [parts]
+    idxs: &Tensor<u32>,        // [parts]
+    state: &mut Tensor<u32>,   // [2]: token, position
+    history: &mut Tensor<u32>, // [capacity]
+    embed: &Tensor<F>,         // [vocab, hidden]
+    cos_table: &Tensor<f32>,   // [rope capacity, hd]
+    sin_table: &Tensor<f32>,   // [rope capacity, hd]
+    x: &mut Tensor<F>,         // [1, hidden]
+    cos: &mut Tensor<f32>,     // [1, hd]
+    sin: &mut Tensor<f32>,     // [1, hd]
+    parts: u32,
+    vocab: u32,
+    #[comptime] block: usize,
+    #[comptime] batch: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let pos = state[1] + 1;
+    let next = pick(vals, idxs, parts, vocab, block, batch);
+    if UNIT_POS_X == 0 {
+        advance(state, history, next, pos);
+    }
+    let hidden = embed.shape(1);
+    let hd = cos_table.shape(1);
+    let unit = UNIT_POS_X as usize;
+    let token = next as usize;
+    let at = pos as usize;
+    let mut k = unit;
+    while k < hidden {
+        let mut v = F::new(0.0);
+        if next < vocab {
+            v = embed[token * hidden + k];
+        }
+        x[k] = v;
+        k += block;
+    }
+    let mut d = unit;
+    while d < hd {
+        let mut c = 0.0f32;
+        let mut s = 0.0f32;
+        if at < cos_table.shape(0) {
+            c = cos_table[at * hd + d];
+            s = sin_table[at * hd + d];
+        }
+        cos[d] = c;
+        sin[d] = s;
+        d += block;
+    }
+}
+
+/// The best of the `parts` partials (larger value, then smaller index), the same in every unit
+/// of the cube (`block` units, a power of two; `batch` partials in flight a unit).
+#[cube]
+fn pick(vals: &Tensor<f32>, idxs: &Tensor<u32>, parts: u32, vocab: u32, #[comptime] block: usize, #[comptime] batch: usize) -> u32 {
     let parts = parts as usize;
     let unit = UNIT_POS_X as usize;
     let mut best_v = f32::new(f32::MIN);
     let mut best_i = vocab;
     let mut s0 = unit;
     while s0 < parts {
-        // `batch` partials in flight before any is compared.
         let mut v = Array::<f32>::new(batch);
         let mut i = Array::<u32>::new(batch);
         #[unroll]
@@ -169,14 +234,17 @@ pub(super) fn argmax_advance_kernel(
     let mut si = Shared::<[u32]>::new_slice(block);
     sv[unit] = best_v;
     si[unit] = best_i;
+    // (Ends with a cube barrier: every unit may read the winner.)
     cube_best(&mut sv, &mut si);
-    if unit == 0 {
-        let next = si[0];
-        let pos = state[1] + 1;
-        state[0] = next;
-        state[1] = pos;
-        if (pos as usize) < history.shape(0) {
-            history[pos as usize] = next;
-        }
+    si[0]
+}
+
+/// `state = [next, pos]`, `history[pos] = next` (skipped past its end).
+#[cube]
+fn advance(state: &mut Tensor<u32>, history: &mut Tensor<u32>, next: u32, pos: u32) {
+    state[0] = next;
+    state[1] = pos;
+    if (pos as usize) < history.shape(0) {
+        history[pos as usize] = next;
     }
 }

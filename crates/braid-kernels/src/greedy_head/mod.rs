@@ -23,6 +23,18 @@ const BLOCK: usize = 256;
 const PICK_BLOCK: usize = 1024;
 const PICK_BATCH: usize = 4;
 
+/// Where [`greedy_head`] also writes the next step's inputs, as `decode::inputs` gathers them
+/// from the new state: `embed: [vocab, hidden]` (the head's dtype), f32 `cos_table, sin_table:
+/// [capacity, hd]`, and the outputs, written in place: `x: [1, hidden]`, f32 `cos, sin: [1, hd]`.
+pub struct NextInputs {
+    pub embed: TensorHandle,
+    pub cos_table: TensorHandle,
+    pub sin_table: TensorHandle,
+    pub x: TensorHandle,
+    pub cos: TensorHandle,
+    pub sin: TensorHandle,
+}
+
 fn u32_type() -> ElemType {
     ElemType::UInt(cubecl::ir::UIntKind::U32)
 }
@@ -33,7 +45,9 @@ fn u32_type() -> ElemType {
 /// `add_rms_norm`'s), then `state = [token, state[1] + 1]` and `history[state[1] + 1] = token`
 /// in place. `config`: how the head's rows are spread over cubes (`gemv`'s candidates).
 /// `norm_inside`: every head cube redoes the add and the norm as it stages its input (two
-/// launches in all); else one `add_rms_norm` launch first (three).
+/// launches in all); else one `add_rms_norm` launch first (three). With `next`, the picking
+/// cube also writes the next step's inputs (one launch more where the device binds too few
+/// buffers for that kernel).
 #[allow(clippy::too_many_arguments)]
 pub fn greedy_head(
     client: &Client,
@@ -47,6 +61,7 @@ pub fn greedy_head(
     history: &TensorHandle,
     config: GemvConfig,
     norm_inside: bool,
+    next: Option<NextInputs>,
 ) -> Result<(), KernelError> {
     let c = Check::new(NAME);
     let [rows, hidden] = c.matrix("x", &x)?;
@@ -80,6 +95,26 @@ pub fn greedy_head(
             return Err(KernelError::DType { kernel: NAME, tensor: name, got: format!("{}", t.dtype), expected: "u32".into() });
         }
     }
+    let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);
+    if let Some(n) = &next {
+        let [_, eh] = c.matrix("embed", &n.embed)?;
+        if eh != hidden {
+            return Err(c.shape_err("embed", &n.embed, format!("[_, {hidden}]")));
+        }
+        c.same_dtype("embed", &n.embed, dtype)?;
+        let [rope_cap, hd] = c.matrix("cos_table", &n.cos_table)?;
+        c.shape("sin_table", &n.sin_table, &[rope_cap, hd])?;
+        c.shape("x", &n.x, &[1, hidden])?;
+        c.same_dtype("x", &n.x, dtype)?;
+        c.shape("cos", &n.cos, &[1, hd])?;
+        c.shape("sin", &n.sin, &[1, hd])?;
+        for (name, t) in [("cos_table", &n.cos_table), ("sin_table", &n.sin_table), ("cos", &n.cos), ("sin", &n.sin)] {
+            c.same_dtype(name, t, f32_t)?;
+        }
+        for (name, t) in [("x", &n.x), ("cos", &n.cos), ("sin", &n.sin)] {
+            c.contiguous(name, t)?;
+        }
+    }
     let use_plane = match config.strategy {
         GemvStrategy::Plane if !client.properties().features.plane.contains(Plane::Ops) => {
             return Err(KernelError::Unsupported { kernel: NAME, what: format!("{config:?}"), why: "this device has no plane operations".into() });
@@ -99,7 +134,6 @@ pub fn greedy_head(
     while hidden % vector != 0 {
         vector /= 2;
     }
-    let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);
     let vals = output_like(client, &[parts], f32_t);
     let idxs = output_like(client, &[parts], u32_type());
     let sum = output_like(client, &[1], dtype);
@@ -137,18 +171,46 @@ pub fn greedy_head(
     while pick > 32 && (pick as u32 > hw.max_units_per_cube || pick as u32 > hw.max_cube_dim.0) {
         pick /= 2;
     }
-    kernel::argmax_advance_kernel::launch(
-        client,
-        CubeCount::new_1d(1),
-        CubeDim::new_1d(pick as u32),
-        vals.into_arg(),
-        idxs.into_arg(),
-        state.clone().into_arg(),
-        history.clone().into_arg(),
-        parts as u32,
-        vocab as u32,
-        pick,
-        PICK_BATCH,
-    );
+    match next {
+        // Ten buffers (wgpu binds fewer on some adapters: then `decode::inputs` after).
+        Some(n) if hw.max_bindings >= 10 => kernel::argmax_advance_inputs_kernel::launch(
+            client,
+            CubeCount::new_1d(1),
+            CubeDim::new_1d(pick as u32),
+            vals.into_arg(),
+            idxs.into_arg(),
+            state.clone().into_arg(),
+            history.clone().into_arg(),
+            n.embed.into_arg(),
+            n.cos_table.into_arg(),
+            n.sin_table.into_arg(),
+            n.x.into_arg(),
+            n.cos.into_arg(),
+            n.sin.into_arg(),
+            parts as u32,
+            vocab as u32,
+            pick,
+            PICK_BATCH,
+            dtype,
+        ),
+        next => {
+            kernel::argmax_advance_kernel::launch(
+                client,
+                CubeCount::new_1d(1),
+                CubeDim::new_1d(pick as u32),
+                vals.into_arg(),
+                idxs.into_arg(),
+                state.clone().into_arg(),
+                history.clone().into_arg(),
+                parts as u32,
+                vocab as u32,
+                pick,
+                PICK_BATCH,
+            );
+            if let Some(n) = next {
+                crate::decode::inputs_into(client, n.embed, n.cos_table, n.sin_table, state.clone(), &n.x, &n.cos, &n.sin)?;
+            }
+        }
+    }
     Ok(())
 }

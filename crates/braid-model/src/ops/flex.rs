@@ -279,9 +279,17 @@ impl FusedOps for Flex {
         w: FloatTensor<Self>,
         state: IntTensor<Self>,
         history: IntTensor<Self>,
-    ) -> (IntTensor<Self>, IntTensor<Self>) {
-        let (s, h) = reference::greedy_head(wrap(residual), wrap(x), wrap(gamma), eps, precision, wrap(w), iwrap(state), iwrap(history));
-        (iunwrap(s), iunwrap(h))
+        embed: FloatTensor<Self>,
+        cos_table: FloatTensor<Self>,
+        sin_table: FloatTensor<Self>,
+        next_x: FloatTensor<Self>,
+        next_cos: FloatTensor<Self>,
+        next_sin: FloatTensor<Self>,
+    ) -> (IntTensor<Self>, IntTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let tables = [wrap(embed), wrap(cos_table), wrap(sin_table)];
+        let next = [wrap(next_x), wrap(next_cos), wrap(next_sin)];
+        let (s, h, [x, c, si]) = reference::greedy_head(wrap(residual), wrap(x), wrap(gamma), eps, precision, wrap(w), iwrap(state), iwrap(history), tables, next);
+        (iunwrap(s), iunwrap(h), unwrap(x), unwrap(c), unwrap(si))
     }
 
     fn add_rms_norm_qkv(

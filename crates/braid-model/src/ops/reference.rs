@@ -355,8 +355,10 @@ pub fn advance(ids: Tensor<1, Int>, state: Tensor<1, Int>, history: Tensor<1, In
     (state, history)
 }
 
-/// The batch-1 decode step's end: [`add_rms_norm`], the head ([`linear`]), [`argmax`] and
-/// [`advance`] (`residual, x: [1, hidden]`, `w: [vocab, hidden]`) -> `(state, history)`.
+/// The batch-1 decode step's end: [`add_rms_norm`], the head ([`linear`]), [`argmax`],
+/// [`advance`] and the next step's [`decode_inputs`] (`residual, x: [1, hidden]`, `w: [vocab,
+/// hidden]`, `tables`: embedding and RoPE tables) -> `(state, history, [x, cos, sin])`; `next`
+/// (the fused op's in-place outputs) is not used: the inputs are new tensors.
 #[allow(clippy::too_many_arguments)]
 pub fn greedy_head(
     residual: Tensor<2>,
@@ -367,9 +369,14 @@ pub fn greedy_head(
     w: Tensor<2>,
     state: Tensor<1, Int>,
     history: Tensor<1, Int>,
-) -> (Tensor<1, Int>, Tensor<1, Int>) {
+    tables: [Tensor<2>; 3],
+    _next: [Tensor<2>; 3],
+) -> (Tensor<1, Int>, Tensor<1, Int>, [Tensor<2>; 3]) {
     let (_, normed) = add_rms_norm(residual, x, gamma, eps, precision);
-    advance(argmax(linear(normed, w)), state, history)
+    let (state, history) = advance(argmax(linear(normed, w)), state, history);
+    let [embed, cos_table, sin_table] = tables;
+    let (x, cos, sin) = decode_inputs(embed, cos_table, sin_table, state.clone());
+    (state, history, [x, cos, sin])
 }
 
 /// A residual add then [`rms_norm_qkv`]: `(h = residual + x, rms_norm_qkv(h))` (the decode

@@ -419,16 +419,19 @@ fn check_argmax(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
     }
 }
 
-/// `greedy_head` (the decode step's last add, final norm, head, argmax and advance), twice:
+/// `greedy_head` (the decode step's last add, final norm, head, argmax, advance and the next
+/// step's inputs, the head doubling as the embedding), twice:
 /// - `greedy_head`: exact against the host, with a planted winner: head row `a` is the sign
 ///   of the f64 normalised row (its logit is the row's L1 norm, far above every random row's),
 ///   and rows `a + 1` and one in another cube's range are copies of it (ties of equal bits: the
-///   first index must win, within a cube and across cubes);
+///   first index must win, within a cube and across cubes); the next inputs are row `a` and the
+///   RoPE rows of the next position;
 /// - `greedy_head_bits`: every value equal to the launches it replaces (`add_rms_norm`,
-///   `linear`, `argmax_device`, `advance`), on random rows (near-ties among the rounded logits)
-///   and on rows with a planted rounding tie (below).
+///   `linear`, `argmax_device`, `advance`, `decode_inputs`), on random rows (near-ties among the
+///   rounded logits) and on rows with a planted rounding tie (below).
 ///
-/// Qwen3's vocabulary at decode (the pick over ~19k partials on a GPU), odd widths elsewhere.
+/// Qwen3's vocabulary at decode (the pick over thousands of partials on a GPU), odd widths
+/// elsewhere.
 fn check_greedy_head(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpCheck> {
     use burn::tensor::Int;
     let (vocab, hidden) = match case.name {
@@ -462,28 +465,50 @@ fn check_greedy_head(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<
         }
     }
     let w = ctx.t(wv, [vocab, hidden]);
+    // The next step's inputs: the head is the embedding (tied, as Qwen3-0.6B's), RoPE tables
+    // of `cap` rows; the fused op writes into NaN buffers (unwritten values show).
+    let hd = 8;
+    let cos_t = Tensor::<2>::from_data(TensorData::new(rng.vec(cap * hd, 1.0), [cap, hd]), (ctx.device, DType::F32));
+    let sin_t = Tensor::<2>::from_data(TensorData::new(rng.vec(cap * hd, 1.0), [cap, hd]), (ctx.device, DType::F32));
+    let (ch, sh) = (host(cos_t.clone()), host(sin_t.clone()));
     let run = |w: &Tensor<2>, way: u8| -> Vec<f64> {
         let (st, hist) = (u32s(vec![7, pos as u32]), u32s(vec![0; cap]));
-        let (st, hist) = match way {
-            0 => super::greedy_head(res.clone(), x.clone(), gamma.clone(), eps, p, w.clone(), st, hist),
-            1 => reference::greedy_head(res.clone(), x.clone(), gamma.clone(), eps, p, w.clone(), st, hist),
+        let next = [
+            Tensor::<2>::full([1, hidden], f32::NAN, (ctx.device, ctx.dtype)),
+            Tensor::<2>::full([1, hd], f32::NAN, (ctx.device, DType::F32)),
+            Tensor::<2>::full([1, hd], f32::NAN, (ctx.device, DType::F32)),
+        ];
+        let tables = [w.clone(), cos_t.clone(), sin_t.clone()];
+        let (st, hist, [nx, nc, ns]) = match way {
+            0 => super::greedy_head(res.clone(), x.clone(), gamma.clone(), eps, p, w.clone(), st, hist, tables, next),
+            1 => reference::greedy_head(res.clone(), x.clone(), gamma.clone(), eps, p, w.clone(), st, hist, tables, next),
             _ => {
                 let (_, n) = super::add_rms_norm(res.clone(), x.clone(), gamma.clone(), eps, p);
-                super::advance(super::argmax_device(super::linear(n, w.clone())), st, hist)
+                let (st, hist) = super::advance(super::argmax_device(super::linear(n, w.clone())), st, hist);
+                let (nx, nc, ns) = super::decode_inputs(w.clone(), cos_t.clone(), sin_t.clone(), st.clone());
+                (st, hist, [nx, nc, ns])
             }
         };
         let mut out = ints(st);
         out.extend(ints(hist));
+        out.extend(host(nx));
+        out.extend(host(nc));
+        out.extend(host(ns));
         out
     };
     let mut truth = vec![a as f64, (pos + 1) as f64];
     let mut hist = vec![0.0; cap];
     hist[pos + 1] = a as f64;
     truth.extend(hist);
+    // Row `a` of the head as uploaded (signs: exact in every dtype).
+    truth.extend((0..hidden).map(|k| if normed[k] < 0.0 { -1.0 } else { 1.0 }));
+    truth.extend_from_slice(&ch[(pos + 1) * hd..(pos + 2) * hd]);
+    truth.extend_from_slice(&sh[(pos + 1) * hd..(pos + 2) * hd]);
     let wrong = |x: &[f64], y: &[f64]| {
         if x.len() != y.len() {
             return 1.0;
         }
+        // (NaN equals nothing: an unwritten output counts as wrong.)
         x.iter().zip(y).filter(|(u, v)| u != v).count() as f64 / y.len() as f64
     };
     let (fused, twin) = (run(&w, 0), run(&w, 1));
