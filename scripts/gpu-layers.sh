@@ -8,7 +8,7 @@
 #   LAYERS_CHECKS  check groups (default decode_layers decode_mlp_qkv); LAYERS_DTYPES (default
 #   bf16 f16 f32); LAYERS_CHECK_ENV  env settings for the checks; LAYERS_GENERATE=0 skips the text;
 #   GEN_VAR  the switch the text is compared across (default BRAID_DECODE_LAYERS, 1 and 0);
-#   SMI=1  samples the SM clock and power during each latency run
+#   SMI=1  samples the SM clock and power during each latency run; LAT_WAYS  the runs' --ways
 # Results: $OUT/results.tar.gz, a summary printed last.
 source scripts/gpu-setup.sh
 DEFAULT='BRAID_DECODE_LAYERS=1;BRAID_DECODE_LAYERS=0;BRAID_DECODE_LAYERS=1;BRAID_DECODE_LAYERS=0'
@@ -32,7 +32,7 @@ for e in "${runs[@]}"; do
   i=$((i+1))
   # SMI=1: the SM clock, power and throttle reasons sampled every 200 ms during the run.
   [ "${SMI:-0}" = 1 ] && { nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active --format=csv,noheader,nounits -lms 200 > $OUT/smi-$i.txt 2>&1 & smi=$!; }
-  env $e timeout 150 $BIN bench latency --model $M --device cuda --dtype bf16 --plan fused --runs 3 --json $OUT/latency-$i.json \
+  env $e timeout 150 $BIN bench latency --model $M --device cuda --dtype bf16 --plan fused --runs 3 ${LAT_WAYS:+--ways $LAT_WAYS} --json $OUT/latency-$i.json \
     > $OUT/latency-$i.txt 2>&1
   [ "${SMI:-0}" = 1 ] && { kill $smi; echo "  smi $i: $(sort -t, -k3 -n -r $OUT/smi-$i.txt | head -40 | awk -F, '{c+=$1; p+=$3; n++; t=$5} END {printf "top-40-power samples: sm %.0f MHz, %.0f W, throttle %s", c/n, p/n, t}')" | tee -a $OUT/summary.txt; }
   echo "run $i ($e): $(grep -E 'graph replay|streamed|identical|rror|panic' $OUT/latency-$i.txt | head -4 | tr '\n' ' ')" | tee -a $OUT/summary.txt

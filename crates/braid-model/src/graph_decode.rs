@@ -91,12 +91,51 @@ impl Qwen3 {
             let n = layers.len();
             let (first, last) = (&layers[0], &layers[n - 1]);
             let pre = first_fused && ops::decode_layers_pre();
+            let a = &layers[1].self_attn;
             let (x, attn) = if pre {
                 (x.clone(), x)
+            } else if first_fused && ops::decode_layers_first() {
+                // The first layer's attention inputs and attention as a launch of their own
+                // (`pre` with no layer), over layer 0's rows of the stacks and of the caches
+                // (views at offset 0: the launch writes the stacked caches in place); the one
+                // MLP's weights it is given are layer 0's, which its idle cubes read into L2
+                // for the launch below.
+                let one2 = |t: &Tensor<2>, of: usize| t.clone().slice(0..t.dims()[0] / of);
+                let one1 = |t: &Tensor<1>, of: usize| t.clone().slice(0..t.dims()[0] / of);
+                let (m, h) = (n - 1, n);
+                let (x0, a0, _, _) = ops::decode_layers(
+                    x.clone(),
+                    x,
+                    one1(&w.post_norm, m),
+                    one2(&w.wo, m),
+                    one2(&w.gate, m),
+                    one2(&w.up, m),
+                    one2(&w.down, m),
+                    first.post_attention_layernorm.eps,
+                    p,
+                    &s.barrier,
+                    one1(&w.input_norm, h),
+                    one2(&w.wq, h),
+                    one2(&w.wk, h),
+                    one2(&w.wv, h),
+                    one1(&w.q_norm, h),
+                    one1(&w.k_norm, h),
+                    rope.cos.clone(),
+                    rope.sin.clone(),
+                    a.shape(1, 1),
+                    first.input_layernorm.eps,
+                    a.q_norm.eps,
+                    kc.clone().slice(0..1),
+                    vc.clone().slice(0..1),
+                    s.state.clone(),
+                    first.prefetch(),
+                    0,
+                    true,
+                );
+                (x0, a0)
             } else {
                 first.decode_attention(x, &rope, &mut s.cache.layers[0], &s.state, &plans[0], first.prefetch())
             };
-            let a = &layers[1].self_attn;
             let (x, attn, kc, vc) = ops::decode_layers(
                 attn,
                 x,

@@ -42,14 +42,15 @@ fn run(device: Option<Device>, dtype: DType) {
     let prefill = checks.iter().filter(|c| c.op == "prefill_attn").count();
     let qkv_rope = checks.iter().filter(|c| c.op.starts_with("qkv_rope")).count();
     assert!(qkv_rope == 0 || qkv_rope == 4 * 2 * 2 * 2, "qkv_rope checks: {qkv_rope}");
-    // `decode_layers` (three stacked layers, from the attention output and from the stream)
+    // `decode_layers` (three stacked layers, from the attention output and from the stream;
+    // the first layer's attention inputs and attention alone)
     // where the device runs `decode_mlp_attn` (not on CubeCL devices without plane operations,
     // lavapipe); its bits against one launch a layer for the cases whose widths the device runs
     // as one persistent launch (none without 128 SMs; in f32 Qwen3-0.6B's widths pass a lane's
     // register budget).
-    let layers = checks.iter().filter(|c| c.op == "decode_layers" || c.op == "decode_layers_pre").count();
-    let layers_bits = checks.iter().filter(|c| c.op == "decode_layers_bits" || c.op == "decode_layers_pre_bits").count();
-    assert!((layers == 0 || layers == 4 * 2 * 2) && layers_bits <= layers && layers_bits % 4 == 0, "decode_layers checks: {layers} + {layers_bits}");
+    let layers = checks.iter().filter(|c| ["decode_layers", "decode_layers_pre", "decode_layers_first"].contains(&c.op)).count();
+    let layers_bits = checks.iter().filter(|c| ["decode_layers_bits", "decode_layers_pre_bits", "decode_layers_first_bits"].contains(&c.op)).count();
+    assert!((layers == 0 || layers == 4 * 2 * 3) && layers_bits <= layers && layers_bits % 4 == 0, "decode_layers checks: {layers} + {layers_bits}");
     assert_eq!(checks.len() - prefill - qkv_rope - layers - layers_bits, 4 * (2 * (7 + 1 + 1 + 2 + 2 + 2) + 2 + 3) + 2 * 2 + 2 * 3 * 2, "every op, case and precision ran");
     for case in ["decode", "prefill-odd", "adversarial", "prefill-long"] {
         let n = checks.iter().filter(|c| c.op == "prefill_attn" && c.case.split('/').next() == Some(case)).count();

@@ -445,6 +445,13 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         );
     }
     }
+    // `pre` alone (no layer) took no barrier: every cube moves the counter on by one ticket, one
+    // round in all, so that the next launch tags its words with another round than this one's.
+    if comptime!(layers == 0) {
+        if UNIT_POS == 0 {
+            bar[0].fetch_add(1u32);
+        }
+    }
 }
 
 /// Phases D and E (see [`decode_mlp_kernel`]), from C's end: the third barrier, the next

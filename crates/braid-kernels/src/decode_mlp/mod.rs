@@ -169,8 +169,14 @@ impl Default for DecodeMlpOptions {
 /// phases (`tagged`: `options.tags` and a 16-bit dtype; phase E then waits on its words
 /// without a barrier, unless `options.e_barrier`); twice as many with [`PROBE_EXTRA_BARRIER`];
 /// for [`decode_layers`] of `layers` layers, that many a layer and with `options.a_barrier` one
-/// more before each layer's phase A but the first (the first's too with `pre`).
+/// more before each layer's phase A but the first (the first's too with `pre`); `pre` alone (no
+/// layer) one.
 pub fn rounds_layers(next: bool, tagged: bool, options: DecodeMlpOptions, layers: u32, pre: bool) -> u32 {
+    if layers == 0 {
+        // `pre` alone takes no barrier; its cubes move the counter on by one round at the end, so
+        // that the next launch tags its words with another round than this one's.
+        return u32::from(pre);
+    }
     let a = if options.a_barrier { (layers + u32::from(pre)).saturating_sub(1) } else { 0 };
     rounds(next, tagged, options) * layers + a
 }
@@ -554,13 +560,15 @@ fn run(
     let dtype = args.attn.dtype;
     let [_, hidden] = c.matrix("residual", &args.residual)?;
     c.shape("residual", &args.residual, &[1, hidden])?;
+    // (`pre` alone, `layers` 0: one layer's MLP weights, which only phase E's L2 reads touch.)
+    let mlp_layers = layers.max(1);
     let [rows_g, _] = c.matrix("wg", &args.wg)?;
-    let inter = rows_g / layers.max(1);
-    c.shape("wo", &args.wo, &[layers * hidden, q_dim])?;
-    c.shape("wg", &args.wg, &[layers * inter, hidden])?;
-    c.shape("wu", &args.wu, &[layers * inter, hidden])?;
-    c.shape("wd", &args.wd, &[layers * hidden, inter])?;
-    c.shape("gamma", &args.gamma, &[layers * hidden])?;
+    let inter = rows_g / mlp_layers;
+    c.shape("wo", &args.wo, &[mlp_layers * hidden, q_dim])?;
+    c.shape("wg", &args.wg, &[mlp_layers * inter, hidden])?;
+    c.shape("wu", &args.wu, &[mlp_layers * inter, hidden])?;
+    c.shape("wd", &args.wd, &[mlp_layers * hidden, inter])?;
+    c.shape("gamma", &args.gamma, &[mlp_layers * hidden])?;
     for (name, t) in [("residual", &args.residual), ("gamma", &args.gamma), ("wo", &args.wo), ("wg", &args.wg), ("wu", &args.wu), ("wd", &args.wd)] {
         c.contiguous(name, t)?;
         c.same_dtype(name, t, dtype)?;
@@ -582,8 +590,8 @@ fn run(
     let refuse = |why: String| KernelError::Unsupported { kernel: c.kernel(), what: format!("{q_dim} -> {hidden} -> {inter} on this device"), why };
     let options = if layers > 1 || pre { layers_options(client, options, nqkv) } else { options };
     // Each iteration after the first reads the one before's attention output as tagged words.
-    if layers == 0 || ((layers > 1 || pre || head_from > 0) && !(tags && next.as_ref().is_some_and(|n| n.attend.is_some() && n.shape.heads * n.shape.head_dim == q_dim))) {
-        return Err(refuse(format!("{layers} layers in one launch: at least one; more need the tagged phases (bf16 or f16 with tags on) and the attention, whose output is the next layer's o_proj input")));
+    if (layers == 0 && !pre) || ((layers > 1 || pre || head_from > 0) && !(tags && next.as_ref().is_some_and(|n| n.attend.is_some() && n.shape.heads * n.shape.head_dim == q_dim))) {
+        return Err(refuse(format!("{layers} layers in one launch: at least one (none only with `pre`); more need the tagged phases (bf16 or f16 with tags on) and the attention, whose output is the next layer's o_proj input")));
     }
     let ahead_b = layout(client, dtype, q_dim, hidden, inter, options).map_err(refuse)?;
     let units = options.units;
@@ -812,6 +820,8 @@ mod tests {
         assert_eq!(rounds_layers(true, true, a, 27, false), 27 * 3 + 26);
         assert_eq!(rounds_layers(true, true, a, 27, true), 27 * 3 + 27);
         assert_eq!(rounds_layers(true, true, a, 1, false), 3);
+        assert_eq!(rounds_layers(true, true, a, 0, true), 1);
+        assert_eq!(rounds_layers(true, true, with(true, false, 0), 0, true), 1);
     }
 
     #[test]

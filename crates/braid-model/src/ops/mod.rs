@@ -1384,6 +1384,15 @@ pub fn decode_layers_pre() -> bool {
     *ON.get_or_init(|| std::env::var("BRAID_DECODE_LAYERS_PRE").is_ok_and(|s| s.trim() == "1"))
 }
 
+/// Whether the first layer's attention inputs and attention run as a launch of their own over
+/// every cube (`decode_layers` with `pre` and no layer: phases D and E alone, from the embedding
+/// row) before the one launch over the layers, instead of `qkv_rope_cache` (a cube a head) and
+/// the attention launch (default; `$BRAID_DECODE_LAYERS_FIRST=0`: those two).
+pub fn decode_layers_first() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BRAID_DECODE_LAYERS_FIRST").map_or(true, |s| s.trim() != "0"))
+}
+
 /// [`attention_at`] with `units` units a cube on the CubeCL backend's row kernel (what
 /// [`decode_mlp_attn`] computes; for its checks); the twin elsewhere. `[1, heads * hd]`.
 pub fn attention_at_units(q: Tensor<4>, k_cache: Tensor<4>, v_cache: Tensor<4>, state: Tensor<1, Int>, precision: Precision, units: usize) -> Tensor<2> {

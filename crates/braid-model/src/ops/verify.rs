@@ -769,7 +769,7 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
 }
 
 /// Checks whose "twin" is the launches a fused op replaces: they must agree bit for bit.
-pub const BITWISE_OPS: [&str; 7] = ["greedy_head_bits", "qkv_rope_bits", "decode_mlp_bits", "decode_mlp_qkv_bits", "decode_mlp_attn_bits", "decode_layers_bits", "decode_layers_pre_bits"];
+pub const BITWISE_OPS: [&str; 8] = ["greedy_head_bits", "decode_layers_first_bits", "qkv_rope_bits", "decode_mlp_bits", "decode_mlp_qkv_bits", "decode_mlp_attn_bits", "decode_layers_bits", "decode_layers_pre_bits"];
 
 /// Ops that only move data, checked for exact equality.
 pub const EXACT_OPS: [&str; 3] = ["decode_state", "paged_io", "greedy_head"];
@@ -1492,6 +1492,58 @@ fn check_decode_layers(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Ve
             let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
             out.push(record(bits, case.name, p, &with(&fused, count), &with(&layered, rounds), &with(&truth, rounds)));
         }
+    }
+    // `decode_layers_first`: `pre` with no layer (the first layer's attention inputs and
+    // attention alone, as the decode step runs them before the launch over the layers), over
+    // layer 0's rows of the stacks and of the caches: `[stream | attn | k_cache | v_cache]` of
+    // layer 0 against the twin and the truth; `_first_bits`: against `qkv_rope_cache` +
+    // `attention_at_units`, with the barrier counter (one round: no barrier, every cube's ticket
+    // at the end).
+    let one2 = |t: &Tensor<2>, of: usize| t.clone().slice(0..t.dims()[0] / of);
+    let one1 = |t: &Tensor<1>, of: usize| t.clone().slice(0..t.dims()[0] / of);
+    let first = |way: usize| -> Vec<f64> {
+        let (k2, v2) = (k_dev.clone().slice(0..1) + 0.0, v_dev.clone().slice(0..1) + 0.0);
+        let (g_in, wq, wk, wv, qw, kw) = (one1(&g_in, n), one2(&ws[0], n), one2(&ws[1], n), one2(&ws[2], n), one1(&qw, n), one1(&kw, n));
+        let (s, a, k2, v2) = match way {
+            0 => super::decode_layers(
+                res.clone(), res.clone(), one1(&g, l), one2(&wo, l), one2(&wg, l), one2(&wu, l), one2(&wd, l), eps, p, &bar,
+                g_in, wq, wk, wv, qw, kw, cos.clone(), sin.clone(), shape, eps, eps, k2, v2, state.clone(), pf(), 0, true,
+            ),
+            1 => reference::decode_layers(
+                res.clone(), res.clone(), one1(&g, l), one2(&wo, l), one2(&wg, l), one2(&wu, l), one2(&wd, l), eps, p,
+                g_in, wq, wk, wv, qw, kw, cos.clone(), sin.clone(), shape, eps, eps, k2, v2, state.clone(), 0, true,
+            ),
+            _ => {
+                let (h, q, k, v) = super::qkv_rope_cache(res.clone(), res.clone(), false, g_in, wq, wk, wv, qw, kw, cos.clone(), sin.clone(), shape, eps, eps, p, k2, v2, state.clone());
+                let a = super::attention_at_units(q, k.clone(), v.clone(), state.clone(), p, super::decode_mlp_units());
+                (h, a, k, v)
+            }
+        };
+        [host(s), host(a), host(k2), host(v2)].concat()
+    };
+    let truth_first = {
+        let (hm, hv) = (|t: &Tensor<2>| host(t.clone()), |t: &Tensor<1>| host(t.clone()));
+        let part = |v: &[f64], of: usize| v[..v.len() / of].to_vec();
+        let w = [part(&hm(&ws[0]), n), part(&hm(&ws[1]), n), part(&hm(&ws[2]), n)];
+        let nw = [part(&hv(&g_in), n), part(&hv(&qw), n), part(&hv(&kw), n)];
+        let (mut kt, mut vt) = (part(&host(k_dev.clone()), n), part(&host(v_dev.clone()), n));
+        let x = hm(&res);
+        let a = head_truth(ctx, &x, &w, &nw, (&hm(&cos), &hm(&sin)), shape, hidden, (&mut kt, &mut vt), (pos, cap), eps).1;
+        [x, a, kt, vt].concat()
+    };
+    ctx.poison(nq + hidden);
+    let before = barrier_count(bar.clone());
+    let fused = first(0);
+    let count = barrier_count(bar.clone()) - before;
+    let twin = first(1);
+    out.push(record("decode_layers_first", case.name, p, &fused, &twin, &truth_first));
+    if super::decode_mlp_qkv_supported(&probe, q_dim, hidden, inter, shape) {
+        let tagged = ctx.dtype.size() == 2 && super::decode_mlp_options().tags;
+        let one = super::decode_layers_rounds(&probe, 0, shape, true).filter(|_| tagged);
+        let rounds = f64::from(one.unwrap_or(0) * super::BARRIER_CUBES);
+        let launches = first(2);
+        let with = |v: &[f64], c: f64| -> Vec<f64> { v.iter().copied().chain([c]).collect() };
+        out.push(record("decode_layers_first_bits", case.name, p, &with(&fused, count), &with(&launches, rounds), &with(&truth_first, rounds)));
     }
     out
 }
