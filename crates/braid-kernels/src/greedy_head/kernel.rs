@@ -136,9 +136,10 @@ pub(super) fn argmax_advance_kernel(
     vocab: u32,
     #[comptime] block: usize,
     #[comptime] batch: usize,
+    #[comptime] use_plane: bool,
 ) {
     let pos = state[1] + 1;
-    let next = pick(vals, idxs, parts, vocab, block, batch);
+    let next = pick(vals, idxs, parts, vocab, block, batch, use_plane);
     if UNIT_POS_X == 0 {
         advance(state, history, next, pos);
     }
@@ -164,10 +165,11 @@ pub(super) fn argmax_advance_inputs_kernel<F: Float>(
     vocab: u32,
     #[comptime] block: usize,
     #[comptime] batch: usize,
+    #[comptime] use_plane: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let pos = state[1] + 1;
-    let next = pick(vals, idxs, parts, vocab, block, batch);
+    let next = pick(vals, idxs, parts, vocab, block, batch, use_plane);
     if UNIT_POS_X == 0 {
         advance(state, history, next, pos);
     }
@@ -200,9 +202,12 @@ pub(super) fn argmax_advance_inputs_kernel<F: Float>(
 }
 
 /// The best of the `parts` partials (larger value, then smaller index), the same in every unit
-/// of the cube (`block` units, a power of two; `batch` partials in flight a unit).
+/// of the cube (`block` units, a power of two; `batch` partials in flight a unit). `use_plane`:
+/// plane reductions (the largest value, then the smallest index holding it), each plane's into
+/// shared memory, one barrier, then every plane reduces those (at most a plane's width of
+/// planes); else a shared-memory tree (a barrier a level).
 #[cube]
-fn pick(vals: &Tensor<f32>, idxs: &Tensor<u32>, parts: u32, vocab: u32, #[comptime] block: usize, #[comptime] batch: usize) -> u32 {
+fn pick(vals: &Tensor<f32>, idxs: &Tensor<u32>, parts: u32, vocab: u32, #[comptime] block: usize, #[comptime] batch: usize, #[comptime] use_plane: bool) -> u32 {
     let parts = parts as usize;
     let unit = UNIT_POS_X as usize;
     let mut best_v = f32::new(f32::MIN);
@@ -232,11 +237,31 @@ fn pick(vals: &Tensor<f32>, idxs: &Tensor<u32>, parts: u32, vocab: u32, #[compti
     }
     let mut sv = Shared::<[f32]>::new_slice(block);
     let mut si = Shared::<[u32]>::new_slice(block);
-    sv[unit] = best_v;
-    si[unit] = best_i;
-    // (Ends with a cube barrier: every unit may read the winner.)
-    cube_best(&mut sv, &mut si);
-    si[0]
+    if use_plane {
+        let (plane, lane) = (unit / PLANE_DIM as usize, UNIT_POS_PLANE);
+        let top = plane_max(best_v);
+        let at = plane_min(if best_v == top { best_i } else { vocab });
+        if lane == 0 {
+            sv[plane] = top;
+            si[plane] = at;
+        }
+        sync_cube();
+        let planes = CUBE_DIM_X / PLANE_DIM;
+        let mut v = f32::new(f32::MIN);
+        let mut i = vocab;
+        if lane < planes {
+            v = sv[lane as usize];
+            i = si[lane as usize];
+        }
+        let top = plane_max(v);
+        plane_min(if v == top { i } else { vocab })
+    } else {
+        sv[unit] = best_v;
+        si[unit] = best_i;
+        // (Ends with a cube barrier: every unit may read the winner.)
+        cube_best(&mut sv, &mut si);
+        si[0]
+    }
 }
 
 /// `state = [next, pos]`, `history[pos] = next` (skipped past its end).

@@ -166,9 +166,11 @@ pub fn greedy_head(
         hw.plane_size_min.max(1) as usize,
         dtype,
     );
-    // As many units as the device allows, a power of two (for the tree).
+    // As many units as the device allows, a power of two (for the tree); with plane
+    // operations at most a plane's width of planes (the pick's second plane reduction).
     let mut pick = PICK_BLOCK;
-    while pick > 32 && (pick as u32 > hw.max_units_per_cube || pick as u32 > hw.max_cube_dim.0) {
+    let plane = hw.plane_size_min.max(1) as usize;
+    while pick > 32 && (pick as u32 > hw.max_units_per_cube || pick as u32 > hw.max_cube_dim.0 || (use_plane && pick / plane > plane)) {
         pick /= 2;
     }
     match next {
@@ -191,6 +193,7 @@ pub fn greedy_head(
             vocab as u32,
             pick,
             PICK_BATCH,
+            use_plane,
             dtype,
         ),
         next => {
@@ -206,6 +209,7 @@ pub fn greedy_head(
                 vocab as u32,
                 pick,
                 PICK_BATCH,
+                use_plane,
             );
             if let Some(n) = next {
                 crate::decode::inputs_into(client, n.embed, n.cos_table, n.sin_table, state.clone(), &n.x, &n.cos, &n.sin)?;
