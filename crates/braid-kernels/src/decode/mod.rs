@@ -48,29 +48,11 @@ pub fn inputs(
 ) -> Result<(TensorHandle, TensorHandle, TensorHandle), KernelError> {
     let c = Check::new("decode_inputs");
     let [_, hidden] = c.matrix("embed", &embed)?;
-    let [cap, hd] = c.matrix("cos_table", &cos_table)?;
-    c.shape("sin_table", &sin_table, &[cap, hd])?;
-    c.same_dtype("cos_table", &cos_table, ElemType::Float(cubecl::ir::FloatKind::F32))?;
-    c.same_dtype("sin_table", &sin_table, ElemType::Float(cubecl::ir::FloatKind::F32))?;
-    check_state(&c, &state)?;
-    let dtype = embed.dtype;
-    let f32_t = cos_table.dtype;
-    let x = output_like(client, &[1, hidden], dtype);
-    let cos = output_like(client, &[1, hd], f32_t);
-    let sin = output_like(client, &[1, hd], f32_t);
-    kernel::inputs_kernel::launch(
-        client,
-        cubes(hidden + 2 * hd),
-        CubeDim::new_1d(BLOCK),
-        embed.into_arg(),
-        cos_table.into_arg(),
-        sin_table.into_arg(),
-        state.into_arg(),
-        x.clone().into_arg(),
-        cos.clone().into_arg(),
-        sin.clone().into_arg(),
-        dtype,
-    );
+    let [_, hd] = c.matrix("cos_table", &cos_table)?;
+    let x = output_like(client, &[1, hidden], embed.dtype);
+    let cos = output_like(client, &[1, hd], cos_table.dtype);
+    let sin = output_like(client, &[1, hd], cos_table.dtype);
+    inputs_into(client, embed, cos_table, sin_table, state, &x, &cos, &sin)?;
     Ok((x, cos, sin))
 }
 
@@ -87,7 +69,7 @@ pub fn inputs_into(
     cos: &TensorHandle,
     sin: &TensorHandle,
 ) -> Result<(), KernelError> {
-    let c = Check::new("decode_inputs_into");
+    let c = Check::new("decode_inputs");
     let [_, hidden] = c.matrix("embed", &embed)?;
     let [cap, hd] = c.matrix("cos_table", &cos_table)?;
     c.shape("sin_table", &sin_table, &[cap, hd])?;

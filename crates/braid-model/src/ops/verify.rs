@@ -771,6 +771,15 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
 /// Checks whose "twin" is the launches a fused op replaces: they must agree bit for bit.
 pub const BITWISE_OPS: [&str; 8] = ["greedy_head_bits", "decode_layers_first_bits", "qkv_rope_bits", "decode_mlp_bits", "decode_mlp_qkv_bits", "decode_mlp_attn_bits", "decode_layers_bits", "decode_layers_pre_bits"];
 
+/// Ops whose f32 mode rounds more than once by design: `decode_layers` over three layers hands
+/// each layer's stream and attention output on in the dtype and stores each layer's keys,
+/// values and residual sums there, so the last layer's outputs carry three layers' roundings
+/// and their propagation, not one (Flex bf16, 2026-11-27, seed 1795814536909225837:
+/// `prefill-long` 7.833e-3 against 2u = 7.812e-3, with the twin's error the same to the bit;
+/// the later layers' new key rows ~6u off the f64 truth). They keep the other rules (8u, and
+/// no further from the truth than the twin plus 2u), not the f32 mode's one-rounding bound.
+pub const STACKED_OPS: [&str; 2] = ["decode_layers", "decode_layers_pre"];
+
 /// Ops that only move data, checked for exact equality.
 pub const EXACT_OPS: [&str; 3] = ["decode_state", "paged_io", "greedy_head"];
 
@@ -780,7 +789,8 @@ pub const EXACT_OPS: [&str; 3] = ["decode_state", "paged_io", "greedy_head"];
 ///   `1e-6` for f32 where transcendental functions and the f32 accumulation dominate);
 /// - the fused op no further from the truth than its twin plus `2 u` (it may differ in summation
 ///   order only);
-/// - f32 mode within `2 u` of the truth: one rounding at the output;
+/// - f32 mode within `2 u` of the truth: one rounding at the output ([`STACKED_OPS`], several
+///   layers in one op, round at every layer and are held to the two rules above);
 /// - argmax: exactly the truth's index (the first on ties) in every row; the data-movement ops
 ///   ([`EXACT_OPS`]): every value exact; [`BITWISE_OPS`]: the fused op equal, every bit, to the
 ///   launches it replaces (its accuracy is checked under its own name).
@@ -807,7 +817,7 @@ pub fn passes(c: &OpCheck, dtype: DType) -> Result<(), String> {
     if c.fused_err > c.twin_err + 2.0 * u {
         return Err(format!("fused error {:.3e} > twin error {:.3e} + 2u", c.fused_err, c.twin_err));
     }
-    if c.precision == Precision::F32 && c.fused_err > 2.0 * u {
+    if c.precision == Precision::F32 && !STACKED_OPS.contains(&c.op) && c.fused_err > 2.0 * u {
         return Err(format!("f32 mode error {:.3e} > 2u = {:.3e}", c.fused_err, 2.0 * u));
     }
     Ok(())
