@@ -551,6 +551,36 @@ impl<'d> Bench<'d> {
                     let _ = reference::linear(x.clone(), head.clone());
                 },
             )?;
+            if rows == 1 {
+                // The batch-1 step's end: `greedy_head` against the five fused ops it replaces
+                // (its "twin" column here: add_rms_norm, linear, argmax_device, advance,
+                // decode_inputs). The state moves on a position a call: tables of 8,192 rows.
+                let cap = 8192;
+                let down = rand2(1, HIDDEN, 1.0, device, dtype);
+                let tables = braid_model::nn::RotaryEmbedding::new(HD, 1e6).tables(0, cap, device);
+                let u32s = |v: Vec<u32>| {
+                    let n = v.len();
+                    Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(v, [n]), (device, DType::U32))
+                };
+                let (state, history) = (u32s(vec![1, 0]), u32s(vec![0; cap]));
+                let next = [rand2(1, HIDDEN, 1.0, device, dtype), rand2(1, HD, 1.0, device, DType::F32), rand2(1, HD, 1.0, device, DType::F32)];
+                self.row(
+                    out,
+                    "greedy_head",
+                    rows,
+                    (VOCAB * HIDDEN + 3 * HIDDEN) * size,
+                    2 * HIDDEN * VOCAB,
+                    &mut || {
+                        let t = [head.clone(), tables.cos.clone(), tables.sin.clone()];
+                        let _ = ops::greedy_head(x.clone(), down.clone(), g.clone(), EPS, p, head.clone(), state.clone(), history.clone(), t, next.clone());
+                    },
+                    &mut || {
+                        let (_, n) = ops::add_rms_norm(x.clone(), down.clone(), g.clone(), EPS, p);
+                        let (st, _) = ops::advance(ops::argmax_device(ops::linear(n, head.clone())), state.clone(), history.clone());
+                        let _ = ops::decode_inputs(head.clone(), tables.cos.clone(), tables.sin.clone(), st);
+                    },
+                )?;
+            }
         }
         let gate = rand2(rows, INTER, 3.0, device, dtype);
         let up = rand2(rows, INTER, 1.0, device, dtype);

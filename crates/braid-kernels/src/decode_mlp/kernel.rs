@@ -59,7 +59,7 @@ use crate::tagged::{await_words, publish, tag_of, value_of};
 /// phases (B, D) load their residual and norm weight before the barrier that starts them.
 /// `probe`: timing probes (`PROBE_*`), which make the results wrong.
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
 pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     attn: &Tensor<F>,          // [1, q_dim]
     residual: &Tensor<F>,      // [1, hidden]
@@ -447,6 +447,7 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     }
     // `pre` alone (no layer) took no barrier: every cube moves the counter on by one ticket, one
     // round in all, so that the next launch tags its words with another round than this one's.
+    // (Comptime and runtime conditions nested, not joined.)
     if comptime!(layers == 0) {
         if UNIT_POS == 0 {
             bar[0].fetch_add(1u32);

@@ -175,7 +175,7 @@ pub trait FusedOps: Backend {
 
     fn advance(ids: IntTensor<Self>, state: IntTensor<Self>, history: IntTensor<Self>) -> (IntTensor<Self>, IntTensor<Self>);
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn greedy_head(
         residual: FloatTensor<Self>,
         x: FloatTensor<Self>,
