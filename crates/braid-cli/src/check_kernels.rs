@@ -17,8 +17,8 @@ pub struct Args {
     seed: Option<u64>,
     /// Only these check groups (comma-separated; default all): add_rms_norm, rms_norm_qkv,
     /// qk_norm_rope, qk_rope_into, silu_mul, attention, linear, gate_up_silu, add_rms_norm_qkv,
-    /// add_rms_norm_gate_up, qkv_rope_cache, decode_mlp, decode_mlp_qkv, argmax, paged, paged_prefill,
-    /// decode_state. (The random data
+    /// add_rms_norm_gate_up, qkv_rope_cache, decode_mlp, decode_mlp_qkv, decode_layers, greedy_head,
+    /// argmax, paged, paged_prefill, decode_state. (The random data
     /// then differ from a full run's with the same `--seed`.)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
