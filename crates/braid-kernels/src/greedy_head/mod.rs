@@ -97,10 +97,8 @@ pub fn greedy_head(
     }
     let f32_t = ElemType::Float(cubecl::ir::FloatKind::F32);
     if let Some(n) = &next {
-        let [_, eh] = c.matrix("embed", &n.embed)?;
-        if eh != hidden {
-            return Err(c.shape_err("embed", &n.embed, format!("[_, {hidden}]")));
-        }
+        // (The picked id indexes it: as many rows as the head.)
+        c.shape("embed", &n.embed, &[vocab, hidden])?;
         c.same_dtype("embed", &n.embed, dtype)?;
         let [rope_cap, hd] = c.matrix("cos_table", &n.cos_table)?;
         c.shape("sin_table", &n.sin_table, &[rope_cap, hd])?;
