@@ -1,10 +1,12 @@
 //! The batch-1 decode step's end in two launches: the last residual add, the final RMSNorm,
 //! the head (logits) and the greedy pick, each cube keeping only its rows' best logit
-//! ([`kernel::head_argmax_kernel`]); then one cube picks the best of those and moves the decode
-//! state on ([`kernel::argmax_advance_kernel`]). It replaces `add_rms_norm`, `gemv::linear`,
-//! `argmax` (two launches at batch 1) and `decode::advance`, with their bits: the same
-//! normalised row, the same logits rounded as stored, the same pick (the first index of the
-//! largest), the same state.
+//! ([`kernel::head_argmax_kernel`]); then one cube picks the best of those, moves the decode
+//! state on and gathers the next step's inputs ([`kernel::argmax_advance_inputs_kernel`], or
+//! [`kernel::argmax_advance_kernel`] and `decode::inputs_into` where the device binds too few
+//! buffers). It replaces `add_rms_norm`, `gemv::linear`, `argmax` (two launches at batch 1),
+//! `decode::advance` and the next step's `decode::inputs`, with their bits: the same normalised
+//! row, the same logits rounded as stored, the same pick (the first index of the largest), the
+//! same state and inputs.
 
 mod kernel;
 
