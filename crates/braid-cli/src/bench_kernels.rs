@@ -554,8 +554,9 @@ impl<'d> Bench<'d> {
             if rows == 1 {
                 // The batch-1 step's end: `greedy_head` against the five fused ops it replaces
                 // (its "twin" column here: add_rms_norm, linear, argmax_device, advance,
-                // decode_inputs). The state moves on a position a call: tables of 8,192 rows.
-                let cap = 8192;
+                // decode_inputs). The state moves on a position a call, in both (~27 calls an
+                // iteration in all: warm-ups, capture, replays): tables with room for them all.
+                let cap = (32 * self.iters + 1024).next_power_of_two();
                 let down = rand2(1, HIDDEN, 1.0, device, dtype);
                 let tables = braid_model::nn::RotaryEmbedding::new(HD, 1e6).tables(0, cap, device);
                 let u32s = |v: Vec<u32>| {
