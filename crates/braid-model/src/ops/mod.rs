@@ -454,15 +454,17 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
 /// matrix's first row; `hot_a` .. `hot_d` only phase A's .. D's), `noattn` (its attention phase skipped), `nowait` (phase E's head cubes
 /// do not wait for their words), `novalues` (phase E's attention skips its weighted values),
 /// `launch` (an empty launch between the layers of a decode step). Each changes what a step computes (the tokens are
-/// then wrong); the difference in step time is what that part costs. Returns the layer
-/// launch's mask (`braid_kernels::decode_mlp::DecodeMlpOptions::probe`) and `launch`; warns
-/// once on stderr when any is set. Read once per process.
-pub fn decode_probe() -> (u32, bool) {
+/// then wrong); the difference in step time is what that part costs. `twice` (the one launch
+/// over the layers run twice a step with the same inputs: the tokens stay right, the step grows
+/// by that launch's time inside the graph). Returns the layer launch's mask
+/// (`braid_kernels::decode_mlp::DecodeMlpOptions::probe`), `launch` and `twice`; warns once on
+/// stderr when any is set. Read once per process.
+pub fn decode_probe() -> (u32, bool, bool) {
     use braid_kernels::decode_mlp::{PROBE_EXTRA_BARRIER, PROBE_HOT_A, PROBE_HOT_B, PROBE_HOT_C, PROBE_HOT_D, PROBE_HOT_WEIGHTS, PROBE_NO_ATTENTION, PROBE_NO_VALUES, PROBE_NO_WAIT};
-    static PROBE: std::sync::OnceLock<(u32, bool)> = std::sync::OnceLock::new();
+    static PROBE: std::sync::OnceLock<(u32, bool, bool)> = std::sync::OnceLock::new();
     *PROBE.get_or_init(|| {
-        let Ok(list) = std::env::var("BRAID_DECODE_PROBE") else { return (0, false) };
-        let (mut mask, mut launch) = (0, false);
+        let Ok(list) = std::env::var("BRAID_DECODE_PROBE") else { return (0, false, false) };
+        let (mut mask, mut launch, mut twice) = (0, false, false);
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match name {
                 "barrier" => mask |= PROBE_EXTRA_BARRIER,
@@ -475,13 +477,16 @@ pub fn decode_probe() -> (u32, bool) {
                 "nowait" => mask |= PROBE_NO_WAIT,
                 "novalues" => mask |= PROBE_NO_VALUES,
                 "launch" => launch = true,
-                other => eprintln!("warning: $BRAID_DECODE_PROBE: unknown probe {other:?} (barrier, hot, hot_a, hot_b, hot_c, hot_d, noattn, nowait, novalues, launch)"),
+                "twice" => twice = true,
+                other => eprintln!("warning: $BRAID_DECODE_PROBE: unknown probe {other:?} (barrier, hot, hot_a, hot_b, hot_c, hot_d, noattn, nowait, novalues, launch, twice)"),
             }
         }
         if mask != 0 || launch {
             eprintln!("warning: $BRAID_DECODE_PROBE={list}: timing probes on, decode results are wrong");
+        } else if twice {
+            eprintln!("warning: $BRAID_DECODE_PROBE={list}: the layers' launch runs twice a step (a timing probe)");
         }
-        (mask, launch)
+        (mask, launch, twice)
     })
 }
 
