@@ -428,7 +428,8 @@ fn check_argmax(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
 ///   RoPE rows of the next position;
 /// - `greedy_head_bits`: every value equal to the launches it replaces (`add_rms_norm`,
 ///   `linear`, `argmax_device`, `advance`, `decode_inputs`), on random rows (near-ties among the
-///   rounded logits) and on rows with a planted rounding tie (below).
+///   rounded logits), on rows with a planted rounding tie (below), and with NaN logits and an
+///   overflowing winner in the last row (whichever the device's argmax makes of them).
 ///
 /// Qwen3's vocabulary at decode (the pick over thousands of partials on a GPU), odd widths
 /// elsewhere.
@@ -508,8 +509,9 @@ fn check_greedy_head(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<
         if x.len() != y.len() {
             return 1.0;
         }
-        // (NaN equals nothing: an unwritten output counts as wrong.)
-        x.iter().zip(y).filter(|(u, v)| u != v).count() as f64 / y.len() as f64
+        // (A NaN matches only a NaN: an unwritten output counts as wrong against the truth,
+        // which has none; against the launches a NaN row gathered by both is the same value.)
+        x.iter().zip(y).filter(|(u, v)| u != v && !(u.is_nan() && v.is_nan())).count() as f64 / y.len() as f64
     };
     let (fused, twin) = (run(&w, 0), run(&w, 1));
     let planted = OpCheck {
@@ -533,6 +535,24 @@ fn check_greedy_head(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<
         let s = if normed[k] < 0.0 { -1.0 } else { 1.0 };
         wv[a * hidden + k] = s;
         wv[b * hidden + k] = if k == 0 { s * (1.0 - 1.0 / 128.0) } else { s };
+    }
+    let w = ctx.t(wv, [vocab, hidden]);
+    fused.extend(run(&w, 0));
+    launches.extend(run(&w, 2));
+    // NaN logits (rows of NaN weights, the first cube's first among them) and the last row
+    // with a logit past f16's range (+inf there): the kernels' argmax lets no NaN win (the last
+    // row does), Burn's, which the twin runs, takes the first NaN as PyTorch's does; either
+    // way the op must pick as the launches it replaces do on the same device.
+    let mut wv = rng.vec(vocab * hidden, 1.0 / (hidden as f32).sqrt());
+    // (Row `vocab - 2` shares the winner's cube: on the plane path, where a plane keeps the
+    // best of several rows and the cube scans its planes in order, a unit that let a NaN win
+    // would lose the winner; the unit path's tree drops NaN slots either way, so lavapipe
+    // cannot show that.)
+    for row in [0, vocab / 3, vocab - 2] {
+        wv[row * hidden..(row + 1) * hidden].iter_mut().for_each(|v| *v = f32::NAN);
+    }
+    for k in 0..hidden {
+        wv[(vocab - 1) * hidden + k] = if normed[k] < 0.0 { -1.0e4 } else { 1.0e4 };
     }
     let w = ctx.t(wv, [vocab, hidden]);
     fused.extend(run(&w, 0));
