@@ -70,11 +70,21 @@ impl Ctx<'_> {
     fn t<const D: usize>(&self, v: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
         Tensor::<D>::from_data(TensorData::new(v, shape), (self.device, DType::F32)).cast(self.dtype)
     }
+    /// A u32 vector (decode state, ids, history) on the device.
+    fn u32s(&self, v: Vec<u32>) -> Tensor<1, burn::tensor::Int> {
+        let n = v.len();
+        Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(v, [n]), (self.device, DType::U32))
+    }
     /// Allocates and drops a NaN buffer the size of an output, so the pool reuses it.
     fn poison(&self, len: usize) {
         let nan = Tensor::<1>::full([len], f32::NAN, (self.device, self.dtype));
         let _ = nan.into_data();
     }
+}
+
+/// An integer tensor's values on the host, as f64 (to sit beside float outputs).
+fn host_ints(t: Tensor<1, burn::tensor::Int>) -> Vec<f64> {
+    t.into_data().convert::<i64>().try_to_vec::<i64>().expect("ints").into_iter().map(|x| x as f64).collect()
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f64> {
@@ -288,14 +298,9 @@ pub fn verify_some(device: &Device, dtype: DType, seed: u64, want: &dyn Fn(&str)
 /// The graph-ready decode ops that move data (`decode_inputs`, `kv_write`, `advance`): exact
 /// against the host (error = fraction of wrong values). The caches' other rows must not change.
 fn check_decode_state(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
-    use burn::tensor::Int;
     let (vocab, hidden, kv, cap, hd) = (50, 24 + case.rows % 7, 2, 9, 8);
     let (token, pos) = (case.rows % vocab, (case.rows * 3) % cap);
-    let u32s = |v: Vec<u32>| {
-        let n = v.len();
-        Tensor::<1, Int>::from_data(TensorData::new(v, [n]), (ctx.device, DType::U32))
-    };
-    let state = u32s(vec![token as u32, pos as u32]);
+    let state = ctx.u32s(vec![token as u32, pos as u32]);
     let embed = ctx.t(rng.vec(vocab * hidden, case.scale), [vocab, hidden]);
     let cos_t = Tensor::<2>::from_data(TensorData::new(rng.vec(cap * hd, 1.0), [cap, hd]), (ctx.device, DType::F32));
     let sin_t = Tensor::<2>::from_data(TensorData::new(rng.vec(cap * hd, 1.0), [cap, hd]), (ctx.device, DType::F32));
@@ -338,21 +343,18 @@ fn check_decode_state(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
         } else {
             reference::kv_write(k2, v2, k.clone(), v.clone(), state.clone())
         };
-        let st = u32s(vec![token as u32, pos as u32]);
-        let hist = u32s(vec![0; history_len]);
-        let ids = u32s(vec![next as u32]);
+        let st = ctx.u32s(vec![token as u32, pos as u32]);
+        let hist = ctx.u32s(vec![0; history_len]);
+        let ids = ctx.u32s(vec![next as u32]);
         let (st, hist) = if fused { super::advance(ids, st, hist) } else { reference::advance(ids, st, hist) };
-        let ints = |t: Tensor<1, Int>| -> Vec<f64> {
-            t.into_data().convert::<i64>().try_to_vec::<i64>().expect("ints").into_iter().map(|x| x as f64).collect()
-        };
         let mut out = Vec::new();
         out.extend(host(x));
         out.extend(host(c));
         out.extend(host(s));
         out.extend(host(k2));
         out.extend(host(v2));
-        out.extend(ints(st));
-        out.extend(ints(hist));
+        out.extend(host_ints(st));
+        out.extend(host_ints(hist));
         out
     };
     let (fused, twin) = (run(true), run(false));
@@ -434,7 +436,6 @@ fn check_argmax(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
 /// Qwen3's vocabulary at decode (the pick over thousands of partials on a GPU), odd widths
 /// elsewhere.
 fn check_greedy_head(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpCheck> {
-    use burn::tensor::Int;
     let (vocab, hidden) = match case.name {
         "decode" => (151_936, 128),
         "prefill-odd" | "adversarial" => (5000 + 11, 200 + 13),
@@ -442,13 +443,6 @@ fn check_greedy_head(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<
     };
     let (eps, cap) = (1e-6, 12);
     let pos = (case.rows * 5) % (cap - 1);
-    let u32s = |v: Vec<u32>| {
-        let n = v.len();
-        Tensor::<1, Int>::from_data(TensorData::new(v, [n]), (ctx.device, DType::U32))
-    };
-    let ints = |t: Tensor<1, Int>| -> Vec<f64> {
-        t.into_data().convert::<i64>().try_to_vec::<i64>().expect("ints").into_iter().map(|x| x as f64).collect()
-    };
     let res = ctx.t(rng.vec(hidden, case.scale), [1, hidden]);
     let x = ctx.t(rng.vec(hidden, case.scale), [1, hidden]);
     let gamma = ctx.t(rng.norm_weights(hidden, 1.0, 0.2, case.peak), [hidden]);
@@ -473,7 +467,7 @@ fn check_greedy_head(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<
     let sin_t = Tensor::<2>::from_data(TensorData::new(rng.vec(cap * hd, 1.0), [cap, hd]), (ctx.device, DType::F32));
     let (ch, sh) = (host(cos_t.clone()), host(sin_t.clone()));
     let run = |w: &Tensor<2>, way: u8| -> Vec<f64> {
-        let (st, hist) = (u32s(vec![7, pos as u32]), u32s(vec![0; cap]));
+        let (st, hist) = (ctx.u32s(vec![7, pos as u32]), ctx.u32s(vec![0; cap]));
         let next = [
             Tensor::<2>::full([1, hidden], f32::NAN, (ctx.device, ctx.dtype)),
             Tensor::<2>::full([1, hd], f32::NAN, (ctx.device, DType::F32)),
@@ -490,8 +484,8 @@ fn check_greedy_head(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<
                 (st, hist, [nx, nc, ns])
             }
         };
-        let mut out = ints(st);
-        out.extend(ints(hist));
+        let mut out = host_ints(st);
+        out.extend(host_ints(hist));
         out.extend(host(nx));
         out.extend(host(nc));
         out.extend(host(ns));
@@ -689,12 +683,7 @@ fn qk_truth(all: &[f64], qwh: &[f64], kwh: &[f64], cosh: &[f64], sinh: &[f64], s
 /// (`qk_rope_pool`: one batch of rows). The truth is q and the whole cache or pool, random
 /// beforehand: the rows not written must keep their values.
 fn check_qk_rope_into(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec<OpCheck> {
-    use burn::tensor::Int;
     let (heads, kv_heads, hd, eps) = (4, 2, 48, 1e-6);
-    let u32s = |v: Vec<u32>| {
-        let n = v.len();
-        Tensor::<1, Int>::from_data(TensorData::new(v, [n]), (ctx.device, DType::U32))
-    };
     let mut out = Vec::new();
     for pool in [false, true] {
         let (batch, seq) = if pool || case.rows == 1 { (1, case.rows) } else { (2, case.rows.div_ceil(2)) };
@@ -737,7 +726,7 @@ fn check_qk_rope_into(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec
             let (k2, v2) = (k_dev.clone() + 0.0, v_dev.clone() + 0.0);
             let (qw, kw, cos, sin) = (qw.clone(), kw.clone(), cos.clone(), sin.clone());
             let (q, k2, v2) = if pool {
-                let (k2, v2, st) = (k2.reshape([n_slots, kv_heads, hd]), v2.reshape([n_slots, kv_heads, hd]), u32s(slots.clone()));
+                let (k2, v2, st) = (k2.reshape([n_slots, kv_heads, hd]), v2.reshape([n_slots, kv_heads, hd]), ctx.u32s(slots.clone()));
                 let (q, k2, v2) = if fused {
                     super::qk_norm_rope_pool(q, k, v, qw, kw, cos, sin, shape, eps, p, k2, v2, st)
                 } else {
@@ -745,7 +734,7 @@ fn check_qk_rope_into(ctx: &Ctx, rng: &mut Rng, case: Case, p: Precision) -> Vec
                 };
                 (q, host(k2), host(v2))
             } else {
-                let st = u32s(vec![1, pos as u32]);
+                let st = ctx.u32s(vec![1, pos as u32]);
                 let (q, k2, v2) = if fused {
                     super::qk_norm_rope_cache(q, k, v, qw, kw, cos, sin, shape, eps, p, k2, v2, st)
                 } else {
