@@ -9,6 +9,8 @@
 #   bf16 f16 f32); LAYERS_CHECK_ENV  env settings for the checks; LAYERS_GENERATE=0 skips the text;
 #   GEN_VAR  the switch the text is compared across (default BRAID_DECODE_LAYERS, 1 and 0);
 #   SMI=1  samples the SM clock and power during each latency run; LAT_WAYS  the runs' --ways
+#   NCU_PROMPTS  prompt lengths at which ncu times the layers' launch alone (L2 kept, clocks
+#   free; eager device-state steps), to set against the graph's step at the cache length it runs
 # Results: $OUT/results.tar.gz, a summary printed last.
 source scripts/gpu-setup.sh
 DEFAULT='BRAID_DECODE_LAYERS=1;BRAID_DECODE_LAYERS=0;BRAID_DECODE_LAYERS=1;BRAID_DECODE_LAYERS=0'
@@ -36,5 +38,20 @@ for e in "${runs[@]}"; do
     > $OUT/latency-$i.txt 2>&1
   [ "${SMI:-0}" = 1 ] && { kill $smi; echo "  smi $i: $(sort -t, -k3 -n -r $OUT/smi-$i.txt | head -40 | awk -F, '{c+=$1; p+=$3; n++; t=$5} END {printf "top-40-power samples: sm %.0f MHz, %.0f W, throttle %s", c/n, p/n, t}')" | tee -a $OUT/summary.txt; }
   echo "run $i ($e): $(grep -E 'graph replay|streamed|identical|rror|panic' $OUT/latency-$i.txt | head -4 | tr '\n' ' ')" | tee -a $OUT/summary.txt
+done
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+for p in ${NCU_PROMPTS:-}; do
+  timeout 120 $NCU --clock-control none --cache-control none --csv --page raw --print-units base -k regex:decode_mlp_kernel \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size \
+    $BIN bench latency --model $M --device cuda --dtype bf16 --plan fused --prompt-len $p --ways steps --runs 1 --new-tokens 4 \
+    > $OUT/ncu-layers-$p.csv 2> $OUT/ncu-layers-$p.err
+  echo "ncu prompt $p (exit $?): decode_mlp_kernel launches over 100 us: $(python3 -c '
+import csv, sys
+ts = []
+for r in csv.DictReader([l for l in open(sys.argv[1]) if l.startswith(chr(34))]):
+    try: ts.append(float(r["gpu__time_duration.sum"].replace(",", "")) / 1e3)
+    except ValueError: pass
+print(" ".join("%.1f" % t for t in ts if t > 100))
+' $OUT/ncu-layers-$p.csv)" | tee -a $OUT/summary.txt
 done
 echo; echo "== summary"; cat $OUT/summary.txt

@@ -87,12 +87,12 @@ pub(super) fn attention_kernel<F: Float, N: Size>(
 /// One query row's attention (the body of [`attention_kernel`]'s cubes): the row at
 /// `q[q_base..q_base + head_dim]` over keys `0..n_keys` of the key and value rows starting at
 /// `k_base`, `v_base` (elements; rows `k.stride(2)` apart), into `out[out_base..]`. Every unit of
-/// the cube (`block` of them) must call it. `decode_mlp`'s last phase runs it too. `ahead`: 4
-/// or 8 value vectors a unit has in flight (the same `ahead` gives the same bits). `values =
+/// the cube (`block` of them) must call it. `decode_mlp`'s last phase runs it too. `ahead`: 4,
+/// 8 or 16 value vectors a unit has in flight (the same `ahead` gives the same bits). `values =
 /// false` (a timing probe of `decode_mlp`'s, which makes the output wrong) skips the weighted
 /// values (step 4): the output is then zeros. Returns, unrounded, the output element this unit
 /// wrote last (element `unit` where `head_dim <= block`; 0 for a unit that wrote none), so that
-/// a caller can publish it without reading it back.
+/// a caller can publish it without reading it back. [`attend_issue`] then [`attend_loaded`].
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_row<F: Float, N: Size>(
@@ -115,23 +115,97 @@ pub(crate) fn attend_row<F: Float, N: Size>(
     #[comptime] ahead: usize,
     #[comptime] values: bool,
 ) -> f32 {
+    let vs = k.vector_size().comptime();
+    let mut kr = Array::<Vector<F, N>>::new(comptime!(head_dim / vs));
+    let mut xs = Array::<Vector<F, N>>::new(ahead);
+    attend_issue::<F, N>(k, v, k_base, v_base, n_keys, &mut kr, &mut xs, head_dim, block, partial_len, ahead);
+    attend_loaded::<F, N>(q, k, v, out, q_base, out_base, k_base, v_base, n_keys, n_keys, scale, &mut kr, &mut xs, f32_internal, max_keys, head_dim, block, partial_len, planes, ahead, values)
+}
+
+/// [`attend_row`]'s first loads, issued before anything waits: this unit's first key row into
+/// `kr` and the first `ahead` value vectors it will weigh into `xs` (see step 4 of
+/// [`attend_loaded`]), of keys below `issued` (zeros past them), so that the query, key and
+/// value reads (each a memory round trip at decode, where there is little else to do) overlap
+/// instead of following one another. A caller may issue them before the last keys exist
+/// (`issued` below the row's key count): [`attend_loaded`] loads the rest of these.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_issue<F: Float, N: Size>(
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
+    k_base: usize,
+    v_base: usize,
+    issued: usize,
+    kr: &mut Array<Vector<F, N>>,
+    xs: &mut Array<Vector<F, N>>,
+    #[comptime] head_dim: usize,
+    #[comptime] block: usize,
+    #[comptime] partial_len: usize,
+    #[comptime] ahead: usize,
+) {
     let unit = UNIT_POS_X as usize;
-    let hd = head_dim;
     // K and V rows are read in vectors of `vs` elements (16 bytes where hd allows); strides and
     // row starts are multiples of hd, hence of vs.
     // head_dim is comptime, so the key row's vector loads unroll and issue together.
+    let vs = k.vector_size().comptime();
+    let nvec = comptime!(head_dim / vs);
+    if unit < issued {
+        let row = (k_base + unit * k.stride(2)) / vs;
+        #[unroll]
+        for e in 0..nvec {
+            kr[e] = k[row + e];
+        }
+    }
+    let vrow = v.stride(2) / vs;
+    let parts = min(block / nvec, partial_len / head_dim);
+    let part = unit / nvec;
+    let vb = v_base / vs + unit % nvec;
+    #[unroll]
+    for u in 0..ahead {
+        xs[u] = Vector::<F, N>::new(F::new(0.0));
+        if part < parts {
+            xs[u] = value_or_zero::<F, N>(v, vb, vrow, part + u * parts, issued);
+        }
+    }
+}
+
+/// [`attend_row`] from its first loads on (`kr`, `xs` as [`attend_issue`] left them for keys
+/// below `issued`; those of keys `issued..n_keys` load here).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_loaded<F: Float, N: Size>(
+    q: &Tensor<F>,
+    k: &Tensor<Vector<F, N>>,
+    v: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<F>,
+    q_base: usize,
+    out_base: usize,
+    k_base: usize,
+    v_base: usize,
+    issued: usize,
+    n_keys: usize,
+    scale: f32,
+    kr: &mut Array<Vector<F, N>>,
+    xs: &mut Array<Vector<F, N>>,
+    #[comptime] f32_internal: bool,
+    #[comptime] max_keys: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] block: usize,
+    #[comptime] partial_len: usize,
+    #[comptime] planes: bool,
+    #[comptime] ahead: usize,
+    #[comptime] values: bool,
+) -> f32 {
+    let unit = UNIT_POS_X as usize;
+    let hd = head_dim;
     let vs = k.vector_size().comptime();
     let nvec = comptime!(head_dim / vs);
 
     let mut qs = Shared::<[f32]>::new_slice(head_dim);
     let mut scores = Shared::<[f32]>::new_slice(max_keys);
 
-    // 0. Loads issued before anything waits: this unit's first key row and the first four
-    // value vectors it will weigh (see 4.), so the query, key and value reads (each a memory
-    // round trip at decode, where there is little else to do) overlap instead of following
-    // one another.
-    let mut kr = Array::<Vector<F, N>>::new(nvec);
-    if unit < n_keys {
+    // 0. The first loads of keys `issued..n_keys` (none where `attend_issue` saw every key).
+    if unit >= issued && unit < n_keys {
         let row = (k_base + unit * k.stride(2)) / vs;
         #[unroll]
         for e in 0..nvec {
@@ -143,12 +217,11 @@ pub(crate) fn attend_row<F: Float, N: Size>(
     let part = unit / nvec;
     let c = unit % nvec;
     let vb = v_base / vs + c;
-    let mut xs = Array::<Vector<F, N>>::new(ahead);
     #[unroll]
     for u in 0..ahead {
-        xs[u] = Vector::<F, N>::new(F::new(0.0));
-        if part < parts {
-            xs[u] = value_or_zero::<F, N>(v, vb, vrow, part + u * parts, n_keys);
+        let j = part + u * parts;
+        if part < parts && j >= issued && j < n_keys {
+            xs[u] = v[vb + j * vrow];
         }
     }
 
@@ -166,7 +239,7 @@ pub(crate) fn attend_row<F: Float, N: Size>(
     let mut j = unit;
     while j < n_keys {
         let row = (k_base + j * k.stride(2)) / vs;
-        let dot = if j == unit { regs_dot::<F, N>(&kr, &qs, head_dim, vs) } else { key_dot::<F, N>(k, row, &qs, head_dim) };
+        let dot = if j == unit { regs_dot::<F, N>(&*kr, &qs, head_dim, vs) } else { key_dot::<F, N>(k, row, &qs, head_dim) };
         let s = if f32_internal {
             dot * scale
         } else {
@@ -207,9 +280,12 @@ pub(crate) fn attend_row<F: Float, N: Size>(
     // which bounds `parts`).
     let mut partial = Shared::<[f32]>::new_slice(partial_len);
     if part < parts {
-        let mut acc = Array::<f32>::new(comptime!(ahead * vs));
+        // (One accumulator a key of the step and channel, up to 8 keys; with 16 in flight, key
+        // `u` adds into `u % 8`'s, which keeps the registers of 8.)
+        let groups = comptime!(if ahead > 8 { 8usize } else { ahead });
+        let mut acc = Array::<f32>::new(comptime!(groups * vs));
         #[unroll]
-        for i in 0..ahead * vs {
+        for i in 0..groups * vs {
             acc[i] = 0.0;
         }
         let mut j = part;
@@ -224,7 +300,7 @@ pub(crate) fn attend_row<F: Float, N: Size>(
                 let xv = xs[u];
                 #[unroll]
                 for x in 0..vs {
-                    acc[u * vs + x] += p * f32::cast_from(xv.extract(x));
+                    acc[(u % groups) * vs + x] += p * f32::cast_from(xv.extract(x));
                 }
             }
             // (Loaded after the products, which read the vectors first.)
@@ -240,7 +316,7 @@ pub(crate) fn attend_row<F: Float, N: Size>(
         #[unroll]
         for x in 0..vs {
             let mut t = (acc[x] + acc[vs + x]) + (acc[2 * vs + x] + acc[3 * vs + x]);
-            if ahead == 8 {
+            if groups == 8 {
                 t += (acc[4 * vs + x] + acc[5 * vs + x]) + (acc[6 * vs + x] + acc[7 * vs + x]);
             }
             partial[part * hd + c * vs + x] = t;

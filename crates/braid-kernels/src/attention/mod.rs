@@ -533,14 +533,18 @@ pub(crate) fn row_partial_len(client: &Client, hd: usize, block: usize, vector: 
     (client.properties().hardware.max_shared_memory_size.saturating_sub(used) / 4).min(block * vector).max(hd)
 }
 
-/// Value vectors a unit of the row kernel has in flight: 8, or 4 with
-/// `$BRAID_ATTN_ROW_AHEAD=4` (for comparisons; read once per process). `decode_mlp`'s attention
+/// Value vectors a unit of the row kernel has in flight: 8, or 4 or 16 with
+/// `$BRAID_ATTN_ROW_AHEAD=4|16` (for comparisons; read once per process). `decode_mlp`'s attention
 /// phase takes the same, so the two keep the same bits. At 256 units a Qwen3-0.6B decode row
 /// over 301 keys takes 3 dependent value rounds instead of 5: on an H100 (2026-11-27) batch-1
 /// decode 1,080 against 1,065 tok/s with 4, 1,097.5 with the L2 prefetch at 2 tensors.
 pub(crate) fn row_ahead() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| if std::env::var("BRAID_ATTN_ROW_AHEAD").is_ok_and(|s| s.trim() == "4") { 4 } else { 8 })
+    *N.get_or_init(|| match std::env::var("BRAID_ATTN_ROW_AHEAD").ok().as_deref().map(str::trim) {
+        Some("4") => 4,
+        Some("16") => 16,
+        _ => 8,
+    })
 }
 
 /// Whether the row kernel reduces through plane operations: where the device has them, unless

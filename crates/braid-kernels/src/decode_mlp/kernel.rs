@@ -1,7 +1,7 @@
 use cubecl::prelude::*;
 
 use super::next::{emit_qkv, head_inv, load_qkv, put_head, rope_head};
-use crate::attention::kernel::{attend_row, touch, touch_span};
+use crate::attention::kernel::{attend_issue, attend_loaded, attend_row, touch, touch_span};
 use crate::gemv::kernel::{dot_regs, hold_row, load_at, load_row, stage_rows, stage_vals, stage_vals_with, staged_at, staged_len};
 use crate::grid::{BARRIER_WORDS, grid_arrive_kind, grid_sync_kind, grid_sync_unfenced, grid_wait_kind};
 use crate::reduce::{block_sum_pair, round};
@@ -209,6 +209,10 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if pre {
         top = false;
     }
+    // (`at.kv_at`: this iteration's phase E attends over layer `l + head_from`'s cache.)
+    let kv_on = comptime!(then_qkv && attend.on && at.kv_at > 0);
+    let mut kv_regs = Array::<Vector<F, N>>::new(comptime!(if kv_on { 2 * at.kv_n } else { 1usize }));
+    let kv_pos = state[1] as usize;
     let mut now_a = top;
     let mut now_g = top;
     let mut now_u = top;
@@ -276,6 +280,9 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
         stage_vals::<F>(&vals, 0usize, 0usize, (UNIT_POS_X as usize) < block, o, gamma, &mut staged, eps, false, vs, f32_internal, false, false, false, q_dim, block, block);
     }
     sync_cube();
+    if comptime!(kv_on && at.kv_at == 1) {
+        kv_issue::<F, N>(kv_k, kv_v, l + head_from, kv_pos, &mut kv_regs, at.kv_n, kv_heads, comptime!(2 * half), cubes, units);
+    }
     let mut tag = 0u32;
     if tags {
         tag = tag_of(start[0] + t0 + u32::cast_from(l));
@@ -298,6 +305,9 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
             }
         }
         f = next;
+    }
+    if comptime!(kv_on && at.kv_at == 1) {
+        kv_use::<F, N>(&kv_regs, sink, at.kv_n);
     }
     // (`late_loads`: after the first barrier's release fence.)
     phase_release(bar, cubes, barrier, comptime!(c_early && late_loads), tags);
@@ -349,6 +359,9 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
     if at.c_at == 1 && !c_early && fc < hidden {
         load_row::<F, N>(wd, row_of(lh + fc, nc, hot_c), &mut rc, lane, step, nc, lc);
     }
+    if comptime!(kv_on && at.kv_at == 2) {
+        kv_issue::<F, N>(kv_k, kv_v, l + head_from, kv_pos, &mut kv_regs, at.kv_n, kv_heads, comptime!(2 * half), cubes, units);
+    }
     #[unroll]
     for s in 0..ahead_b {
         let f = fb + s * planes;
@@ -379,6 +392,9 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
             }
         }
         fi += planes;
+    }
+    if comptime!(kv_on && at.kv_at == 2) {
+        kv_use::<F, N>(&kv_regs, sink, at.kv_n);
     }
     // (`late_loads`: after the barrier's release fence, which would otherwise wait for them.
     // With `tags` the barrier has no fence: C re-reads any of its words not there yet.)
@@ -419,6 +435,9 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
             load_qkv::<F, N>(wq, wk, wv, row_of(fd + s * planes, 1usize, hot_d), l + head_from, nq, nk, nqkv, &mut rq, s * lb, lane, nb, lb);
         }
     }
+    if comptime!(kv_on && at.kv_at == 3) {
+        kv_issue::<F, N>(kv_k, kv_v, l + head_from, kv_pos, &mut kv_regs, at.kv_n, kv_heads, comptime!(2 * half), cubes, units);
+    }
     let mut fj = fc;
     while fj < hidden {
         let mut acc = Array::<f32>::new(1usize);
@@ -437,6 +456,9 @@ pub(crate) fn decode_mlp_kernel<F: Float, N: Size>(
             }
         }
         fj = next;
+    }
+    if comptime!(kv_on && at.kv_at == 3) {
+        kv_use::<F, N>(&kv_regs, sink, at.kv_n);
     }
     if then_qkv {
         next_phases::<F, N>(
@@ -673,6 +695,17 @@ fn next_phases<F: Float, N: Size>(
         let mut x2 = 0.0f32;
         // With `tags` and `on`: [q/k pair, the KV head's k pair, its v pair], awaited together.
         let mut got = Array::<f32>::new(6usize);
+        // `at.kv_early`: the attention's first key row and value vectors of the keys before
+        // this step's (which this cube writes below) issued now, before the wait for the words.
+        let early = comptime!(on && at.kv_early);
+        let kvs = kv_k.vector_size();
+        let hd_vecs = comptime!(2 * half / kvs);
+        let mut kr = Array::<Vector<F, N>>::new(comptime!(if early { hd_vecs } else { 1usize }));
+        let mut xs = Array::<Vector<F, N>>::new(comptime!(if early { attend.ahead } else { 1usize }));
+        if early {
+            let g = c / group;
+            attend_issue::<F, N>(kv_k, kv_v, hl * kv_k.stride(0) + g * kv_k.stride(1), hl * kv_v.stride(0) + g * kv_v.stride(1), pos, &mut kr, &mut xs, comptime!(2 * half), units, attend.partial_len, attend.ahead);
+        }
         if tags && active {
             await_head(bar, qkv_at, c, c / group, heads, kv_heads, unit, tag, &mut got, on, half, comptime!(probe & PROBE_NO_WAIT == 0));
         }
@@ -721,15 +754,29 @@ fn next_phases<F: Float, N: Size>(
             }
             let hd = comptime!(2 * half);
             if comptime!(probe & PROBE_NO_ATTENTION == 0) {
-                let own = attend_row::<F, N>(
-                    &*q_out, kv_k, kv_v, attn_out, c * hd, c * hd, hl * kv_k.stride(0) + g * kv_k.stride(1), hl * kv_v.stride(0) + g * kv_v.stride(1), pos + 1, scale, f32_internal, attend.max_keys, hd, units,
-                    attend.partial_len, attend.planes, attend.ahead, comptime!(probe & PROBE_NO_VALUES == 0),
-                );
+                let own = if early {
+                    attend_loaded::<F, N>(
+                        &*q_out, kv_k, kv_v, attn_out, c * hd, c * hd, hl * kv_k.stride(0) + g * kv_k.stride(1), hl * kv_v.stride(0) + g * kv_v.stride(1), pos, pos + 1, scale, &mut kr, &mut xs, f32_internal, attend.max_keys, hd, units,
+                        attend.partial_len, attend.planes, attend.ahead, comptime!(probe & PROBE_NO_VALUES == 0),
+                    )
+                } else {
+                    attend_row::<F, N>(
+                        &*q_out, kv_k, kv_v, attn_out, c * hd, c * hd, hl * kv_k.stride(0) + g * kv_k.stride(1), hl * kv_v.stride(0) + g * kv_v.stride(1), pos + 1, scale, f32_internal, attend.max_keys, hd, units,
+                        attend.partial_len, attend.planes, attend.ahead, comptime!(probe & PROBE_NO_VALUES == 0),
+                    )
+                };
                 // With `layers` > 1, the next iteration's phase A reads the output from its
                 // words: each unit below `hd` publishes the element it wrote (`own`).
                 if comptime!(layers > 1 || from_x) {
                     if has_next && unit < hd {
                         publish::<F>(bar, attn_at + c * hd + unit, F::cast_from(own), tag);
+                    }
+                }
+            } else {
+                // (The probe: zeros as the output's words, so that the next iteration's wait ends.)
+                if comptime!(layers > 1 || from_x) {
+                    if has_next && unit < hd {
+                        publish::<F>(bar, attn_at + c * hd + unit, F::new(0.0), tag);
                     }
                 }
             }
@@ -1036,6 +1083,21 @@ pub(crate) struct LoadPoints {
     /// iteration's weights of a mask: its q rows (1), k and v rows (2), down's (4).
     #[cube(comptime)]
     pub e_touch_qkv: u32,
+    /// With `then_qkv` and `attend.on`: where the units read into L2 the cached key and value
+    /// rows (positions before this step's, every KV head) that phase E's attention reads: 0
+    /// nowhere, 1 in phase A, 2 in B, 3 in C, each issued after the phase's staging and used
+    /// after its dots (so no unit waits for them). Without it the attention's reads come from
+    /// DRAM behind the idle cubes' weight loads of phase E.
+    #[cube(comptime)]
+    pub kv_at: u32,
+    /// With `kv_at`: the key and the value vectors a unit reads (the grid covers `kv_n *
+    /// cubes * units` vectors of each; positions past that are not read ahead).
+    #[cube(comptime)]
+    pub kv_n: usize,
+    /// With `attend.on`: phase E's head cubes issue the attention's first cache loads (of the
+    /// keys before this step's) before they wait for their head's words.
+    #[cube(comptime)]
+    pub kv_early: bool,
 }
 
 /// Phase E's attention (comptime): `on` = each q head's cube attends after its norm + RoPE;
@@ -1055,6 +1117,61 @@ pub(crate) struct AttendPhase {
     pub prefetch: usize,
     #[cube(comptime)]
     pub ahead: usize,
+}
+
+/// Loads into `regs` this unit's share of layer `hl`'s cached key rows (`regs[..n]`) and value
+/// rows (`regs[n..]`) at positions `0..pos` of every KV head (the stacked `[layers, kv_heads,
+/// capacity, hd]` caches, read in vectors), dealt over the grid's units; zeros past them. What
+/// the attention will read, into L2; [`kv_use`] consumes the registers later.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn kv_issue<F: Float, N: Size>(
+    kv_k: &Tensor<Vector<F, N>>,
+    kv_v: &Tensor<Vector<F, N>>,
+    hl: usize,
+    pos: usize,
+    regs: &mut Array<Vector<F, N>>,
+    #[comptime] n: usize,
+    #[comptime] kv_heads: usize,
+    #[comptime] hd: usize,
+    #[comptime] cubes: u32,
+    #[comptime] units: usize,
+) {
+    let vs = kv_k.vector_size();
+    let nvec = comptime!(hd / vs);
+    let per_head = pos * nvec;
+    let total = kv_heads * per_head;
+    let gid = CUBE_POS_X as usize * units + UNIT_POS_X as usize;
+    let grid = comptime!(cubes as usize * units);
+    let (k_layer, k_head, k_row) = (hl * kv_k.stride(0) / vs, kv_k.stride(1) / vs, kv_k.stride(2) / vs);
+    let (v_layer, v_head, v_row) = (hl * kv_v.stride(0) / vs, kv_v.stride(1) / vs, kv_v.stride(2) / vs);
+    #[unroll]
+    for t in 0..n {
+        let i = gid + t * grid;
+        regs[t] = Vector::<F, N>::new(F::new(0.0));
+        regs[n + t] = Vector::<F, N>::new(F::new(0.0));
+        if i < total {
+            let g = i / per_head;
+            let r = i % per_head;
+            let (row, e) = (r / nvec, r % nvec);
+            regs[t] = kv_k[k_layer + g * k_head + row * k_row + e];
+            regs[n + t] = kv_v[v_layer + g * v_head + row * v_row + e];
+        }
+    }
+}
+
+/// Uses the vectors [`kv_issue`] loaded (one element of each into a sum, written to `sink` only
+/// if NaN), so that the loads are kept; placed where they have arrived, no unit waits on them.
+#[cube]
+fn kv_use<F: Float, N: Size>(regs: &Array<Vector<F, N>>, sink: &mut Tensor<f32>, #[comptime] n: usize) {
+    let mut acc = 0.0f32;
+    #[unroll]
+    for t in 0..2 * n {
+        acc += f32::cast_from(regs[t].extract(0usize));
+    }
+    if acc.is_nan() {
+        sink[0] = acc;
+    }
 }
 
 /// `silu(g) * u` with `gemv_kernel`'s rounding points (torch mode: `g` rounded, SiLU's output

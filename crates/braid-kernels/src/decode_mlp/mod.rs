@@ -138,6 +138,24 @@ pub struct DecodeMlpOptions {
     /// [`decode_layers`] with `e_touch`: phase E's idle cubes also read into L2 the next
     /// iteration's weights of a mask: q rows (1), k and v rows (2), down's (4).
     pub e_touch_qkv: u32,
+    /// [`decode_mlp_qkv`] with the attention (and [`decode_layers`]): the phase in which every
+    /// unit reads into L2 its share of the cached key and value rows the attention of phase E
+    /// will read (0 none, 1 A, 2 B, 3 C; after the phase's staging, used after its dots), so
+    /// that the attention's reads do not wait behind phase E's weight loads in DRAM. 3 (the
+    /// default): batch-1 decode 1,497.0 / 1,497.5 tok/s against 1,464.6 / 1,456.7 with 0
+    /// (H100, 2026-11-27, one call; 1 gave 1,495.3, 2 1,492.9).
+    pub kv_at: u32,
+    /// With `kv_at`: key and value vectors each unit reads (positions past what the grid covers
+    /// are not read ahead).
+    pub kv_n: usize,
+    /// Phase E's attention: value vectors a unit has in flight (4, 8 or 16); `None`: the row
+    /// kernel's ([`crate::attention`]'s `row_ahead`), so the two give the same bits.
+    pub attn_ahead: Option<usize>,
+    /// With the attention: phase E's head cubes issue its first cache loads (the keys before
+    /// this step's) before they wait for their head's words, rather than after its norm. On
+    /// (the default; with `kv_at` 3, where those loads find L2): batch-1 decode 1,537.4 /
+    /// 1,535.3 tok/s against 1,497.3 / 1,495.3 (H100, 2026-11-27, one call).
+    pub kv_early: bool,
 }
 
 impl Default for DecodeMlpOptions {
@@ -160,6 +178,10 @@ impl Default for DecodeMlpOptions {
             e_touch: true,
             a_barrier: false,
             e_touch_qkv: 0,
+            kv_at: 3,
+            kv_n: 2,
+            attn_ahead: None,
+            kv_early: true,
         }
     }
 }
@@ -613,7 +635,7 @@ fn run(
                         }
                     }
                     let (partial_len, planes) = attend_layout(client, &n.head, n.shape, units, vs).map_err(refuse)?;
-                    kernel::AttendPhase { on: true, max_keys: crate::attention::MAX_KEYS, partial_len, planes, prefetch: pf.len(), ahead: crate::attention::row_ahead() }
+                    kernel::AttendPhase { on: true, max_keys: crate::attention::MAX_KEYS, partial_len, planes, prefetch: pf.len(), ahead: options.attn_ahead.unwrap_or_else(crate::attention::row_ahead) }
                 }
                 None => kernel::AttendPhase { on: false, max_keys: 1, partial_len: 1, planes: false, prefetch: 0, ahead: 4 },
             };
@@ -739,6 +761,9 @@ fn run(
                 e_touch: options.e_touch,
                 a_barrier: options.a_barrier,
                 e_touch_qkv: options.e_touch_qkv & 7,
+                kv_at: if tags { options.kv_at.min(3) } else { 0 },
+                kv_n: options.kv_n.clamp(1, 8),
+                kv_early: options.kv_early,
             },
             layers,
             pre,

@@ -445,6 +445,10 @@ pub(crate) fn decode_mlp_options() -> braid_kernels::decode_mlp::DecodeMlpOption
             e_touch: num("BRAID_DECODE_LAYERS_E_TOUCH").map_or(d.e_touch, |n| n != 0),
             a_barrier: num("BRAID_DECODE_LAYERS_A_BARRIER").map_or(d.a_barrier, |n| n != 0),
             e_touch_qkv: num("BRAID_DECODE_LAYERS_E_TOUCH_QKV").map_or(d.e_touch_qkv, |n| n as u32),
+            kv_at: num("BRAID_DECODE_KV_AT").map_or(d.kv_at, |n| n as u32),
+            kv_n: num("BRAID_DECODE_KV_N").unwrap_or(d.kv_n),
+            kv_early: num("BRAID_DECODE_KV_EARLY").map_or(d.kv_early, |n| n != 0),
+            attn_ahead: num("BRAID_DECODE_ATTN_AHEAD").filter(|n| [4, 8, 16].contains(n)).or(d.attn_ahead),
         }
     })
 }
