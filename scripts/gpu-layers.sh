@@ -11,6 +11,8 @@
 #   SMI=1  samples the SM clock and power during each latency run; LAT_WAYS  the runs' --ways
 #   NCU_PROMPTS  prompt lengths at which ncu times the layers' launch alone (L2 kept, clocks
 #   free; eager device-state steps), to set against the graph's step at the cache length it runs
+#   NCU_REGS  `;`-separated env settings: for each, ncu reads the layers' launch's registers a
+#   unit and its local (spilled) loads and stores
 # Results: $OUT/results.tar.gz, a summary printed last.
 source scripts/gpu-setup.sh
 DEFAULT='BRAID_DECODE_LAYERS=1;BRAID_DECODE_LAYERS=0;BRAID_DECODE_LAYERS=1;BRAID_DECODE_LAYERS=0'
@@ -53,5 +55,18 @@ for r in csv.DictReader([l for l in open(sys.argv[1]) if l.startswith(chr(34))])
     except ValueError: pass
 print(" ".join("%.1f" % t for t in ts if t > 100))
 ' $OUT/ncu-layers-$p.csv)" | tee -a $OUT/summary.txt
+done
+IFS=';' read -ra regs <<< "${NCU_REGS:-}"
+for e in "${regs[@]}"; do
+  env $e timeout 120 $NCU --csv --page raw --print-units base -k regex:decode_mlp_kernel -c 3 \
+    --metrics launch__registers_per_thread,smsp__sass_inst_executed_op_local_ld.sum,smsp__sass_inst_executed_op_local_st.sum,gpu__time_duration.sum \
+    $BIN bench latency --model $M --device cuda --dtype bf16 --plan fused --ways steps --runs 1 --new-tokens 2 > $OUT/ncu-regs.csv 2>/dev/null
+  echo "ncu regs ($e): $(python3 -c '
+import csv, sys
+for r in csv.DictReader([l for l in open(sys.argv[1]) if l.startswith(chr(34))]):
+    g = lambda k: r.get(k, "").replace(",", "")
+    if g("launch__registers_per_thread").isdigit():
+        print("regs %s local ld %s st %s, %s ns;" % (g("launch__registers_per_thread"), g("smsp__sass_inst_executed_op_local_ld.sum"), g("smsp__sass_inst_executed_op_local_st.sum"), g("gpu__time_duration.sum")), end=" ")
+' $OUT/ncu-regs.csv)" | tee -a $OUT/summary.txt
 done
 echo; echo "== summary"; cat $OUT/summary.txt
