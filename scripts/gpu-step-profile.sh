@@ -4,7 +4,10 @@
 # steps run eagerly: the same kernels the graph replays), with the L2 flushed before each
 # launch (weights come from HBM, as in a real step); scripts/step_profile.py folds the last
 # step's launches into a per-kernel table (us, bytes, GB/s against the card's copy rate) and
-# the sum is set against the replayed graph's ms/token from the same binary. Builds nothing:
+# the sum is set against the replayed graph's ms/token from the same binary. (The profiled steps
+# run at ~PROMPT cached positions, the graph's over PROMPT..PROMPT+256: the attention grows with
+# the length, 0.55 us a step per position on an H100, 2026-11-27, so the sum comes out below the
+# graph's step; gpu-layers.sh's NCU_PROMPTS times the layers' launch at other lengths.) Builds nothing:
 # carry dist/ (CUDA braid-cli). PLAN (default fused), PROMPT (128), CHECK=0 skips check-kernels,
 # TP=1 also runs the throughput workload once (`fused-attn-f32`), GEMV_CHECK=0 skips checking
 # each GEMV candidate, LAT_ENVS adds graph-latency runs under other env settings (A/B),

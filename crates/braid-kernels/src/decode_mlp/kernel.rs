@@ -49,6 +49,14 @@ use crate::tagged::{await_words, publish, tag_of, value_of};
 /// the staging, per-feature order and pair function are that kernel's. Without `then_qkv` the
 /// extra tensors are never touched (any of the right types may stand in).
 ///
+/// The attention's cache reads: with `at.kv_at` (3 by default) every unit of the grid reads
+/// its share of the cached key and value rows phase E will read (the keys before this step's)
+/// into L2 during an earlier phase ([`kv_issue`], [`kv_use`]), and with `at.kv_early` phase
+/// E's head cubes issue the attention's first loads before they wait for their head's words
+/// ([`attend_issue`]; the new key and value rows, which the cube writes after its norm, load
+/// after it: [`attend_loaded`]). Without them those reads queue in DRAM behind the idle cubes'
+/// weight loads of phase E. Neither changes a bit.
+///
 /// With `tags` (16-bit F), every phase also publishes its output elements as tagged words in
 /// `bar` (`crate::tagged`; regions at [`TAGS`]) under the launch's round, read from the ticket
 /// counter at the start, and the next phase stages from those words ([`read_row`],
