@@ -150,11 +150,7 @@ pub(crate) fn attend_issue<F: Float, N: Size>(
     let vs = k.vector_size().comptime();
     let nvec = comptime!(head_dim / vs);
     if unit < issued {
-        let row = (k_base + unit * k.stride(2)) / vs;
-        #[unroll]
-        for e in 0..nvec {
-            kr[e] = k[row + e];
-        }
+        key_row_into::<F, N>(k, (k_base + unit * k.stride(2)) / vs, kr, head_dim);
     }
     let vrow = v.stride(2) / vs;
     let parts = min(block / nvec, partial_len / head_dim);
@@ -206,11 +202,7 @@ pub(crate) fn attend_loaded<F: Float, N: Size>(
 
     // 0. The first loads of keys `issued..n_keys` (none where `attend_issue` saw every key).
     if unit >= issued && unit < n_keys {
-        let row = (k_base + unit * k.stride(2)) / vs;
-        #[unroll]
-        for e in 0..nvec {
-            kr[e] = k[row + e];
-        }
+        key_row_into::<F, N>(k, (k_base + unit * k.stride(2)) / vs, kr, head_dim);
     }
     let vrow = v.stride(2) / vs;
     let parts = min(block / nvec, partial_len / hd);
@@ -342,13 +334,20 @@ pub(crate) fn attend_loaded<F: Float, N: Size>(
 #[cube]
 fn key_dot<F: Float, N: Size>(k: &Tensor<Vector<F, N>>, row: usize, qs: &Shared<[f32]>, #[comptime] head_dim: usize) -> f32 {
     let vs = k.vector_size().comptime();
-    let nvec = comptime!(head_dim / vs);
-    let mut kr = Array::<Vector<F, N>>::new(nvec);
+    let mut kr = Array::<Vector<F, N>>::new(comptime!(head_dim / vs));
+    key_row_into::<F, N>(k, row, &mut kr, head_dim);
+    regs_dot::<F, N>(&kr, qs, head_dim, vs)
+}
+
+/// The key row of `head_dim / vs` vectors starting at vector index `row` into `kr`, the loads
+/// unrolled (all in flight).
+#[cube]
+fn key_row_into<F: Float, N: Size>(k: &Tensor<Vector<F, N>>, row: usize, kr: &mut Array<Vector<F, N>>, #[comptime] head_dim: usize) {
+    let vs = k.vector_size().comptime();
     #[unroll]
-    for e in 0..nvec {
+    for e in 0..comptime!(head_dim / vs) {
         kr[e] = k[row + e];
     }
-    regs_dot::<F, N>(&kr, qs, head_dim, vs)
 }
 
 /// `q . k_row` in f32 over a key row in registers, two partial sums.

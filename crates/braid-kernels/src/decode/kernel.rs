@@ -19,14 +19,28 @@ pub(super) fn inputs_kernel<F: Float>(
     let hd = cos_table.shape(1);
     let token = state[0] as usize;
     let pos = state[1] as usize;
+    // (A token past the embedding's rows, as the fused argmax gives where no logit was finite,
+    // gathers zeros, and a position past the tables zeros: `greedy_head`'s rules.)
     if i < hidden {
-        x[i] = embed[token * hidden + i];
+        let mut v = F::new(0.0);
+        if token < embed.shape(0) {
+            v = embed[token * hidden + i];
+        }
+        x[i] = v;
     } else if i < hidden + hd {
         let d = i - hidden;
-        cos[d] = cos_table[pos * hd + d];
+        let mut c = 0.0f32;
+        if pos < cos_table.shape(0) {
+            c = cos_table[pos * hd + d];
+        }
+        cos[d] = c;
     } else if i < hidden + 2 * hd {
         let d = i - hidden - hd;
-        sin[d] = sin_table[pos * hd + d];
+        let mut t = 0.0f32;
+        if pos < sin_table.shape(0) {
+            t = sin_table[pos * hd + d];
+        }
+        sin[d] = t;
     }
 }
 

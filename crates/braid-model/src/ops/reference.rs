@@ -241,7 +241,9 @@ fn state_of(state: &Tensor<1, Int>) -> (usize, usize) {
 /// `([1, hidden], [1, hd], [1, hd])`.
 pub fn decode_inputs(embed: Tensor<2>, cos_table: Tensor<2>, sin_table: Tensor<2>, state: Tensor<1, Int>) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
     let (token, pos) = state_of(&state);
-    (embed.narrow(0, token, 1), cos_table.narrow(0, pos, 1), sin_table.narrow(0, pos, 1))
+    // Zeros for a row past the table (a token the fused argmax gives where no logit was finite).
+    let row = |t: Tensor<2>, i: usize| if i < t.dims()[0] { t.narrow(0, i, 1) } else { t.narrow(0, 0, 1).zeros_like() };
+    (row(embed, token), row(cos_table, pos), row(sin_table, pos))
 }
 
 /// Writes `k, v: [b, kv, 1, hd]` into the caches at position `state[1]`.

@@ -296,7 +296,8 @@ pub fn verify_some(device: &Device, dtype: DType, seed: u64, want: &dyn Fn(&str)
 }
 
 /// The graph-ready decode ops that move data (`decode_inputs`, `kv_write`, `advance`): exact
-/// against the host (error = fraction of wrong values). The caches' other rows must not change.
+/// against the host (error = fraction of wrong values). The caches' other rows must not change;
+/// `decode_inputs` of a token and a position out of range gathers zeros.
 fn check_decode_state(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
     let (vocab, hidden, kv, cap, hd) = (50, 24 + case.rows % 7, 2, 9, 8);
     let (token, pos) = (case.rows % vocab, (case.rows * 3) % cap);
@@ -330,6 +331,10 @@ fn check_decode_state(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
     let mut hist_t = vec![0.0; history_len];
     hist_t[pos + 1] = next as f64;
     truth.extend(hist_t);
+    // A token past the embedding's rows (what the fused argmax gives where no logit was
+    // finite) and a position past the tables gather zeros.
+    truth.extend(vec![0.0; hidden + 2 * hd]);
+    let outside = ctx.u32s(vec![(vocab + case.rows % 3) as u32, cap as u32]);
     let run = |fused: bool| -> Vec<f64> {
         let (x, c, s) = if fused {
             super::decode_inputs(embed.clone(), cos_t.clone(), sin_t.clone(), state.clone())
@@ -355,6 +360,14 @@ fn check_decode_state(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
         out.extend(host(v2));
         out.extend(host_ints(st));
         out.extend(host_ints(hist));
+        let (x, c, s) = if fused {
+            super::decode_inputs(embed.clone(), cos_t.clone(), sin_t.clone(), outside.clone())
+        } else {
+            reference::decode_inputs(embed.clone(), cos_t.clone(), sin_t.clone(), outside.clone())
+        };
+        out.extend(host(x));
+        out.extend(host(c));
+        out.extend(host(s));
         out
     };
     let (fused, twin) = (run(true), run(false));
