@@ -176,6 +176,9 @@ impl Engine {
                     sampler.sample(&mut logits, &context, &output)
                 }
             };
+            if id as usize >= self.model.config.vocab_size {
+                return Err(EngineError::NoFiniteLogit { index: output.len() });
+            }
             first_token_at.get_or_insert_with(Instant::now);
             if !req.ignore_eos && self.eos.contains(&id) {
                 finish = Finish::Eos;

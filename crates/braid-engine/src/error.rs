@@ -25,4 +25,6 @@ pub enum EngineError {
     Batch(String),
     #[error("invalid sampling parameter `{field}`: {message}")]
     Sampling { field: &'static str, message: String },
+    #[error("generated token {index}: no finite logit (every one NaN or -inf): the model's activations overflowed or broke down")]
+    NoFiniteLogit { index: usize },
 }

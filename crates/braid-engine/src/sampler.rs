@@ -82,6 +82,13 @@ impl Sampler {
         if p.is_greedy() {
             return argmax(logits);
         }
+        // As the argmax: NaN never drawn, and a row with no finite logit gives no token.
+        for x in logits.iter_mut().filter(|x| x.is_nan()) {
+            *x = f32::NEG_INFINITY;
+        }
+        if logits.iter().all(|&x| x == f32::NEG_INFINITY) {
+            return logits.len() as u32;
+        }
         // Candidates sorted by logit, descending; ties by id for determinism.
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
         idx.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
@@ -120,15 +127,20 @@ impl Sampler {
     }
 }
 
-/// Index of the largest value (the first on ties).
+/// Index of the largest value (the first on ties). The device argmax's rule: NaN and -inf
+/// never win, and a row with nothing else gives `v.len()`, no token (the engine stops with an
+/// error on it).
 pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
+    let mut best: Option<usize> = None;
     for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
+        if x.is_nan() || x == f32::NEG_INFINITY {
+            continue;
+        }
+        if best.is_none_or(|b| x > v[b]) {
+            best = Some(i);
         }
     }
-    best as u32
+    best.unwrap_or(v.len()) as u32
 }
 
 fn apply_penalties(logits: &mut [f32], context: &[u32], output: &[u32], repetition: f32, presence: f32) {
@@ -167,6 +179,19 @@ mod tests {
     fn greedy_picks_argmax() {
         let mut s = Sampler::new(SamplingParams::default());
         assert_eq!(s.sample(&mut logits(), &[], &[]), 1);
+    }
+
+    #[test]
+    fn nan_and_minus_infinity_never_win_and_no_finite_logit_gives_no_token() {
+        let (nan, ninf) = (f32::NAN, f32::NEG_INFINITY);
+        assert_eq!(argmax(&[nan, 1.0, ninf, 3.0, nan, 3.0]), 3);
+        assert_eq!(argmax(&[ninf, nan, f32::INFINITY, 2.0]), 2);
+        assert_eq!(argmax(&[nan, ninf, nan]), 3);
+        let mut hot = Sampler::new(SamplingParams { temperature: 2.0, seed: 3, ..Default::default() });
+        for _ in 0..64 {
+            assert!([1, 3].contains(&hot.sample(&mut [nan, 1.0, ninf, 3.0, nan], &[], &[])));
+        }
+        assert_eq!(hot.sample(&mut [nan, ninf], &[], &[]), 2);
     }
 
     #[test]

@@ -298,6 +298,11 @@ impl<'e> BatchEngine<'e> {
             mark.phase("pick");
             tokens
         };
+        // An id past the vocabulary: the argmax's answer to a row with no finite logit.
+        if let Some(i) = tokens.iter().position(|&t| t as usize >= self.engine.model.config.vocab_size) {
+            let s = &self.seqs[batch.ids[i]];
+            return Err(EngineError::NoFiniteLogit { index: s.tokens.len() - s.prompt_len });
+        }
         let secs = start.elapsed().as_secs_f64();
         if batch.prefill {
             self.stats.prefill_steps += 1;

@@ -155,10 +155,15 @@ pub fn silu_mul(gate: Tensor<2>, up: Tensor<2>, precision: Precision) -> Tensor<
     }
 }
 
-/// The index of each row's largest value: `[rows, vocab]` -> `[rows]`.
+/// The index of each row's largest value (the first on ties): `[rows, vocab]` -> `[rows]`.
+/// The device kernels' rule, which `torch.argmax` shares but on NaN: NaN and -inf never win
+/// (torch takes the first NaN), and a row with nothing else gives `vocab`, no token (the engine
+/// stops with an error on it).
 pub fn argmax(logits: Tensor<2>) -> Tensor<1, Int> {
-    let rows = logits.dims()[0];
-    logits.argmax(1).reshape([rows])
+    let [rows, vocab] = logits.dims();
+    let x = logits.clone().mask_fill(logits.is_nan(), f32::NEG_INFINITY);
+    let none = x.clone().max_dim(1).reshape([rows]).equal_elem(f32::NEG_INFINITY);
+    x.argmax(1).reshape([rows]).mask_fill(none, vocab as i64)
 }
 
 /// Causal GQA attention: `q: [b, heads, t, hd]` at positions `past..past + t`, `k, v:

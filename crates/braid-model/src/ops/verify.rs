@@ -388,7 +388,8 @@ fn check_decode_state(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
     }
 }
 
-/// Errors are the fraction of rows whose index differs from the truth (first index on ties).
+/// Errors are the fraction of rows whose index differs from the truth (first index on ties;
+/// NaN and -inf never win; `vocab` for a row with nothing else).
 fn check_argmax(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
     // Qwen3's vocabulary at decode (16-byte vector loads, several rounds per unit); an odd
     // width (scalar loads) and a small even one elsewhere.
@@ -405,19 +406,33 @@ fn check_argmax(ctx: &Ctx, rng: &mut Rng, case: Case) -> OpCheck {
         let (a, b) = (a.min(b), a.max(b));
         v[r * vocab + a] = 2.0 * case.scale;
         v[r * vocab + b] = 2.0 * case.scale;
+        // NaN and -inf never win (the kernels' rule; `reference::argmax` keeps it): every
+        // third row has NaNs ahead of its maximum and -inf; with three rows or more, the last
+        // has nothing else, which gives `vocab`.
+        if r % 3 == 1 {
+            for i in [0, a / 2, vocab - 1] {
+                v[r * vocab + i] = f32::NAN;
+            }
+            v[r * vocab + (a + 1) % vocab] = f32::NEG_INFINITY;
+        }
+        if rows >= 3 && r == rows - 1 {
+            for (i, x) in v[r * vocab..(r + 1) * vocab].iter_mut().enumerate() {
+                *x = if i % 5 == 0 { f32::NAN } else { f32::NEG_INFINITY };
+            }
+        }
     }
     let logits = ctx.t(v, [rows, vocab]);
     let host_vals = host(logits.clone());
     let truth: Vec<f64> = (0..rows)
         .map(|r| {
             let row = &host_vals[r * vocab..(r + 1) * vocab];
-            let mut best = 0;
-            for (i, x) in row.iter().enumerate() {
-                if *x > row[best] {
-                    best = i;
+            let mut best: Option<usize> = None;
+            for (i, &x) in row.iter().enumerate() {
+                if !x.is_nan() && x != f64::NEG_INFINITY && best.is_none_or(|b| x > row[b]) {
+                    best = Some(i);
                 }
             }
-            best as f64
+            best.unwrap_or(vocab) as f64
         })
         .collect();
     let fused: Vec<f64> = super::argmax(logits.clone()).into_iter().map(f64::from).collect();
@@ -839,7 +854,10 @@ pub fn passes(c: &OpCheck, dtype: DType) -> Result<(), String> {
     if c.fused_err > c.twin_err + 2.0 * u {
         return Err(format!("fused error {:.3e} > twin error {:.3e} + 2u", c.fused_err, c.twin_err));
     }
-    if c.precision == Precision::F32 && !STACKED_OPS.contains(&c.op) && c.fused_err > 2.0 * u {
+    // The one-rounding bound is about a 16-bit dtype's rounding points, which f32 mode skips;
+    // in f32 data both modes round nowhere but in f32 and a long reduction's own f32 error
+    // passes 2u (the 4,201-key attention: 1.09e-6 to 2.23e-6 over 300 seeds, torch mode alike).
+    if c.precision == Precision::F32 && dtype != DType::F32 && !STACKED_OPS.contains(&c.op) && c.fused_err > 2.0 * u {
         return Err(format!("f32 mode error {:.3e} > 2u = {:.3e}", c.fused_err, 2.0 * u));
     }
     Ok(())
